@@ -1,0 +1,135 @@
+"""Base CalcJob of aiida-mlmat: the CalcJob-worker protocol and the banded exit codes shared by all tasks."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+from aiida import orm
+from aiida.common import CalcInfo, CodeInfo
+from aiida.common.folders import Folder
+from aiida.engine import CalcJob
+
+from aiida_mlmat.common.constants import INPUT_JSON, RESULTS_JSON
+from aiida_mlmat.worker.schema import SCHEMA_VERSION, validate_input
+
+#: Fraction of the scheduler walltime given to the worker as its soft limit (as aiida-quantumespresso does).
+SOFT_WALLTIME_FRACTION = 0.95
+
+#: Worker error code -> exit-code label.
+WORKER_ERRORS: dict[str, str] = {
+    'INVALID_INPUT': 'ERROR_INVALID_INPUT',
+    'MISSING_FILE': 'ERROR_MISSING_INPUT_FILE',
+    'CORRUPT_FILE': 'ERROR_CORRUPT_INPUT_FILE',
+    'UNKNOWN_CALCULATOR': 'ERROR_UNKNOWN_CALCULATOR',
+    'CALCULATOR_UNAVAILABLE': 'ERROR_CALCULATOR_UNAVAILABLE',
+    'ALL_FAILED': 'ERROR_ALL_CONFIGURATIONS_FAILED',
+    'WALLTIME': 'ERROR_OUT_OF_WALLTIME',
+    'UNEXPECTED': 'ERROR_WORKER_EXCEPTION',
+}
+
+
+class MlmatCalculation(CalcJob):
+    """Base class: writes ``input.json`` for one worker task and retrieves ``results.json``.
+
+    Subclasses set ``TASK`` and implement :meth:`build_worker_input` and :meth:`write_data_files`.
+    Exit codes: 3xx unrecoverable, 4xx recoverable (a restart wrapper handles them), 5xx physics warnings.
+    """
+
+    TASK: ClassVar[str] = ''
+    #: Whether the task honours a soft time limit (``max_seconds`` in its input).
+    SOFT_LIMIT: ClassVar[bool] = False
+    _RETRIEVE: ClassVar[list[str]] = [RESULTS_JSON, 'worker.out']
+    _RETRIEVE_TEMPORARY: ClassVar[list[str]] = []
+
+    @classmethod
+    def define(cls, spec: Any) -> None:
+        """Define the ports shared by every aiida-mlmat CalcJob."""
+        super().define(spec)
+        spec.inputs['metadata']['options']['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
+        spec.inputs['metadata']['options']['withmpi'].default = False
+        if cls.SOFT_LIMIT:
+            spec.input(
+                'soft_time_limit',
+                valid_type=orm.Float,
+                required=False,
+                help='Seconds after which the worker starts no new work, saves what it has and exits cleanly. '
+                f'Default: {SOFT_WALLTIME_FRACTION:.0%} of `metadata.options.max_wallclock_seconds` when set.',
+            )
+        spec.output('results', valid_type=orm.Dict, help='Summary written by the worker: counts, timings, errors.')
+
+        spec.exit_code(
+            300, 'ERROR_MISSING_RESULTS', message='The worker wrote no `results.json`.', invalidates_cache=True
+        )
+        spec.exit_code(
+            301, 'ERROR_CORRUPT_RESULTS', message='`results.json` cannot be read: {error}', invalidates_cache=True
+        )
+        spec.exit_code(
+            302, 'ERROR_MISSING_OUTPUT', message='An expected output file is missing: {name}', invalidates_cache=True
+        )
+        spec.exit_code(310, 'ERROR_INVALID_INPUT', message='The worker refused its input: {message}')
+        spec.exit_code(311, 'ERROR_MISSING_INPUT_FILE', message='An input file did not reach the worker: {message}')
+        spec.exit_code(312, 'ERROR_CORRUPT_INPUT_FILE', message='An input file is corrupt: {message}')
+        spec.exit_code(313, 'ERROR_UNKNOWN_CALCULATOR', message='The worker does not know the calculator: {message}')
+        spec.exit_code(
+            314,
+            'ERROR_CALCULATOR_UNAVAILABLE',
+            message='The calculator cannot be loaded where the worker runs: {message}',
+        )
+        spec.exit_code(320, 'ERROR_ALL_CONFIGURATIONS_FAILED', message='Every configuration failed: {message}')
+        spec.exit_code(350, 'ERROR_WORKER_EXCEPTION', message='The worker raised an unexpected exception: {message}')
+        spec.exit_code(
+            400,
+            'ERROR_OUT_OF_WALLTIME',
+            message='The soft time limit was reached before all work was done: {message}',
+            invalidates_cache=True,
+        )
+
+    @classmethod
+    def build_worker_input(cls, inputs: Any) -> dict[str, Any]:
+        """Return the ``input.json`` dictionary for the given inputs (without the version header)."""
+        raise NotImplementedError
+
+    @classmethod
+    def worker_input(cls, inputs: Any, max_seconds: float | None = None) -> dict[str, Any]:
+        """Return the complete, validated ``input.json`` dictionary.
+
+        :param max_seconds: the worker's soft time limit in s (tasks with ``SOFT_LIMIT`` only).
+        :raises ValueError: when the input does not validate against the worker's schema.
+        """
+        data = {'schema_version': SCHEMA_VERSION, 'task': cls.TASK, **cls.build_worker_input(inputs)}
+        if cls.SOFT_LIMIT and max_seconds is not None:
+            data['max_seconds'] = max_seconds
+        validate_input(cls.TASK, data)
+        return data
+
+    def write_data_files(self, folder: Folder) -> None:
+        """Write the data files the worker reads (extxyz, weights) into the sandbox."""
+        raise NotImplementedError
+
+    def soft_time_limit(self) -> float | None:
+        """Return the worker's soft time limit in seconds, or None for none."""
+        if not self.SOFT_LIMIT:
+            return None
+        if 'soft_time_limit' in self.inputs:
+            return float(self.inputs.soft_time_limit.value)
+        walltime = self.inputs.metadata.options.get('max_wallclock_seconds')
+        return SOFT_WALLTIME_FRACTION * walltime if walltime else None
+
+    def prepare_for_submission(self, folder: Folder) -> CalcInfo:
+        """Write ``input.json`` and the data files; run ``mlmat-worker TASK input.json``."""
+        data = self.worker_input(self.inputs, self.soft_time_limit())
+        with folder.open(INPUT_JSON, 'w', encoding='utf-8') as handle:
+            json.dump(data, handle, indent=1)
+        self.write_data_files(folder)
+
+        codeinfo = CodeInfo()
+        codeinfo.code_uuid = self.inputs.code.uuid
+        codeinfo.cmdline_params = [self.TASK, INPUT_JSON]
+        codeinfo.stdout_name = 'worker.out'
+
+        calcinfo = CalcInfo()
+        calcinfo.codes_info = [codeinfo]
+        calcinfo.retrieve_list = list(self._RETRIEVE)
+        calcinfo.retrieve_temporary_list = list(self._RETRIEVE_TEMPORARY)
+        return calcinfo

@@ -1,0 +1,121 @@
+"""CalcJob ``mlmat.label``: batched single points (energy, forces, stress) with a registry calculator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiida import orm
+from aiida.common.folders import Folder
+
+from aiida_mlmat.calcjobs.base import MlmatCalculation
+from aiida_mlmat.common.constants import EXCLUDED_FILE, LABELLED_FILE, PREVIOUS_FILE, STRUCTURES_FILE
+from aiida_mlmat.data.configurations import ConfigurationSetData
+from aiida_mlmat.worker.calculators import UnknownCalculatorError, check_name
+
+
+def calculator_spec_error(spec: Any) -> str | None:
+    """Return why a calculator spec ``{'name': ..., 'parameters': {...}}`` is invalid, or None."""
+    if not isinstance(spec, dict):
+        return 'calculator: expected a dictionary `{"name": ..., "parameters": {...}}`'
+    unknown = set(spec) - {'name', 'parameters'}
+    if unknown:
+        return f'calculator: unknown keys {sorted(unknown)}; expected `name` and optional `parameters`'
+    if 'name' not in spec:
+        return 'calculator: `name` is required'
+    try:
+        check_name(spec['name'])
+    except UnknownCalculatorError as exc:
+        return f'calculator: {exc}'
+    if not isinstance(spec.get('parameters', {}), dict):
+        return 'calculator: `parameters` must be a dictionary of keyword arguments'
+    return None
+
+
+def validate_calculator(value: orm.Dict | None, _: Any = None) -> str | None:
+    """Port validator for a calculator spec."""
+    return None if value is None else calculator_spec_error(value.get_dict())
+
+
+class LabelCalculation(MlmatCalculation):
+    """Label a configuration set with an ASE calculator picked by name, in one job.
+
+    A configuration that fails is excluded with its reason; the batch fails only when all do. When the job
+    stops early (soft time limit, walltime, node failure) the configurations finished so far come out as
+    ``partial_configurations``; pass them back as ``restart_from`` and only the missing ones are computed.
+    """
+
+    TASK = 'label'
+    SOFT_LIMIT = True
+    _RETRIEVE_TEMPORARY = [LABELLED_FILE, EXCLUDED_FILE]
+
+    @classmethod
+    def define(cls, spec: Any) -> None:
+        """Define the ports."""
+        super().define(spec)
+        spec.inputs['metadata']['options']['parser_name'].default = 'mlmat.label'
+        spec.input(
+            'configurations',
+            valid_type=ConfigurationSetData,
+            help='Configurations to label (positions, cell, pbc; existing labels are ignored).',
+        )
+        spec.input(
+            'calculator',
+            valid_type=orm.Dict,
+            validator=validate_calculator,
+            help='Registry calculator: `{"name": "emt", "parameters": {...}}` (see `mlmat-worker` registry).',
+        )
+        spec.input(
+            'properties',
+            valid_type=orm.List,
+            default=lambda: orm.List(['energy', 'forces', 'stress']),
+            help='Labels to compute: `energy` (eV), `forces` (eV/Å), `stress` (eV/Å^3, periodic cells only).',
+        )
+        spec.input(
+            'restart_from',
+            valid_type=ConfigurationSetData,
+            required=False,
+            help='Configurations already labelled by an interrupted run; they are copied, not recomputed.',
+        )
+        spec.inputs.validator = cls.validate_inputs
+        spec.output('configurations', valid_type=ConfigurationSetData, required=False, help='The labelled set.')
+        spec.output(
+            'partial_configurations',
+            valid_type=ConfigurationSetData,
+            required=False,
+            help='What an interrupted run finished (input for `restart_from`).',
+        )
+
+    @classmethod
+    def validate_inputs(cls, value: Any, _: Any = None) -> str | None:
+        """Validate the whole namespace before submission (the worker schema included)."""
+        configurations = value.get('configurations')
+        if configurations is not None and configurations.count == 0:
+            return 'configurations: the set is empty; there is nothing to label'
+        if 'calculator' in value and 'configurations' in value:
+            try:
+                cls.worker_input(value)
+            except ValueError as exc:
+                return str(exc)
+        return None
+
+    @classmethod
+    def build_worker_input(cls, inputs: Any) -> dict[str, Any]:
+        """Return the ``label`` task input."""
+        spec = inputs['calculator'].get_dict()
+        properties = inputs['properties'].get_list() if 'properties' in inputs else ['energy', 'forces', 'stress']
+        data: dict[str, Any] = {
+            'calculator': {'name': spec['name'], 'parameters': spec.get('parameters', {})},
+            'structures': STRUCTURES_FILE,
+            'properties': properties,
+        }
+        if 'restart_from' in inputs:
+            data['previous'] = PREVIOUS_FILE
+        return data
+
+    def write_data_files(self, folder: Folder) -> None:
+        """Copy the configurations (and the partial labels to reuse) into the sandbox."""
+        with folder.open(STRUCTURES_FILE, 'wb') as handle:
+            handle.write(self.inputs.configurations.get_content())
+        if 'restart_from' in self.inputs:
+            with folder.open(PREVIOUS_FILE, 'wb') as handle:
+                handle.write(self.inputs.restart_from.get_content())

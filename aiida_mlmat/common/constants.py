@@ -1,0 +1,35 @@
+"""Constants shared by both sides: units, file names, key names, limits."""
+
+from __future__ import annotations
+
+#: Units of every stored quantity. Every output key that carries a number is in one of these.
+UNITS: dict[str, str] = {
+    'energy': 'eV',
+    'forces': 'eV/Å',
+    'stress': 'eV/Å^3',
+    'length': 'Å',
+    'temperature': 'K',
+    'time': 'fs',
+}
+
+#: Label keys a labelled configuration may carry.
+LABEL_KEYS: tuple[str, ...] = ('energy', 'forces', 'stress')
+
+#: Name of the info key holding the index of a configuration in the set it was taken from.
+INDEX_KEY = 'mlmat_index'
+#: Name of the info key holding how a sampled configuration was made (``seed``, ``rattle``, ``strain`` ...).
+METHOD_KEY = 'mlmat_method'
+#: Name of the info key holding the index of the seed a sampled configuration descends from.
+SEED_KEY = 'mlmat_seed'
+
+#: Two atoms closer than this (Å) make a configuration unphysical: it is refused or excluded.
+MIN_INTERATOMIC_DISTANCE = 0.5
+
+#: Files of the CalcJob-worker protocol.
+INPUT_JSON = 'input.json'
+RESULTS_JSON = 'results.json'
+STRUCTURES_FILE = 'structures.extxyz'
+PREVIOUS_FILE = 'previous.extxyz'
+LABELLED_FILE = 'labelled.extxyz'
+EXCLUDED_FILE = 'excluded.jsonl'
+SAMPLED_FILE = 'sampled.extxyz'

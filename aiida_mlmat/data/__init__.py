@@ -1,0 +1,5 @@
+"""AiiDA Data plugins of aiida-mlmat."""
+
+from .configurations import ConfigurationSetData
+
+__all__ = ('ConfigurationSetData',)

@@ -1,0 +1,197 @@
+"""Data plugin ``mlmat.configurations``: a set of (labelled or unlabelled) configurations.
+
+The configurations are one extxyz file in the node's repository, readable by ASE, MACE, nequip and any tool
+outside AiiDA. Summary attributes make sets queryable: count, species, formulas, label keys, calculator and
+its parameters, units, composition range and the sha256 of the file. Configurations that failed to be
+labelled are not dropped silently: they are listed in the ``excluded`` attribute with their reasons.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+from aiida import orm
+from ase import Atoms
+
+from aiida_mlmat.common.constants import LABEL_KEYS, UNITS
+from aiida_mlmat.worker.structures import InvalidConfigurationError, check_configuration, extxyz_string, read_extxyz
+
+
+class CorruptFileError(ValueError):
+    """A file that cannot be read as a configuration set."""
+
+
+def _label_keys(frames: Sequence[Atoms]) -> list[str]:
+    keys = []
+    for key in LABEL_KEYS:
+        if frames and all(frame.calc is not None and key in frame.calc.results for frame in frames):
+            keys.append(key)
+    return keys
+
+
+def _composition_range(frames: Sequence[Atoms], species: list[str]) -> dict[str, list[float]]:
+    ranges: dict[str, list[float]] = {}
+    for symbol in species:
+        fractions = [frame.get_chemical_symbols().count(symbol) / len(frame) for frame in frames if len(frame)]
+        ranges[symbol] = [min(fractions), max(fractions)]
+    return ranges
+
+
+def parse_extxyz_bytes(content: bytes, name: str = 'file', validate: bool = True) -> list[Atoms]:
+    """Parse extxyz bytes into frames, with a clear error for anything unreadable or unphysical.
+
+    :raises CorruptFileError: when the bytes are not a valid extxyz file, hold no frame, or (with ``validate``)
+        a frame is unphysical (no atoms, unknown element, atoms closer than 0.5 Å).
+    """
+    try:
+        text = content.decode('utf-8')
+    except UnicodeDecodeError as exc:
+        raise CorruptFileError(f'{name} is not a text extxyz file: {exc}') from exc
+    if not text.strip():
+        raise CorruptFileError(f'{name} holds no configuration (empty file)')
+    try:
+        frames = read_extxyz(io.StringIO(text))
+    except Exception as exc:
+        raise CorruptFileError(f'{name} cannot be read as extxyz: {type(exc).__name__}: {exc}') from exc
+    if not frames:
+        raise CorruptFileError(f'{name} holds no configuration')
+    if validate:
+        for position, frame in enumerate(frames):
+            try:
+                check_configuration(frame)
+            except InvalidConfigurationError as exc:
+                raise CorruptFileError(f'{name}, configuration {position}: {exc}') from exc
+    return frames
+
+
+class ConfigurationSetData(orm.Data):
+    """A set of atomic configurations stored as one extxyz file plus queryable summary attributes.
+
+    Energies are in eV, forces in eV/Å, stresses in eV/Å^3 (ASE's sign convention, Voigt order), lengths in Å.
+    """
+
+    FILENAME = 'configurations.extxyz'
+
+    def __init__(
+        self,
+        frames: Sequence[Atoms] | None = None,
+        *,
+        content: bytes | None = None,
+        calculator: dict[str, Any] | None = None,
+        excluded: Sequence[dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Build a set from ASE frames or from extxyz bytes.
+
+        :param frames: configurations; labels are taken from their calculators' results.
+        :param content: extxyz bytes, stored exactly as given (use :meth:`from_file` for files).
+        :param calculator: ``{'name': ..., 'parameters': {...}}`` of the calculator that made the labels.
+        :param excluded: records ``{'index', 'formula', 'reason'}`` of configurations that failed.
+        """
+        super().__init__(**kwargs)
+        if frames is None and content is None:
+            raise ValueError('give either `frames` or `content`')
+        if content is None:
+            frames = list(frames or [])
+            content = extxyz_string(frames).encode('utf-8') if frames else b''
+        else:
+            frames = parse_extxyz_bytes(content, validate=False) if content.strip() else []
+        self._set_content(content, list(frames))
+        self.base.attributes.set('calculator', dict(calculator) if calculator else None)
+        excluded_list = [dict(record) for record in (excluded or [])]
+        self.base.attributes.set('excluded', excluded_list)
+        self.base.attributes.set('n_excluded', len(excluded_list))
+
+    def _set_content(self, content: bytes, frames: list[Atoms]) -> None:
+        self.base.repository.put_object_from_bytes(content, self.FILENAME)
+        species = sorted({symbol for frame in frames for symbol in frame.get_chemical_symbols()})
+        self.base.attributes.set_many(
+            {
+                'count': len(frames),
+                'num_atoms_total': int(sum(len(frame) for frame in frames)),
+                'species': species,
+                'formulas': [frame.get_chemical_formula() for frame in frames],
+                'label_keys': _label_keys(frames),
+                'composition_range': _composition_range(frames, species),
+                'units': dict(UNITS),
+                'sha256': hashlib.sha256(content).hexdigest(),
+                'filename': self.FILENAME,
+            }
+        )
+
+    @classmethod
+    def from_file(cls, path: str | pathlib.Path, validate: bool = True, **kwargs: Any) -> ConfigurationSetData:
+        """Read an extxyz file; refuse (``CorruptFileError``) one that is unreadable, empty or unphysical."""
+        path = pathlib.Path(path)
+        content = path.read_bytes()
+        parse_extxyz_bytes(content, name=path.name, validate=validate)
+        return cls(content=content, **kwargs)
+
+    @property
+    def count(self) -> int:
+        """Number of configurations."""
+        return self.base.attributes.get('count')
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def species(self) -> list[str]:
+        """Sorted chemical symbols present."""
+        return list(self.base.attributes.get('species'))
+
+    @property
+    def label_keys(self) -> list[str]:
+        """Labels every configuration carries (``energy``, ``forces``, ``stress``)."""
+        return list(self.base.attributes.get('label_keys'))
+
+    @property
+    def calculator(self) -> dict[str, Any] | None:
+        """The calculator spec that made the labels, if any."""
+        return self.base.attributes.get('calculator')
+
+    @property
+    def excluded(self) -> list[dict[str, Any]]:
+        """Records of configurations that failed, with their reasons."""
+        return list(self.base.attributes.get('excluded'))
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of the extxyz file."""
+        return self.base.attributes.get('sha256')
+
+    def get_content(self) -> bytes:
+        """Return the extxyz bytes."""
+        return self.base.repository.get_object_content(self.FILENAME, mode='rb')
+
+    def get_atoms(self) -> list[Atoms]:
+        """Return the configurations as ASE atoms (labels attached as a SinglePointCalculator)."""
+        content = self.get_content()
+        return parse_extxyz_bytes(content, validate=False) if content.strip() else []
+
+    def write_extxyz(self, path: str | pathlib.Path) -> None:
+        """Write the configurations to an extxyz file (byte for byte what is stored)."""
+        pathlib.Path(path).write_bytes(self.get_content())
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-serialisable summary of the set (for ``mlmat dataset show``)."""
+        attributes = self.base.attributes
+        return {
+            'pk': self.pk,
+            'uuid': self.uuid,
+            'label': self.label,
+            'n_configurations': attributes.get('count'),
+            'n_atoms_total': attributes.get('num_atoms_total'),
+            'species': attributes.get('species'),
+            'label_keys': attributes.get('label_keys'),
+            'calculator': attributes.get('calculator'),
+            'composition_range': attributes.get('composition_range'),
+            'n_excluded': attributes.get('n_excluded'),
+            'excluded': attributes.get('excluded'),
+            'units': attributes.get('units'),
+            'sha256': attributes.get('sha256'),
+        }

@@ -1,0 +1,1 @@
+"""Parsers of aiida-mlmat: one per CalcJob, sharing its entry-point name."""

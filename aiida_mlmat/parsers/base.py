@@ -1,0 +1,56 @@
+"""Base parser: reads ``results.json`` and maps worker error codes to the CalcJob's banded exit codes."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+from aiida import orm
+from aiida.engine import ExitCode
+from aiida.parsers import Parser
+
+from aiida_mlmat.calcjobs.base import WORKER_ERRORS
+from aiida_mlmat.common.constants import RESULTS_JSON
+
+#: Exit statuses set by aiida-core's scheduler plugins when a job died (out of memory, walltime, node failure).
+SCHEDULER_KILLED = (110, 120, 140)
+
+
+class MlmatParser(Parser):
+    """Shared parsing of the worker protocol."""
+
+    def load_results(self) -> tuple[dict[str, Any] | None, ExitCode | None]:
+        """Return the decoded ``results.json``, or an exit code when it is missing or unreadable."""
+        if RESULTS_JSON not in self.retrieved.base.repository.list_object_names():
+            return None, self.exit_codes.ERROR_MISSING_RESULTS
+        try:
+            results = json.loads(self.retrieved.base.repository.get_object_content(RESULTS_JSON))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return None, self.exit_codes.ERROR_CORRUPT_RESULTS.format(error=str(exc))
+        if not isinstance(results, dict) or 'status' not in results:
+            return None, self.exit_codes.ERROR_CORRUPT_RESULTS.format(error='no `status` key')
+        return results, None
+
+    def scheduler_killed(self) -> bool:
+        """Whether the scheduler output parser already flagged the job as killed (walltime, memory, node)."""
+        return self.node.exit_status in SCHEDULER_KILLED
+
+    def error_exit_code(self, results: dict[str, Any]) -> ExitCode:
+        """Map the worker's ``error`` record to a banded exit code."""
+        error = results.get('error') or {}
+        label = WORKER_ERRORS.get(error.get('code', 'UNEXPECTED'), 'ERROR_WORKER_EXCEPTION')
+        return getattr(self.exit_codes, label).format(message=error.get('message', 'no message'))
+
+    @staticmethod
+    def temporary_file(kwargs: dict[str, Any], name: str) -> pathlib.Path | None:
+        """Return the path of a file retrieved into the temporary folder, or None."""
+        folder = kwargs.get('retrieved_temporary_folder')
+        if folder is None:
+            return None
+        path = pathlib.Path(folder) / name
+        return path if path.is_file() else None
+
+    def output_results(self, results: dict[str, Any]) -> None:
+        """Attach the worker summary as the ``results`` Dict."""
+        self.out('results', orm.Dict(results))

@@ -1,0 +1,89 @@
+"""Entry point of the remote worker: ``mlmat-worker TASK input.json`` (or ``python -m aiida_mlmat.worker``).
+
+Writes ``results.json`` beside the input in every case: ``status`` is ``ok``, ``incomplete`` (soft time limit
+reached; recoverable) or ``error`` with ``error: {code, message}``. Exit status: 0 ok, 2 incomplete, 1 error.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from aiida_mlmat.common.constants import RESULTS_JSON
+from aiida_mlmat.worker.errors import ErrorCode, WorkerError
+from aiida_mlmat.worker.schema import SCHEMA_VERSION, SCHEMAS, validate_input
+
+
+def _versions() -> dict[str, str]:
+    import ase
+    import numpy
+
+    from aiida_mlmat import __version__
+
+    return {
+        'aiida_mlmat': __version__,
+        'ase': ase.__version__,
+        'numpy': numpy.__version__,
+        'python': platform.python_version(),
+    }
+
+
+def _tasks() -> dict[str, Any]:
+    from aiida_mlmat.worker.tasks import label, sample
+
+    return {'label': label.run, 'sample': sample.run}
+
+
+def execute(task: str, input_path: Path) -> tuple[dict[str, Any], int]:
+    """Run one task on an input file and return the results dictionary and the exit status."""
+    workdir = input_path.parent
+    started = time.time()
+    try:
+        if task not in SCHEMAS:
+            raise WorkerError(ErrorCode.INVALID_INPUT, f'unknown task `{task}`; known: {", ".join(sorted(SCHEMAS))}')
+        try:
+            params = json.loads(input_path.read_text())
+        except FileNotFoundError as exc:
+            raise WorkerError(ErrorCode.MISSING_FILE, f'input file `{input_path.name}` is missing') from exc
+        except json.JSONDecodeError as exc:
+            raise WorkerError(ErrorCode.CORRUPT_FILE, f'`{input_path.name}` is not valid JSON: {exc}') from exc
+        try:
+            validate_input(task, params)
+        except ValueError as exc:
+            raise WorkerError(ErrorCode.INVALID_INPUT, str(exc)) from exc
+        results = _tasks()[task](params, workdir)
+    except WorkerError as exc:
+        results = {'status': 'error', 'error': {'code': exc.code.value, 'message': exc.message}}
+    except Exception as exc:
+        results = {
+            'status': 'error',
+            'error': {'code': ErrorCode.UNEXPECTED.value, 'message': f'{type(exc).__name__}: {exc}'},
+            'traceback': traceback.format_exc(),
+        }
+    results.update({'schema_version': SCHEMA_VERSION, 'task': task, 'started': started, 'versions': _versions()})
+    status = {'ok': 0, 'incomplete': 2}.get(results['status'], 1)
+    return results, status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``TASK input.json``, run, write ``results.json`` and return the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print('usage: mlmat-worker TASK input.json   (tasks: ' + ', '.join(sorted(SCHEMAS)) + ')', file=sys.stderr)
+        return 64
+    task, input_file = argv
+    input_path = Path(input_file).resolve()
+    results, status = execute(task, input_path)
+    (input_path.parent / RESULTS_JSON).write_text(json.dumps(results, indent=1, default=float))
+    if status == 1:
+        print(f'mlmat-worker: {results["error"]["code"]}: {results["error"]["message"]}', file=sys.stderr)
+    return status
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Registry of ASE calculators by name, with keyword arguments given as JSON.
+
+A name that is not registered is an error before anything is imported: the worker never imports a module
+named by the user. Plugins add calculators through the ``mlmat.calculators`` entry-point group, whose values
+are factories ``(parameters: dict) -> ase.calculators.calculator.Calculator``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+ENTRY_POINT_GROUP = 'mlmat.calculators'
+
+#: Built-in calculators: name -> (module, class, default keyword arguments, description).
+BUILTIN: dict[str, tuple[str, str, dict[str, Any], str]] = {
+    'emt': ('ase.calculators.emt', 'EMT', {}, 'effective medium theory (ASE), Al Cu Ag Au Ni Pd Pt, and H C N O'),
+    'lj': ('ase.calculators.lj', 'LennardJones', {}, 'Lennard-Jones pair potential (ASE)'),
+    'gpaw': ('gpaw', 'GPAW', {'txt': None}, 'GPAW DFT; `mode` may be a dict such as {"name": "pw", "ecut": 300}'),
+    'espresso': ('ase.calculators.espresso', 'Espresso', {}, 'Quantum ESPRESSO through ASE'),
+    'vasp': ('ase.calculators.vasp', 'Vasp', {}, 'VASP through ASE (licence and binary needed)'),
+    'cp2k': ('ase.calculators.cp2k', 'CP2K', {}, 'CP2K through ASE'),
+}
+
+
+#: Elements a calculator can treat at all, where that set is small and known (others: any element).
+SUPPORTED_ELEMENTS: dict[str, frozenset[str]] = {
+    'emt': frozenset({'Al', 'Cu', 'Ag', 'Au', 'Ni', 'Pd', 'Pt', 'H', 'C', 'N', 'O'}),
+}
+
+
+def unsupported_elements(name: str, species: list[str] | set[str]) -> list[str]:
+    """Return the elements of ``species`` that the calculator ``name`` cannot treat (sorted)."""
+    supported = SUPPORTED_ELEMENTS.get(name)
+    return [] if supported is None else sorted(set(species) - supported)
+
+
+class UnknownCalculatorError(KeyError):
+    """The calculator name is not registered."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class CalculatorUnavailableError(ImportError):
+    """The calculator is registered but its code cannot be imported where the worker runs."""
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_names() -> list[str]:
+    """Return every registered calculator name (built-in and from entry points), sorted."""
+    return sorted(set(BUILTIN) | set(_entry_points()))
+
+
+def check_name(name: str) -> None:
+    """Raise :class:`UnknownCalculatorError` with the list of known names when ``name`` is not registered."""
+    if name not in BUILTIN and name not in _entry_points():
+        raise UnknownCalculatorError(f'unknown calculator `{name}`; registered: {", ".join(available_names())}')
+
+
+def _gpaw_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Translate JSON-only GPAW parameters: a mode dict becomes a GPAW mode object."""
+    params = dict(parameters)
+    mode = params.get('mode')
+    if isinstance(mode, dict):
+        from gpaw.wavefunctions.mode import create_wave_function_mode
+
+        mode = dict(mode)
+        params['mode'] = create_wave_function_mode(mode.pop('name'), **mode)
+    return params
+
+
+def get_factory(name: str) -> Callable[[dict[str, Any]], Any]:
+    """Return a factory that builds a fresh calculator from JSON keyword arguments.
+
+    :raises UnknownCalculatorError: when the name is not registered.
+    :raises CalculatorUnavailableError: when its code cannot be imported here.
+    """
+    check_name(name)
+    if name in BUILTIN:
+        module_name, class_name, defaults, _ = BUILTIN[name]
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except ImportError as exc:
+            raise CalculatorUnavailableError(
+                f'calculator `{name}` needs the Python module `{module_name}`, which is not importable by '
+                f'this worker ({exc}); point the Code at a Python that has it'
+            ) from exc
+
+        def factory(parameters: dict[str, Any]) -> Any:
+            kwargs = {**defaults, **parameters}
+            if name == 'gpaw':
+                kwargs = _gpaw_parameters(kwargs)
+            return cls(**kwargs)
+
+        return factory
+    try:
+        return _entry_points()[name].load()
+    except ImportError as exc:
+        raise CalculatorUnavailableError(f'calculator `{name}` could not be loaded: {exc}') from exc
+
+
+def make_calculator(name: str, parameters: dict[str, Any] | None = None) -> Any:
+    """Build a calculator by registry name with keyword arguments."""
+    return get_factory(name)(dict(parameters or {}))

@@ -1,0 +1,138 @@
+"""The versioned JSON schema of the worker's ``input.json``, validated on both sides.
+
+The CalcJob validates the dictionary it is about to write (so bad input fails before submission) and the
+worker validates what it reads (so a hand-written or stale file fails with a clear code, not a traceback).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_CALCULATOR = {
+    'type': 'object',
+    'properties': {
+        'name': {'type': 'string', 'pattern': '^[a-z][a-z0-9_.-]*$', 'description': 'registry name of the calculator'},
+        'parameters': {'type': 'object', 'description': 'keyword arguments of the calculator, as JSON'},
+    },
+    'required': ['name'],
+    'additionalProperties': False,
+}
+
+_FILE_NAME = {'type': 'string', 'pattern': r'^[A-Za-z0-9_][A-Za-z0-9_.-]*$', 'maxLength': 128}
+_SEED = {'type': 'integer', 'minimum': 0}
+_COUNT = {'type': 'integer', 'minimum': 0, 'maximum': 100000}
+
+LABEL_SCHEMA: dict[str, Any] = {
+    '$schema': 'https://json-schema.org/draft/2020-12/schema',
+    'title': 'mlmat-worker label input',
+    'type': 'object',
+    'properties': {
+        'schema_version': {'const': SCHEMA_VERSION},
+        'task': {'const': 'label'},
+        'calculator': _CALCULATOR,
+        'structures': _FILE_NAME,
+        'previous': _FILE_NAME,
+        'properties': {
+            'type': 'array',
+            'items': {'enum': ['energy', 'forces', 'stress']},
+            'contains': {'const': 'energy'},
+            'uniqueItems': True,
+        },
+        'max_seconds': {'type': ['number', 'null'], 'minimum': 0, 'description': 'soft time limit in s'},
+        'min_distance': {'type': 'number', 'minimum': 0, 'description': 'smallest allowed interatomic distance, Å'},
+    },
+    'required': ['schema_version', 'task', 'calculator', 'structures', 'properties'],
+    'additionalProperties': False,
+}
+
+SAMPLE_SCHEMA: dict[str, Any] = {
+    '$schema': 'https://json-schema.org/draft/2020-12/schema',
+    'title': 'mlmat-worker sample input',
+    'type': 'object',
+    'properties': {
+        'schema_version': {'const': SCHEMA_VERSION},
+        'task': {'const': 'sample'},
+        'structures': _FILE_NAME,
+        'supercell': {
+            'type': 'array',
+            'items': {'type': 'integer', 'minimum': 1, 'maximum': 20},
+            'minItems': 3,
+            'maxItems': 3,
+        },
+        'include_seeds': {'type': 'boolean'},
+        'rattle': {
+            'type': 'object',
+            'properties': {'count': _COUNT, 'stdev': {'type': 'number', 'minimum': 0, 'maximum': 1.0}, 'seed': _SEED},
+            'required': ['count', 'stdev'],
+            'additionalProperties': False,
+        },
+        'strain': {
+            'type': 'object',
+            'properties': {
+                'count': _COUNT,
+                'max_strain': {'type': 'number', 'minimum': 0, 'maximum': 0.5},
+                'rattle_stdev': {'type': 'number', 'minimum': 0, 'maximum': 1.0},
+                'seed': _SEED,
+            },
+            'required': ['count', 'max_strain'],
+            'additionalProperties': False,
+        },
+        'vacancies': {
+            'type': 'object',
+            'properties': {'count': _COUNT, 'seed': _SEED},
+            'required': ['count'],
+            'additionalProperties': False,
+        },
+        'md': {
+            'type': 'object',
+            'properties': {
+                'calculator': _CALCULATOR,
+                'temperatures': {
+                    'type': 'array',
+                    'items': {'type': 'number', 'exclusiveMinimum': 0, 'maximum': 100000},
+                    'minItems': 1,
+                },
+                'steps': {'type': 'integer', 'minimum': 1},
+                'timestep': {'type': 'number', 'exclusiveMinimum': 0, 'maximum': 20, 'description': 'fs'},
+                'interval': {'type': 'integer', 'minimum': 1, 'description': 'keep a snapshot every n steps'},
+                'friction': {'type': 'number', 'exclusiveMinimum': 0, 'description': 'Langevin friction, 1/fs'},
+                'seed': _SEED,
+            },
+            'required': ['calculator', 'temperatures', 'steps', 'interval'],
+            'additionalProperties': False,
+        },
+    },
+    'required': ['schema_version', 'task', 'structures'],
+    'additionalProperties': False,
+}
+
+SCHEMAS: dict[str, dict[str, Any]] = {'label': LABEL_SCHEMA, 'sample': SAMPLE_SCHEMA}
+
+
+def validate_input(task: str, data: Any) -> None:
+    """Validate the content of an ``input.json`` for a task.
+
+    :param task: the worker task, ``label`` or ``sample``.
+    :param data: the decoded JSON.
+    :raises ValueError: with a message naming the offending key when the input does not validate.
+    """
+    import jsonschema
+
+    if task not in SCHEMAS:
+        raise ValueError(f'unknown worker task `{task}`; known: {", ".join(sorted(SCHEMAS))}')
+    validator = jsonschema.Draft202012Validator(SCHEMAS[task])
+    errors = sorted(validator.iter_errors(data), key=lambda error: list(error.absolute_path))
+    if errors:
+        messages = []
+        for error in errors:
+            where = '.'.join(str(part) for part in error.absolute_path) or '<root>'
+            messages.append(f'{where}: {error.message}')
+        raise ValueError(f'invalid {task} input (schema version {SCHEMA_VERSION}): ' + '; '.join(messages))
+
+
+def get_schema(task: str) -> dict[str, Any]:
+    """Return a copy of the JSON schema of a task (for documentation and external tools)."""
+    return copy.deepcopy(SCHEMAS[task])

@@ -1,0 +1,161 @@
+"""Pure structure helpers used on both sides: validation, seed generation, extxyz I/O."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+from collections.abc import Iterable, Sequence
+from typing import IO
+
+import numpy as np
+from ase import Atoms
+from ase.build import bulk
+from ase.data import atomic_numbers, chemical_symbols, covalent_radii, reference_states
+
+from aiida_mlmat.common.constants import INDEX_KEY, METHOD_KEY, MIN_INTERATOMIC_DISTANCE
+
+
+class InvalidConfigurationError(ValueError):
+    """A configuration that no calculator should be asked about."""
+
+
+def check_element(symbol: str) -> int:
+    """Return the atomic number of a chemical symbol, or raise ``ValueError`` with a clear message."""
+    number = atomic_numbers.get(symbol)
+    if not number or chemical_symbols[number] != symbol:
+        raise ValueError(f'unknown element `{symbol}`: use a chemical symbol such as Cu or Au')
+    return number
+
+
+def shortest_distance(atoms: Atoms, cutoff: float = MIN_INTERATOMIC_DISTANCE) -> float | None:
+    """Return the shortest interatomic distance (Å, periodic images included) if below ``cutoff``, else None."""
+    if len(atoms) == 0:
+        return None
+    if atoms.pbc.any() and abs(atoms.cell.volume) < 1e-12:
+        raise InvalidConfigurationError('periodic configuration with a degenerate (zero-volume) cell')
+    from ase.neighborlist import neighbor_list
+
+    distances = neighbor_list('d', atoms, cutoff)
+    if len(distances) == 0:
+        return None
+    return float(distances.min())
+
+
+def check_configuration(atoms: Atoms, min_distance: float = MIN_INTERATOMIC_DISTANCE) -> None:
+    """Raise :class:`InvalidConfigurationError` when a configuration is unphysical.
+
+    Checks: at least one atom, real elements, finite positions, a non-degenerate periodic cell, no two atoms
+    closer than ``min_distance`` (Å).
+    """
+    if len(atoms) == 0:
+        raise InvalidConfigurationError('configuration has no atoms')
+    if (atoms.numbers <= 0).any():
+        raise InvalidConfigurationError('configuration has a dummy atom (X) that is not an element')
+    if not np.isfinite(atoms.positions).all():
+        raise InvalidConfigurationError('configuration has non-finite positions')
+    if min_distance > 0:
+        shortest = shortest_distance(atoms, min_distance)
+        if shortest is not None:
+            raise InvalidConfigurationError(f'atoms closer than {min_distance} Å (shortest distance {shortest:.3f} Å)')
+
+
+def atomic_volume(symbol: str) -> float:
+    """Return an estimate of the volume per atom (Å^3) of an element's ground state."""
+    number = check_element(symbol)
+    state = reference_states[number] or {}
+    symmetry = state.get('symmetry')
+    a = state.get('a')
+    if symmetry == 'fcc':
+        return a**3 / 4
+    if symmetry == 'bcc':
+        return a**3 / 2
+    if symmetry == 'hcp':
+        return math.sqrt(3) / 4 * a**2 * a * state.get('c/a', math.sqrt(8 / 3))
+    if symmetry == 'diamond':
+        return a**3 / 8
+    if symmetry == 'sc':
+        return a**3
+    radius = covalent_radii[number]
+    return 4 / 3 * math.pi * radius**3 / 0.74
+
+
+def lattice_constant(volume: float, crystal: str) -> float:
+    """Return the cubic (or hcp basal) lattice constant (Å) that gives ``volume`` Å^3 per atom."""
+    if crystal == 'fcc':
+        return (4 * volume) ** (1 / 3)
+    if crystal == 'bcc':
+        return (2 * volume) ** (1 / 3)
+    if crystal == 'hcp':
+        return (volume / (math.sqrt(3) / 4 * math.sqrt(8 / 3))) ** (1 / 3)
+    raise ValueError(f'unknown crystal `{crystal}`')
+
+
+def build_seeds(elements: Sequence[str], crystals: Iterable[str] = ('fcc', 'bcc', 'hcp')) -> list[Atoms]:
+    """Build seed structures for a chemical system from its element symbols alone.
+
+    For every element: its fcc, bcc and hcp phases at the ground-state volume per atom. For every pair of
+    elements: ordered alloys on the fcc lattice (L1_2 A3B and AB3, L1_0 AB) and on the bcc lattice (B2 AB),
+    at the mean (Vegard) volume per atom. Each seed carries its name in ``info['mlmat_method']``.
+
+    :raises ValueError: for an empty list or an unknown element.
+    """
+    elements = list(dict.fromkeys(elements))
+    if not elements:
+        raise ValueError('no elements given: name at least one chemical element')
+    for symbol in elements:
+        check_element(symbol)
+    seeds: list[Atoms] = []
+    for symbol in elements:
+        volume = atomic_volume(symbol)
+        for crystal in crystals:
+            a = lattice_constant(volume, crystal)
+            atoms = bulk(symbol, crystal, a=a, cubic=crystal != 'hcp')
+            atoms.info[METHOD_KEY] = f'seed:{crystal}'
+            seeds.append(atoms)
+    for first, second in itertools.combinations(elements, 2):
+        volume = (atomic_volume(first) + atomic_volume(second)) / 2
+        a_fcc = lattice_constant(volume, 'fcc')
+        cube = bulk(first, 'fcc', a=a_fcc, cubic=True)  # 4 atoms: corner + 3 face centres
+        for name, symbols in (
+            ('L12', [first, second, second, second]),
+            ('L12', [second, first, first, first]),
+            ('L10', [first, first, second, second]),
+        ):
+            atoms = cube.copy()
+            atoms.set_chemical_symbols(symbols)
+            atoms.info[METHOD_KEY] = f'seed:{name}'
+            seeds.append(atoms)
+        atoms = bulk(first, 'bcc', a=lattice_constant(volume, 'bcc'), cubic=True)
+        atoms.set_chemical_symbols([first, second])
+        atoms.info[METHOD_KEY] = 'seed:B2'
+        seeds.append(atoms)
+    return seeds
+
+
+def read_extxyz(source: str | IO[str]) -> list[Atoms]:
+    """Read every frame of an extxyz file (path or text handle)."""
+    from ase.io import read
+
+    frames = read(source, index=':', format='extxyz')
+    return list(frames) if isinstance(frames, list) else [frames]
+
+
+def write_extxyz(destination: str | IO[str], frames: Sequence[Atoms]) -> None:
+    """Write frames (with their calculator results, if any) as extxyz."""
+    from ase.io import write
+
+    write(destination, list(frames), format='extxyz')
+
+
+def extxyz_string(frames: Sequence[Atoms]) -> str:
+    """Return frames as extxyz text."""
+    handle = io.StringIO()
+    write_extxyz(handle, frames)
+    return handle.getvalue()
+
+
+def index_of(atoms: Atoms, default: int) -> int:
+    """Return the configuration index stored in ``info`` or ``default``."""
+    value = atoms.info.get(INDEX_KEY, default)
+    return int(value)

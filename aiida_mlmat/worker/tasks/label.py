@@ -1,0 +1,149 @@
+"""Task ``label``: batched single points (energy, forces, stress) with a registry calculator.
+
+One configuration failing (the calculator raises, returns NaN or infinity, or the configuration is
+unphysical) does not fail the batch: it is excluded with its reason. Labelled frames are appended to
+``labelled.extxyz`` and flushed one by one, so a job killed by the scheduler leaves everything it finished
+readable; ``previous`` names such a partial file, whose configurations are copied and not recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from aiida_mlmat.common.constants import EXCLUDED_FILE, INDEX_KEY, LABELLED_FILE, MIN_INTERATOMIC_DISTANCE
+from aiida_mlmat.worker.calculators import get_factory
+from aiida_mlmat.worker.errors import ErrorCode, WorkerError
+from aiida_mlmat.worker.structures import InvalidConfigurationError, check_configuration, index_of, read_extxyz
+
+
+def _read(path: Path) -> list[Atoms]:
+    if not path.is_file():
+        raise WorkerError(ErrorCode.MISSING_FILE, f'input file `{path.name}` is missing')
+    try:
+        return read_extxyz(str(path))
+    except Exception as exc:
+        raise WorkerError(ErrorCode.CORRUPT_FILE, f'cannot read `{path.name}` as extxyz: {exc}') from exc
+
+
+def compute_labels(atoms: Atoms, calculator: Any, properties: list[str]) -> dict[str, Any]:
+    """Compute the requested labels of one configuration and check that they are finite.
+
+    :return: ``energy`` (eV), ``forces`` (eV/Å, n x 3), ``stress`` (eV/Å^3, Voigt 6) as requested;
+        stress is skipped for a configuration that is not periodic in all three directions.
+    :raises ValueError: when a label is NaN or infinite.
+    """
+    atoms = atoms.copy()
+    atoms.calc = calculator
+    results: dict[str, Any] = {'energy': float(atoms.get_potential_energy())}
+    if 'forces' in properties:
+        results['forces'] = np.array(atoms.get_forces(), dtype=float)
+    if 'stress' in properties and atoms.pbc.all():
+        results['stress'] = np.array(atoms.get_stress(voigt=True), dtype=float)
+    for key, value in results.items():
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f'calculator returned a non-finite {key}')
+    return results
+
+
+def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Label the configurations of ``params['structures']``; see the module docstring."""
+    start = time.perf_counter()
+    frames = _read(workdir / params['structures'])
+    previous: dict[int, Atoms] = {}
+    if params.get('previous'):
+        for atoms in _read(workdir / params['previous']):
+            previous[index_of(atoms, -1)] = atoms
+
+    calc_spec = params['calculator']
+    try:
+        factory = get_factory(calc_spec['name'])
+    except KeyError as exc:
+        raise WorkerError(ErrorCode.UNKNOWN_CALCULATOR, str(exc)) from exc
+    except ImportError as exc:
+        raise WorkerError(ErrorCode.CALCULATOR_UNAVAILABLE, str(exc)) from exc
+    calc_params = calc_spec.get('parameters', {})
+    properties = list(params['properties'])
+    min_distance = float(params.get('min_distance', MIN_INTERATOMIC_DISTANCE))
+    max_seconds = params.get('max_seconds')
+
+    n_labelled = n_reused = 0
+    excluded: list[dict[str, Any]] = []
+    remaining = 0
+    compute_seconds = 0.0
+    with open(workdir / LABELLED_FILE, 'w') as out, open(workdir / EXCLUDED_FILE, 'w') as excl:
+        from ase.io import write
+
+        for position, atoms in enumerate(frames):
+            index = index_of(atoms, position)
+            if index in previous:
+                write(out, previous[index], format='extxyz')
+                n_reused += 1
+                n_labelled += 1
+                continue
+            progressed = (n_labelled - n_reused + len(excluded)) > 0  # always make progress before stopping
+            if max_seconds is not None and progressed and time.perf_counter() - start > max_seconds:
+                remaining = len(frames) - position
+                break
+            clean = Atoms(
+                atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc, info={INDEX_KEY: index}
+            )
+            for key, value in atoms.info.items():
+                clean.info.setdefault(key, value)
+            try:
+                check_configuration(clean, min_distance)
+                tick = time.perf_counter()
+                results = compute_labels(clean, factory(dict(calc_params)), properties)
+                compute_seconds += time.perf_counter() - tick
+            except InvalidConfigurationError as exc:
+                reason = f'invalid configuration: {exc}'
+            except Exception as exc:
+                reason = f'calculator failed: {type(exc).__name__}: {exc}'.strip()
+            else:
+                clean.calc = SinglePointCalculator(clean, **results)
+                write(out, clean, format='extxyz')
+                out.flush()
+                n_labelled += 1
+                continue
+            record = {'index': index, 'formula': atoms.get_chemical_formula(), 'reason': reason}
+            excluded.append(record)
+            excl.write(json.dumps(record) + '\n')
+            excl.flush()
+
+    elapsed = time.perf_counter() - start
+    computed = n_labelled - n_reused
+    results_dict: dict[str, Any] = {
+        'status': 'ok',
+        'n_input': len(frames),
+        'n_labelled': n_labelled,
+        'n_reused': n_reused,
+        'n_excluded': len(excluded),
+        'n_remaining': remaining,
+        'excluded': excluded,
+        'properties': properties,
+        'timings': {
+            'total_s': elapsed,
+            'compute_s': compute_seconds,
+            'per_configuration_s': (compute_seconds / computed) if computed else None,
+        },
+    }
+    if remaining:
+        results_dict['status'] = 'incomplete'
+        results_dict['error'] = {
+            'code': ErrorCode.WALLTIME.value,
+            'message': f'soft time limit of {max_seconds} s reached with {remaining} configurations left',
+        }
+    elif frames and n_labelled == 0:
+        results_dict['status'] = 'error'
+        first = excluded[0]['reason'] if excluded else 'unknown'
+        results_dict['error'] = {
+            'code': ErrorCode.ALL_FAILED.value,
+            'message': f'every one of the {len(frames)} configurations failed; first reason: {first}',
+        }
+    return results_dict

@@ -1,0 +1,106 @@
+"""Calcfunctions of aiida-mlmat: small, pure steps recorded in provenance."""
+
+from __future__ import annotations
+
+import numpy as np
+from aiida import orm
+from aiida.engine import calcfunction
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from aiida_mlmat.common.constants import INDEX_KEY
+from aiida_mlmat.data.configurations import ConfigurationSetData
+from aiida_mlmat.worker.structures import build_seeds
+
+
+@calcfunction
+def build_seed_set(elements: orm.List) -> ConfigurationSetData:
+    """Seeds for a chemical system from its elements: fcc, bcc, hcp phases and simple ordered alloys."""
+    return ConfigurationSetData(build_seeds(elements.get_list()))
+
+
+@calcfunction
+def structures_to_set(**structures: orm.StructureData) -> ConfigurationSetData:
+    """Gather StructureData nodes (sorted by link label) into one configuration set."""
+    frames = [structures[key].get_ase() for key in sorted(structures)]
+    return ConfigurationSetData(frames)
+
+
+@calcfunction
+def split_configurations(configurations: ConfigurationSetData, chunk_size: orm.Int) -> dict[str, ConfigurationSetData]:
+    """Split a set into chunks of at most ``chunk_size`` configurations (``chunk_0000``, ...).
+
+    Each frame keeps (or gets) its index in the whole set as ``info['mlmat_index']``.
+    """
+    frames = configurations.get_atoms()
+    for position, frame in enumerate(frames):
+        frame.info.setdefault(INDEX_KEY, position)
+    size = chunk_size.value
+    return {
+        f'chunk_{number:04d}': ConfigurationSetData(frames[start : start + size])
+        for number, start in enumerate(range(0, len(frames), size))
+    }
+
+
+@calcfunction
+def collect_labels(calculator: orm.Dict, failures: orm.Dict, **chunks: ConfigurationSetData) -> ConfigurationSetData:
+    """Merge labelled chunks into one set, sorted by configuration index, with every exclusion recorded.
+
+    :param calculator: the calculator spec that made the labels.
+    :param failures: ``{link label of an unlabelled chunk: reason}`` for chunks whose job failed as a whole;
+        every configuration of such a chunk is excluded with that reason.
+    :param chunks: labelled chunks (``labelled_*``) and failed unlabelled chunks (``failed_*``).
+    """
+    reasons = failures.get_dict()
+    frames: list[Atoms] = []
+    excluded: list[dict] = []
+    for key in sorted(chunks):
+        node = chunks[key]
+        if key.startswith('failed_'):
+            for position, frame in enumerate(node.get_atoms()):
+                excluded.append(
+                    {
+                        'index': int(frame.info.get(INDEX_KEY, position)),
+                        'formula': frame.get_chemical_formula(),
+                        'reason': reasons.get(key, 'the label job failed'),
+                    }
+                )
+        else:
+            frames.extend(node.get_atoms())
+            excluded.extend(node.excluded)
+    frames.sort(key=lambda frame: int(frame.info.get(INDEX_KEY, 0)))
+    excluded.sort(key=lambda record: record['index'])
+    return ConfigurationSetData(frames, calculator=calculator.get_dict(), excluded=excluded)
+
+
+@calcfunction
+def ase_results_to_set(calculator: orm.Dict, failures: orm.Dict, **nodes: orm.Data) -> ConfigurationSetData:
+    """Turn aiida-ase ``ase.ase`` results (one job per configuration) into one labelled set.
+
+    Inputs come in triples per configuration index ``i``: ``structure_i`` (StructureData), ``parameters_i``
+    (the job's output Dict with ``total_energy`` eV and ``stress`` eV/Å^3) and ``array_i`` (ArrayData with
+    ``forces`` eV/Å). ``failures`` maps ``structure_i`` of failed jobs to their reason.
+    """
+    reasons = failures.get_dict()
+    frames: list[Atoms] = []
+    excluded: list[dict] = []
+    indices = sorted(int(key.split('_', 1)[1]) for key in nodes if key.startswith('structure_'))
+    for index in indices:
+        atoms = nodes[f'structure_{index}'].get_ase()
+        key = f'structure_{index}'
+        if key in reasons or f'parameters_{index}' not in nodes:
+            reason = reasons.get(key, 'the aiida-ase job produced no results')
+            excluded.append({'index': index, 'formula': atoms.get_chemical_formula(), 'reason': reason})
+            continue
+        parameters = nodes[f'parameters_{index}'].get_dict()
+        results = {'energy': float(parameters['total_energy'])}
+        if f'array_{index}' in nodes and 'forces' in nodes[f'array_{index}'].get_arraynames():
+            results['forces'] = np.asarray(nodes[f'array_{index}'].get_array('forces'), dtype=float)
+        if 'stress' in parameters:
+            results['stress'] = np.asarray(parameters['stress'], dtype=float)
+        elif f'array_{index}' in nodes and 'stress' in nodes[f'array_{index}'].get_arraynames():
+            results['stress'] = np.asarray(nodes[f'array_{index}'].get_array('stress'), dtype=float)
+        atoms.info[INDEX_KEY] = index
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        frames.append(atoms)
+    return ConfigurationSetData(frames, calculator=calculator.get_dict(), excluded=excluded)

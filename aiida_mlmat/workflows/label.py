@@ -1,0 +1,81 @@
+"""``mlmat.label.base``: restart wrapper of ``mlmat.label`` that resubmits only what is missing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiida import orm
+from aiida.common import AttributeDict
+from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
+
+from aiida_mlmat.calcjobs.label import LabelCalculation
+
+
+class LabelBaseWorkChain(BaseRestartWorkChain):
+    """Run ``mlmat.label`` and restart it after a soft time limit, walltime, memory or node failure.
+
+    Every restart passes the configurations finished so far as ``restart_from``: the worker copies them and
+    labels only the missing ones, so no label is computed twice.
+    """
+
+    _process_class = LabelCalculation
+
+    @classmethod
+    def define(cls, spec: Any) -> None:
+        """Define the ports and the outline."""
+        super().define(spec)
+        spec.expose_inputs(LabelCalculation, namespace='label', exclude=('restart_from',))
+        spec.expose_outputs(LabelCalculation, exclude=('partial_configurations',))
+        spec.outline(
+            cls.setup,
+            while_(cls.should_run_process)(cls.run_process, cls.inspect_process),
+            cls.results,
+        )
+        spec.exit_code(
+            310, 'ERROR_UNRECOVERABLE_FAILURE', message='The label calculation failed with an unrecoverable error.'
+        )
+
+    def setup(self) -> None:
+        """Prepare the inputs of the first calculation."""
+        super().setup()
+        self.ctx.inputs = AttributeDict(self.exposed_inputs(LabelCalculation, 'label'))
+
+    def report_error_handled(self, node: orm.CalcJobNode, action: str) -> None:
+        """Report what went wrong and what the handler does about it."""
+        self.report(f'{node.process_label}<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}')
+        self.report(f'Action taken: {action}')
+
+    @process_handler(
+        priority=600,
+        exit_codes=[
+            LabelCalculation.exit_codes.ERROR_OUT_OF_WALLTIME,
+            LabelCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME,
+            LabelCalculation.exit_codes.ERROR_SCHEDULER_NODE_FAILURE,
+            LabelCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_MEMORY,
+        ],
+    )
+    def handle_interrupted(self, node: orm.CalcJobNode) -> ProcessHandlerReport:
+        """Resubmit from the configurations the interrupted run finished."""
+        if 'partial_configurations' in node.outputs:
+            partial = node.outputs.partial_configurations
+            self.ctx.inputs.restart_from = partial
+            action = f'restart from the {partial.count} configurations finished, labelling only the rest'
+        else:
+            action = 'nothing was finished: restart from scratch'
+        self.report_error_handled(node, action)
+        return ProcessHandlerReport(True)
+
+    @process_handler(
+        priority=500,
+        exit_codes=[
+            LabelCalculation.exit_codes.ERROR_INVALID_INPUT,
+            LabelCalculation.exit_codes.ERROR_UNKNOWN_CALCULATOR,
+            LabelCalculation.exit_codes.ERROR_CALCULATOR_UNAVAILABLE,
+            LabelCalculation.exit_codes.ERROR_ALL_CONFIGURATIONS_FAILED,
+            LabelCalculation.exit_codes.ERROR_CORRUPT_INPUT_FILE,
+        ],
+    )
+    def handle_unrecoverable(self, node: orm.CalcJobNode) -> ProcessHandlerReport:
+        """Stop at once: running the same input again would fail the same way."""
+        self.report_error_handled(node, 'unrecoverable; not restarting')
+        return ProcessHandlerReport(True, self.exit_codes.ERROR_UNRECOVERABLE_FAILURE)

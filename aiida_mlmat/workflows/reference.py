@@ -1,0 +1,319 @@
+"""``mlmat.reference``: seeds -> sample -> label in chunks -> one labelled configuration set."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiida import orm
+from aiida.common import AttributeDict
+from aiida.engine import ToContext, WorkChain, calcfunction, if_
+from aiida.plugins import CalculationFactory
+
+from aiida_mlmat.calcjobs.label import calculator_spec_error
+from aiida_mlmat.calcjobs.sample import SampleCalculation
+from aiida_mlmat.data.configurations import ConfigurationSetData
+from aiida_mlmat.worker.calculators import unsupported_elements
+from aiida_mlmat.worker.structures import InvalidConfigurationError, check_configuration, check_element
+from aiida_mlmat.workflows.functions import (
+    ase_results_to_set,
+    build_seed_set,
+    collect_labels,
+    split_configurations,
+)
+from aiida_mlmat.workflows.label import LabelBaseWorkChain
+from aiida_mlmat.workflows.protocols import get_protocol_inputs
+
+LABELLERS = ('batch', 'aiida-ase')
+#: Calculators that the aiida-ase path can run, with how their JSON parameters translate.
+ASE_PATH_CALCULATORS = {'emt': 'emt', 'lj': 'lj.LennardJones', 'gpaw': 'gpaw'}
+
+
+@calcfunction
+def set_to_structures(configurations: ConfigurationSetData) -> dict[str, orm.StructureData]:
+    """One StructureData per configuration (``structure_<index>``), for one aiida-ase job each."""
+    from aiida_mlmat.common.constants import INDEX_KEY
+
+    return {
+        f'structure_{int(frame.info.get(INDEX_KEY, position))}': orm.StructureData(ase=frame)
+        for position, frame in enumerate(configurations.get_atoms())
+    }
+
+
+def ase_parameters(calculator: dict[str, Any], properties: list[str]) -> dict[str, Any]:
+    """Translate a registry calculator spec into aiida-ase ``parameters``."""
+    args = dict(calculator.get('parameters', {}))
+    mode = args.get('mode')
+    if calculator['name'] == 'gpaw' and isinstance(mode, dict) and mode.get('name') == 'pw':
+        args['mode'] = {'@function': 'PW', 'args': {k: v for k, v in mode.items() if k != 'name'}}
+    getters = [name for name in ('forces', 'stress') if name in properties]
+    return {'calculator': {'name': ASE_PATH_CALCULATORS[calculator['name']], 'args': args}, 'atoms_getters': getters}
+
+
+def validate_inputs(value: Any, _: Any = None) -> str | None:
+    """Validate the whole input namespace before anything runs."""
+    elements = value['elements'].get_list() if 'elements' in value else []
+    structures = value.get('structures')
+    if not elements and structures is None:
+        return 'give seed `structures`, or `elements` to build seeds from'
+    for symbol in elements:
+        try:
+            check_element(symbol)
+        except ValueError as exc:
+            return f'elements: {exc}'
+    species = set(elements)
+    if structures is not None:
+        if structures.count == 0:
+            return 'structures: the seed set is empty'
+        for position, frame in enumerate(structures.get_atoms()):
+            try:
+                check_configuration(frame)
+            except InvalidConfigurationError as exc:
+                return f'structures: seed {position}: {exc}'
+        if elements and not set(structures.species) <= set(elements):
+            extra = sorted(set(structures.species) - set(elements))
+            return f'structures: elements {extra} are not in the chemical system {elements}'
+        species |= set(structures.species)
+    calculator = value['calculator'].get_dict()
+    error = calculator_spec_error(calculator)
+    if error:
+        return error
+    missing = unsupported_elements(calculator['name'], species)
+    if missing:
+        return f'calculator `{calculator["name"]}` cannot treat the elements {missing}'
+    labeller = value['labeller'].value
+    if labeller not in LABELLERS:
+        return f'labeller: `{labeller}` is not one of {LABELLERS}'
+    if labeller == 'aiida-ase':
+        if calculator['name'] not in ASE_PATH_CALCULATORS:
+            return f'labeller aiida-ase: calculator `{calculator["name"]}` is not supported on that path'
+        if 'ase_code' not in value:
+            return 'labeller aiida-ase needs `ase_code`: a Code running a Python with ASE (and the calculator)'
+    if value['chunk_size'].value < 1:
+        return 'chunk_size: must be at least 1'
+    return None
+
+
+class ReferenceWorkChain(WorkChain):
+    """Generate a labelled reference data set from seed structures (or a chemical system).
+
+    Seeds (given, or built from ``elements``) are sampled by ``mlmat.sample``; the samples are labelled in
+    chunks by ``mlmat.label`` jobs in restart wrappers (or one aiida-ase ``ase.ase`` job per configuration),
+    and collected into one ``mlmat.configurations`` set whose ``excluded`` attribute records every
+    configuration that failed, with its reason.
+    """
+
+    @classmethod
+    def define(cls, spec: Any) -> None:
+        """Define the ports and the outline."""
+        super().define(spec)
+        spec.input('structures', valid_type=ConfigurationSetData, required=False, help='Seed structures.')
+        spec.input(
+            'elements',
+            valid_type=orm.List,
+            required=False,
+            help='Chemical system; without `structures`, seeds are built from it (fcc/bcc/hcp, ordered alloys).',
+        )
+        spec.input(
+            'calculator',
+            valid_type=orm.Dict,
+            help='Reference calculator for the labels: `{"name": "emt", "parameters": {...}}`.',
+        )
+        spec.input('chunk_size', valid_type=orm.Int, default=lambda: orm.Int(50), help='Configurations per job.')
+        spec.input(
+            'labeller',
+            valid_type=orm.Str,
+            default=lambda: orm.Str('batch'),
+            help='`batch`: chunked `mlmat.label` jobs; `aiida-ase`: one `ase.ase` job per configuration.',
+        )
+        spec.input('ase_code', valid_type=orm.AbstractCode, required=False, help='Code for the aiida-ase path.')
+        spec.input(
+            'ase_options',
+            valid_type=orm.Dict,
+            required=False,
+            help='`metadata.options` for the aiida-ase jobs (resources, walltime).',
+        )
+        spec.expose_inputs(SampleCalculation, namespace='sample', exclude=('structures',))
+        spec.expose_inputs(LabelBaseWorkChain, namespace='label', exclude=('label.configurations', 'label.calculator'))
+        spec.inputs['label']['label']['code'].required = False
+        spec.inputs.validator = validate_inputs
+        spec.outline(
+            cls.setup,
+            cls.run_sample,
+            cls.inspect_sample,
+            if_(cls.use_batch_labeller)(cls.run_label_chunks).else_(cls.run_ase_jobs),
+            cls.collect,
+        )
+        spec.output('configurations', valid_type=ConfigurationSetData, help='The labelled reference set.')
+        spec.output('sampled', valid_type=ConfigurationSetData, help='Every sampled configuration, unlabelled.')
+        spec.exit_code(301, 'ERROR_SAMPLE_FAILED', message='The sampling calculation failed: {message}')
+        spec.exit_code(302, 'ERROR_ALL_LABELS_FAILED', message='No configuration could be labelled: {message}')
+        spec.exit_code(303, 'ERROR_NO_LABEL_CODE', message='The batch labeller needs `label.label.code`.')
+
+    @classmethod
+    def get_builder_from_protocol(
+        cls,
+        code: orm.AbstractCode,
+        *,
+        calculator: dict[str, Any],
+        structures: ConfigurationSetData | None = None,
+        elements: list[str] | None = None,
+        protocol: str | None = None,
+        overrides: dict[str, Any] | None = None,
+        labeller: str = 'batch',
+        ase_code: orm.AbstractCode | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> Any:
+        """Return a builder filled from a protocol (``fast``, ``balanced``, ``precise``).
+
+        :param code: the ``mlmat-worker`` Code (sampling and batched labelling).
+        :param calculator: reference calculator spec; also drives MD sampling unless overridden.
+        :param overrides: nested dictionary merged into the protocol (keys ``sample``, ``chunk_size``, ...).
+        :param options: ``metadata.options`` for every CalcJob (resources, walltime, queue).
+        """
+        inputs = get_protocol_inputs('reference', protocol, overrides)
+        builder = cls.get_builder()
+        if structures is not None:
+            builder.structures = structures
+        if elements:
+            builder.elements = orm.List(list(elements))
+        builder.calculator = orm.Dict(calculator)
+        sample = dict(inputs['sample'])
+        if 'md' in sample and 'calculator' not in sample['md']:
+            sample['md'] = {**sample['md'], 'calculator': calculator}
+        builder.sample.code = code
+        builder.sample.parameters = orm.Dict(sample)
+        builder.label.label.code = code
+        builder.label.max_iterations = orm.Int(inputs.get('max_iterations', 5))
+        builder.chunk_size = orm.Int(inputs['chunk_size'])
+        builder.labeller = orm.Str(labeller)
+        if ase_code is not None:
+            builder.ase_code = ase_code
+        if options:
+            builder.sample.metadata.options = dict(options)
+            builder.label.label.metadata.options = dict(options)
+            if labeller == 'aiida-ase':
+                builder.ase_options = orm.Dict(options)
+        return builder
+
+    def setup(self) -> None:
+        """Make the seed set."""
+        if 'structures' in self.inputs:
+            self.ctx.seeds = self.inputs.structures
+        else:
+            self.ctx.seeds = build_seed_set(self.inputs.elements)
+
+    def run_sample(self) -> Any:
+        """Sample configurations from the seeds."""
+        inputs = AttributeDict(self.exposed_inputs(SampleCalculation, 'sample'))
+        inputs.structures = self.ctx.seeds
+        inputs.metadata.call_link_label = 'sample'
+        node = self.submit(SampleCalculation, **inputs)
+        self.report(f'sampling {self.ctx.seeds.count} seeds in {node.process_label}<{node.pk}>')
+        return ToContext(sample=node)
+
+    def inspect_sample(self) -> Any:
+        """Check the sampling and keep its configurations."""
+        node = self.ctx.sample
+        if not node.is_finished_ok:
+            return self.exit_codes.ERROR_SAMPLE_FAILED.format(
+                message=f'exit status {node.exit_status}: {node.exit_message}'
+            )
+        self.ctx.sampled = node.outputs.configurations
+        self.out('sampled', self.ctx.sampled)
+        return None
+
+    def use_batch_labeller(self) -> bool:
+        """Whether to label in chunks with ``mlmat.label`` (else aiida-ase, one job per configuration)."""
+        return self.inputs.labeller.value == 'batch'
+
+    def run_label_chunks(self) -> Any:
+        """Label the samples in chunks, each in a restart wrapper, all in parallel."""
+        inputs = self.exposed_inputs(LabelBaseWorkChain, 'label')
+        if 'code' not in inputs.get('label', {}):
+            return self.exit_codes.ERROR_NO_LABEL_CODE
+        chunks = split_configurations(self.ctx.sampled, self.inputs.chunk_size)
+        self.ctx.chunks = chunks
+        futures = {}
+        for key in sorted(chunks):
+            chunk_inputs = AttributeDict(self.exposed_inputs(LabelBaseWorkChain, 'label'))
+            chunk_inputs.label = AttributeDict(chunk_inputs.label)
+            chunk_inputs.label.configurations = chunks[key]
+            chunk_inputs.label.calculator = self.inputs.calculator
+            chunk_inputs.metadata.call_link_label = f'label_{key}'
+            futures[f'label_{key}'] = self.submit(LabelBaseWorkChain, **chunk_inputs)
+        self.report(f'labelling {self.ctx.sampled.count} configurations in {len(chunks)} chunks')
+        return ToContext(**futures)
+
+    def run_ase_jobs(self) -> Any:
+        """Label the samples with one aiida-ase ``ase.ase`` job per configuration."""
+        structures = set_to_structures(self.ctx.sampled)
+        self.ctx.structures = structures
+        parameters = orm.Dict(ase_parameters(self.inputs.calculator.get_dict(), ['energy', 'forces', 'stress']))
+        options = self.inputs.ase_options.get_dict() if 'ase_options' in self.inputs else {}
+        options.setdefault('resources', {'num_machines': 1, 'num_mpiprocs_per_machine': 1})
+        AseCalculation = CalculationFactory('ase.ase')  # noqa: N806
+        futures = {}
+        for key in sorted(structures):
+            futures[f'ase_{key}'] = self.submit(
+                AseCalculation,
+                code=self.inputs.ase_code,
+                structure=structures[key],
+                parameters=parameters,
+                metadata={'options': options, 'call_link_label': f'ase_{key}'},
+            )
+        self.report(f'labelling {len(structures)} configurations with one aiida-ase job each')
+        return ToContext(**futures)
+
+    def _failure_reason(self, node: orm.ProcessNode) -> str:
+        reason = f'{node.process_label}<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}'
+        calcs = [child for child in node.called if isinstance(child, orm.CalcJobNode)]
+        if calcs and 'results' in calcs[-1].outputs:
+            records = calcs[-1].outputs.results.get('excluded', [])
+            if records:
+                reason += f'; first configuration: {records[0]["reason"]}'
+        return reason
+
+    def collect(self) -> Any:
+        """Merge the labels into one set; a failed job's configurations are excluded with its reason."""
+        calculator = self.inputs.calculator
+        failures: dict[str, str] = {}
+        nodes: dict[str, orm.Data] = {}
+        if self.use_batch_labeller():
+            for key, chunk in sorted(self.ctx.chunks.items()):
+                workchain = self.ctx[f'label_{key}']
+                if workchain.is_finished_ok:
+                    nodes[f'labelled_{key}'] = workchain.outputs.configurations
+                else:
+                    nodes[f'failed_{key}'] = chunk
+                    failures[f'failed_{key}'] = self._failure_reason(workchain)
+                    self.report(f'chunk {key} failed: {failures[f"failed_{key}"]}')
+            n_labelled = sum(node.count for name, node in nodes.items() if name.startswith('labelled_'))
+            function = collect_labels
+        else:
+            for key, structure in sorted(self.ctx.structures.items()):
+                index = key.split('_', 1)[1]
+                calc = self.ctx[f'ase_{key}']
+                nodes[key] = structure
+                if calc.is_finished_ok and 'parameters' in calc.outputs:
+                    nodes[f'parameters_{index}'] = calc.outputs.parameters
+                    if 'array' in calc.outputs:
+                        nodes[f'array_{index}'] = calc.outputs.array
+                else:
+                    failures[key] = self._failure_reason(calc)
+            n_labelled = sum(1 for name in nodes if name.startswith('parameters_'))
+            function = ase_results_to_set
+        if n_labelled == 0:
+            first = next(iter(failures.values()), 'every configuration was excluded')
+            if self.use_batch_labeller():
+                excluded = [
+                    record for name, node in nodes.items() if name.startswith('labelled_') for record in node.excluded
+                ]
+                first = excluded[0]['reason'] if excluded else first
+            return self.exit_codes.ERROR_ALL_LABELS_FAILED.format(message=first)
+        labelled = function(calculator, orm.Dict(failures), **nodes)
+        self.out('configurations', labelled)
+        self.report(
+            f'labelled set {labelled.uuid}: {labelled.count} configurations, '
+            f'{labelled.base.attributes.get("n_excluded")} excluded'
+        )
+        return None
