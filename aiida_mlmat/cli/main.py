@@ -1,0 +1,120 @@
+"""The ``mlmat`` command line."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT, GreedyOption, MlmatCliError, echo_json
+
+PROTOCOLS = ('fast', 'balanced', 'precise')
+
+
+@click.group(context_settings={'help_option_names': ['-h', '--help']})
+@click.option('-p', '--profile', 'profile', default=None, help='AiiDA profile to use (default: the default profile).')
+@click.version_option(package_name='aiida-mlmat')
+@click.pass_context
+def cli(ctx: click.Context, profile: str | None) -> None:
+    """aiida-mlmat: machine-learning-potential workflows with full provenance."""
+    ctx.ensure_object(dict)
+    ctx.obj['profile'] = profile
+
+
+@cli.command('setup')
+@click.option('--profile', 'setup_profile', default=None, help='Profile to use or make (default: current, or new).')
+@click.option('--gpaw-python', default=None, help='Python interpreter that imports GPAW (found if not given).')
+@click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
+@click.pass_context
+def setup_cmd(ctx: click.Context, setup_profile: str | None, gpaw_python: str | None, json_output: bool) -> None:
+    """Set up a profile, the localhost Computer and the Codes (idempotent)."""
+    from aiida_mlmat.cli.setup import run_setup
+
+    result = run_setup(setup_profile or ctx.obj.get('profile'), gpaw_python)
+    if json_output:
+        echo_json(result)
+        return
+    click.echo(f'profile: {result["profile"]} ({result["storage"]}, broker {result["broker"]})')
+    click.echo(f'computer: {result["computer"]["label"]} (pk {result["computer"]["pk"]})')
+    for key, code in result['codes'].items():
+        click.echo(f'code {key}: {code["label"]} (pk {code["pk"]})')
+    if not result['gpaw_python']:
+        click.echo('no Python with GPAW found: the DFT path needs `--gpaw-python PATH`')
+
+
+@cli.command('reference')
+@click.option('--elements', cls=GreedyOption, help='Chemical system, e.g. `--elements Cu Au`.')
+@click.option('--structures', 'structure_files', cls=GreedyOption, help='Seed structure files (CIF, POSCAR, extxyz).')
+@click.option('--calculator', required=True, help='Registry calculator for the labels: emt, lj, gpaw, ...')
+@click.option('--calculator-params', default=None, help='Keyword arguments of the calculator as a JSON object.')
+@click.option('--protocol', type=click.Choice(PROTOCOLS), default='fast', show_default=True)
+@click.option('--labeller', type=click.Choice(['batch', 'aiida-ase']), default='batch', show_default=True)
+@click.option('--computer', default='localhost', show_default=True, help='Computer whose Codes run the jobs.')
+@click.option('--chunk-size', type=click.IntRange(min=1), default=None, help='Configurations per label job.')
+@click.option('--overrides', default=None, help='JSON object merged into the protocol inputs.')
+@click.option('--wait', is_flag=True, help='Block until the workflow ends, showing progress.')
+@click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
+@click.pass_context
+def reference_cmd(ctx: click.Context, **kwargs: object) -> None:
+    """Generate a labelled reference data set (workflow ``mlmat.reference``)."""
+    from aiida_mlmat.cli.commands import reference
+
+    reference(ctx.obj.get('profile'), **kwargs)
+
+
+@cli.group('dataset')
+def dataset() -> None:
+    """Import, export and inspect configuration sets."""
+
+
+@dataset.command('import')
+@click.argument('file', type=click.Path(dir_okay=False))
+@click.option('--label', default='', help='Label of the stored node.')
+@click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
+@click.pass_context
+def dataset_import(ctx: click.Context, file: str, label: str, json_output: bool) -> None:
+    """Store an extxyz FILE as a configuration set (refused whole if any frame is corrupt or unphysical)."""
+    from aiida_mlmat.cli.commands import dataset_import as run
+
+    run(ctx.obj.get('profile'), file, label, json_output)
+
+
+@dataset.command('export')
+@click.argument('identifier')
+@click.argument('file', type=click.Path(dir_okay=False))
+@click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
+@click.pass_context
+def dataset_export(ctx: click.Context, identifier: str, file: str, json_output: bool) -> None:
+    """Write the configuration set PK (or UUID) to an extxyz FILE."""
+    from aiida_mlmat.cli.commands import dataset_export as run
+
+    run(ctx.obj.get('profile'), identifier, file, json_output)
+
+
+@dataset.command('show')
+@click.argument('identifier')
+@click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
+@click.pass_context
+def dataset_show(ctx: click.Context, identifier: str, json_output: bool) -> None:
+    """Summarise the configuration set PK (or UUID)."""
+    from aiida_mlmat.cli.commands import dataset_show as run
+
+    run(ctx.obj.get('profile'), identifier, json_output)
+
+
+def main() -> None:
+    """Console-script entry point; turns our errors into clean messages and banded exit codes."""
+    try:
+        cli.main(standalone_mode=False, prog_name='mlmat')
+    except MlmatCliError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo('aborted', err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_INVALID_INPUT)
+    sys.exit(0)

@@ -1,0 +1,203 @@
+"""``mlmat setup``: profile, localhost Computer and Codes, idempotently."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from aiida_mlmat.cli.utils import EXIT_SETUP, MlmatCliError
+
+WORKER_CODE = 'mlmat-worker'
+ASE_CODE = 'ase-python'
+GPAW_WORKER_CODE = 'mlmat-worker-gpaw'
+GPAW_ASE_CODE = 'ase-gpaw'
+GPAW_PYTHON_CANDIDATES = ('/usr/bin/python3',)
+
+
+def worker_executable() -> str:
+    """Path of the ``mlmat-worker`` script installed beside the running Python."""
+    candidate = Path(sys.executable).parent / 'mlmat-worker'
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which('mlmat-worker')
+    if not found:
+        raise MlmatCliError('the `mlmat-worker` script is not installed: pip install aiida-mlmat', EXIT_SETUP)
+    return found
+
+
+def ensure_profile(name: str | None) -> Any:
+    """Load the named (or default) profile; make an embedded one (SQLite + ZeroMQ) with ``verdi presto`` if none."""
+    from aiida import load_profile
+    from aiida.common.exceptions import MissingConfigurationError, ProfileConfigurationError
+    from aiida.manage.configuration import get_config
+
+    try:
+        config = get_config(create=True)
+        names = config.profile_names
+    except MissingConfigurationError:
+        names = []
+    if name is None and names:
+        return load_profile(allow_switch=True)
+    if name is not None and name in names:
+        return load_profile(name, allow_switch=True)
+    command = [str(Path(sys.executable).parent / 'verdi'), 'presto', '--use-zeromq']
+    if name:
+        command += ['--profile-name', name]
+    if not Path(command[0]).exists():
+        command[0] = shutil.which('verdi') or 'verdi'
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise MlmatCliError(f'`verdi presto` failed:\n{result.stdout}\n{result.stderr}', EXIT_SETUP)
+    from aiida.manage.configuration import reset_config
+
+    reset_config()
+    try:
+        return load_profile(name, allow_switch=True)
+    except (MissingConfigurationError, ProfileConfigurationError) as exc:  # pragma: no cover - defensive
+        raise MlmatCliError(f'profile not loadable after `verdi presto`: {exc}', EXIT_SETUP) from exc
+
+
+def ensure_localhost(poll_interval: float = 0.2) -> Any:
+    """Return the ``localhost`` Computer (core.local + core.direct), creating and configuring it if needed."""
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    try:
+        computer = orm.load_computer('localhost')
+    except NotExistent:
+        workdir = Path(os.environ.get('AIIDA_PATH', Path.home())) / 'mlmat-work'
+        computer = orm.Computer(
+            label='localhost',
+            hostname='localhost',
+            description='this machine',
+            transport_type='core.local',
+            scheduler_type='core.direct',
+            workdir=str(workdir),
+        ).store()
+        computer.set_default_mpiprocs_per_machine(1)
+    if not computer.is_configured:
+        computer.configure(safe_interval=0.0)
+    computer.set_minimum_job_poll_interval(poll_interval)
+    return computer
+
+
+def ensure_code(label: str, computer: Any, executable: str, plugin: str, description: str) -> Any:
+    """Return the InstalledCode ``label@computer``, creating it (or refusing if it points elsewhere)."""
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    try:
+        code = orm.load_code(f'{label}@{computer.label}')
+    except NotExistent:
+        code = orm.InstalledCode(
+            label=label,
+            computer=computer,
+            filepath_executable=executable,
+            default_calc_job_plugin=plugin,
+            description=description,
+        ).store()
+        return code
+    if str(code.filepath_executable) != executable:
+        click.echo(
+            f'note: code {label}@{computer.label} exists and runs {code.filepath_executable} (not {executable}); kept',
+            err=True,
+        )
+    return code
+
+
+def python_has(python: str, modules: str) -> bool:
+    """Whether ``python -c 'import MODULES'`` succeeds."""
+    try:
+        result = subprocess.run([python, '-c', f'import {modules}'], capture_output=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
+def find_gpaw_python(given: str | None) -> str | None:
+    """Return a Python interpreter that imports gpaw: the given one (refused if it cannot), else a known place."""
+    if given:
+        if not python_has(given, 'gpaw, ase'):
+            raise MlmatCliError(f'`{given}` cannot import gpaw and ase; give a Python that has GPAW', EXIT_SETUP)
+        return given
+    if python_has(sys.executable, 'gpaw'):
+        return sys.executable
+    for candidate in GPAW_PYTHON_CANDIDATES:
+        if Path(candidate).exists() and python_has(candidate, 'gpaw, ase'):
+            return candidate
+    return None
+
+
+def gpaw_worker_wrapper(python: str, directory: Path) -> str:
+    """Write (idempotently) a wrapper that runs the worker with a GPAW Python and return its path.
+
+    The wrapper puts a folder holding only a link to this ``aiida_mlmat`` package on PYTHONPATH, so the GPAW
+    Python uses its own numpy and ASE and needs only jsonschema besides. Every path is shell-quoted.
+    """
+    import aiida_mlmat
+
+    if not python_has(python, 'jsonschema'):
+        raise MlmatCliError(
+            f'`{python}` lacks jsonschema, which the worker needs: install it there '
+            '(Debian: apt-get install python3-jsonschema; else pip install jsonschema)',
+            EXIT_SETUP,
+        )
+    package_dir = Path(aiida_mlmat.__file__).resolve().parent
+    pythonpath = directory / 'pythonpath'
+    pythonpath.mkdir(parents=True, exist_ok=True)
+    link = pythonpath / 'aiida_mlmat'
+    if (link.is_symlink() or link.exists()) and link.resolve() != package_dir:
+        link.unlink()
+    if not link.exists():
+        link.symlink_to(package_dir, target_is_directory=True)
+    wrapper = directory / 'mlmat-worker-gpaw'
+    text = (
+        '#!/bin/sh\n'
+        '# Runs the aiida-mlmat worker with the Python that has GPAW (written by `mlmat setup`).\n'
+        f'PYTHONPATH={shlex.quote(str(pythonpath))}${{PYTHONPATH:+:$PYTHONPATH}}\n'
+        'export PYTHONPATH\n'
+        'export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}\n'
+        f'exec {shlex.quote(python)} -m aiida_mlmat.worker "$@"\n'
+    )
+    if not wrapper.exists() or wrapper.read_text() != text:
+        wrapper.write_text(text)
+        wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def run_setup(profile: str | None = None, gpaw_python: str | None = None) -> dict[str, Any]:
+    """Do the whole set-up and return the labels and pks made or found."""
+    loaded = ensure_profile(profile)
+    computer = ensure_localhost()
+    codes: dict[str, Any] = {}
+    worker = ensure_code(WORKER_CODE, computer, worker_executable(), 'mlmat.label', 'aiida-mlmat worker (mlmat-worker)')
+    codes['worker'] = worker
+    codes['ase'] = ensure_code(ASE_CODE, computer, sys.executable, 'ase.ase', 'Python with ASE for aiida-ase')
+    python = find_gpaw_python(gpaw_python)
+    if python and not gpaw_python and not python_has(python, 'jsonschema'):
+        click.echo(f'note: {python} has GPAW but lacks jsonschema; the DFT path is not set up', err=True)
+        python = None
+    if python:
+        from aiida.manage.configuration import get_config
+
+        directory = Path(get_config().dirpath) / 'mlmat' / loaded.name
+        wrapper = gpaw_worker_wrapper(python, directory)
+        codes['gpaw_worker'] = ensure_code(
+            GPAW_WORKER_CODE, computer, wrapper, 'mlmat.label', f'aiida-mlmat worker run by {python} (GPAW)'
+        )
+        codes['gpaw_ase'] = ensure_code(GPAW_ASE_CODE, computer, python, 'ase.ase', f'{python} with GPAW for aiida-ase')
+    return {
+        'profile': loaded.name,
+        'storage': loaded.storage_backend,
+        'broker': loaded.process_control_backend,
+        'computer': {'label': computer.label, 'pk': computer.pk},
+        'codes': {key: {'label': code.full_label, 'pk': code.pk} for key, code in codes.items()},
+        'gpaw_python': python,
+    }

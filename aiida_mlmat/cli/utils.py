@@ -1,0 +1,209 @@
+"""Shared helpers of the command line: JSON output, exit codes, node loading, waiting with progress."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+#: Exit codes of the ``mlmat`` commands (click itself uses 2 for usage errors).
+EXIT_OK = 0
+EXIT_INVALID_INPUT = 2
+EXIT_PROCESS_FAILED = 3
+EXIT_NOT_FOUND = 4
+EXIT_SETUP = 5
+
+
+class MlmatCliError(click.ClickException):
+    """A clear error with a banded exit code, printed without a traceback."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_INVALID_INPUT):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class GreedyOption(click.Option):
+    """An option that takes every following word up to the next option: ``--elements Cu Au``.
+
+    Repeating the option and comma-separated values work too.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault('multiple', True)
+        super().__init__(*args, **kwargs)
+        self._previous_process: Any = None
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
+        """Make the parser consume the words that follow the option."""
+        super().add_to_parser(parser, ctx)
+        for name in self.opts:
+            our_parser = parser._long_opt.get(name) or parser._short_opt.get(name)
+            if our_parser:
+                self._previous_process = our_parser.process
+                our_parser.process = self._make_process(parser)
+                break
+
+    def _make_process(self, parser: Any) -> Any:
+        def process(value: Any, state: Any) -> None:
+            values = [value]
+            prefixes = tuple(parser._opt_prefixes)
+            while state.rargs and not state.rargs[0].startswith(prefixes):
+                values.append(state.rargs.pop(0))
+            for item in values:
+                for part in str(item).split(','):
+                    if part:
+                        self._previous_process(part, state)
+
+        return process
+
+
+def echo_json(data: dict[str, Any]) -> None:
+    """Print exactly one JSON object on one line (the last line of stdout)."""
+    click.echo(json.dumps(data, default=_json_default, sort_keys=False))
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, 'tolist'):
+        return value.tolist()
+    return str(value)
+
+
+def load_profile(profile: str | None = None) -> Any:
+    """Load the named or default AiiDA profile, with a clear error when there is none."""
+    from aiida import get_profile
+    from aiida import load_profile as _load
+    from aiida.common.exceptions import MissingConfigurationError, ProfileConfigurationError
+
+    current = get_profile()
+    if current is not None and (profile is None or profile == current.name):
+        return current
+    try:
+        return _load(profile, allow_switch=True)
+    except (MissingConfigurationError, ProfileConfigurationError) as exc:
+        raise MlmatCliError(f'no AiiDA profile to use ({exc}); run `mlmat setup` first', EXIT_SETUP) from exc
+
+
+def load_node(identifier: str | int, expected: type | None = None) -> Any:
+    """Load a node by PK or UUID (prefix), with a clear error for a missing or wrong-typed node."""
+    from aiida import orm
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+
+    try:
+        node = orm.load_node(identifier)
+    except (NotExistent, MultipleObjectsError, ValueError) as exc:
+        raise MlmatCliError(f'no unique node with PK or UUID `{identifier}`: {exc}', EXIT_NOT_FOUND) from exc
+    if expected is not None and not isinstance(node, expected):
+        raise MlmatCliError(
+            f'node {identifier} is a {type(node).__name__}, not a {expected.__name__}', EXIT_INVALID_INPUT
+        )
+    return node
+
+
+def load_code(label: str) -> Any:
+    """Load a Code by full label, with a hint to run ``mlmat setup`` when it is missing."""
+    from aiida import orm
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+
+    try:
+        return orm.load_code(label)
+    except (NotExistent, MultipleObjectsError) as exc:
+        raise MlmatCliError(f'code `{label}` not found: run `mlmat setup` first ({exc})', EXIT_SETUP) from exc
+
+
+def ensure_daemon(workers: int = 1, quiet: bool = False) -> None:
+    """Start the daemon of the loaded profile if it is not running."""
+    from aiida.engine.daemon.client import get_daemon_client
+
+    client = get_daemon_client()
+    if not client.is_daemon_running:
+        if not quiet:
+            click.echo(f'starting the AiiDA daemon ({workers} worker(s)) for profile `{client.profile.name}`', err=True)
+        client.start_daemon(number_workers=workers)
+
+
+def failing_step(node: Any) -> str:
+    """Describe the deepest failed process under ``node`` (the step to look at)."""
+    from aiida import orm
+
+    failed = [
+        child
+        for child in node.called_descendants
+        if isinstance(child, orm.ProcessNode) and (child.is_failed or child.is_excepted or child.is_killed)
+    ]
+    target = failed[-1] if failed else node
+    state = target.process_state.value if target.process_state else 'unknown'
+    return (
+        f'{target.process_label}<{target.pk}> ({state}, exit status {target.exit_status}): '
+        f'{target.exit_message or "no message"}; see `verdi process report {node.pk}`'
+    )
+
+
+def wait_for(node: Any, quiet: bool = False, poll: float = 1.0, timeout: float | None = None) -> None:
+    """Block until the process ends, printing progress to stderr; raise with the failing step if it failed."""
+    start = time.monotonic()
+    last = ''
+    while not node.is_terminated:
+        if timeout is not None and time.monotonic() - start > timeout:
+            raise MlmatCliError(f'process {node.pk} still running after {timeout} s', EXIT_PROCESS_FAILED)
+        descendants = node.called_descendants
+        done = sum(1 for child in descendants if child.is_terminated)
+        line = f'[{time.monotonic() - start:6.1f} s] {node.process_label}<{node.pk}>: {node.process_state.value}'
+        line += f', {done}/{len(descendants)} steps done'
+        if node.process_status:
+            line += f' ({node.process_status})'
+        if not quiet and line.split('] ', 1)[1] != last:
+            click.echo(line, err=True)
+            last = line.split('] ', 1)[1]
+        time.sleep(poll)
+    if not node.is_finished_ok:
+        raise MlmatCliError(f'{node.process_label}<{node.pk}> failed at {failing_step(node)}', EXIT_PROCESS_FAILED)
+    if not quiet:
+        click.echo(f'{node.process_label}<{node.pk}> finished in {time.monotonic() - start:.1f} s', err=True)
+
+
+def read_structures(paths: Sequence[str]) -> list[Any]:
+    """Read structures from files (CIF, POSCAR, extxyz, ... as ASE reads them), with clear errors."""
+    from ase.io import read
+
+    from aiida_mlmat.worker.structures import InvalidConfigurationError, check_configuration
+
+    frames = []
+    for path in paths:
+        try:
+            read_frames = read(path, index=':')
+        except FileNotFoundError as exc:
+            raise MlmatCliError(f'structure file `{path}` does not exist') from exc
+        except Exception as exc:
+            raise MlmatCliError(f'cannot read structure file `{path}`: {type(exc).__name__}: {exc}') from exc
+        read_frames = read_frames if isinstance(read_frames, list) else [read_frames]
+        if not read_frames:
+            raise MlmatCliError(f'structure file `{path}` holds no structure')
+        for position, atoms in enumerate(read_frames):
+            try:
+                check_configuration(atoms)
+            except InvalidConfigurationError as exc:
+                raise MlmatCliError(f'{path}, structure {position}: {exc}') from exc
+        frames.extend(read_frames)
+    return frames
+
+
+def parse_json_option(value: str | None, name: str) -> dict[str, Any]:
+    """Parse a JSON object given on the command line."""
+    if not value:
+        return {}
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise MlmatCliError(f'{name}: not valid JSON ({exc})') from exc
+    if not isinstance(data, dict):
+        raise MlmatCliError(f'{name}: expected a JSON object such as {{"key": value}}')
+    return data
+
+
+def stdout_is_json(json_output: bool) -> bool:
+    """Whether human progress must stay off stdout."""
+    return json_output or not sys.stdout.isatty()
