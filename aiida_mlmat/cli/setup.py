@@ -19,6 +19,8 @@ ASE_CODE = 'ase-python'
 GPAW_WORKER_CODE = 'mlmat-worker-gpaw'
 GPAW_ASE_CODE = 'ase-gpaw'
 GPAW_PYTHON_CANDIDATES = ('/usr/bin/python3',)
+#: Job-script lines that keep a foreign Python from importing the daemon's packages (the daemon exports PYTHONPATH).
+ISOLATE_PYTHON = 'unset PYTHONPATH'
 
 
 def worker_executable() -> str:
@@ -88,7 +90,9 @@ def ensure_localhost(poll_interval: float = 0.2) -> Any:
     return computer
 
 
-def ensure_code(label: str, computer: Any, executable: str, plugin: str, description: str) -> Any:
+def ensure_code(
+    label: str, computer: Any, executable: str, plugin: str, description: str, prepend_text: str = ''
+) -> Any:
     """Return the InstalledCode ``label@computer``, creating it (or refusing if it points elsewhere)."""
     from aiida import orm
     from aiida.common.exceptions import NotExistent
@@ -102,6 +106,7 @@ def ensure_code(label: str, computer: Any, executable: str, plugin: str, descrip
             filepath_executable=executable,
             default_calc_job_plugin=plugin,
             description=description,
+            prepend_text=prepend_text,
         ).store()
         return code
     if str(code.filepath_executable) != executable:
@@ -161,7 +166,8 @@ def gpaw_worker_wrapper(python: str, directory: Path) -> str:
     text = (
         '#!/bin/sh\n'
         '# Runs the aiida-mlmat worker with the Python that has GPAW (written by `mlmat setup`).\n'
-        f'PYTHONPATH={shlex.quote(str(pythonpath))}${{PYTHONPATH:+:$PYTHONPATH}}\n'
+        '# Only this package on the path: the GPAW Python keeps its own numpy and ASE (a daemon exports its own).\n'
+        f'PYTHONPATH={shlex.quote(str(pythonpath))}\n'
         'export PYTHONPATH\n'
         'export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}\n'
         f'exec {shlex.quote(python)} -m aiida_mlmat.worker "$@"\n'
@@ -192,7 +198,14 @@ def run_setup(profile: str | None = None, gpaw_python: str | None = None) -> dic
         codes['gpaw_worker'] = ensure_code(
             GPAW_WORKER_CODE, computer, wrapper, 'mlmat.label', f'aiida-mlmat worker run by {python} (GPAW)'
         )
-        codes['gpaw_ase'] = ensure_code(GPAW_ASE_CODE, computer, python, 'ase.ase', f'{python} with GPAW for aiida-ase')
+        codes['gpaw_ase'] = ensure_code(
+            GPAW_ASE_CODE,
+            computer,
+            python,
+            'ase.ase',
+            f'{python} with GPAW for aiida-ase',
+            prepend_text=ISOLATE_PYTHON,
+        )
     return {
         'profile': loaded.name,
         'storage': loaded.storage_backend,

@@ -22,12 +22,19 @@ BUILTIN: dict[str, tuple[str, str, dict[str, Any], str]] = {
     'espresso': ('ase.calculators.espresso', 'Espresso', {}, 'Quantum ESPRESSO through ASE'),
     'vasp': ('ase.calculators.vasp', 'Vasp', {}, 'VASP through ASE (licence and binary needed)'),
     'cp2k': ('ase.calculators.cp2k', 'CP2K', {}, 'CP2K through ASE'),
+    'faulty': (
+        'aiida_mlmat.worker.testing',
+        'FaultyCalculator',
+        {},
+        'EMT that raises / returns NaN or inf on chosen formulas (fault-handling tests)',
+    ),
 }
 
 
 #: Elements a calculator can treat at all, where that set is small and known (others: any element).
 SUPPORTED_ELEMENTS: dict[str, frozenset[str]] = {
     'emt': frozenset({'Al', 'Cu', 'Ag', 'Au', 'Ni', 'Pd', 'Pt', 'H', 'C', 'N', 'O'}),
+    'faulty': frozenset({'Al', 'Cu', 'Ag', 'Au', 'Ni', 'Pd', 'Pt', 'H', 'C', 'N', 'O'}),
 }
 
 

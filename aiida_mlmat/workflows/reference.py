@@ -266,9 +266,12 @@ class ReferenceWorkChain(WorkChain):
 
     def _failure_reason(self, node: orm.ProcessNode) -> str:
         reason = f'{node.process_label}<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}'
-        calcs = [child for child in node.called if isinstance(child, orm.CalcJobNode)]
-        if calcs and 'results' in calcs[-1].outputs:
-            records = calcs[-1].outputs.results.get('excluded', [])
+        calcs = sorted((child for child in node.called if isinstance(child, orm.CalcJobNode)), key=lambda n: n.ctime)
+        if calcs:
+            last = calcs[-1]
+            if last is not node:
+                reason += f'; last calculation {last.process_label}<{last.pk}>: {last.exit_message}'
+            records = last.outputs.results.get('excluded', []) if 'results' in last.outputs else []
             if records:
                 reason += f'; first configuration: {records[0]["reason"]}'
         return reason

@@ -1,0 +1,94 @@
+"""Integration tier: real DFT with GPAW (Debian's ``gpaw``) through the daemon, batched and via aiida-ase."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from aiida import orm
+from ase.build import bulk
+
+from aiida_mlmat.cli.setup import ISOLATE_PYTHON, find_gpaw_python, gpaw_worker_wrapper, python_has
+from aiida_mlmat.common.constants import INDEX_KEY
+from aiida_mlmat.data.configurations import ConfigurationSetData
+from aiida_mlmat.workflows.reference import ReferenceWorkChain
+from tests.conftest import require_or_skip
+
+pytestmark = pytest.mark.integration
+
+GPAW_PARAMETERS = {'mode': {'name': 'pw', 'ecut': 250}, 'kpts': [2, 2, 2], 'xc': 'PBE'}
+SAMPLE = {'supercell': [1, 1, 1], 'include_seeds': False, 'rattle': {'count': 2, 'stdev': 0.05, 'seed': 3}}
+
+
+@pytest.fixture(scope='module')
+def gpaw_python():
+    """A Python interpreter with GPAW and jsonschema (Debian: gpaw, python3-jsonschema)."""
+    python = find_gpaw_python(None)
+    require_or_skip(python is not None, 'no Python with GPAW found (apt-get install gpaw)')
+    require_or_skip(python_has(python, 'jsonschema'), f'{python} lacks jsonschema (apt-get install python3-jsonschema)')
+    return python
+
+
+@pytest.fixture
+def gpaw_codes(gpaw_python, aiida_localhost, tmp_path_factory):
+    """The GPAW worker Code and the aiida-ase GPAW Code, as ``mlmat setup`` makes them."""
+    from aiida.common.exceptions import NotExistent
+
+    codes = {}
+    for label, make, prepend in (
+        ('mlmat-worker-gpaw', lambda: gpaw_worker_wrapper(gpaw_python, tmp_path_factory.mktemp('gpaw')), ''),
+        ('ase-gpaw', lambda: gpaw_python, ISOLATE_PYTHON),
+    ):
+        try:
+            codes[label] = orm.load_code(f'{label}@localhost')
+        except NotExistent:
+            codes[label] = orm.InstalledCode(
+                label=label, computer=aiida_localhost, filepath_executable=make(), prepend_text=prepend
+            ).store()
+    return codes
+
+
+def test_gpaw_labels_match_direct_gpaw_and_aiida_ase(submit_and_await, gpaw_codes, gpaw_python, tmp_path):
+    """A 2-configuration Al set labelled with GPAW: batched == direct GPAW (1e-6 eV) == aiida-ase path."""
+    seed = ConfigurationSetData([bulk('Al', 'fcc', a=4.05, cubic=True)])
+    calculator = {'name': 'gpaw', 'parameters': GPAW_PARAMETERS}
+    labelled = {}
+    for labeller in ('batch', 'aiida-ase'):
+        builder = ReferenceWorkChain.get_builder_from_protocol(
+            gpaw_codes['mlmat-worker-gpaw'],
+            calculator=calculator,
+            structures=seed,
+            labeller=labeller,
+            ase_code=gpaw_codes['ase-gpaw'],
+        )
+        builder.sample.parameters = orm.Dict(SAMPLE)
+        node = submit_and_await(builder, timeout=600)
+        assert node.is_finished_ok, f'{labeller}: {node.exit_message}'
+        labelled[labeller] = node.outputs.configurations
+    batch = labelled['batch'].get_atoms()
+    assert len(batch) == 2
+    assert labelled['batch'].calculator == calculator
+
+    # Independent reference: plain GPAW in its own Python on the stored positions.
+    structures = tmp_path / 'structures.extxyz'
+    labelled['batch'].write_extxyz(structures)
+    parameters = tmp_path / 'parameters.json'
+    parameters.write_text(json.dumps({**GPAW_PARAMETERS, 'kpts': GPAW_PARAMETERS['kpts']}))
+    script = Path(__file__).parent / 'gpaw_direct.py'
+    output = subprocess.run(
+        [gpaw_python, str(script), str(structures), str(parameters)], capture_output=True, text=True, check=True
+    )
+    direct = json.loads(output.stdout.strip().splitlines()[-1])
+    for frame, reference in zip(batch, direct, strict=True):
+        assert abs(frame.calc.results['energy'] - reference['energy']) < 1e-6
+        np.testing.assert_allclose(frame.calc.results['forces'], reference['forces'], rtol=0, atol=1e-6)
+        assert np.isfinite(frame.calc.results['stress']).all()
+
+    ase_frames = labelled['aiida-ase'].get_atoms()
+    assert [f.info[INDEX_KEY] for f in ase_frames] == [f.info[INDEX_KEY] for f in batch]
+    for first, second in zip(batch, ase_frames, strict=True):
+        assert abs(first.calc.results['energy'] - second.calc.results['energy']) < 1e-6
+        np.testing.assert_allclose(first.calc.results['forces'], second.calc.results['forces'], rtol=0, atol=1e-6)
