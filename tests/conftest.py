@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -88,7 +89,5 @@ def daemon_client(aiida_profile):
                 time.sleep(2)
         pid = client.get_daemon_pid() if client.is_daemon_running else None
         if pid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass

@@ -59,7 +59,7 @@ def test_bad_input_is_refused_before_submission(worker_code, emt, kwargs, messag
     builder = _builder(worker_code, calculator, **kwargs)
     error = _validate(builder)
     assert error is not None and message in error
-    with pytest.raises(ValueError, match='closer|unknown|cannot|empty|give seed|needs'):
+    with pytest.raises(ValueError, match=r'closer|unknown|cannot|empty|give seed|needs'):
         from aiida.engine import run
 
         run(builder)

@@ -13,7 +13,8 @@ from gpaw import GPAW, PW
 
 def main() -> None:
     frames = read(sys.argv[1], index=':', format='extxyz')
-    params = json.load(open(sys.argv[2]))
+    with open(sys.argv[2]) as handle:
+        params = json.load(handle)
     mode = params.pop('mode')
     results = []
     for atoms in frames:
