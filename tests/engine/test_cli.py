@@ -1,0 +1,109 @@
+"""Engine tier: the ``mlmat`` command line against the test profile and its daemon."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aiida import orm
+from ase.build import bulk
+from ase.io import write
+from click.testing import CliRunner
+
+from aiida_mlmat.cli.main import cli
+from aiida_mlmat.data.configurations import ConfigurationSetData
+from tests.engine.helpers import assert_labels_equal_emt
+
+pytestmark = pytest.mark.engine
+
+
+def invoke(*args: str):
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result
+
+
+def last_json(result) -> dict:
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def n_sets() -> int:
+    return orm.QueryBuilder().append(ConfigurationSetData).count()
+
+
+def test_reference_wait_json_and_dataset_round_trip(started_daemon_client, worker_code, tmp_path):
+    """`mlmat reference --wait --json` prints the contract; show/export/import round-trip the set."""
+    seed = tmp_path / 'Cu.cif'
+    write(seed, bulk('Cu', 'fcc', a=3.6, cubic=True))
+    overrides = json.dumps({'sample': {'supercell': [1, 1, 1], 'rattle': {'count': 3, 'stdev': 0.05}}, 'chunk_size': 3})
+    result = invoke(
+        'reference', '--structures', str(seed), '--elements', 'Cu', '--calculator', 'emt',
+        '--overrides', overrides, '--wait', '--json',
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = last_json(result)
+    assert set(data) == {'process', 'configurations', 'n_configurations', 'n_excluded'}
+    # fast protocol with these overrides: seed + 3 rattles + 2 strains + 1 vacancy
+    assert data['n_configurations'] == 7 and data['n_excluded'] == 0
+    node = orm.load_node(data['configurations'])
+    assert orm.load_node(data['process']).outputs.configurations.uuid == node.uuid
+
+    shown = last_json(invoke('dataset', 'show', node.uuid, '--json'))
+    assert shown['n_configurations'] == 7 and shown['species'] == ['Cu'] and shown['sha256'] == node.sha256
+
+    exported = tmp_path / 'out.extxyz'
+    assert invoke('dataset', 'export', str(node.pk), str(exported)).exit_code == 0
+    assert exported.read_bytes() == node.get_content()
+    imported = last_json(invoke('dataset', 'import', str(exported), '--label', 'again', '--json'))
+    copy = orm.load_node(imported['configurations'])
+    assert imported['n_configurations'] == 7 and copy.sha256 == node.sha256
+    assert_labels_equal_emt(copy.get_atoms())
+
+
+@pytest.mark.parametrize(
+    ('content', 'message'),
+    [
+        (b'', 'empty'),
+        (b'this is not\nan extxyz file\n', 'cannot be read as extxyz'),
+        (b'3\nLattice="5 0 0 0 5 0 0 0 5" Properties=species:S:1:pos:R:3\nCu 0 0 0\nCu 1 1 1\n', 'cannot be read'),
+        (b'\x89PNG\r\n\x1a\n\x00\x00', 'not a text extxyz file'),
+        (
+            b'2\nLattice="5 0 0 0 5 0 0 0 5" Properties=species:S:1:pos:R:3 pbc="T T T"\nCu 0 0 0\nCu 0.2 0 0\n',
+            'closer',
+        ),
+    ],
+)
+def test_dataset_import_refuses_corrupt_files(tmp_path, content, message):
+    """A corrupt or unphysical file gets a clear message, exit code 2, and nothing is stored."""
+    path = tmp_path / 'bad.extxyz'
+    path.write_bytes(content)
+    before = n_sets()
+    result = invoke('dataset', 'import', str(path), '--json')
+    assert result.exit_code == 2
+    assert message in result.output and 'nothing was stored' in result.output
+    assert n_sets() == before
+
+
+@pytest.mark.parametrize(
+    ('args', 'message'),
+    [
+        (['--elements', 'Cu', 'Qq', '--calculator', 'emt'], 'unknown element `Qq`'),
+        (['--elements', 'Cu', '--calculator', 'nosuch'], 'unknown calculator `nosuch`'),
+        (['--elements', 'Cu', '--calculator', 'emt', '--calculator-params', '{bad'], 'not valid JSON'),
+        (['--calculator', 'emt'], 'give `--elements`'),
+        (['--structures', '/no/such/file.cif', '--calculator', 'emt'], 'does not exist'),
+    ],
+)
+def test_reference_refuses_bad_input(worker_code, args, message):
+    """Bad input to `mlmat reference` is refused early with exit code 2 and no process."""
+    before = orm.QueryBuilder().append(orm.ProcessNode).count()
+    result = invoke('reference', *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert orm.QueryBuilder().append(orm.ProcessNode).count() == before
+
+
+def test_elements_option_accepts_spaces_commas_and_repeats(worker_code):
+    """`--elements Cu Au`, `--elements Cu,Au` and `--elements Cu --elements Au` are the same."""
+    for args in (['--elements', 'Cu', 'Xq'], ['--elements', 'Cu,Xq'], ['--elements', 'Cu', '--elements', 'Xq']):
+        result = invoke('reference', *args, '--calculator', 'emt')
+        assert 'unknown element `Xq`' in result.output
