@@ -14,3 +14,4 @@ pk=$(python -c "import json; print(json.loads(open('.aiida-local/last-run.json')
 mlmat -p mlmat-demo dataset show "$pk"
 mlmat -p mlmat-demo dataset export "$pk" .aiida-local/reference-cuau-emt.extxyz
 echo "labelled data set: .aiida-local/reference-cuau-emt.extxyz (AiiDA node $pk; profile mlmat-demo in $AIIDA_PATH)"
+echo "the daemon keeps running for more work; stop it with: AIIDA_PATH=$AIIDA_PATH verdi -p mlmat-demo daemon stop"

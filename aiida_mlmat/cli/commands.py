@@ -88,7 +88,7 @@ def reference(profile: str | None, **kwargs: Any) -> None:
     if not json_output:
         click.echo(f'submitted {node.process_label}<{node.pk}> ({node.uuid})')
     if kwargs['wait']:
-        wait_for(node, quiet=json_output)
+        wait_for(node)  # progress goes to stderr, so it never mixes with the JSON on stdout
     result: dict[str, Any] = {'process': node.pk, 'configurations': None, 'n_configurations': None, 'n_excluded': None}
     if node.is_finished_ok:
         labelled = node.outputs.configurations
