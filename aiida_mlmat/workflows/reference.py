@@ -19,6 +19,7 @@ from aiida_mlmat.workflows.functions import (
     build_seed_set,
     collect_labels,
     split_configurations,
+    structures_to_set,
 )
 from aiida_mlmat.workflows.label import LabelBaseWorkChain
 from aiida_mlmat.workflows.protocols import get_protocol_inputs
@@ -53,8 +54,15 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
     """Validate the whole input namespace before anything runs."""
     elements = value['elements'].get_list() if 'elements' in value else []
     structures = value.get('structures')
+    structure_data = dict(value.get('structure_data') or {})
+    if structures is not None and structure_data:
+        return 'give seeds either as `structures` or as `structure_data`, not both'
+    if structure_data:
+        from aiida_mlmat.data.configurations import ConfigurationSetData as _Set
+
+        structures = _Set([structure_data[key].get_ase() for key in sorted(structure_data)])
     if not elements and structures is None:
-        return 'give seed `structures`, or `elements` to build seeds from'
+        return 'give seed `structures` (or `structure_data`), or `elements` to build seeds from'
     for symbol in elements:
         try:
             check_element(symbol)
@@ -107,6 +115,13 @@ class ReferenceWorkChain(WorkChain):
         """Define the ports and the outline."""
         super().define(spec)
         spec.input('structures', valid_type=ConfigurationSetData, required=False, help='Seed structures.')
+        spec.input_namespace(
+            'structure_data',
+            valid_type=orm.StructureData,
+            dynamic=True,
+            required=False,
+            help='Seed structures as StructureData nodes (any link labels); gathered into one set in provenance.',
+        )
         spec.input(
             'elements',
             valid_type=orm.List,
@@ -199,6 +214,8 @@ class ReferenceWorkChain(WorkChain):
         """Make the seed set."""
         if 'structures' in self.inputs:
             self.ctx.seeds = self.inputs.structures
+        elif self.inputs.get('structure_data'):
+            self.ctx.seeds = structures_to_set(**self.inputs.structure_data)
         else:
             self.ctx.seeds = build_seed_set(self.inputs.elements)
 

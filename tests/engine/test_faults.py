@@ -42,7 +42,7 @@ def _builder(code, calculator, **kwargs):
         ({'elements': ['Fe']}, "cannot treat the elements ['Fe']"),
         ({'structures': 'close'}, 'atoms closer than 0.5 Å'),
         ({'structures': 'empty'}, 'the seed set is empty'),
-        ({'elements': []}, 'give seed `structures`, or `elements`'),
+        ({'elements': []}, 'or `elements` to build seeds from'),
         ({'elements': ['Cu'], 'labeller': 'aiida-ase'}, 'labeller aiida-ase needs `ase_code`'),
     ],
 )

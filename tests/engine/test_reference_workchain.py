@@ -121,3 +121,26 @@ def test_aiida_ase_path_gives_same_labels_as_batch(submit_and_await, worker_code
         assert abs(first.calc.results['energy'] - second.calc.results['energy']) < 1e-8
         assert abs(first.calc.results['forces'] - second.calc.results['forces']).max() < 1e-7
         assert abs(first.calc.results['stress'] - second.calc.results['stress']).max() < 1e-8
+
+
+def test_structuredata_seeds(submit_and_await, worker_code, emt):
+    """Seeds given as StructureData nodes are gathered in provenance and sampled like any other."""
+    from ase.build import bulk
+
+    seeds = {
+        'cu': orm.StructureData(ase=bulk('Cu', 'fcc', a=3.6)),
+        'au': orm.StructureData(ase=bulk('Au', 'fcc', a=4.1)),
+    }
+    builder = ReferenceWorkChain.get_builder_from_protocol(worker_code, calculator=emt)
+    builder.structure_data = seeds
+    builder.sample.parameters = orm.Dict({'supercell': [2, 2, 2], 'rattle': {'count': 1, 'stdev': 0.03}})
+    node = submit_and_await(builder, timeout=300)
+    assert node.is_finished_ok, node.exit_message
+    labelled = node.outputs.configurations
+    assert labelled.count == 4 and labelled.species == ['Au', 'Cu']
+    seed_set = node.outputs.sampled.creator.inputs.structures
+    assert seed_set.creator.process_label == 'structures_to_set'
+    assert {link.node.uuid for link in seed_set.creator.base.links.get_incoming().all()} >= {
+        s.uuid for s in seeds.values()
+    }
+    assert_labels_equal_emt(labelled.get_atoms())
