@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiida import orm
 from aiida.common.folders import Folder
 
 from aiida_mlmat.calcjobs.base import MlmatCalculation
-from aiida_mlmat.common.constants import EXCLUDED_FILE, LABELLED_FILE, PREVIOUS_FILE, STRUCTURES_FILE
+from aiida_mlmat.common.constants import (
+    EXCLUDED_FILE,
+    LABELLED_FILE,
+    PREVIOUS_EXCLUDED_FILE,
+    PREVIOUS_FILE,
+    STRUCTURES_FILE,
+)
 from aiida_mlmat.data.configurations import ConfigurationSetData
 from aiida_mlmat.worker.calculators import UnknownCalculatorError, check_name
 
@@ -89,6 +96,9 @@ class LabelCalculation(MlmatCalculation):
     def validate_inputs(cls, value: Any, _: Any = None) -> str | None:
         """Validate the whole namespace before submission (the worker schema included)."""
         configurations = value.get('configurations')
+        limit = value.get('soft_time_limit')
+        if limit is not None and limit.value < 0:
+            return f'soft_time_limit: must be zero or positive, got {limit.value} s'
         if configurations is not None and configurations.count == 0:
             return 'configurations: the set is empty; there is nothing to label'
         if 'calculator' in value and 'configurations' in value:
@@ -108,14 +118,22 @@ class LabelCalculation(MlmatCalculation):
             'structures': STRUCTURES_FILE,
             'properties': properties,
         }
-        if 'restart_from' in inputs:
-            data['previous'] = PREVIOUS_FILE
+        restart_from = inputs.get('restart_from')
+        if restart_from is not None:
+            if restart_from.count:
+                data['previous'] = PREVIOUS_FILE
+            if restart_from.excluded:
+                data['previous_excluded'] = PREVIOUS_EXCLUDED_FILE
         return data
 
     def write_data_files(self, folder: Folder) -> None:
         """Copy the configurations (and the partial labels to reuse) into the sandbox."""
         with folder.open(STRUCTURES_FILE, 'wb') as handle:
             handle.write(self.inputs.configurations.get_content())
-        if 'restart_from' in self.inputs:
+        restart_from = self.inputs.get('restart_from')
+        if restart_from is not None and restart_from.count:
             with folder.open(PREVIOUS_FILE, 'wb') as handle:
-                handle.write(self.inputs.restart_from.get_content())
+                handle.write(restart_from.get_content())
+        if restart_from is not None and restart_from.excluded:
+            with folder.open(PREVIOUS_EXCLUDED_FILE, 'w', encoding='utf-8') as handle:
+                json.dump(restart_from.excluded, handle)

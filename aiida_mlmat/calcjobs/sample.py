@@ -62,7 +62,7 @@ class SampleCalculation(MlmatCalculation):
     def build_worker_input(cls, inputs: Any) -> dict[str, Any]:
         """Return the ``sample`` task input."""
         params = inputs['parameters'].get_dict() if 'parameters' in inputs else {}
-        return {'structures': STRUCTURES_FILE, **params}
+        return {**params, 'structures': STRUCTURES_FILE}
 
     def write_data_files(self, folder: Folder) -> None:
         """Copy the seeds into the sandbox."""

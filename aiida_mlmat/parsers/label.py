@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
 from aiida.engine import ExitCode
+from ase import Atoms
 
 from aiida_mlmat.common.constants import EXCLUDED_FILE, LABELLED_FILE
 from aiida_mlmat.data.configurations import ConfigurationSetData
 from aiida_mlmat.parsers.base import MlmatParser
+
+
+def complete_frames(content: bytes) -> list[Atoms]:
+    """Read the frames of an extxyz file that a killed job may have cut short, dropping an incomplete last one."""
+    from ase.io import iread
+
+    frames: list[Atoms] = []
+    try:
+        for atoms in iread(io.StringIO(content.decode('utf-8', errors='replace')), index=':', format='extxyz'):
+            frames.append(atoms)
+    except Exception:  # the frame being written when the job died
+        pass
+    return frames
 
 
 class LabelParser(MlmatParser):
@@ -19,25 +34,38 @@ class LabelParser(MlmatParser):
         path = self.temporary_file(kwargs, EXCLUDED_FILE)
         if path is None:
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in path.read_text(errors='replace').splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a killed job
+        return records
 
-    def _labelled(self, kwargs: dict[str, Any], excluded: list[dict[str, Any]]) -> ConfigurationSetData | None:
+    def _labelled(
+        self, kwargs: dict[str, Any], excluded: list[dict[str, Any]], partial: bool = False
+    ) -> ConfigurationSetData | None:
+        """The labelled frames as a node; for a partial run, the complete frames before any cut-off one."""
         path = self.temporary_file(kwargs, LABELLED_FILE)
-        if path is None:
+        content = path.read_bytes() if path is not None else b''
+        calculator = self.node.inputs.calculator.get_dict()
+        if not partial:
+            return (
+                ConfigurationSetData(content=content, calculator=calculator, excluded=excluded)
+                if content.strip()
+                else None
+            )
+        frames = complete_frames(content)
+        if not frames and not excluded:
             return None
-        content = path.read_bytes()
-        if not content.strip():
-            return None
-        return ConfigurationSetData(
-            content=content, calculator=self.node.inputs.calculator.get_dict(), excluded=excluded
-        )
+        return ConfigurationSetData(frames, calculator=calculator, excluded=excluded)
 
     def parse(self, **kwargs: Any) -> ExitCode | None:
         """Parse the retrieved files; keep partial labels of an interrupted run as ``partial_configurations``."""
         results, exit_code = self.load_results()
         excluded = self._excluded(kwargs)
         if results is None:
-            partial = self._labelled(kwargs, excluded)
+            partial = self._labelled(kwargs, excluded, partial=True)
             if partial is not None:
                 self.out('partial_configurations', partial)
             if self.scheduler_killed():
@@ -53,7 +81,7 @@ class LabelParser(MlmatParser):
             self.out('configurations', labelled)
             return ExitCode(0)
         if status == 'incomplete':
-            partial = self._labelled(kwargs, excluded)
+            partial = self._labelled(kwargs, excluded, partial=True)
             if partial is not None:
                 self.out('partial_configurations', partial)
         return self.error_exit_code(results)

@@ -14,14 +14,18 @@ SCHEMA_VERSION = 1
 _CALCULATOR = {
     'type': 'object',
     'properties': {
-        'name': {'type': 'string', 'pattern': '^[a-z][a-z0-9_.-]*$', 'description': 'registry name of the calculator'},
+        'name': {
+            'type': 'string',
+            'pattern': r'^[a-z][a-z0-9_.-]*\Z',
+            'description': 'registry name of the calculator',
+        },
         'parameters': {'type': 'object', 'description': 'keyword arguments of the calculator, as JSON'},
     },
     'required': ['name'],
     'additionalProperties': False,
 }
 
-_FILE_NAME = {'type': 'string', 'pattern': r'^[A-Za-z0-9_][A-Za-z0-9_.-]*$', 'maxLength': 128}
+_FILE_NAME = {'type': 'string', 'pattern': r'^[A-Za-z0-9_][A-Za-z0-9_.-]*\Z', 'maxLength': 128}
 _SEED = {'type': 'integer', 'minimum': 0}
 _COUNT = {'type': 'integer', 'minimum': 0, 'maximum': 100000}
 
@@ -35,6 +39,7 @@ LABEL_SCHEMA: dict[str, Any] = {
         'calculator': _CALCULATOR,
         'structures': _FILE_NAME,
         'previous': _FILE_NAME,
+        'previous_excluded': _FILE_NAME,
         'properties': {
             'type': 'array',
             'items': {'enum': ['energy', 'forces', 'stress']},

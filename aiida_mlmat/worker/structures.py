@@ -110,7 +110,10 @@ def build_seeds(elements: Sequence[str], crystals: Iterable[str] = ('fcc', 'bcc'
         volume = atomic_volume(symbol)
         for crystal in crystals:
             a = lattice_constant(volume, crystal)
-            atoms = bulk(symbol, crystal, a=a, cubic=crystal != 'hcp')
+            if crystal == 'hcp':
+                atoms = bulk(symbol, crystal, a=a, covera=math.sqrt(8 / 3))
+            else:
+                atoms = bulk(symbol, crystal, a=a, cubic=True)
             atoms.info[METHOD_KEY] = f'seed:{crystal}'
             seeds.append(atoms)
     for first, second in itertools.combinations(elements, 2):

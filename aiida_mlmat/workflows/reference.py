@@ -204,6 +204,8 @@ class ReferenceWorkChain(WorkChain):
         if ase_code is not None:
             builder.ase_code = ase_code
         if options:
+            resources = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
+            options = {'resources': resources, **options}
             builder.sample.metadata.options = dict(options)
             builder.label.label.metadata.options = dict(options)
             if labeller == 'aiida-ase':

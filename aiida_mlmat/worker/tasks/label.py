@@ -52,6 +52,16 @@ def compute_labels(atoms: Atoms, calculator: Any, properties: list[str]) -> dict
     return results
 
 
+def _same_configuration(first: Atoms, second: Atoms, tolerance: float = 1e-6) -> bool:
+    """Whether two frames are the same configuration (species, cell, positions within ``tolerance`` Å)."""
+    return (
+        len(first) == len(second)
+        and (first.numbers == second.numbers).all()
+        and np.allclose(first.cell.array, second.cell.array, atol=tolerance)
+        and np.allclose(first.positions, second.positions, atol=tolerance)
+    )
+
+
 def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """Label the configurations of ``params['structures']``; see the module docstring."""
     start = time.perf_counter()
@@ -60,6 +70,18 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
     if params.get('previous'):
         for atoms in _read(workdir / params['previous']):
             previous[index_of(atoms, -1)] = atoms
+    previous_excluded: dict[int, dict[str, Any]] = {}
+    if params.get('previous_excluded'):
+        path = workdir / params['previous_excluded']
+        if not path.is_file():
+            raise WorkerError(ErrorCode.MISSING_FILE, f'input file `{path.name}` is missing')
+        try:
+            for record in json.loads(path.read_text()):
+                previous_excluded[int(record['index'])] = record
+        except (ValueError, KeyError, TypeError) as exc:
+            raise WorkerError(ErrorCode.CORRUPT_FILE, f'cannot read `{path.name}`: {exc}') from exc
+    if not frames:
+        raise WorkerError(ErrorCode.INVALID_INPUT, f'`{params["structures"]}` holds no configuration to label')
 
     calc_spec = params['calculator']
     try:
@@ -73,7 +95,7 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
     min_distance = float(params.get('min_distance', MIN_INTERATOMIC_DISTANCE))
     max_seconds = params.get('max_seconds')
 
-    n_labelled = n_reused = 0
+    n_labelled = n_reused = n_new = 0
     excluded: list[dict[str, Any]] = []
     remaining = 0
     compute_seconds = 0.0
@@ -82,20 +104,23 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
         for position, atoms in enumerate(frames):
             index = index_of(atoms, position)
-            if index in previous:
+            if index in previous and _same_configuration(previous[index], atoms):
                 write(out, previous[index], format='extxyz')
                 n_reused += 1
                 n_labelled += 1
                 continue
-            progressed = (n_labelled - n_reused + len(excluded)) > 0  # always make progress before stopping
-            if max_seconds is not None and progressed and time.perf_counter() - start > max_seconds:
+            if index in previous_excluded:  # failed before: keep the record, do not recompute
+                excluded.append(previous_excluded[index])
+                excl.write(json.dumps(previous_excluded[index]) + '\n')
+                continue
+            # Always make progress (one new configuration) before honouring the soft time limit.
+            if max_seconds is not None and n_new > 0 and time.perf_counter() - start > max_seconds:
                 remaining = len(frames) - position
                 break
-            clean = Atoms(
-                atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc, info={INDEX_KEY: index}
-            )
-            for key, value in atoms.info.items():
-                clean.info.setdefault(key, value)
+            n_new += 1
+            clean = atoms.copy()
+            clean.calc = None
+            clean.info[INDEX_KEY] = index
             try:
                 check_configuration(clean, min_distance)
                 tick = time.perf_counter()
@@ -117,7 +142,7 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
             excl.flush()
 
     elapsed = time.perf_counter() - start
-    computed = n_labelled - n_reused
+    computed = n_new
     results_dict: dict[str, Any] = {
         'status': 'ok',
         'n_input': len(frames),

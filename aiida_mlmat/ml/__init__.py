@@ -1,0 +1,1 @@
+"""Machine-learning side (torch; imports no aiida): descriptors, selection, models."""

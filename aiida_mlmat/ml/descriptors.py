@@ -1,0 +1,330 @@
+"""Atomic-environment descriptors in torch: Chebyshev (Artrith, Urban, Ceder 2017) and ACSF (Behler-Parrinello).
+
+Both are batched over many structures (one graph), work for periodic cells of any shape and for molecules,
+in float32 or float64, on CPU or CUDA, and are differentiable with respect to positions through autograd, so
+the same code can feed a force-trained model.
+
+Chebyshev descriptors (aenet's form): for each atom i, with x = 2 r / R_c - 1,
+
+    radial  c_a = sum_j        T_a(x_ij) f_c(r_ij)                          a = 0 .. n_radial - 1
+    angular c_a = sum_{j<k}    T_a(cos theta_ijk) f_c(r_ij) f_c(r_ik)       a = 0 .. n_angular - 1
+
+once unweighted (structure) and once with species weights w_j (w_j w_k for angular terms), so the size does
+not grow with the number of species: 2 (n_radial + n_angular) features for two or more species.
+
+ACSF: G1, G2 (eta, R_s) per neighbour species and G4 (eta, zeta, lambda) per species pair, in DScribe's order
+and conventions (G4 includes f_c(r_jk) and the 2^(1-zeta) prefactor, sum over pairs j < k).
+
+f_c(r) = (cos(pi r / R_c) + 1) / 2 for r < R_c, else 0: continuous with its first derivative at R_c.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.data import atomic_numbers
+
+from aiida_mlmat.ml.neighbours import Graph, build_graph, triplets
+
+KINDS = ('chebyshev', 'acsf')
+
+
+def cutoff_function(r: torch.Tensor, rcut: float) -> torch.Tensor:
+    """Cosine cutoff, zero beyond ``rcut``."""
+    return torch.where(r < rcut, 0.5 * (torch.cos(math.pi * r / rcut) + 1.0), torch.zeros_like(r))
+
+
+def chebyshev(x: torch.Tensor, order: int) -> torch.Tensor:
+    """Chebyshev polynomials T_0..T_{order-1} of x (any shape) -> (..., order), by the recurrence."""
+    values = [torch.ones_like(x), x]
+    for _ in range(2, order):
+        values.append(2 * x * values[-1] - values[-2])
+    return torch.stack(values[:order], dim=-1)
+
+
+def species_weights(species: Sequence[str]) -> dict[int, float]:
+    """aenet-style species weights: balanced integers around zero, skipping 0 for an even count.
+
+    Two species get -1, +1; three get -1, 0, +1; four get -2, -1, +1, +2.
+    """
+    n = len(species)
+    values = [v for v in range(-(n // 2), n // 2 + 1) if n % 2 or v != 0]
+    return {atomic_numbers[symbol]: float(value) for symbol, value in zip(sorted_species(species), values, strict=True)}
+
+
+def sorted_species(species: Sequence[str]) -> list[str]:
+    """Species sorted by atomic number (DScribe's order)."""
+    return sorted(dict.fromkeys(species), key=lambda symbol: atomic_numbers[symbol])
+
+
+class UnknownSpeciesError(ValueError):
+    """A structure holds species the descriptor definition was not made for."""
+
+
+@dataclass(frozen=True)
+class DescriptorSpec:
+    """A descriptor definition: everything needed to recompute identical features (stored as attributes).
+
+    :ivar kind: ``chebyshev`` or ``acsf``.
+    :ivar species: chemical symbols the descriptor is defined for.
+    :ivar rcut: radial cutoff in Å (also the ACSF cutoff).
+    :ivar rcut_angular: angular cutoff in Å (Chebyshev only; default: ``rcut``).
+    :ivar n_radial, n_angular: Chebyshev orders (number of polynomials).
+    :ivar g2: ACSF G2 parameters ``[(eta Å^-2, R_s Å), ...]``.
+    :ivar g4: ACSF G4 parameters ``[(eta Å^-2, zeta, lambda), ...]``.
+    """
+
+    kind: str
+    species: tuple[str, ...]
+    rcut: float = 5.0
+    rcut_angular: float | None = None
+    n_radial: int = 10
+    n_angular: int = 6
+    g2: tuple[tuple[float, float], ...] = field(default=((0.01, 0.0), (0.1, 0.0), (0.5, 2.5), (1.0, 3.0)))
+    g4: tuple[tuple[float, float, float], ...] = field(
+        default=((0.005, 1.0, 1.0), (0.005, 1.0, -1.0), (0.01, 4.0, 1.0))
+    )
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f'unknown descriptor kind `{self.kind}`; known: {", ".join(KINDS)}')
+        if not self.species:
+            raise ValueError('a descriptor needs at least one species')
+        for symbol in self.species:
+            if symbol not in atomic_numbers or atomic_numbers[symbol] == 0:
+                raise ValueError(f'unknown element `{symbol}`')
+        object.__setattr__(self, 'species', tuple(sorted_species(self.species)))
+        object.__setattr__(self, 'g2', tuple(tuple(float(v) for v in p) for p in self.g2))
+        object.__setattr__(self, 'g4', tuple(tuple(float(v) for v in p) for p in self.g4))
+        if not self.rcut > 0:
+            raise ValueError(f'the cutoff must be positive, got {self.rcut} Å')
+        if self.rcut_angular is not None and not 0 < self.rcut_angular <= self.rcut:
+            raise ValueError('rcut_angular must be positive and at most rcut')
+        if self.n_radial < 1 or self.n_angular < 0:
+            raise ValueError('n_radial must be at least 1 and n_angular at least 0')
+
+    @property
+    def angular_cutoff(self) -> float:
+        """The cutoff of angular terms (Å)."""
+        return self.rcut if self.rcut_angular is None else self.rcut_angular
+
+    @property
+    def n_features(self) -> int:
+        """Number of features per atom."""
+        n_species = len(self.species)
+        if self.kind == 'chebyshev':
+            blocks = 1 if n_species == 1 else 2
+            return blocks * (self.n_radial + self.n_angular)
+        n_pairs = n_species * (n_species + 1) // 2
+        return n_species * (1 + len(self.g2)) + n_pairs * len(self.g4)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-serialisable definition."""
+        data = asdict(self)
+        data['species'] = list(self.species)
+        data['g2'] = [list(p) for p in self.g2]
+        data['g4'] = [list(p) for p in self.g4]
+        data['n_features'] = self.n_features
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DescriptorSpec:
+        """Inverse of :meth:`as_dict`."""
+        data = {k: v for k, v in data.items() if k != 'n_features'}
+        data['species'] = tuple(data['species'])
+        for key in ('g2', 'g4'):
+            if key in data:
+                data[key] = tuple(tuple(p) for p in data[key])
+        return cls(**data)
+
+    def check_species(self, frames: Sequence[Atoms]) -> None:
+        """Refuse structures holding species outside the definition."""
+        known = set(self.species)
+        for index, atoms in enumerate(frames):
+            extra = set(atoms.get_chemical_symbols()) - known
+            if extra:
+                raise UnknownSpeciesError(
+                    f'structure {index} ({atoms.get_chemical_formula()}) holds {sorted(extra)}, which this '
+                    f'descriptor was not defined for (species {list(self.species)})'
+                )
+
+
+class Descriptor(torch.nn.Module):
+    """Per-atom descriptors of a :class:`Graph`; ``forward`` returns (n_atoms, n_features)."""
+
+    def __init__(self, spec: DescriptorSpec):
+        super().__init__()
+        self.spec = spec
+        table = torch.zeros(119, dtype=torch.float64)
+        index = torch.full((119,), -1, dtype=torch.long)
+        for number, weight in species_weights(spec.species).items():
+            table[number] = weight
+        for position, symbol in enumerate(spec.species):
+            index[atomic_numbers[symbol]] = position
+        self.register_buffer('weight_table', table, persistent=False)
+        self.register_buffer('species_index', index, persistent=False)
+
+    def forward(self, graph: Graph) -> torch.Tensor:
+        """Compute the descriptors of every atom of the graph."""
+        if self.spec.kind == 'chebyshev':
+            return self._chebyshev(graph)
+        return self._acsf(graph)
+
+    # -- Chebyshev ---------------------------------------------------------------------------------------------
+    def _chebyshev(self, graph: Graph) -> torch.Tensor:
+        spec = self.spec
+        n_atoms = graph.positions.shape[0]
+        dtype = graph.positions.dtype
+        vectors = graph.edge_vectors()
+        r = torch.linalg.vector_norm(vectors, dim=1)
+        fc = cutoff_function(r, spec.rcut)
+        basis = chebyshev(2.0 * r / spec.rcut - 1.0, spec.n_radial) * fc[:, None]
+        weighted = len(spec.species) > 1
+        weights = self.weight_table.to(dtype)[graph.numbers[graph.neighbour]]
+        blocks = [torch.zeros(n_atoms, spec.n_radial, dtype=dtype, device=r.device).index_add_(0, graph.centre, basis)]
+        if weighted:
+            blocks.append(
+                torch.zeros(n_atoms, spec.n_radial, dtype=dtype, device=r.device).index_add_(
+                    0, graph.centre, basis * weights[:, None]
+                )
+            )
+        if spec.n_angular:
+            angular = self._chebyshev_angular(graph, vectors, r, weights, weighted)
+            blocks.insert(1, angular[0])
+            if weighted:
+                blocks.append(angular[1])
+        return torch.cat(blocks, dim=1)
+
+    def _chebyshev_angular(
+        self, graph: Graph, vectors: torch.Tensor, r: torch.Tensor, weights: torch.Tensor, weighted: bool
+    ) -> list[torch.Tensor]:
+        spec = self.spec
+        n_atoms = graph.positions.shape[0]
+        rc = spec.angular_cutoff
+        keep = r < rc
+        edge_ids = torch.nonzero(keep).squeeze(1)
+        first, second = triplets(graph.centre[edge_ids], n_atoms)
+        first, second = edge_ids[first], edge_ids[second]
+        fc = cutoff_function(r, rc)
+        cos = (vectors[first] * vectors[second]).sum(dim=1) / (r[first] * r[second])
+        cos = cos.clamp(-1.0, 1.0)
+        # Both orderings (j, k) and (k, j) count in aenet's double sum; the factor 2 keeps that convention.
+        terms = chebyshev(cos, spec.n_angular) * (2.0 * fc[first] * fc[second])[:, None]
+        centre = graph.centre[first]
+        out = [torch.zeros(n_atoms, spec.n_angular, dtype=r.dtype, device=r.device).index_add_(0, centre, terms)]
+        if weighted:
+            w = (weights[first] * weights[second])[:, None]
+            out.append(torch.zeros_like(out[0]).index_add_(0, centre, terms * w))
+        return out
+
+    # -- ACSF --------------------------------------------------------------------------------------------------
+    def _acsf(self, graph: Graph) -> torch.Tensor:
+        spec = self.spec
+        n_atoms = graph.positions.shape[0]
+        n_species = len(spec.species)
+        dtype = graph.positions.dtype
+        device = graph.positions.device
+        vectors = graph.edge_vectors()
+        r = torch.linalg.vector_norm(vectors, dim=1)
+        fc = cutoff_function(r, spec.rcut)
+        radial_params = torch.tensor([[0.0, 0.0]] + [list(p) for p in spec.g2], dtype=dtype, device=device)
+        eta, rs = radial_params[:, 0], radial_params[:, 1]
+        g2 = torch.exp(-eta[None, :] * (r[:, None] - rs[None, :]) ** 2) * fc[:, None]  # column 0 is G1
+        n_radial = g2.shape[1]
+        neighbour_species = self.species_index[graph.numbers[graph.neighbour]]
+        radial = torch.zeros(n_atoms, n_species, n_radial, dtype=dtype, device=device)
+        radial.index_put_((graph.centre, neighbour_species), g2, accumulate=True)
+        features = [radial.reshape(n_atoms, -1)]
+        if spec.g4:
+            features.append(self._acsf_angular(graph, vectors, r, fc, neighbour_species))
+        return torch.cat(features, dim=1)
+
+    def _acsf_angular(
+        self, graph: Graph, vectors: torch.Tensor, r: torch.Tensor, fc: torch.Tensor, neighbour_species: torch.Tensor
+    ) -> torch.Tensor:
+        spec = self.spec
+        n_atoms = graph.positions.shape[0]
+        n_species = len(spec.species)
+        dtype, device = r.dtype, r.device
+        first, second = triplets(graph.centre, n_atoms)
+        rij, rik = vectors[first], vectors[second]
+        r_ij, r_ik = r[first], r[second]
+        r_jk = torch.linalg.vector_norm(rik - rij, dim=1)
+        cos = (rij * rik).sum(dim=1) / (r_ij * r_ik)
+        params = torch.tensor([list(p) for p in spec.g4], dtype=dtype, device=device)
+        eta, zeta, lam = params[:, 0], params[:, 1], params[:, 2]
+        radial = torch.exp(-eta[None, :] * (r_ij**2 + r_ik**2 + r_jk**2)[:, None])
+        cut = (fc[first] * fc[second] * cutoff_function(r_jk, spec.rcut))[:, None]
+        angular = (2.0 ** (1.0 - zeta))[None, :] * (1.0 + lam[None, :] * cos[:, None]).clamp(min=0.0) ** zeta[None, :]
+        terms = angular * radial * cut
+        # Species pair index in DScribe order: (0,0), (0,1), ..., (1,1), ...
+        sj, sk = neighbour_species[first], neighbour_species[second]
+        low, high = torch.minimum(sj, sk), torch.maximum(sj, sk)
+        pair = low * n_species - low * (low - 1) // 2 + (high - low)
+        n_pairs = n_species * (n_species + 1) // 2
+        out = torch.zeros(n_atoms, n_pairs, len(spec.g4), dtype=dtype, device=device)
+        out.index_put_((graph.centre[first], pair), terms, accumulate=True)
+        return out.reshape(n_atoms, -1)
+
+
+def compute(
+    frames: Sequence[Atoms],
+    spec: DescriptorSpec,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = 'cpu',
+    batch_atoms: int = 20000,
+) -> list[np.ndarray]:
+    """Per-atom descriptors of many structures, one (n_atoms, n_features) array each, in batches of atoms.
+
+    :raises UnknownSpeciesError: for species outside ``spec.species``.
+    :raises CutoffError: for a cutoff that does not suit a cell.
+    :raises ValueError: for an empty list or a structure without atoms.
+    """
+    if len(frames) == 0:
+        raise ValueError('no structures given')
+    spec.check_species(frames)
+    module = Descriptor(spec).to(device)
+    results: list[np.ndarray] = []
+    with torch.no_grad():
+        for batch in _batches(frames, batch_atoms):
+            graph = build_graph(batch, spec.rcut, dtype=dtype, device=device)
+            values = module(graph).cpu().numpy()
+            sizes = [len(atoms) for atoms in batch]
+            results.extend(np.split(values, np.cumsum(sizes)[:-1]))
+    return results
+
+
+def _batches(frames: Sequence[Atoms], batch_atoms: int) -> list[list[Atoms]]:
+    batches: list[list[Atoms]] = [[]]
+    count = 0
+    for atoms in frames:
+        if batches[-1] and count + len(atoms) > batch_atoms:
+            batches.append([])
+            count = 0
+        batches[-1].append(atoms)
+        count += len(atoms)
+    return batches
+
+
+def feature_names(spec: DescriptorSpec) -> list[str]:
+    """Human-readable names of the features, in order."""
+    if spec.kind == 'chebyshev':
+        names = [f'radial_T{a}' for a in range(spec.n_radial)] + [f'angular_T{a}' for a in range(spec.n_angular)]
+        if len(spec.species) > 1:
+            names += [f'radial_w_T{a}' for a in range(spec.n_radial)]
+            names += [f'angular_w_T{a}' for a in range(spec.n_angular)]
+        return names
+    names = []
+    for symbol in spec.species:
+        names.append(f'G1[{symbol}]')
+        names += [f'G2[{symbol}](eta={eta:g},Rs={rs:g})' for eta, rs in spec.g2]
+    for a, b in itertools.combinations_with_replacement(spec.species, 2):
+        names += [f'G4[{a}{b}](eta={eta:g},zeta={z:g},lambda={lam:g})' for eta, z, lam in spec.g4]
+    return names

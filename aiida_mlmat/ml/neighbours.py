@@ -1,0 +1,145 @@
+"""Batched neighbour lists (vesin) and the graph tensors descriptors are built from."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from ase import Atoms
+
+#: A periodic cell may be narrower than the cutoff (periodic images are summed), but not by more than this
+#: factor: beyond it the number of images explodes and a supercell is the right tool.
+MAX_CUTOFF_TO_WIDTH = 4.0
+
+
+class CutoffError(ValueError):
+    """The cutoff does not suit a structure's cell."""
+
+
+def perpendicular_widths(cell: np.ndarray) -> np.ndarray:
+    """Return the three perpendicular widths (Å) of a cell (distances between opposite faces)."""
+    volume = abs(np.linalg.det(cell))
+    return np.array([volume / np.linalg.norm(np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3])) for k in range(3)])
+
+
+def check_cutoff(atoms: Atoms, cutoff: float, index: int = 0) -> None:
+    """Refuse a cutoff that is not positive or too large for the periodic directions of the cell."""
+    if not cutoff > 0:
+        raise CutoffError(f'the cutoff must be positive, got {cutoff} Å')
+    pbc = atoms.pbc
+    if not pbc.any():
+        return
+    cell = atoms.cell.array
+    if abs(np.linalg.det(cell)) < 1e-9:
+        raise CutoffError(f'structure {index} is periodic but its cell is degenerate')
+    widths = perpendicular_widths(cell)[pbc]
+    if cutoff > MAX_CUTOFF_TO_WIDTH * widths.min():
+        raise CutoffError(
+            f'structure {index} ({atoms.get_chemical_formula()}): cutoff {cutoff} Å is more than '
+            f'{MAX_CUTOFF_TO_WIDTH:g} times the smallest perpendicular cell width ({widths.min():.2f} Å); '
+            'build a supercell (Atoms.repeat) or lower the cutoff'
+        )
+
+
+@dataclass
+class Graph:
+    """Atoms of many structures as one graph (all tensors on one device).
+
+    :ivar positions: (n_atoms, 3) Å; set ``requires_grad`` on it for forces.
+    :ivar numbers: (n_atoms,) atomic numbers.
+    :ivar structure: (n_atoms,) index of the structure each atom belongs to.
+    :ivar centre, neighbour: (n_edges,) atom indices of each directed edge i -> j within the cutoff.
+    :ivar shifts: (n_edges, 3) Å, the periodic-image offset so that r_ij = pos[j] - pos[i] + shift.
+    :ivar n_structures: number of structures.
+    """
+
+    positions: torch.Tensor
+    numbers: torch.Tensor
+    structure: torch.Tensor
+    centre: torch.Tensor
+    neighbour: torch.Tensor
+    shifts: torch.Tensor
+    n_structures: int
+
+    def edge_vectors(self) -> torch.Tensor:
+        """r_ij vectors (n_edges, 3) in Å, differentiable with respect to ``positions``."""
+        return self.positions[self.neighbour] - self.positions[self.centre] + self.shifts
+
+
+def build_graph(
+    frames: Sequence[Atoms],
+    cutoff: float,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = 'cpu',
+) -> Graph:
+    """Build the neighbour graph of many structures with vesin (any cell shape, periodic or not)."""
+    from vesin import NeighborList
+
+    if len(frames) == 0:
+        raise ValueError('no structures given')
+    calculator = NeighborList(cutoff=cutoff, full_list=True, sorted=True)
+    centres, neighbours, shifts = [], [], []
+    offset = 0
+    for index, atoms in enumerate(frames):
+        if len(atoms) == 0:
+            raise ValueError(f'structure {index} has no atoms')
+        check_cutoff(atoms, cutoff, index)
+        periodic = bool(atoms.pbc.all())
+        if atoms.pbc.any() and not periodic:
+            raise ValueError(f'structure {index}: mixed periodicity {atoms.pbc.tolist()} is not supported')
+        box = atoms.cell.array if periodic else np.zeros((3, 3))
+        i, j, s = calculator.compute(points=atoms.positions, box=box, periodic=periodic, quantities='ijS')
+        centres.append(i.astype(np.int64) + offset)
+        neighbours.append(j.astype(np.int64) + offset)
+        shifts.append(s.astype(np.float64) @ atoms.cell.array if periodic else np.zeros((len(i), 3)))
+        offset += len(atoms)
+    positions = np.concatenate([atoms.positions for atoms in frames])
+    numbers = np.concatenate([atoms.numbers for atoms in frames])
+    structure = np.concatenate([np.full(len(atoms), k) for k, atoms in enumerate(frames)])
+    return Graph(
+        positions=torch.tensor(positions, dtype=dtype, device=device),
+        numbers=torch.tensor(numbers, dtype=torch.long, device=device),
+        structure=torch.tensor(structure, dtype=torch.long, device=device),
+        centre=torch.tensor(np.concatenate(centres), dtype=torch.long, device=device),
+        neighbour=torch.tensor(np.concatenate(neighbours), dtype=torch.long, device=device),
+        shifts=torch.tensor(np.concatenate(shifts), dtype=dtype, device=device),
+        n_structures=len(frames),
+    )
+
+
+def triplets(centre: torch.Tensor, n_atoms: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return edge index pairs (a, b), a < b, of every two edges sharing a centre atom.
+
+    ``centre`` must be sorted (vesin's full list is grouped by centre; we sort to be safe).
+    """
+    device = centre.device
+    counts = torch.bincount(centre, minlength=n_atoms)
+    starts = torch.cumsum(counts, 0) - counts
+    pairs_per_centre = counts * (counts - 1) // 2
+    total = int(pairs_per_centre.sum())
+    if total == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty
+    # For each pair, its centre and its rank within that centre's pair list.
+    pair_centre = torch.repeat_interleave(torch.arange(n_atoms, device=device), pairs_per_centre)
+    pair_start = torch.cumsum(pairs_per_centre, 0) - pairs_per_centre
+    rank = torch.arange(total, device=device) - pair_start[pair_centre]
+    n = counts[pair_centre]
+    # Invert rank -> (a, b) with a < b in the upper triangle of an n x n matrix, row by row.
+    # Row a holds n - 1 - a pairs; the first index of row a is a * (2n - a - 1) / 2.
+    nf = n.to(torch.float64)
+    a = torch.floor(((2 * nf - 1) - torch.sqrt((2 * nf - 1) ** 2 - 8 * rank.to(torch.float64))) / 2).long()
+    row_start = a * (2 * n - a - 1) // 2
+    # Guard against floating-point edge cases.
+    too_far = rank < row_start
+    a = torch.where(too_far, a - 1, a)
+    row_start = a * (2 * n - a - 1) // 2
+    next_start = (a + 1) * (2 * n - a - 2) // 2
+    beyond = rank >= next_start
+    a = torch.where(beyond, a + 1, a)
+    row_start = a * (2 * n - a - 1) // 2
+    b = a + 1 + (rank - row_start)
+    base = starts[pair_centre]
+    return base + a, base + b

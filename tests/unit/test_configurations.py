@@ -1,0 +1,275 @@
+"""``mlmat.configurations``: round trips, summary attributes, refusal of corrupt files, queries."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+
+import numpy as np
+import pytest
+from aiida import orm
+from aiida.plugins import DataFactory
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from aiida_mlmat.common.constants import INDEX_KEY, METHOD_KEY, UNITS
+from aiida_mlmat.data.configurations import ConfigurationSetData, CorruptFileError, parse_extxyz_bytes
+from aiida_mlmat.worker.structures import extxyz_string, write_extxyz
+
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures('aiida_profile')]
+
+ATOL = 1e-8
+
+
+def labelled_frames() -> list[Atoms]:
+    """Four EMT-labelled configurations: Cu4, Cu2Au2, Au3 (vacancy) and a non-periodic Cu3 cluster."""
+    cu = bulk('Cu', 'fcc', a=3.61, cubic=True)
+    cu.rattle(0.04, seed=1)
+    alloy = bulk('Cu', 'fcc', a=3.85, cubic=True)
+    alloy.set_chemical_symbols(['Cu', 'Cu', 'Au', 'Au'])
+    alloy.rattle(0.03, seed=2)
+    vacancy = bulk('Au', 'fcc', a=4.08, cubic=True)
+    del vacancy[0]
+    frames = [cu, alloy, vacancy]
+    for position, atoms in enumerate(frames):
+        atoms.calc = EMT()
+        results = {'energy': atoms.get_potential_energy(), 'forces': atoms.get_forces(), 'stress': atoms.get_stress()}
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        atoms.info[INDEX_KEY] = position
+        atoms.info[METHOD_KEY] = 'rattle'
+    return frames
+
+
+def count_sets() -> int:
+    return orm.QueryBuilder().append(ConfigurationSetData).count()
+
+
+def test_entry_point():
+    assert DataFactory('mlmat.configurations') is ConfigurationSetData
+
+
+def test_round_trip_frames_node_store_atoms():
+    frames = labelled_frames()
+    node = ConfigurationSetData(frames, calculator={'name': 'emt', 'parameters': {}})
+    node.store()
+    loaded = orm.load_node(node.pk)
+    assert isinstance(loaded, ConfigurationSetData)
+    back = loaded.get_atoms()
+    assert len(back) == len(frames) == loaded.count == len(loaded)
+    for original, atoms in zip(frames, back, strict=True):
+        assert atoms.get_chemical_symbols() == original.get_chemical_symbols()
+        np.testing.assert_allclose(atoms.positions, original.positions, atol=ATOL, rtol=0)
+        np.testing.assert_allclose(atoms.cell.array, original.cell.array, atol=ATOL, rtol=0)
+        assert (atoms.pbc == original.pbc).all()
+        assert atoms.get_potential_energy() == pytest.approx(original.get_potential_energy(), abs=ATOL, rel=0)
+        np.testing.assert_allclose(atoms.get_forces(), original.get_forces(), atol=ATOL, rtol=0)
+        np.testing.assert_allclose(atoms.get_stress(), original.get_stress(), atol=ATOL, rtol=0)
+        assert atoms.info[INDEX_KEY] == original.info[INDEX_KEY]
+        assert atoms.info[METHOD_KEY] == 'rattle'
+    assert loaded.calculator == {'name': 'emt', 'parameters': {}}
+    assert loaded.label_keys == ['energy', 'forces', 'stress']
+
+
+def test_attributes():
+    frames = labelled_frames()
+    node = ConfigurationSetData(frames).store()
+    attributes = node.base.attributes
+    assert node.count == 3
+    assert attributes.get('num_atoms_total') == 4 + 4 + 3
+    assert node.species == ['Au', 'Cu']
+    assert attributes.get('formulas') == ['Cu4', 'Au2Cu2', 'Au3']
+    assert node.label_keys == ['energy', 'forces', 'stress']
+    assert attributes.get('composition_range') == {'Au': [0.0, 1.0], 'Cu': [0.0, 1.0]}
+    assert attributes.get('units') == UNITS
+    assert attributes.get('filename') == ConfigurationSetData.FILENAME
+    assert node.calculator is None
+    assert node.excluded == []
+    assert attributes.get('n_excluded') == 0
+    content = node.get_content()
+    assert node.sha256 == hashlib.sha256(content).hexdigest()
+    assert content.decode() == extxyz_string(frames)
+    summary = node.summary()
+    assert summary['n_configurations'] == 3
+    assert summary['n_atoms_total'] == 11
+    assert summary['uuid'] == node.uuid
+
+
+def test_composition_range_of_an_alloy_series():
+    frames = []
+    for n_au in (1, 2, 3):
+        atoms = bulk('Cu', 'fcc', a=3.8, cubic=True)
+        atoms.set_chemical_symbols(['Au'] * n_au + ['Cu'] * (4 - n_au))
+        frames.append(atoms)
+    node = ConfigurationSetData(frames)
+    assert node.base.attributes.get('composition_range') == {'Au': [0.25, 0.75], 'Cu': [0.25, 0.75]}
+    assert node.label_keys == []  # no calculator: unlabelled
+
+
+def test_label_keys_are_those_every_frame_carries():
+    frames = labelled_frames()
+    cluster = Atoms('Cu3', positions=[[0, 0, 0], [2.5, 0, 0], [1.2, 2.1, 0]], pbc=False)
+    cluster.calc = EMT()
+    cluster.calc = SinglePointCalculator(cluster, energy=cluster.get_potential_energy(), forces=cluster.get_forces())
+    node = ConfigurationSetData([*frames, cluster])
+    assert node.label_keys == ['energy', 'forces']
+    unlabelled = ConfigurationSetData([*frames, bulk('Cu')])
+    assert unlabelled.label_keys == []
+
+
+def test_excluded_records_are_kept():
+    excluded = [
+        {'index': 3, 'formula': 'Cu2', 'reason': 'invalid configuration: atoms closer than 0.5 Å'},
+        {'index': 7, 'formula': 'Au4', 'reason': 'calculator failed: RuntimeError: SCF did not converge'},
+    ]
+    node = ConfigurationSetData(labelled_frames(), excluded=excluded).store()
+    loaded = orm.load_node(node.pk)
+    assert loaded.excluded == excluded
+    assert loaded.base.attributes.get('n_excluded') == 2
+    assert loaded.summary()['excluded'] == excluded
+
+
+def test_from_file(tmp_path):
+    path = tmp_path / 'train.extxyz'
+    frames = labelled_frames()
+    write_extxyz(str(path), frames)
+    node = ConfigurationSetData.from_file(path, calculator={'name': 'emt'}, excluded=[{'index': 9}]).store()
+    raw = path.read_bytes()
+    assert node.get_content() == raw
+    assert node.sha256 == hashlib.sha256(raw).hexdigest()
+    assert node.count == 3
+    assert node.species == ['Au', 'Cu']
+    assert node.calculator == {'name': 'emt'}
+    assert node.excluded == [{'index': 9}]
+    back = node.get_atoms()
+    for original, atoms in zip(frames, back, strict=True):
+        assert atoms.get_potential_energy() == pytest.approx(original.get_potential_energy(), abs=ATOL, rel=0)
+    out = tmp_path / 'out.extxyz'
+    node.write_extxyz(out)
+    assert out.read_bytes() == raw
+
+
+def test_content_is_stored_byte_for_byte():
+    content = extxyz_string(labelled_frames()).encode() + b'\n'  # a trailing blank line is kept as is
+    node = ConfigurationSetData(content=content).store()
+    assert node.get_content() == content
+    assert node.sha256 == hashlib.sha256(content).hexdigest()
+
+
+def test_empty_set():
+    node = ConfigurationSetData([]).store()
+    assert node.count == 0
+    assert node.get_atoms() == []
+    assert node.species == []
+    assert node.label_keys == []
+    assert node.base.attributes.get('composition_range') == {}
+    assert node.get_content() == b''
+
+
+def test_frames_or_content_required():
+    with pytest.raises(ValueError, match='give either `frames` or `content`'):
+        ConfigurationSetData()
+
+
+def good_text() -> str:
+    return extxyz_string(labelled_frames())
+
+
+CORRUPT = {
+    'truncated': lambda: good_text()[: len(good_text()) // 2],
+    'truncated-mid-line': lambda: good_text()[:-25],
+    'garbage': lambda: 'Lorem ipsum dolor sit amet\nconsectetur adipiscing elit\n',
+    'empty': lambda: '',
+    'blank': lambda: '\n  \n\t\n',
+    'binary': lambda: bytes(range(256)) * 4,
+    'png-header': lambda: b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR' + bytes(64),
+    'bad-count': lambda: '3\nProperties=species:S:1:pos:R:3\nCu 0 0 0\nCu 2 0 0\n',
+    'bad-number': lambda: '2\nProperties=species:S:1:pos:R:3\nCu 0 0 0\nCu 2 zero 0\n',
+}
+
+
+@pytest.mark.parametrize('kind', sorted(CORRUPT))
+def test_from_file_refuses_corrupt_files(tmp_path, kind):
+    content = CORRUPT[kind]()
+    path = tmp_path / 'broken.extxyz'
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    before = count_sets()
+    nodes_before = orm.QueryBuilder().append(orm.Node).count()
+    with pytest.raises(CorruptFileError) as excinfo:
+        ConfigurationSetData.from_file(path)
+    message = str(excinfo.value)
+    assert message.startswith('broken.extxyz ')
+    assert any(phrase in message for phrase in ('cannot be read as extxyz', 'not a text extxyz', 'no configuration'))
+    assert count_sets() == before
+    assert orm.QueryBuilder().append(orm.Node).count() == nodes_before
+
+
+@pytest.mark.parametrize(
+    ('content', 'phrase'),
+    [
+        (b'', 'holds no configuration (empty file)'),
+        (b'\xff\xfe\x00garbage', 'is not a text extxyz file'),
+        (b'hello\nworld\n', 'cannot be read as extxyz: XYZError'),
+    ],
+)
+def test_corrupt_messages_are_clear(content, phrase):
+    with pytest.raises(CorruptFileError, match=re.escape(phrase)) as excinfo:
+        parse_extxyz_bytes(content, name='data.extxyz')
+    assert str(excinfo.value).startswith('data.extxyz ')
+
+
+def test_from_file_refuses_unphysical_configurations(tmp_path):
+    frames = labelled_frames()
+    close = Atoms('Cu2', positions=[[0, 0, 0], [0.3, 0, 0]], cell=[5, 5, 5], pbc=True)
+    path = tmp_path / 'close.extxyz'
+    write_extxyz(str(path), [frames[0], close])
+    before = count_sets()
+    with pytest.raises(CorruptFileError, match=r'close\.extxyz, configuration 1: atoms closer than 0\.5 Å'):
+        ConfigurationSetData.from_file(path)
+    assert count_sets() == before
+    node = ConfigurationSetData.from_file(path, validate=False)
+    assert node.count == 2
+
+
+def test_from_file_refuses_nan_positions(tmp_path):
+    path = tmp_path / 'nan.extxyz'
+    path.write_text('2\nLattice="5 0 0 0 5 0 0 0 5" Properties=species:S:1:pos:R:3 pbc="T T T"\nCu 0 0 0\nCu nan 1 1\n')
+    with pytest.raises(CorruptFileError, match='configuration 0: configuration has non-finite positions'):
+        ConfigurationSetData.from_file(path)
+
+
+def test_from_file_of_a_missing_file_raises(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        ConfigurationSetData.from_file(tmp_path / 'absent.extxyz')
+
+
+def test_parse_extxyz_bytes_of_good_content():
+    frames = parse_extxyz_bytes(good_text().encode(), name='x')
+    assert [frame.get_chemical_formula() for frame in frames] == ['Cu4', 'Au2Cu2', 'Au3']
+    assert isinstance(frames[0].calc, SinglePointCalculator)
+    assert parse_extxyz_bytes(io.BytesIO(good_text().encode()).getvalue())[2].info[INDEX_KEY] == 2
+
+
+def test_query_on_attributes():
+    marker = 'mlmat-test-query'
+    small = ConfigurationSetData(labelled_frames()[:1])
+    small.label = marker
+    small.store()
+    large = ConfigurationSetData(labelled_frames())
+    large.label = marker
+    large.store()
+    gold = ConfigurationSetData([bulk('Au', 'fcc', a=4.08)])
+    gold.label = marker
+    gold.store()
+
+    def pks(**filters):
+        builder = orm.QueryBuilder().append(ConfigurationSetData, filters={'label': marker, **filters}, project='id')
+        return sorted(builder.all(flat=True))
+
+    assert pks(**{'attributes.count': 3}) == [large.pk]
+    assert pks(**{'attributes.count': {'<': 3}}) == sorted([small.pk, gold.pk])
+    assert pks(**{'attributes.count': {'>=': 1}}) == sorted([small.pk, large.pk, gold.pk])
+    assert pks(**{'attributes.species': {'contains': ['Cu']}}) == sorted([small.pk, large.pk])
+    assert pks(**{'attributes.label_keys': {'contains': ['stress']}}) == sorted([small.pk, large.pk])

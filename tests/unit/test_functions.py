@@ -1,0 +1,150 @@
+"""Calcfunctions of the reference workflow: seeds, splitting into chunks and collecting the labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from aiida import orm
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from aiida_mlmat.common.constants import INDEX_KEY, METHOD_KEY
+from aiida_mlmat.data.configurations import ConfigurationSetData
+from aiida_mlmat.workflows.functions import (
+    ase_results_to_set,
+    build_seed_set,
+    collect_labels,
+    split_configurations,
+    structures_to_set,
+)
+
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures('aiida_profile')]
+
+EMT_SPEC = {'name': 'emt', 'parameters': {}}
+
+
+def rattled(n: int, start_index: int | None = None) -> list[Atoms]:
+    frames = []
+    for position in range(n):
+        atoms = bulk('Cu', 'fcc', a=3.61, cubic=True)
+        atoms.rattle(0.03, seed=position)
+        if start_index is not None:
+            atoms.info[INDEX_KEY] = start_index + position
+        frames.append(atoms)
+    return frames
+
+
+def labelled(frames: list[Atoms]) -> list[Atoms]:
+    out = []
+    for atoms in frames:
+        atoms = atoms.copy()
+        atoms.calc = EMT()
+        results = {'energy': atoms.get_potential_energy(), 'forces': atoms.get_forces(), 'stress': atoms.get_stress()}
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        out.append(atoms)
+    return out
+
+
+def test_build_seed_set():
+    node = build_seed_set(orm.List(['Cu', 'Au']))
+    assert isinstance(node, ConfigurationSetData)
+    assert node.count == 10
+    assert node.species == ['Au', 'Cu']
+    methods = [atoms.info[METHOD_KEY] for atoms in node.get_atoms()]
+    assert methods.count('seed:fcc') == 2
+    assert methods.count('seed:B2') == 1
+
+
+def test_structures_to_set_is_sorted_by_link_label():
+    structures = {
+        'b': orm.StructureData(ase=bulk('Au', 'fcc', a=4.08)),
+        'a': orm.StructureData(ase=bulk('Cu', 'fcc', a=3.61)),
+    }
+    node = structures_to_set(**structures)
+    assert node.base.attributes.get('formulas') == ['Cu', 'Au']
+
+
+@pytest.mark.parametrize(('n', 'size', 'sizes'), [(7, 3, [3, 3, 1]), (6, 3, [3, 3]), (2, 50, [2]), (3, 1, [1, 1, 1])])
+def test_split_configurations(n, size, sizes):
+    chunks = split_configurations(ConfigurationSetData(rattled(n)), orm.Int(size))
+    assert sorted(chunks) == [f'chunk_{number:04d}' for number in range(len(sizes))]
+    assert [chunks[key].count for key in sorted(chunks)] == sizes
+    indices = [atoms.info[INDEX_KEY] for key in sorted(chunks) for atoms in chunks[key].get_atoms()]
+    assert indices == list(range(n))
+
+
+def test_split_keeps_existing_indices_and_positions():
+    frames = rattled(4, start_index=10)
+    chunks = split_configurations(ConfigurationSetData(frames), orm.Int(3))
+    back = [atoms for key in sorted(chunks) for atoms in chunks[key].get_atoms()]
+    assert [atoms.info[INDEX_KEY] for atoms in back] == [10, 11, 12, 13]
+    for original, atoms in zip(frames, back, strict=True):
+        np.testing.assert_allclose(atoms.positions, original.positions, atol=1e-8)
+
+
+def test_collect_labels_merges_sorts_and_records_exclusions():
+    frames = labelled(rattled(7, start_index=0))
+    first = ConfigurationSetData(
+        [frames[0], frames[1]], excluded=[{'index': 2, 'formula': 'Cu4', 'reason': 'calculator failed: boom'}]
+    )
+    second = ConfigurationSetData([frames[5], frames[3], frames[4]])
+    failed = ConfigurationSetData(rattled(1, start_index=6))
+    result = collect_labels(
+        orm.Dict(EMT_SPEC),
+        orm.Dict({'failed_chunk_0002': 'LabelBaseWorkChain<1> failed with exit status 320'}),
+        labelled_chunk_0000=first,
+        labelled_chunk_0001=second,
+        failed_chunk_0002=failed,
+    )
+    assert result.count == 5
+    back = result.get_atoms()
+    assert [atoms.info[INDEX_KEY] for atoms in back] == [0, 1, 3, 4, 5]
+    for atoms in back:
+        original = frames[atoms.info[INDEX_KEY]]
+        assert atoms.get_potential_energy() == pytest.approx(original.get_potential_energy(), abs=1e-8)
+    assert result.excluded == [
+        {'index': 2, 'formula': 'Cu4', 'reason': 'calculator failed: boom'},
+        {'index': 6, 'formula': 'Cu4', 'reason': 'LabelBaseWorkChain<1> failed with exit status 320'},
+    ]
+    assert result.calculator == EMT_SPEC
+    assert result.label_keys == ['energy', 'forces', 'stress']
+
+
+def test_collect_labels_default_reason():
+    result = collect_labels(
+        orm.Dict(EMT_SPEC),
+        orm.Dict({}),
+        labelled_chunk_0000=ConfigurationSetData(labelled(rattled(1, start_index=0))),
+        failed_chunk_0001=ConfigurationSetData(rattled(2, start_index=1)),
+    )
+    assert [record['index'] for record in result.excluded] == [1, 2]
+    assert {record['reason'] for record in result.excluded} == {'the label job failed'}
+
+
+def test_ase_results_to_set():
+    frames = rattled(3)
+    reference = labelled(frames)
+    nodes = {}
+    for index, atoms in enumerate(frames):
+        nodes[f'structure_{index}'] = orm.StructureData(ase=atoms)
+    for index in (0, 2):
+        nodes[f'parameters_{index}'] = orm.Dict(
+            {'total_energy': reference[index].get_potential_energy(), 'stress': reference[index].get_stress().tolist()}
+        )
+        array = orm.ArrayData()
+        array.set_array('forces', reference[index].get_forces())
+        nodes[f'array_{index}'] = array
+    result = ase_results_to_set(
+        orm.Dict(EMT_SPEC), orm.Dict({'structure_1': 'CalcJob<5> failed with exit status 300'}), **nodes
+    )
+    assert result.count == 2
+    back = result.get_atoms()
+    assert [atoms.info[INDEX_KEY] for atoms in back] == [0, 2]
+    for atoms, index in zip(back, (0, 2), strict=True):
+        assert atoms.get_potential_energy() == pytest.approx(reference[index].get_potential_energy(), abs=1e-8)
+        np.testing.assert_allclose(atoms.get_forces(), reference[index].get_forces(), atol=1e-8)
+        np.testing.assert_allclose(atoms.get_stress(), reference[index].get_stress(), atol=1e-8)
+    assert result.excluded == [{'index': 1, 'formula': 'Cu4', 'reason': 'CalcJob<5> failed with exit status 300'}]
+    assert result.label_keys == ['energy', 'forces', 'stress']

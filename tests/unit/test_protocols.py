@@ -1,0 +1,228 @@
+"""Protocols of ``mlmat.reference``: loading, overrides, and the builder they fill."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from aiida import orm
+from aiida.engine.utils import instantiate_process
+from aiida.manage import get_manager
+from ase.build import bulk
+
+from aiida_mlmat.data.configurations import ConfigurationSetData
+from aiida_mlmat.worker.schema import SCHEMA_VERSION, validate_input
+from aiida_mlmat.workflows.protocols import get_protocol_inputs, load_protocols, recursive_merge
+from aiida_mlmat.workflows.reference import ReferenceWorkChain
+
+pytestmark = pytest.mark.unit
+
+PROTOCOLS = ('fast', 'balanced', 'precise')
+EMT = {'name': 'emt', 'parameters': {}}
+
+
+def as_worker_input(sample: dict) -> dict:
+    return {'schema_version': SCHEMA_VERSION, 'task': 'sample', 'structures': 'structures.extxyz', **sample}
+
+
+def test_protocol_file():
+    data = load_protocols('reference')
+    assert data['default_protocol'] == 'fast'
+    assert tuple(data['protocols']) == PROTOCOLS
+    for protocol in PROTOCOLS:
+        assert data['protocols'][protocol]['description']
+
+
+@pytest.mark.parametrize('protocol', PROTOCOLS)
+def test_protocols_load_and_validate(protocol):
+    inputs = get_protocol_inputs('reference', protocol)
+    assert 'description' not in inputs
+    assert set(inputs) == {'sample', 'chunk_size', 'max_iterations'}
+    assert inputs['chunk_size'] >= 1
+    assert inputs['max_iterations'] == 5
+    sample = copy.deepcopy(inputs['sample'])
+    if 'md' in sample:
+        sample['md']['calculator'] = EMT
+    validate_input('sample', as_worker_input(sample))
+
+
+def test_protocol_values():
+    fast = get_protocol_inputs('reference', 'fast')
+    balanced = get_protocol_inputs('reference', 'balanced')
+    precise = get_protocol_inputs('reference', 'precise')
+    assert fast['sample']['supercell'] == [2, 2, 2]
+    assert fast['sample']['rattle'] == {'count': 4, 'stdev': 0.05, 'seed': 0}
+    assert 'md' not in fast['sample']
+    assert fast['chunk_size'] == 50
+    assert balanced['sample']['md']['temperatures'] == [300, 900]
+    assert balanced['chunk_size'] == 100
+    assert precise['sample']['supercell'] == [3, 3, 3]
+    assert precise['sample']['md']['temperatures'] == [300, 900, 1500]
+    assert precise['chunk_size'] == 200
+    # more precise protocols sample more per seed
+    assert (
+        fast['sample']['rattle']['count'] < balanced['sample']['rattle']['count'] < precise['sample']['rattle']['count']
+    )
+
+
+def test_default_protocol_is_fast():
+    assert get_protocol_inputs('reference') == get_protocol_inputs('reference', 'fast')
+    assert get_protocol_inputs('reference', None) == get_protocol_inputs('reference', 'fast')
+
+
+@pytest.mark.parametrize('protocol', ['moderate', 'FAST', ''])
+def test_unknown_protocol_names_the_known_ones(protocol):
+    if protocol == '':
+        # an empty name falls back to the default protocol (it is falsy)
+        assert get_protocol_inputs('reference', protocol) == get_protocol_inputs('reference', 'fast')
+        return
+    with pytest.raises(ValueError) as excinfo:
+        get_protocol_inputs('reference', protocol)
+    message = str(excinfo.value)
+    assert f'unknown protocol `{protocol}`' in message
+    assert 'fast, balanced, precise' in message
+
+
+def test_unknown_protocol_file():
+    with pytest.raises(FileNotFoundError):
+        load_protocols('no_such_workflow')
+
+
+def test_overrides_merge_recursively():
+    inputs = get_protocol_inputs(
+        'reference',
+        'balanced',
+        overrides={
+            'chunk_size': 7,
+            'sample': {'rattle': {'count': 1}, 'md': {'temperatures': [500]}, 'supercell': [1, 1, 1]},
+            'extra': {'a': 1},
+        },
+    )
+    assert inputs['chunk_size'] == 7
+    assert inputs['sample']['rattle'] == {'count': 1, 'stdev': 0.05, 'seed': 0}
+    assert inputs['sample']['md'] == {
+        'temperatures': [500],
+        'steps': 100,
+        'timestep': 2.0,
+        'interval': 20,
+        'friction': 0.01,
+        'seed': 0,
+    }
+    assert inputs['sample']['supercell'] == [1, 1, 1]  # lists are replaced, not merged
+    assert inputs['sample']['strain'] == {'count': 5, 'max_strain': 0.04, 'rattle_stdev': 0.03, 'seed': 0}
+    assert inputs['extra'] == {'a': 1}
+    assert inputs['max_iterations'] == 5
+    # the protocol file itself is untouched
+    assert get_protocol_inputs('reference', 'balanced')['sample']['rattle']['count'] == 10
+
+
+def test_recursive_merge_does_not_mutate():
+    left = {'a': {'b': 1, 'c': [1, 2]}, 'd': 1}
+    right = {'a': {'b': 2, 'e': {'f': 3}}, 'd': {'x': 1}}
+    merged = recursive_merge(left, right)
+    assert merged == {'a': {'b': 2, 'c': [1, 2], 'e': {'f': 3}}, 'd': {'x': 1}}
+    assert left == {'a': {'b': 1, 'c': [1, 2]}, 'd': 1}
+    assert right == {'a': {'b': 2, 'e': {'f': 3}}, 'd': {'x': 1}}
+    merged['a']['e']['f'] = 99
+    assert right['a']['e']['f'] == 3
+    assert recursive_merge({'a': 1}, {'a': None}) == {'a': None}
+    assert recursive_merge({'a': {'b': 1}}, {}) == {'a': {'b': 1}}
+
+
+# --- builder --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('protocol', PROTOCOLS)
+def test_builder_from_protocol(worker_code, protocol):
+    builder = ReferenceWorkChain.get_builder_from_protocol(
+        worker_code, calculator=EMT, elements=['Cu', 'Au'], protocol=protocol
+    )
+    expected = get_protocol_inputs('reference', protocol)
+    sample = builder.sample.parameters.get_dict()
+    if 'md' in expected['sample']:
+        assert sample['md'] == {**expected['sample']['md'], 'calculator': EMT}
+        expected['sample']['md']['calculator'] = EMT
+    assert sample == expected['sample']
+    assert builder.chunk_size.value == expected['chunk_size']
+    assert builder.label.max_iterations.value == expected['max_iterations']
+    assert builder.elements.get_list() == ['Cu', 'Au']
+    assert builder.calculator.get_dict() == EMT
+    assert builder.labeller.value == 'batch'
+    assert builder.sample.code.uuid == worker_code.uuid
+    assert builder.label.label.code.uuid == worker_code.uuid
+    assert 'structures' not in builder
+    validate_input('sample', as_worker_input(sample))
+
+
+def test_builder_overrides_and_md_calculator(worker_code):
+    lj = {'name': 'lj', 'parameters': {'sigma': 2.3}}
+    builder = ReferenceWorkChain.get_builder_from_protocol(
+        worker_code,
+        calculator=EMT,
+        elements=['Cu'],
+        protocol='balanced',
+        overrides={'chunk_size': 40, 'sample': {'md': {'calculator': lj, 'steps': 10}}},
+    )
+    sample = builder.sample.parameters.get_dict()
+    assert builder.chunk_size.value == 40
+    assert sample['md']['calculator'] == lj  # an explicit MD calculator is not replaced by the reference one
+    assert sample['md']['steps'] == 10
+    assert sample['md']['interval'] == 20
+
+
+def test_builder_with_structures_and_options(worker_code):
+    seeds = ConfigurationSetData([bulk('Cu', 'fcc', a=3.61)])
+    options = {'max_wallclock_seconds': 600, 'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 2}}
+    builder = ReferenceWorkChain.get_builder_from_protocol(
+        worker_code, calculator=EMT, structures=seeds, options=options
+    )
+    assert builder.structures.uuid == seeds.uuid
+    assert 'elements' not in builder
+    assert builder.sample.metadata.options.max_wallclock_seconds == 600
+    assert builder.label.label.metadata.options.max_wallclock_seconds == 600
+    assert builder.label.label.metadata.options.resources == options['resources']
+    assert 'ase_options' not in builder
+
+
+def test_builder_is_valid_for_the_workchain(worker_code):
+    builder = ReferenceWorkChain.get_builder_from_protocol(
+        worker_code, calculator=EMT, elements=['Cu', 'Au'], protocol='fast'
+    )
+    process = instantiate_process(get_manager().get_runner(), builder)  # validates every port and the namespace
+    assert process.inputs.chunk_size.value == 50
+
+
+def test_builder_refuses_elements_emt_cannot_treat(worker_code):
+    builder = ReferenceWorkChain.get_builder_from_protocol(worker_code, calculator=EMT, elements=['Cu', 'Fe'])
+    with pytest.raises(ValueError, match=r"calculator `emt` cannot treat the elements \['Fe'\]"):
+        instantiate_process(get_manager().get_runner(), builder)
+
+
+def test_builder_refuses_an_unknown_element(worker_code):
+    builder = ReferenceWorkChain.get_builder_from_protocol(worker_code, calculator=EMT, elements=['Cu', 'Xx'])
+    with pytest.raises(ValueError, match='elements: unknown element `Xx`'):
+        instantiate_process(get_manager().get_runner(), builder)
+
+
+def test_builder_unknown_protocol(worker_code):
+    with pytest.raises(ValueError, match='unknown protocol `turbo`; known: fast, balanced, precise'):
+        ReferenceWorkChain.get_builder_from_protocol(worker_code, calculator=EMT, elements=['Cu'], protocol='turbo')
+
+
+def test_builder_aiida_ase_labeller_gets_ase_options(worker_code):
+    options = {'max_wallclock_seconds': 100, 'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 1}}
+    builder = ReferenceWorkChain.get_builder_from_protocol(
+        worker_code, calculator=EMT, elements=['Cu'], labeller='aiida-ase', ase_code=worker_code, options=options
+    )
+    assert builder.labeller.value == 'aiida-ase'
+    assert builder.ase_code.uuid == worker_code.uuid
+    assert builder.ase_options.get_dict() == options
+    assert isinstance(builder.ase_options, orm.Dict)
+
+
+def test_builder_with_a_walltime_only(worker_code):
+    builder = ReferenceWorkChain.get_builder_from_protocol(
+        worker_code, calculator=EMT, elements=['Cu'], options={'max_wallclock_seconds': 600}
+    )
+    assert builder.sample.metadata.options.max_wallclock_seconds == 600
+    assert builder.sample.metadata.options.resources == {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
