@@ -64,6 +64,36 @@ def sorted_species(species: Sequence[str]) -> list[str]:
     return sorted(dict.fromkeys(species), key=lambda symbol: atomic_numbers[symbol])
 
 
+_MOMENT_TABLES: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def _moment_tables(n_angular: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Monomial exponents (K, 3), multinomial multiplicities (K,), degrees (K,) and the monomial coefficients
+    of T_0..T_{n_angular-1} as an (n_angular, n_angular) matrix (row a: coefficients of x^0..x^(n-1))."""
+    if n_angular not in _MOMENT_TABLES:
+        from numpy.polynomial import chebyshev as cheb
+
+        exponents, multiplicity, degree = [], [], []
+        for n in range(n_angular):
+            for a in range(n, -1, -1):
+                for b in range(n - a, -1, -1):
+                    c = n - a - b
+                    exponents.append((a, b, c))
+                    multiplicity.append(math.factorial(n) / (math.factorial(a) * math.factorial(b) * math.factorial(c)))
+                    degree.append(n)
+        coefficients = np.zeros((n_angular, n_angular))
+        for order in range(n_angular):
+            poly = cheb.cheb2poly([0] * order + [1])
+            coefficients[order, : len(poly)] = poly
+        _MOMENT_TABLES[n_angular] = (
+            torch.tensor(exponents, dtype=torch.long),
+            torch.tensor(multiplicity, dtype=torch.float64),
+            torch.tensor(degree, dtype=torch.long),
+            torch.tensor(coefficients, dtype=torch.float64),
+        )
+    return _MOMENT_TABLES[n_angular]
+
+
 class UnknownSpeciesError(ValueError):
     """A structure holds species the descriptor definition was not made for."""
 
@@ -205,23 +235,40 @@ class Descriptor(torch.nn.Module):
     def _chebyshev_angular(
         self, graph: Graph, vectors: torch.Tensor, r: torch.Tensor, weights: torch.Tensor, weighted: bool
     ) -> list[torch.Tensor]:
+        """Angular terms without enumerating triplets, through symmetric moment tensors.
+
+        With g_j = f_c(r_ij) and unit vectors u_j: sum_{j,k} (u_j . u_k)^n g_j g_k = |M_n|^2, where
+        M_n = sum_j g_j u_j^(x n) is a symmetric tensor whose distinct components are the monomials
+        u_x^a u_y^b u_z^c (a + b + c = n) with multinomial multiplicities. T_a is a polynomial in cos theta,
+        and the j = k terms (cos = 1, T_a(1) = 1) are subtracted to leave the sum over distinct pairs.
+        """
         spec = self.spec
         n_atoms = graph.positions.shape[0]
-        rc = spec.angular_cutoff
-        keep = r < rc
-        edge_ids = torch.nonzero(keep).squeeze(1)
-        first, second = triplets(graph.centre[edge_ids], n_atoms)
-        first, second = edge_ids[first], edge_ids[second]
-        fc = cutoff_function(r, rc)
-        cos = (vectors[first] * vectors[second]).sum(dim=1) / (r[first] * r[second])
-        cos = cos.clamp(-1.0, 1.0)
-        # Both orderings (j, k) and (k, j) count in aenet's double sum; the factor 2 keeps that convention.
-        terms = chebyshev(cos, spec.n_angular) * (2.0 * fc[first] * fc[second])[:, None]
-        centre = graph.centre[first]
-        out = [torch.zeros(n_atoms, spec.n_angular, dtype=r.dtype, device=r.device).index_add_(0, centre, terms)]
+        dtype, device = r.dtype, r.device
+        exponents, multiplicity, degree, coefficients = _moment_tables(spec.n_angular)
+        exponents, multiplicity = exponents.to(device), multiplicity.to(device=device, dtype=dtype)
+        degree, coefficients = degree.to(device), coefficients.to(device=device, dtype=dtype)
+        keep = torch.nonzero(r < spec.angular_cutoff).squeeze(1)
+        rk = r[keep]
+        g = cutoff_function(rk, spec.angular_cutoff)
+        unit = vectors[keep] / rk[:, None]
+        centre = graph.centre[keep]
+        max_power = spec.n_angular
+        powers = torch.stack([unit**p for p in range(max_power)], dim=0)  # (p, E, 3)
+        monomials = (
+            powers[exponents[:, 0], :, 0] * powers[exponents[:, 1], :, 1] * powers[exponents[:, 2], :, 2]
+        ).T  # (E, K)
+        sources = [g]
         if weighted:
-            w = (weights[first] * weights[second])[:, None]
-            out.append(torch.zeros_like(out[0]).index_add_(0, centre, terms * w))
+            sources.append(g * weights[keep])
+        out = []
+        for source in sources:
+            moments = torch.zeros(n_atoms, monomials.shape[1], dtype=dtype, device=device)
+            moments.index_add_(0, centre, monomials * source[:, None])
+            by_degree = torch.zeros(n_atoms, spec.n_angular, dtype=dtype, device=device)
+            by_degree.index_add_(1, degree, moments**2 * multiplicity)
+            diagonal = torch.zeros(n_atoms, dtype=dtype, device=device).index_add_(0, centre, source**2)
+            out.append(by_degree @ coefficients.T - diagonal[:, None])
         return out
 
     # -- ACSF --------------------------------------------------------------------------------------------------
@@ -254,13 +301,18 @@ class Descriptor(torch.nn.Module):
         n_species = len(spec.species)
         dtype, device = r.dtype, r.device
         first, second = triplets(graph.centre, n_atoms)
-        rij, rik = vectors[first], vectors[second]
+        dot = (vectors[first] * vectors[second]).sum(dim=1)
+        r2 = r * r
+        r_jk2 = r2[first] + r2[second] - 2.0 * dot
+        # f_c(r_jk) vanishes beyond the cutoff: drop those triplets before the expensive terms.
+        inside = torch.nonzero(r_jk2 < spec.rcut**2).squeeze(1)
+        first, second, dot, r_jk2 = first[inside], second[inside], dot[inside], r_jk2[inside]
         r_ij, r_ik = r[first], r[second]
-        r_jk = torch.linalg.vector_norm(rik - rij, dim=1)
-        cos = (rij * rik).sum(dim=1) / (r_ij * r_ik)
+        r_jk = torch.sqrt(r_jk2.clamp(min=0.0))
+        cos = dot / (r_ij * r_ik)
         params = torch.tensor([list(p) for p in spec.g4], dtype=dtype, device=device)
         eta, zeta, lam = params[:, 0], params[:, 1], params[:, 2]
-        radial = torch.exp(-eta[None, :] * (r_ij**2 + r_ik**2 + r_jk**2)[:, None])
+        radial = torch.exp(-eta[None, :] * (r2[first] + r2[second] + r_jk2)[:, None])
         cut = (fc[first] * fc[second] * cutoff_function(r_jk, spec.rcut))[:, None]
         angular = (2.0 ** (1.0 - zeta))[None, :] * (1.0 + lam[None, :] * cos[:, None]).clamp(min=0.0) ** zeta[None, :]
         terms = angular * radial * cut

@@ -109,37 +109,35 @@ def build_graph(
     )
 
 
-def triplets(centre: torch.Tensor, n_atoms: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return edge index pairs (a, b), a < b, of every two edges sharing a centre atom.
+_PAIR_TABLES: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    ``centre`` must be sorted (vesin's full list is grouped by centre; we sort to be safe).
+
+def _pair_table(n_max: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs (a, b), a < b < n_max, ordered by b then a: the pairs of n neighbours are the first n(n-1)/2."""
+    key = (n_max, str(device))
+    if key not in _PAIR_TABLES or _PAIR_TABLES[key][0].device != device:
+        b = torch.repeat_interleave(torch.arange(n_max, device=device), torch.arange(n_max, device=device))
+        a = torch.cat([torch.arange(k, device=device) for k in range(n_max)]) if n_max else b
+        _PAIR_TABLES[key] = (a, b)
+    return _PAIR_TABLES[key]
+
+
+def triplets(centre: torch.Tensor, n_atoms: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return edge index pairs (first, second) of every two distinct edges sharing a centre atom.
+
+    ``centre`` must be sorted (the graph's edges are grouped by centre atom).
     """
     device = centre.device
     counts = torch.bincount(centre, minlength=n_atoms)
-    starts = torch.cumsum(counts, 0) - counts
     pairs_per_centre = counts * (counts - 1) // 2
     total = int(pairs_per_centre.sum())
     if total == 0:
         empty = torch.zeros(0, dtype=torch.long, device=device)
         return empty, empty
-    # For each pair, its centre and its rank within that centre's pair list.
+    n_max = int(counts.max())
+    table_a, table_b = _pair_table(n_max, device)
     pair_centre = torch.repeat_interleave(torch.arange(n_atoms, device=device), pairs_per_centre)
     pair_start = torch.cumsum(pairs_per_centre, 0) - pairs_per_centre
     rank = torch.arange(total, device=device) - pair_start[pair_centre]
-    n = counts[pair_centre]
-    # Invert rank -> (a, b) with a < b in the upper triangle of an n x n matrix, row by row.
-    # Row a holds n - 1 - a pairs; the first index of row a is a * (2n - a - 1) / 2.
-    nf = n.to(torch.float64)
-    a = torch.floor(((2 * nf - 1) - torch.sqrt((2 * nf - 1) ** 2 - 8 * rank.to(torch.float64))) / 2).long()
-    row_start = a * (2 * n - a - 1) // 2
-    # Guard against floating-point edge cases.
-    too_far = rank < row_start
-    a = torch.where(too_far, a - 1, a)
-    row_start = a * (2 * n - a - 1) // 2
-    next_start = (a + 1) * (2 * n - a - 2) // 2
-    beyond = rank >= next_start
-    a = torch.where(beyond, a + 1, a)
-    row_start = a * (2 * n - a - 1) // 2
-    b = a + 1 + (rank - row_start)
-    base = starts[pair_centre]
-    return base + a, base + b
+    base = (torch.cumsum(counts, 0) - counts)[pair_centre]
+    return base + table_a[rank], base + table_b[rank]
