@@ -45,6 +45,8 @@ def reference(profile: str | None, **kwargs: Any) -> None:
     overrides = parse_json_option(kwargs['overrides'], '--overrides')
     if kwargs['chunk_size']:
         overrides['chunk_size'] = kwargs['chunk_size']
+    if kwargs.get('select_n'):
+        overrides['select'] = {**overrides.get('select', {}), 'n': kwargs['select_n']}
     if not elements and not files:
         raise MlmatCliError('give `--elements` (e.g. --elements Cu Au) or `--structures FILE ...`')
 
@@ -157,3 +159,105 @@ def dataset_show(profile: str | None, identifier: str, json_output: bool) -> Non
     for record in summary['excluded'][:20]:
         click.echo(f'{"":>18}  #{record["index"]} {record.get("formula", "")}: {record["reason"]}')
     click.echo(f'{"sha256":>18}: {summary["sha256"]}')
+
+
+def descriptors(profile: str | None, **kwargs: Any) -> None:
+    """``mlmat descriptors``: from a file (direct computation) or a stored set (a recorded CalcJob run here)."""
+    import time
+
+    import numpy as np
+
+    source = str(kwargs['source'])
+    json_output = bool(kwargs['json_output'])
+    descriptor = {'kind': kwargs['kind'], 'rcut': kwargs['rcut']}
+    result: dict[str, Any] = {'descriptors': None, 'process': None}
+    if Path(source).is_file():
+        import torch
+
+        from aiida_mlmat.calcjobs.descriptors import descriptor_definition
+        from aiida_mlmat.data.configurations import CorruptFileError, parse_extxyz_bytes
+        from aiida_mlmat.ml.descriptors import DescriptorSpec, UnknownSpeciesError, compute
+        from aiida_mlmat.ml.neighbours import CutoffError
+
+        try:
+            frames = parse_extxyz_bytes(Path(source).read_bytes(), name=source)
+        except CorruptFileError as exc:
+            raise MlmatCliError(str(exc)) from exc
+        species = sorted({symbol for frame in frames for symbol in frame.get_chemical_symbols()})
+        try:
+            spec = DescriptorSpec.from_dict(descriptor_definition(descriptor, species))
+            device = (
+                kwargs['device'] if kwargs['device'] != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu')
+            )
+            tick = time.perf_counter()
+            dtype = torch.float32 if kwargs['dtype'] == 'float32' else torch.float64
+            arrays = compute(frames, spec, dtype=dtype, device=device)
+            seconds = time.perf_counter() - tick
+        except (ValueError, UnknownSpeciesError, CutoffError) as exc:
+            raise MlmatCliError(str(exc)) from exc
+        means = np.stack([array.mean(axis=0) for array in arrays])
+        n_atoms = sum(len(frame) for frame in frames)
+        result.update(environments_per_second=n_atoms / seconds if seconds > 0 else None)
+    else:
+        load_profile(profile)
+        from aiida import orm
+        from aiida.engine import run_get_node
+
+        from aiida_mlmat.calcjobs.descriptors import DescriptorsCalculation
+        from aiida_mlmat.data.configurations import ConfigurationSetData
+
+        node = load_node(source, ConfigurationSetData)
+        frames = node.get_atoms()
+        builder = DescriptorsCalculation.get_builder()
+        builder.code = load_code('mlmat-worker@localhost')
+        builder.configurations = node
+        builder.descriptor = orm.Dict(descriptor)
+        builder.settings = orm.Dict({'dtype': kwargs['dtype'], 'device': kwargs['device']})
+        error = DescriptorsCalculation.spec().inputs.validate(dict(builder._inputs(prune=True)))
+        if error is not None:
+            raise MlmatCliError(f'invalid input: {error.message}')
+        outputs, calc = run_get_node(builder)
+        if not calc.is_finished_ok:
+            raise MlmatCliError(f'{calc.process_label}<{calc.pk}> failed: {calc.exit_message}', 3)
+        data = outputs['descriptors']
+        arrays, means = data.get_all(), data.get_means()
+        spec_dict = data.definition
+        n_atoms = data.base.attributes.get('n_atoms_total')
+        result.update(
+            descriptors=data.pk,
+            process=calc.pk,
+            environments_per_second=outputs['results'].get('timings', {}).get('environments_per_second'),
+        )
+        from aiida_mlmat.ml.descriptors import DescriptorSpec
+
+        spec = DescriptorSpec.from_dict(spec_dict)
+    result.update(n_structures=len(arrays), n_atoms=int(n_atoms), n_features=spec.n_features, kind=spec.kind)
+    if kwargs['out']:
+        np.savez(kwargs['out'], means=means, **{f'structure_{i}': array for i, array in enumerate(arrays)})
+        result['out'] = str(Path(kwargs['out']).resolve())
+    if kwargs['map_png']:
+        from aiida_mlmat.ml.selection import pca_2d, plot_map
+
+        colour = kwargs['colour'] or f'composition:{spec.species[0]}'
+        if colour == 'energy':
+            values = np.array([f.calc.results['energy'] / len(f) if f.calc else np.nan for f in frames])
+            label = 'energy (eV/atom)'
+        elif colour.startswith('composition:'):
+            symbol = colour.split(':', 1)[1]
+            values = np.array([f.get_chemical_symbols().count(symbol) / len(f) for f in frames])
+            label = f'x({symbol})'
+        else:
+            raise MlmatCliError('--colour must be `energy` or `composition:EL`')
+        coords, _ = pca_2d(means)
+        result['map'] = str(Path(plot_map(coords, values, label, kwargs['map_png'])).resolve())
+    if json_output:
+        echo_json(result)
+        return
+    click.echo(
+        f'{result["n_structures"]} structures, {result["n_atoms"]} environments, {result["n_features"]} '
+        f'{spec.kind} features each'
+        + (f', {result["environments_per_second"]:.0f} environments/s' if result.get('environments_per_second') else '')
+    )
+    for key in ('out', 'map'):
+        if key in result:
+            click.echo(f'{key}: {result[key]}')

@@ -51,6 +51,7 @@ def setup_cmd(ctx: click.Context, setup_profile: str | None, gpaw_python: str | 
 @click.option('--labeller', type=click.Choice(['batch', 'aiida-ase']), default='batch', show_default=True)
 @click.option('--computer', default='localhost', show_default=True, help='Computer whose Codes run the jobs.')
 @click.option('--chunk-size', type=click.IntRange(min=1), default=None, help='Configurations per label job.')
+@click.option('--select', 'select_n', type=click.IntRange(min=1), default=None, help='Label only the N most diverse.')
 @click.option('--overrides', default=None, help='JSON object merged into the protocol inputs.')
 @click.option('--wait', is_flag=True, help='Block until the workflow ends, showing progress.')
 @click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
@@ -60,6 +61,24 @@ def reference_cmd(ctx: click.Context, **kwargs: object) -> None:
     from aiida_mlmat.cli.commands import reference
 
     reference(ctx.obj.get('profile'), **kwargs)
+
+
+@cli.command('descriptors')
+@click.argument('source')
+@click.option('--kind', type=click.Choice(['chebyshev', 'acsf']), default='chebyshev', show_default=True)
+@click.option('--rcut', type=float, default=5.0, show_default=True, help='Cutoff radius in Å.')
+@click.option('--out', 'out', type=click.Path(dir_okay=False), default=None, help='Write the arrays to FILE.npz.')
+@click.option('--map', 'map_png', type=click.Path(dir_okay=False), default=None, help='Write a PCA map PNG.')
+@click.option('--colour', default=None, help='Map colour: `energy` or `composition:EL` (default: first element).')
+@click.option('--dtype', type=click.Choice(['float32', 'float64']), default='float64', show_default=True)
+@click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto', show_default=True)
+@click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
+@click.pass_context
+def descriptors_cmd(ctx: click.Context, **kwargs: object) -> None:
+    """Descriptors of an extxyz FILE (computed here) or of a configuration set PK (as a recorded CalcJob)."""
+    from aiida_mlmat.cli.commands import descriptors
+
+    descriptors(ctx.obj.get('profile'), **kwargs)
 
 
 @cli.group('dataset')

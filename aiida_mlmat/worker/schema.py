@@ -114,7 +114,40 @@ SAMPLE_SCHEMA: dict[str, Any] = {
     'additionalProperties': False,
 }
 
-SCHEMAS: dict[str, dict[str, Any]] = {'label': LABEL_SCHEMA, 'sample': SAMPLE_SCHEMA}
+DESCRIPTOR_SPEC_SCHEMA: dict[str, Any] = {
+    'type': 'object',
+    'properties': {
+        'kind': {'enum': ['chebyshev', 'acsf']},
+        'species': {'type': 'array', 'items': {'type': 'string', 'pattern': r'^[A-Z][a-z]?\Z'}, 'minItems': 1},
+        'rcut': {'type': 'number', 'exclusiveMinimum': 0, 'maximum': 20, 'description': 'Å'},
+        'rcut_angular': {'type': ['number', 'null'], 'exclusiveMinimum': 0, 'maximum': 20, 'description': 'Å'},
+        'n_radial': {'type': 'integer', 'minimum': 1, 'maximum': 40},
+        'n_angular': {'type': 'integer', 'minimum': 0, 'maximum': 12},
+        'g2': {'type': 'array', 'items': {'type': 'array', 'items': {'type': 'number'}, 'minItems': 2, 'maxItems': 2}},
+        'g4': {'type': 'array', 'items': {'type': 'array', 'items': {'type': 'number'}, 'minItems': 3, 'maxItems': 3}},
+        'n_features': {'type': 'integer'},
+    },
+    'required': ['kind', 'species'],
+    'additionalProperties': False,
+}
+
+DESCRIPTORS_SCHEMA: dict[str, Any] = {
+    '$schema': 'https://json-schema.org/draft/2020-12/schema',
+    'title': 'mlmat-worker descriptors input',
+    'type': 'object',
+    'properties': {
+        'schema_version': {'const': SCHEMA_VERSION},
+        'task': {'const': 'descriptors'},
+        'structures': _FILE_NAME,
+        'descriptor': DESCRIPTOR_SPEC_SCHEMA,
+        'dtype': {'enum': ['float32', 'float64']},
+        'device': {'enum': ['auto', 'cpu', 'cuda']},
+    },
+    'required': ['schema_version', 'task', 'structures', 'descriptor'],
+    'additionalProperties': False,
+}
+
+SCHEMAS: dict[str, dict[str, Any]] = {'label': LABEL_SCHEMA, 'sample': SAMPLE_SCHEMA, 'descriptors': DESCRIPTORS_SCHEMA}
 
 
 def validate_input(task: str, data: Any) -> None:

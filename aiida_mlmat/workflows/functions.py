@@ -104,3 +104,58 @@ def ase_results_to_set(calculator: orm.Dict, failures: orm.Dict, **nodes: orm.Da
         atoms.calc = SinglePointCalculator(atoms, **results)
         frames.append(atoms)
     return ConfigurationSetData(frames, calculator=calculator.get_dict(), excluded=excluded)
+
+
+@calcfunction
+def select_configurations(
+    configurations: ConfigurationSetData, descriptors: orm.ArrayData, n: orm.Int, method: orm.Str
+) -> dict[str, orm.Data]:
+    """Keep the ``n`` most diverse configurations (FPS or CUR on per-structure mean descriptors).
+
+    Outputs ``selected`` (the subset, each frame keeping its index in the whole set) and ``indices``.
+    """
+    from aiida_mlmat.ml.selection import select
+
+    frames = configurations.get_atoms()
+    if descriptors.base.attributes.get('n_structures') != len(frames):
+        raise ValueError('descriptors and configurations differ in length')
+    for position, frame in enumerate(frames):
+        frame.info.setdefault(INDEX_KEY, position)
+    picked = select(descriptors.get_array('means'), n.value, method.value)
+    return {
+        'selected': ConfigurationSetData([frames[index] for index in sorted(picked)]),
+        'indices': orm.List(sorted(int(index) for index in picked)),
+    }
+
+
+@calcfunction
+def dataset_map(
+    configurations: ConfigurationSetData, descriptors: orm.ArrayData, colour: orm.Str
+) -> dict[str, orm.Data]:
+    """2-D PCA map of the per-structure descriptors as a PNG, coloured by ``energy`` (eV/atom) or by the
+    fraction of an element (``composition:Au``); also the coordinates and explained variance."""
+    import tempfile
+    from pathlib import Path
+
+    from aiida_mlmat.ml.selection import pca_2d, plot_map
+
+    frames = configurations.get_atoms()
+    coords, variance = pca_2d(descriptors.get_array('means'))
+    key = colour.value
+    if key == 'energy':
+        values = np.array([frame.calc.results['energy'] / len(frame) if frame.calc else np.nan for frame in frames])
+        label = 'energy (eV/atom)'
+    elif key.startswith('composition:'):
+        symbol = key.split(':', 1)[1]
+        values = np.array([frame.get_chemical_symbols().count(symbol) / len(frame) for frame in frames])
+        label = f'x({symbol})'
+    else:
+        raise ValueError(f'colour must be `energy` or `composition:<element>`, got `{key}`')
+    with tempfile.TemporaryDirectory() as tmp:
+        path = plot_map(coords, values, label, str(Path(tmp) / 'map.png'))
+        image = orm.SinglefileData(path, filename='dataset-map.png')
+    array = orm.ArrayData()
+    array.set_array('coordinates', coords)
+    array.set_array('colour', values)
+    array.base.attributes.set('explained_variance', [float(v) for v in variance])
+    return {'image': image, 'map': array}

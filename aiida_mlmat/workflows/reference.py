@@ -18,6 +18,7 @@ from aiida_mlmat.workflows.functions import (
     ase_results_to_set,
     build_seed_set,
     collect_labels,
+    select_configurations,
     split_configurations,
     structures_to_set,
 )
@@ -98,6 +99,11 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
             return 'labeller aiida-ase needs `ase_code`: a Code running a Python with ASE (and the calculator)'
     if value['chunk_size'].value < 1:
         return 'chunk_size: must be at least 1'
+    select = value.get('select', {})
+    if 'n' in select and select['n'].value < 1:
+        return 'select.n: must be at least 1'
+    if select.get('method') is not None and select['method'].value not in ('fps', 'cur'):
+        return f'select.method: `{select["method"].value}` is not one of fps, cur'
     return None
 
 
@@ -147,6 +153,19 @@ class ReferenceWorkChain(WorkChain):
             required=False,
             help='`metadata.options` for the aiida-ase jobs (resources, walltime).',
         )
+        spec.input(
+            'select.n',
+            valid_type=orm.Int,
+            required=False,
+            help='Label only the N most diverse samples (descriptor-space selection); default: label all.',
+        )
+        spec.input('select.method', valid_type=orm.Str, default=lambda: orm.Str('fps'), help='`fps` or `cur`.')
+        spec.input(
+            'select.descriptor',
+            valid_type=orm.Dict,
+            required=False,
+            help='Descriptor definition for the selection (default: Chebyshev, 5 Å).',
+        )
         spec.expose_inputs(SampleCalculation, namespace='sample', exclude=('structures',))
         spec.expose_inputs(LabelBaseWorkChain, namespace='label', exclude=('label.configurations', 'label.calculator'))
         spec.inputs['label']['label']['code'].required = False
@@ -155,6 +174,7 @@ class ReferenceWorkChain(WorkChain):
             cls.setup,
             cls.run_sample,
             cls.inspect_sample,
+            if_(cls.should_select)(cls.run_descriptors, cls.select),
             if_(cls.use_batch_labeller)(cls.run_label_chunks).else_(cls.run_ase_jobs),
             cls.collect,
         )
@@ -163,6 +183,8 @@ class ReferenceWorkChain(WorkChain):
         spec.exit_code(301, 'ERROR_SAMPLE_FAILED', message='The sampling calculation failed: {message}')
         spec.exit_code(302, 'ERROR_ALL_LABELS_FAILED', message='No configuration could be labelled: {message}')
         spec.exit_code(303, 'ERROR_NO_LABEL_CODE', message='The batch labeller needs `label.label.code`.')
+        spec.exit_code(304, 'ERROR_DESCRIPTORS_FAILED', message='The descriptor calculation failed: {message}')
+        spec.output('selection', valid_type=orm.List, required=False, help='Indices of the samples kept.')
 
     @classmethod
     def get_builder_from_protocol(
@@ -200,6 +222,12 @@ class ReferenceWorkChain(WorkChain):
         builder.label.label.code = code
         builder.label.max_iterations = orm.Int(inputs.get('max_iterations', 5))
         builder.chunk_size = orm.Int(inputs['chunk_size'])
+        select = inputs.get('select') or {}
+        if select.get('n'):
+            builder.select.n = orm.Int(select['n'])
+            builder.select.method = orm.Str(select.get('method', 'fps'))
+            if select.get('descriptor'):
+                builder.select.descriptor = orm.Dict(select['descriptor'])
         builder.labeller = orm.Str(labeller)
         if ase_code is not None:
             builder.ase_code = ase_code
@@ -238,7 +266,41 @@ class ReferenceWorkChain(WorkChain):
                 message=f'exit status {node.exit_status}: {node.exit_message}'
             )
         self.ctx.sampled = node.outputs.configurations
+        self.ctx.to_label = self.ctx.sampled
         self.out('sampled', self.ctx.sampled)
+        return None
+
+    def should_select(self) -> bool:
+        """Whether to keep only the most diverse samples (when there are more than asked for)."""
+        return 'n' in self.inputs.select and self.ctx.sampled.count > self.inputs.select.n.value
+
+    def run_descriptors(self) -> Any:
+        """Compute descriptors of the samples, with the sampling Code and options."""
+        from aiida_mlmat.calcjobs.descriptors import DescriptorsCalculation
+
+        inputs = {
+            'code': self.inputs.sample.code,
+            'configurations': self.ctx.sampled,
+            'metadata': {'call_link_label': 'descriptors', 'options': dict(self.inputs.sample.metadata.options)},
+        }
+        if 'descriptor' in self.inputs.select:
+            inputs['descriptor'] = self.inputs.select.descriptor
+        node = self.submit(DescriptorsCalculation, **inputs)
+        return ToContext(descriptors=node)
+
+    def select(self) -> Any:
+        """Keep the N most diverse samples."""
+        node = self.ctx.descriptors
+        if not node.is_finished_ok:
+            return self.exit_codes.ERROR_DESCRIPTORS_FAILED.format(message=f'{node.exit_status}: {node.exit_message}')
+        result = select_configurations(
+            self.ctx.sampled, node.outputs.descriptors, self.inputs.select.n, self.inputs.select.method
+        )
+        self.ctx.to_label = result['selected']
+        self.out('selection', result['indices'])
+        self.report(
+            f'kept {result["selected"].count} of {self.ctx.sampled.count} samples by {self.inputs.select.method.value}'
+        )
         return None
 
     def use_batch_labeller(self) -> bool:
@@ -250,7 +312,7 @@ class ReferenceWorkChain(WorkChain):
         inputs = self.exposed_inputs(LabelBaseWorkChain, 'label')
         if 'code' not in inputs.get('label', {}):
             return self.exit_codes.ERROR_NO_LABEL_CODE
-        chunks = split_configurations(self.ctx.sampled, self.inputs.chunk_size)
+        chunks = split_configurations(self.ctx.to_label, self.inputs.chunk_size)
         self.ctx.chunks = chunks
         futures = {}
         for key in sorted(chunks):
@@ -260,12 +322,12 @@ class ReferenceWorkChain(WorkChain):
             chunk_inputs.label.calculator = self.inputs.calculator
             chunk_inputs.metadata.call_link_label = f'label_{key}'
             futures[f'label_{key}'] = self.submit(LabelBaseWorkChain, **chunk_inputs)
-        self.report(f'labelling {self.ctx.sampled.count} configurations in {len(chunks)} chunks')
+        self.report(f'labelling {self.ctx.to_label.count} configurations in {len(chunks)} chunks')
         return ToContext(**futures)
 
     def run_ase_jobs(self) -> Any:
         """Label the samples with one aiida-ase ``ase.ase`` job per configuration."""
-        structures = set_to_structures(self.ctx.sampled)
+        structures = set_to_structures(self.ctx.to_label)
         self.ctx.structures = structures
         parameters = orm.Dict(ase_parameters(self.inputs.calculator.get_dict(), ['energy', 'forces', 'stress']))
         options = self.inputs.ase_options.get_dict() if 'ase_options' in self.inputs else {}

@@ -1,0 +1,136 @@
+"""Diversity selection in descriptor space: farthest-point sampling and CUR (numpy; imports no aiida)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+METHODS = ('fps', 'cur')
+
+
+def _check(points: np.ndarray, n: int) -> np.ndarray:
+    points = np.asarray(points, dtype=float)
+    if points.ndim != 2 or len(points) == 0:
+        raise ValueError('selection needs a non-empty (n_points, n_features) array')
+    if n < 1:
+        raise ValueError(f'the number to select must be at least 1, got {n}')
+    return points
+
+
+def farthest_point_sampling(points: np.ndarray, n: int, start: int | None = None) -> list[int]:
+    """Greedy farthest-point sampling: each pick maximises its distance to those already picked.
+
+    Deterministic: the first pick is ``start`` or, by default, the point farthest from the centroid.
+    Returns at most ``len(points)`` indices, in the order picked.
+    """
+    points = _check(points, n)
+    n = min(n, len(points))
+    first = int(np.argmax(np.linalg.norm(points - points.mean(axis=0), axis=1))) if start is None else start
+    picked = [first]
+    distance = np.linalg.norm(points - points[first], axis=1)
+    for _ in range(n - 1):
+        candidate = int(np.argmax(distance))
+        if distance[candidate] <= 0:
+            break  # only duplicates are left
+        picked.append(candidate)
+        distance = np.minimum(distance, np.linalg.norm(points - points[candidate], axis=1))
+    return picked
+
+
+def cur_selection(points: np.ndarray, n: int, rank: int | None = None) -> list[int]:
+    """Deterministic CUR row selection: repeatedly take the row of highest leverage and project it out.
+
+    Leverage is computed from the top ``rank`` (default ``n``) right-singular directions of the centred data.
+    """
+    points = _check(points, n)
+    n = min(n, len(points))
+    residual = points - points.mean(axis=0)
+    picked: list[int] = []
+    for _ in range(n):
+        u, s, _ = np.linalg.svd(residual, full_matrices=False)
+        k = max(1, min(rank or n, int((s > 1e-12 * max(s[0], 1e-300)).sum())))
+        leverage = (u[:, :k] ** 2).sum(axis=1)
+        leverage[picked] = -1.0
+        choice = int(np.argmax(leverage))
+        if leverage[choice] <= 1e-14:
+            break
+        picked.append(choice)
+        row = residual[choice]
+        norm = row @ row
+        if norm > 0:
+            residual = residual - np.outer(residual @ row / norm, row)
+    return picked
+
+
+def select(points: np.ndarray, n: int, method: str = 'fps') -> list[int]:
+    """Select ``n`` diverse rows of ``points`` with ``fps`` or ``cur``."""
+    if method == 'fps':
+        return farthest_point_sampling(points, n)
+    if method == 'cur':
+        return cur_selection(points, n)
+    raise ValueError(f'unknown selection method `{method}`; known: {", ".join(METHODS)}')
+
+
+def out_of_distribution_scores(
+    reference: list[np.ndarray], queries: list[np.ndarray], chunk: int = 4096
+) -> tuple[np.ndarray, float]:
+    """Distance of each query configuration to the nearest reference environment.
+
+    Each configuration scores the largest, over its atoms, of the distance from the atom's descriptor to the
+    nearest reference atomic environment, divided by the median nearest-neighbour distance within the
+    reference (leave-one-out). A score near or below 1 means seen-before environments; well above 1, novel ones.
+
+    :return: (scores per query configuration, the normalising scale).
+    """
+    ref = np.concatenate(reference).astype(np.float64)
+    if len(ref) < 2:
+        raise ValueError('the reference needs at least two atomic environments')
+
+    def nearest(block: np.ndarray, exclude_self: bool = False, offset: int = 0) -> np.ndarray:
+        out = np.empty(len(block))
+        ref_sq = (ref**2).sum(axis=1)
+        for start in range(0, len(block), chunk):
+            part = block[start : start + chunk]
+            d2 = (part**2).sum(axis=1)[:, None] + ref_sq[None, :] - 2 * part @ ref.T
+            if exclude_self:
+                rows = np.arange(len(part))
+                d2[rows, offset + start + rows] = np.inf
+            out[start : start + len(part)] = np.sqrt(np.maximum(d2.min(axis=1), 0.0))
+        return out
+
+    scale = float(np.median(nearest(ref, exclude_self=True)))
+    scale = scale if scale > 0 else 1.0
+    scores = np.array([nearest(np.asarray(q, dtype=np.float64)).max() / scale for q in queries])
+    return scores, scale
+
+
+def pca_2d(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Project rows onto their first two principal components; return (coordinates, explained variance ratios)."""
+    points = np.asarray(points, dtype=float)
+    centred = points - points.mean(axis=0)
+    scale = centred.std(axis=0)
+    centred = centred / np.where(scale > 0, scale, 1.0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    coords = centred @ vt[:2].T
+    if coords.shape[1] < 2:
+        coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
+    variance = s**2 / max((s**2).sum(), 1e-300)
+    return coords, np.pad(variance[:2], (0, max(0, 2 - len(variance[:2]))))
+
+
+def plot_map(coords: np.ndarray, colour: np.ndarray, colour_label: str, path: str, title: str = 'data-set map') -> str:
+    """Scatter the 2-D map coloured by a per-configuration value and save it as PNG."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5.5, 4.5), dpi=120)
+    sc = axes.scatter(coords[:, 0], coords[:, 1], c=colour, cmap='viridis', s=14, edgecolors='none')
+    figure.colorbar(sc, ax=axes, label=colour_label)
+    axes.set_xlabel('PC 1')
+    axes.set_ylabel('PC 2')
+    axes.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
