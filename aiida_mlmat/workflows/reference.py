@@ -51,6 +51,24 @@ def ase_parameters(calculator: dict[str, Any], properties: list[str]) -> dict[st
     return {'calculator': {'name': ASE_PATH_CALCULATORS[calculator['name']], 'args': args}, 'atoms_getters': getters}
 
 
+SCHEDULER_OPTION_KEYS = (
+    'resources',
+    'max_wallclock_seconds',
+    'queue_name',
+    'account',
+    'qos',
+    'custom_scheduler_commands',
+    'max_memory_kb',
+    'prepend_text',
+    'append_text',
+)
+
+
+def scheduler_options(options: Any) -> dict[str, Any]:
+    """The scheduler-facing part of a CalcJob's options (not its parser or file names), to reuse for another."""
+    return {key: options[key] for key in SCHEDULER_OPTION_KEYS if options.get(key) is not None}
+
+
 def validate_inputs(value: Any, _: Any = None) -> str | None:
     """Validate the whole input namespace before anything runs."""
     elements = value['elements'].get_list() if 'elements' in value else []
@@ -281,7 +299,10 @@ class ReferenceWorkChain(WorkChain):
         inputs = {
             'code': self.inputs.sample.code,
             'configurations': self.ctx.sampled,
-            'metadata': {'call_link_label': 'descriptors', 'options': dict(self.inputs.sample.metadata.options)},
+            'metadata': {
+                'call_link_label': 'descriptors',
+                'options': scheduler_options(self.inputs.sample.metadata.options),
+            },
         }
         if 'descriptor' in self.inputs.select:
             inputs['descriptor'] = self.inputs.select.descriptor
