@@ -7,7 +7,7 @@ the same code can feed a force-trained model.
 Chebyshev descriptors (aenet's form): for each atom i, with x = 2 r / R_c - 1,
 
     radial  c_a = sum_j        T_a(x_ij) f_c(r_ij)                          a = 0 .. n_radial - 1
-    angular c_a = sum_{j<k}    T_a(cos theta_ijk) f_c(r_ij) f_c(r_ik)       a = 0 .. n_angular - 1
+    angular c_a = sum_{j!=k}   T_a(cos theta_ijk) f_c(r_ij) f_c(r_ik)       a = 0 .. n_angular - 1
 
 once unweighted (structure) and once with species weights w_j (w_j w_k for angular terms), so the size does
 not grow with the number of species: 2 (n_radial + n_angular) features for two or more species.
@@ -20,7 +20,6 @@ f_c(r) = (cos(pi r / R_c) + 1) / 2 for r < R_c, else 0: continuous with its firs
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from ase import Atoms
-from ase.data import atomic_numbers
+from ase.data import atomic_numbers, chemical_symbols
 
 from aiida_mlmat.ml.neighbours import Graph, build_graph, triplets
 
@@ -64,13 +63,16 @@ def sorted_species(species: Sequence[str]) -> list[str]:
     return sorted(dict.fromkeys(species), key=lambda symbol: atomic_numbers[symbol])
 
 
-_MOMENT_TABLES: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_MOMENT_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 
-def _moment_tables(n_angular: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _moment_tables(
+    n_angular: int, device: torch.device | str = 'cpu', dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Monomial exponents (K, 3), multinomial multiplicities (K,), degrees (K,) and the monomial coefficients
     of T_0..T_{n_angular-1} as an (n_angular, n_angular) matrix (row a: coefficients of x^0..x^(n-1))."""
-    if n_angular not in _MOMENT_TABLES:
+    key = (n_angular, str(device), dtype)
+    if key not in _MOMENT_TABLES:
         from numpy.polynomial import chebyshev as cheb
 
         exponents, multiplicity, degree = [], [], []
@@ -85,13 +87,13 @@ def _moment_tables(n_angular: int) -> tuple[torch.Tensor, torch.Tensor, torch.Te
         for order in range(n_angular):
             poly = cheb.cheb2poly([0] * order + [1])
             coefficients[order, : len(poly)] = poly
-        _MOMENT_TABLES[n_angular] = (
-            torch.tensor(exponents, dtype=torch.long),
-            torch.tensor(multiplicity, dtype=torch.float64),
-            torch.tensor(degree, dtype=torch.long),
-            torch.tensor(coefficients, dtype=torch.float64),
+        _MOMENT_TABLES[key] = (
+            torch.tensor(exponents, dtype=torch.long, device=device),
+            torch.tensor(multiplicity, dtype=dtype, device=device),
+            torch.tensor(degree, dtype=torch.long, device=device),
+            torch.tensor(coefficients, dtype=dtype, device=device),
         )
-    return _MOMENT_TABLES[n_angular]
+    return _MOMENT_TABLES[key]
 
 
 class UnknownSpeciesError(ValueError):
@@ -202,7 +204,16 @@ class Descriptor(torch.nn.Module):
         self.register_buffer('species_index', index, persistent=False)
 
     def forward(self, graph: Graph) -> torch.Tensor:
-        """Compute the descriptors of every atom of the graph."""
+        """Compute the descriptors of every atom of the graph.
+
+        :raises UnknownSpeciesError: when the graph holds an element outside the definition.
+        """
+        if (self.species_index[graph.numbers] < 0).any():
+            unknown = sorted({chemical_symbols[int(z)] for z in graph.numbers[self.species_index[graph.numbers] < 0]})
+            raise UnknownSpeciesError(
+                f'the structures hold {unknown}, which this descriptor was not defined for '
+                f'(species {list(self.spec.species)})'
+            )
         if self.spec.kind == 'chebyshev':
             return self._chebyshev(graph)
         return self._acsf(graph)
@@ -211,29 +222,26 @@ class Descriptor(torch.nn.Module):
     def _chebyshev(self, graph: Graph) -> torch.Tensor:
         spec = self.spec
         n_atoms = graph.positions.shape[0]
-        dtype = graph.positions.dtype
+        dtype, device = graph.positions.dtype, graph.positions.device
         vectors = graph.edge_vectors()
         r = torch.linalg.vector_norm(vectors, dim=1)
+        weighted = len(spec.species) > 1
         fc = cutoff_function(r, spec.rcut)
         basis = chebyshev(2.0 * r / spec.rcut - 1.0, spec.n_radial) * fc[:, None]
-        weighted = len(spec.species) > 1
-        weights = self.weight_table.to(dtype)[graph.numbers[graph.neighbour]]
-        blocks = [torch.zeros(n_atoms, spec.n_radial, dtype=dtype, device=r.device).index_add_(0, graph.centre, basis)]
+        weights = self.weight_table.to(dtype)[graph.numbers[graph.neighbour]] if weighted else None
         if weighted:
-            blocks.append(
-                torch.zeros(n_atoms, spec.n_radial, dtype=dtype, device=r.device).index_add_(
-                    0, graph.centre, basis * weights[:, None]
-                )
-            )
-        if spec.n_angular:
-            angular = self._chebyshev_angular(graph, vectors, r, weights, weighted)
-            blocks.insert(1, angular[0])
-            if weighted:
-                blocks.append(angular[1])
-        return torch.cat(blocks, dim=1)
+            basis = torch.cat([basis, basis * weights[:, None]], dim=1)
+        radial = torch.zeros(n_atoms, basis.shape[1], dtype=dtype, device=device).index_add_(0, graph.centre, basis)
+        if not spec.n_angular:
+            return radial
+        angular = self._chebyshev_angular(graph, vectors, r, weights)
+        n = spec.n_radial
+        if not weighted:
+            return torch.cat([radial, angular[0]], dim=1)
+        return torch.cat([radial[:, :n], angular[0], radial[:, n:], angular[1]], dim=1)
 
     def _chebyshev_angular(
-        self, graph: Graph, vectors: torch.Tensor, r: torch.Tensor, weights: torch.Tensor, weighted: bool
+        self, graph: Graph, vectors: torch.Tensor, r: torch.Tensor, weights: torch.Tensor | None
     ) -> list[torch.Tensor]:
         """Angular terms without enumerating triplets, through symmetric moment tensors.
 
@@ -245,28 +253,32 @@ class Descriptor(torch.nn.Module):
         spec = self.spec
         n_atoms = graph.positions.shape[0]
         dtype, device = r.dtype, r.device
-        exponents, multiplicity, degree, coefficients = _moment_tables(spec.n_angular)
-        exponents, multiplicity = exponents.to(device), multiplicity.to(device=device, dtype=dtype)
-        degree, coefficients = degree.to(device), coefficients.to(device=device, dtype=dtype)
-        keep = torch.nonzero(r < spec.angular_cutoff).squeeze(1)
-        rk = r[keep]
-        g = cutoff_function(rk, spec.angular_cutoff)
-        unit = vectors[keep] / rk[:, None]
-        centre = graph.centre[keep]
-        max_power = spec.n_angular
-        powers = torch.stack([unit**p for p in range(max_power)], dim=0)  # (p, E, 3)
-        monomials = (
-            powers[exponents[:, 0], :, 0] * powers[exponents[:, 1], :, 1] * powers[exponents[:, 2], :, 2]
-        ).T  # (E, K)
+        exponents, multiplicity, degree, coefficients = _moment_tables(spec.n_angular, device, dtype)
+        centre = graph.centre
+        if spec.angular_cutoff < spec.rcut:
+            keep = torch.nonzero(r < spec.angular_cutoff).squeeze(1)
+            vectors, r, centre = vectors[keep], r[keep], centre[keep]
+            weights = weights[keep] if weights is not None else None
+        g = cutoff_function(r, spec.angular_cutoff)
+        unit = vectors / r[:, None]
+        orders = torch.arange(spec.n_angular, device=device, dtype=dtype)
+        px = unit[:, 0:1] ** orders * g[:, None]  # g folded in once
+        py = unit[:, 1:2] ** orders
+        pz = unit[:, 2:3] ** orders
+        monomials = px.index_select(1, exponents[:, 0]) * py.index_select(1, exponents[:, 1])
+        monomials = monomials * pz.index_select(1, exponents[:, 2])  # (E, K), already times g
         sources = [g]
-        if weighted:
-            sources.append(g * weights[keep])
+        if weights is not None:
+            monomials = torch.cat([monomials, monomials * weights[:, None]], dim=1)
+            sources.append(g * weights)
+        moments = torch.zeros(n_atoms, monomials.shape[1], dtype=dtype, device=device)
+        moments.index_add_(0, centre, monomials)
+        n_mono = exponents.shape[0]
         out = []
-        for source in sources:
-            moments = torch.zeros(n_atoms, monomials.shape[1], dtype=dtype, device=device)
-            moments.index_add_(0, centre, monomials * source[:, None])
+        for block, source in enumerate(sources):
+            part = moments[:, block * n_mono : (block + 1) * n_mono]
             by_degree = torch.zeros(n_atoms, spec.n_angular, dtype=dtype, device=device)
-            by_degree.index_add_(1, degree, moments**2 * multiplicity)
+            by_degree.index_add_(1, degree, part**2 * multiplicity)
             diagonal = torch.zeros(n_atoms, dtype=dtype, device=device).index_add_(0, centre, source**2)
             out.append(by_degree @ coefficients.T - diagonal[:, None])
         return out
@@ -316,10 +328,10 @@ class Descriptor(torch.nn.Module):
         cut = (fc[first] * fc[second] * cutoff_function(r_jk, spec.rcut))[:, None]
         angular = (2.0 ** (1.0 - zeta))[None, :] * (1.0 + lam[None, :] * cos[:, None]).clamp(min=0.0) ** zeta[None, :]
         terms = angular * radial * cut
-        # Species pair index in DScribe order: (0,0), (0,1), ..., (1,1), ...
+        # Species pair index in DScribe's order: by the higher index, then the lower: (0,0), (0,1), (1,1), (0,2) ...
         sj, sk = neighbour_species[first], neighbour_species[second]
         low, high = torch.minimum(sj, sk), torch.maximum(sj, sk)
-        pair = low * n_species - low * (low - 1) // 2 + (high - low)
+        pair = high * (high + 1) // 2 + low
         n_pairs = n_species * (n_species + 1) // 2
         out = torch.zeros(n_atoms, n_pairs, len(spec.g4), dtype=dtype, device=device)
         out.index_put_((graph.centre[first], pair), terms, accumulate=True)
@@ -377,6 +389,7 @@ def feature_names(spec: DescriptorSpec) -> list[str]:
     for symbol in spec.species:
         names.append(f'G1[{symbol}]')
         names += [f'G2[{symbol}](eta={eta:g},Rs={rs:g})' for eta, rs in spec.g2]
-    for a, b in itertools.combinations_with_replacement(spec.species, 2):
-        names += [f'G4[{a}{b}](eta={eta:g},zeta={z:g},lambda={lam:g})' for eta, z, lam in spec.g4]
+    for k, b in enumerate(spec.species):
+        for a in spec.species[: k + 1]:
+            names += [f'G4[{a}{b}](eta={eta:g},zeta={z:g},lambda={lam:g})' for eta, z, lam in spec.g4]
     return names

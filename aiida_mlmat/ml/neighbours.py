@@ -85,10 +85,10 @@ def build_graph(
     for index, atoms in enumerate(frames):
         if len(atoms) == 0:
             raise ValueError(f'structure {index} has no atoms')
-        check_cutoff(atoms, cutoff, index)
         periodic = bool(atoms.pbc.all())
         if atoms.pbc.any() and not periodic:
             raise ValueError(f'structure {index}: mixed periodicity {atoms.pbc.tolist()} is not supported')
+        check_cutoff(atoms, cutoff, index)
         box = atoms.cell.array if periodic else np.zeros((3, 3))
         i, j, s = calculator.compute(points=atoms.positions, box=box, periodic=periodic, quantities='ijS')
         centres.append(i.astype(np.int64) + offset)
