@@ -21,6 +21,7 @@ f_c(r) = (cos(pi r / R_c) + 1) / 2 for r < R_c, else 0: continuous with its firs
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -33,6 +34,8 @@ from ase.data import atomic_numbers, chemical_symbols
 from aiida_mlmat.ml.neighbours import Graph, build_graph, triplets
 
 KINDS = ('chebyshev', 'acsf')
+
+warnings.filterwarnings('ignore', message='Sparse CSR tensor support is in beta state')
 
 
 def cutoff_function(r: torch.Tensor, rcut: float) -> torch.Tensor:
@@ -94,6 +97,35 @@ def _moment_tables(
             torch.tensor(coefficients, dtype=dtype, device=device),
         )
     return _MOMENT_TABLES[key]
+
+
+def segment_sum(centre: torch.Tensor, values: torch.Tensor, dense: torch.Tensor, n_atoms: int) -> torch.Tensor:
+    """sum over edges e of centre i of values[e] * dense[e, :], as a sparse CSR (atoms x edges) matrix product.
+
+    Edges must be sorted by centre (the graph's are). Differentiable with respect to ``values`` and ``dense``;
+    several times faster on CPU than a scatter of the product.
+    """
+    counts = torch.bincount(centre, minlength=n_atoms)
+    crow = torch.zeros(n_atoms + 1, dtype=torch.long, device=centre.device)
+    torch.cumsum(counts, 0, out=crow[1:])
+    columns = torch.arange(centre.shape[0], device=centre.device)
+    matrix = torch.sparse_csr_tensor(crow, columns, values, size=(n_atoms, centre.shape[0]), check_invariants=False)
+    return matrix @ dense
+
+
+def symmetric_monomials(unit: torch.Tensor, n_degrees: int) -> torch.Tensor:
+    """Monomials u_x^a u_y^b u_z^c of degrees 0 .. n_degrees - 1, in :func:`_moment_tables` order: (E, K).
+
+    Built degree by degree: the degree-n block is the degree-(n-1) block times u_x, its last n entries (no
+    u_x) times u_y, and its last entry (u_z only) times u_z; one multiplication per monomial (out of place,
+    so autograd can differentiate it).
+    """
+    ux, uy, uz = unit[:, 0:1], unit[:, 1:2], unit[:, 2:3]
+    blocks = [torch.ones_like(ux)]
+    for n in range(1, n_degrees):
+        previous = blocks[-1]
+        blocks.append(torch.cat([previous * ux, previous[:, -n:] * uy, previous[:, -1:] * uz], dim=1))
+    return torch.cat(blocks[:n_degrees], dim=1) if n_degrees else unit[:, :0]
 
 
 class UnknownSpeciesError(ValueError):
@@ -222,23 +254,24 @@ class Descriptor(torch.nn.Module):
     def _chebyshev(self, graph: Graph) -> torch.Tensor:
         spec = self.spec
         n_atoms = graph.positions.shape[0]
-        dtype, device = graph.positions.dtype, graph.positions.device
+        dtype = graph.positions.dtype
         vectors = graph.edge_vectors()
         r = torch.linalg.vector_norm(vectors, dim=1)
         weighted = len(spec.species) > 1
         fc = cutoff_function(r, spec.rcut)
-        basis = chebyshev(2.0 * r / spec.rcut - 1.0, spec.n_radial) * fc[:, None]
+        basis = chebyshev(2.0 * r / spec.rcut - 1.0, spec.n_radial)
         weights = self.weight_table.to(dtype)[graph.numbers[graph.neighbour]] if weighted else None
+        radial = segment_sum(graph.centre, fc, basis, n_atoms)
+        radial_w = segment_sum(graph.centre, fc * weights, basis, n_atoms) if weighted else None
+        blocks = [radial]
+        if spec.n_angular:
+            angular = self._chebyshev_angular(graph, vectors, r, weights)
+            blocks.append(angular[0])
         if weighted:
-            basis = torch.cat([basis, basis * weights[:, None]], dim=1)
-        radial = torch.zeros(n_atoms, basis.shape[1], dtype=dtype, device=device).index_add_(0, graph.centre, basis)
-        if not spec.n_angular:
-            return radial
-        angular = self._chebyshev_angular(graph, vectors, r, weights)
-        n = spec.n_radial
-        if not weighted:
-            return torch.cat([radial, angular[0]], dim=1)
-        return torch.cat([radial[:, :n], angular[0], radial[:, n:], angular[1]], dim=1)
+            blocks.append(radial_w)
+            if spec.n_angular:
+                blocks.append(angular[1])
+        return torch.cat(blocks, dim=1)
 
     def _chebyshev_angular(
         self, graph: Graph, vectors: torch.Tensor, r: torch.Tensor, weights: torch.Tensor | None
@@ -253,33 +286,21 @@ class Descriptor(torch.nn.Module):
         spec = self.spec
         n_atoms = graph.positions.shape[0]
         dtype, device = r.dtype, r.device
-        exponents, multiplicity, degree, coefficients = _moment_tables(spec.n_angular, device, dtype)
+        _, multiplicity, degree, coefficients = _moment_tables(spec.n_angular, device, dtype)
         centre = graph.centre
         if spec.angular_cutoff < spec.rcut:
             keep = torch.nonzero(r < spec.angular_cutoff).squeeze(1)
             vectors, r, centre = vectors[keep], r[keep], centre[keep]
             weights = weights[keep] if weights is not None else None
         g = cutoff_function(r, spec.angular_cutoff)
-        unit = vectors / r[:, None]
-        orders = torch.arange(spec.n_angular, device=device, dtype=dtype)
-        px = unit[:, 0:1] ** orders * g[:, None]  # g folded in once
-        py = unit[:, 1:2] ** orders
-        pz = unit[:, 2:3] ** orders
-        monomials = px.index_select(1, exponents[:, 0]) * py.index_select(1, exponents[:, 1])
-        monomials = monomials * pz.index_select(1, exponents[:, 2])  # (E, K), already times g
-        sources = [g]
-        if weights is not None:
-            monomials = torch.cat([monomials, monomials * weights[:, None]], dim=1)
-            sources.append(g * weights)
-        moments = torch.zeros(n_atoms, monomials.shape[1], dtype=dtype, device=device)
-        moments.index_add_(0, centre, monomials)
-        n_mono = exponents.shape[0]
+        monomials = symmetric_monomials(vectors / r[:, None], spec.n_angular)
+        sources = [g] if weights is None else [g, g * weights]
         out = []
-        for block, source in enumerate(sources):
-            part = moments[:, block * n_mono : (block + 1) * n_mono]
+        for source in sources:
+            moments = segment_sum(centre, source, monomials, n_atoms)
             by_degree = torch.zeros(n_atoms, spec.n_angular, dtype=dtype, device=device)
-            by_degree.index_add_(1, degree, part**2 * multiplicity)
-            diagonal = torch.zeros(n_atoms, dtype=dtype, device=device).index_add_(0, centre, source**2)
+            by_degree.index_add_(1, degree, moments**2 * multiplicity)
+            diagonal = segment_sum(centre, source, source[:, None], n_atoms)[:, 0]
             out.append(by_degree @ coefficients.T - diagonal[:, None])
         return out
 
