@@ -99,12 +99,18 @@ def _moment_tables(
     return _MOMENT_TABLES[key]
 
 
-def segment_sum(centre: torch.Tensor, values: torch.Tensor, dense: torch.Tensor, n_atoms: int) -> torch.Tensor:
+def segment_sum(
+    centre: torch.Tensor, values: torch.Tensor, dense: torch.Tensor, n_atoms: int, sparse: bool = True
+) -> torch.Tensor:
     """sum over edges e of centre i of values[e] * dense[e, :], as a sparse CSR (atoms x edges) matrix product.
 
     Edges must be sorted by centre (the graph's are). Differentiable with respect to ``values`` and ``dense``;
-    several times faster on CPU than a scatter of the product.
+    several times faster on CPU than a scatter of the product. torch cannot differentiate a CSR product twice,
+    so training on forces (a loss on a gradient) uses ``sparse=False``: a scatter, same numbers.
     """
+    if not sparse:
+        out = torch.zeros(n_atoms, dense.shape[1], dtype=dense.dtype, device=dense.device)
+        return out.index_add(0, centre, dense * values[:, None])
     counts = torch.bincount(centre, minlength=n_atoms)
     crow = torch.zeros(n_atoms + 1, dtype=torch.long, device=centre.device)
     torch.cumsum(counts, 0, out=crow[1:])
@@ -226,6 +232,8 @@ class Descriptor(torch.nn.Module):
     def __init__(self, spec: DescriptorSpec):
         super().__init__()
         self.spec = spec
+        #: CSR segment sums (fast); switched off when second derivatives are needed (training on forces).
+        self.sparse = True
         table = torch.zeros(119, dtype=torch.float64)
         index = torch.full((119,), -1, dtype=torch.long)
         for number, weight in species_weights(spec.species).items():
@@ -261,8 +269,8 @@ class Descriptor(torch.nn.Module):
         fc = cutoff_function(r, spec.rcut)
         basis = chebyshev(2.0 * r / spec.rcut - 1.0, spec.n_radial)
         weights = self.weight_table.to(dtype)[graph.numbers[graph.neighbour]] if weighted else None
-        radial = segment_sum(graph.centre, fc, basis, n_atoms)
-        radial_w = segment_sum(graph.centre, fc * weights, basis, n_atoms) if weighted else None
+        radial = segment_sum(graph.centre, fc, basis, n_atoms, self.sparse)
+        radial_w = segment_sum(graph.centre, fc * weights, basis, n_atoms, self.sparse) if weighted else None
         blocks = [radial]
         if spec.n_angular:
             angular = self._chebyshev_angular(graph, vectors, r, weights)
@@ -297,10 +305,10 @@ class Descriptor(torch.nn.Module):
         sources = [g] if weights is None else [g, g * weights]
         out = []
         for source in sources:
-            moments = segment_sum(centre, source, monomials, n_atoms)
+            moments = segment_sum(centre, source, monomials, n_atoms, self.sparse)
             by_degree = torch.zeros(n_atoms, spec.n_angular, dtype=dtype, device=device)
             by_degree.index_add_(1, degree, moments**2 * multiplicity)
-            diagonal = segment_sum(centre, source, source[:, None], n_atoms)[:, 0]
+            diagonal = segment_sum(centre, source, source[:, None], n_atoms, self.sparse)[:, 0]
             out.append(by_degree @ coefficients.T - diagonal[:, None])
         return out
 

@@ -53,6 +53,7 @@ class Graph:
     :ivar centre, neighbour: (n_edges,) atom indices of each directed edge i -> j within the cutoff.
     :ivar shifts: (n_edges, 3) Å, the periodic-image offset so that r_ij = pos[j] - pos[i] + shift.
     :ivar n_structures: number of structures.
+    :ivar cells: (n_structures, 3, 3) Å, zero for non-periodic structures.
     """
 
     positions: torch.Tensor
@@ -62,6 +63,21 @@ class Graph:
     neighbour: torch.Tensor
     shifts: torch.Tensor
     n_structures: int
+    cells: torch.Tensor | None = None
+
+    def strained(self, strain: torch.Tensor) -> Graph:
+        """The same graph under a homogeneous strain per structure, ``strain`` (n_structures, 3, 3).
+
+        Positions, image shifts and cells are deformed by (1 + strain); differentiating the energy with respect
+        to ``strain`` at zero gives the stress times the volume.
+        """
+        import dataclasses
+
+        deformation = torch.eye(3, dtype=strain.dtype, device=strain.device) + strain
+        positions = torch.einsum('ni,nij->nj', self.positions, deformation[self.structure])
+        shifts = torch.einsum('ei,eij->ej', self.shifts, deformation[self.structure[self.centre]])
+        cells = torch.einsum('sai,sij->saj', self.cells, deformation) if self.cells is not None else None
+        return dataclasses.replace(self, positions=positions, shifts=shifts, cells=cells)
 
     def edge_vectors(self) -> torch.Tensor:
         """r_ij vectors (n_edges, 3) in Å, differentiable with respect to ``positions``."""
@@ -106,6 +122,11 @@ def build_graph(
         neighbour=torch.tensor(np.concatenate(neighbours), dtype=torch.long, device=device),
         shifts=torch.tensor(np.concatenate(shifts), dtype=dtype, device=device),
         n_structures=len(frames),
+        cells=torch.tensor(
+            np.stack([atoms.cell.array if atoms.pbc.all() else np.zeros((3, 3)) for atoms in frames]),
+            dtype=dtype,
+            device=device,
+        ),
     )
 
 

@@ -1,0 +1,323 @@
+"""Training loop of aiida-mlmat potentials (imports no aiida).
+
+loss = w_E MSE(E/atom) + w_F MSE(F) + w_S MSE(S); AdamW; learning rate reduced on plateau; early stopping on the
+validation split; a fixed, recorded seed (two CPU runs with one seed give identical weights); checkpoints written
+atomically (temporary file, then os.replace, keeping the previous one); a soft time limit after which it saves and
+returns; resume from a checkpoint, refused when the hyperparameters or the data differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from aiida_mlmat.ml import keys
+from aiida_mlmat.ml.descriptors import Descriptor, UnknownSpeciesError
+from aiida_mlmat.ml.model import build_model, save_model
+from aiida_mlmat.ml.neighbours import Graph, build_graph
+
+CHECKPOINT = 'checkpoint.pt'
+MODEL = 'model.pt'
+
+
+class TrainingError(Exception):
+    """A failure of training with a machine-readable code (mapped to exit codes by the CalcJob's parser)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class TrainingConfig:
+    """Hyperparameters of the loop (energies eV, forces eV/Å, stress eV/Å^3; times in s)."""
+
+    epochs: int = 200
+    batch_size: int = 8
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-6
+    energy_weight: float = 1.0
+    forces_weight: float = 10.0
+    stress_weight: float = 0.0
+    patience: int = 40
+    lr_patience: int = 10
+    lr_factor: float = 0.5
+    min_learning_rate: float = 1e-5
+    seed: int = 0
+    dtype: str = 'float64'
+    device: str = 'cpu'
+    amp: bool = False
+    checkpoint_every_epochs: int = 10
+    checkpoint_every_seconds: float = 300.0
+    max_seconds: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    #: Keys that change how long or where training runs, not what it computes: excluded from the resume check.
+    RUNTIME_KEYS = ('epochs', 'max_seconds', 'checkpoint_every_epochs', 'checkpoint_every_seconds', 'device', 'extra')
+
+    def fingerprint(self, model_config: dict[str, Any]) -> str:
+        """sha256 of everything that must match for a resume to be valid."""
+        data = {k: v for k, v in asdict(self).items() if k not in self.RUNTIME_KEYS}
+        return hashlib.sha256(json.dumps({'model': model_config, 'train': data}, sort_keys=True).encode()).hexdigest()
+
+
+def data_fingerprint(frames: Sequence[Atoms]) -> str:
+    """sha256 over species, positions, cells and labels of a list of configurations."""
+    digest = hashlib.sha256()
+    for atoms in frames:
+        digest.update(atoms.numbers.tobytes())
+        digest.update(np.ascontiguousarray(atoms.positions).tobytes())
+        digest.update(np.ascontiguousarray(atoms.cell.array).tobytes())
+        for key in (keys.ENERGY, keys.FORCES, keys.STRESS):
+            value = atoms.calc.results.get(key) if atoms.calc is not None else None
+            if value is not None:
+                digest.update(np.asarray(value, dtype=float).tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class Batch:
+    """A batch of configurations as one graph with its labels."""
+
+    graph: Graph
+    energy: torch.Tensor
+    n_atoms: torch.Tensor
+    forces: torch.Tensor | None
+    stress: torch.Tensor | None
+
+
+def make_batches(
+    frames: Sequence[Atoms], cutoff: float, batch_size: int, dtype: torch.dtype, device: str, need_forces: bool,
+    need_stress: bool,
+) -> list[Batch]:  # fmt: skip
+    """Graphs and labels of consecutive groups of ``batch_size`` configurations."""
+    batches = []
+    for start in range(0, len(frames), batch_size):
+        group = frames[start : start + batch_size]
+        graph = build_graph(group, cutoff, dtype=dtype, device=device)
+        energy = torch.tensor([a.calc.results['energy'] for a in group], dtype=dtype, device=device)
+        n_atoms = torch.tensor([len(a) for a in group], dtype=dtype, device=device)
+        forces = stress = None
+        if need_forces:
+            forces = torch.tensor(np.concatenate([a.calc.results['forces'] for a in group]), dtype=dtype, device=device)
+        if need_stress:
+            stress = torch.tensor(np.stack([a.calc.results['stress'] for a in group]), dtype=dtype, device=device)
+        batches.append(Batch(graph, energy, n_atoms, forces, stress))
+    return batches
+
+
+def check_labels(frames: Sequence[Atoms], config: TrainingConfig, name: str) -> None:
+    """Refuse data that lack the labels the loss weights."""
+    if not frames:
+        raise TrainingError('EMPTY_SPLIT', f'the {name} split is empty')
+    needed = (
+        ['energy'] + (['forces'] if config.forces_weight > 0 else []) + (['stress'] if config.stress_weight > 0 else [])
+    )
+    for index, atoms in enumerate(frames):
+        results = atoms.calc.results if atoms.calc is not None else {}
+        missing = [key for key in needed if key not in results]
+        if missing:
+            raise TrainingError(
+                'MISSING_LABELS',
+                f'{name} configuration {index} has no {", ".join(missing)} but the loss weights them '
+                '(set the weight to 0 or label the data)',
+            )
+
+
+def fit_reference_energies(frames: Sequence[Atoms], species: list[str]) -> np.ndarray:
+    """Per-element energies (eV) that best explain total energies from composition alone (least squares)."""
+    counts = np.array([[atoms.get_chemical_symbols().count(s) for s in species] for atoms in frames], dtype=float)
+    energies = np.array([atoms.calc.results['energy'] for atoms in frames])
+    solution, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+    return solution
+
+
+def errors(model: torch.nn.Module, batches: Sequence[Batch], stress: bool = False) -> dict[str, float]:
+    """Energy (per atom), force and stress MAE and RMSE of a model on batches (eV/atom, eV/Å, eV/Å^3)."""
+    e_err, f_err, s_err = [], [], []
+    for batch in batches:
+        out = model(batch.graph, forces=batch.forces is not None, stress=stress and batch.stress is not None)
+        e_err.append(((out[keys.ENERGY] - batch.energy) / batch.n_atoms).detach().cpu().numpy())
+        if batch.forces is not None:
+            f_err.append((out[keys.FORCES] - batch.forces).detach().cpu().numpy().ravel())
+        if stress and batch.stress is not None:
+            s_err.append((out[keys.STRESS] - batch.stress).detach().cpu().numpy().ravel())
+        batch.graph.positions.requires_grad_(False)
+    metrics = {}
+    for name, values in (('energy', e_err), ('forces', f_err), ('stress', s_err)):
+        if values:
+            array = np.concatenate(values)
+            suffix = '_per_atom' if name == 'energy' else ''
+            metrics[f'{name}_mae{suffix}'] = float(np.abs(array).mean())
+            metrics[f'{name}_rmse{suffix}'] = float(np.sqrt((array**2).mean()))
+    return metrics
+
+
+def _atomic_save(payload: dict[str, Any], path: Path) -> None:
+    """Write with os.replace so that a kill at any instant leaves the previous file or the new one, whole."""
+    temporary = path.with_suffix(path.suffix + '.tmp')
+    torch.save(payload, temporary)
+    if path.exists():
+        shutil.copyfile(path, path.with_suffix(path.suffix + '.prev'))
+    os.replace(temporary, path)
+
+
+def train(
+    model_config: dict[str, Any],
+    train_frames: Sequence[Atoms],
+    validation_frames: Sequence[Atoms],
+    config: TrainingConfig,
+    workdir: str | Path,
+    resume_from: str | Path | None = None,
+    log: Any = None,
+) -> dict[str, Any]:
+    """Train a potential and return a summary; writes ``model.pt`` (best on validation) and ``checkpoint.pt``.
+
+    :raises TrainingError: codes EMPTY_SPLIT, MISSING_LABELS, UNKNOWN_SPECIES, RESUME_MISMATCH, NAN_LOSS.
+    """
+    start = time.monotonic()
+    workdir = Path(workdir)
+    check_labels(train_frames, config, 'training')
+    check_labels(validation_frames, config, 'validation')
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    dtype = torch.float32 if config.dtype == 'float32' else torch.float64
+    device = config.device
+    model = build_model(model_config).to(device=device, dtype=dtype)
+    model.reference_energies = model.reference_energies.to(torch.float64)
+    model.feature_mean = model.feature_mean.to(torch.float64)
+    model.feature_std = model.feature_std.to(torch.float64)
+    try:
+        model.spec.check_species(list(train_frames) + list(validation_frames))
+    except UnknownSpeciesError as exc:
+        raise TrainingError('UNKNOWN_SPECIES', str(exc)) from exc
+    need_forces, need_stress = config.forces_weight > 0, config.stress_weight > 0
+    train_batches = make_batches(train_frames, model.cutoff, config.batch_size, dtype, device, need_forces, need_stress)
+    val_batches = make_batches(
+        validation_frames, model.cutoff, config.batch_size, dtype, device, need_forces, need_stress
+    )
+    hyper = config.fingerprint(model_config)
+    data = data_fingerprint(list(train_frames) + list(validation_frames))
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_learning_rate
+    )
+    state = {'epoch': 0, 'best': math.inf, 'best_epoch': 0, 'curve': [], 'elapsed': 0.0}
+    if resume_from is not None:
+        checkpoint = torch.load(resume_from, map_location=device, weights_only=True)
+        if checkpoint.get('hyperparameters') != hyper:
+            raise TrainingError('RESUME_MISMATCH', 'the checkpoint was made with other hyperparameters or model')
+        if checkpoint.get('data') != data:
+            raise TrainingError('RESUME_MISMATCH', 'the checkpoint was made on another data set')
+        model.load_state_dict(checkpoint['model'])
+        optimizer.load_state_dict(checkpoint['optimizer'])
+        scheduler.load_state_dict(checkpoint['scheduler'])
+        torch.set_rng_state(checkpoint['rng'])
+        state = checkpoint['state']
+        best_state = checkpoint['best_model']
+    else:
+        with torch.no_grad():
+            descriptor = Descriptor(model.spec).to(device)
+            features = torch.cat([descriptor(batch.graph) for batch in train_batches]).to(torch.float64)
+            model.feature_mean.copy_(features.mean(dim=0))
+            model.feature_std.copy_(features.std(dim=0).clamp(min=1e-6))
+            model.reference_energies.copy_(torch.tensor(fit_reference_energies(train_frames, model.species)))
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def save_checkpoint() -> None:
+        _atomic_save(
+            {
+                'format': 'aiida-mlmat-checkpoint/1',
+                'model': model.state_dict(),
+                'optimizer': optimizer.state_dict(),
+                'scheduler': scheduler.state_dict(),
+                'rng': torch.get_rng_state(),
+                'state': state,
+                'best_model': best_state,
+                'hyperparameters': hyper,
+                'data': data,
+                'model_config': model_config,
+            },
+            workdir / CHECKPOINT,
+        )
+
+    last_checkpoint = time.monotonic()
+    generator = torch.Generator().manual_seed(config.seed)
+    stopped = 'epochs'
+    autocast = config.amp and str(device).startswith('cuda')
+    while state['epoch'] < config.epochs:
+        if config.max_seconds is not None and time.monotonic() - start > config.max_seconds:
+            stopped = 'time_limit'
+            break
+        if state['epoch'] - state['best_epoch'] > config.patience:
+            stopped = 'early_stopping'
+            break
+        generator.manual_seed(config.seed + state['epoch'])
+        order = torch.randperm(len(train_batches), generator=generator).tolist()
+        train_loss = 0.0
+        model.train()
+        for index in order:
+            batch = train_batches[index]
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast('cuda', enabled=autocast):
+                out = model(batch.graph, forces=need_forces, stress=need_stress, training=True)
+            loss = config.energy_weight * torch.mean(((out[keys.ENERGY] - batch.energy) / batch.n_atoms) ** 2)
+            if need_forces:
+                loss = loss + config.forces_weight * torch.mean((out[keys.FORCES] - batch.forces) ** 2)
+            if need_stress:
+                loss = loss + config.stress_weight * torch.mean((out[keys.STRESS] - batch.stress) ** 2)
+            if not torch.isfinite(loss):
+                save_checkpoint()
+                raise TrainingError('NAN_LOSS', f'non-finite loss at epoch {state["epoch"]}; lower the learning rate')
+            loss.backward()
+            optimizer.step()
+            batch.graph.positions.requires_grad_(False)
+            train_loss += float(loss.detach()) / len(order)
+        model.eval()
+        metrics = errors(model, val_batches)
+        val_loss = config.energy_weight * metrics['energy_rmse_per_atom'] ** 2 + (
+            config.forces_weight * metrics.get('forces_rmse', 0.0) ** 2
+        )
+        scheduler.step(val_loss)
+        state['epoch'] += 1
+        state['curve'].append(
+            {'epoch': state['epoch'], 'train_loss': train_loss, 'validation_loss': val_loss,
+             'learning_rate': optimizer.param_groups[0]['lr'], **metrics}
+        )  # fmt: skip
+        if val_loss < state['best']:
+            state['best'], state['best_epoch'] = val_loss, state['epoch']
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if log is not None:
+            log(state['curve'][-1])
+        due_epochs = state['epoch'] % config.checkpoint_every_epochs == 0
+        if due_epochs or time.monotonic() - last_checkpoint > config.checkpoint_every_seconds:
+            save_checkpoint()
+            last_checkpoint = time.monotonic()
+    state['elapsed'] += time.monotonic() - start
+    save_checkpoint()
+    model.load_state_dict(best_state)
+    save_model(model, str(workdir / MODEL))
+    return {
+        'stopped': stopped,
+        'epochs': state['epoch'],
+        'best_epoch': state['best_epoch'],
+        'validation': errors(model, val_batches),
+        'learning_curve': state['curve'],
+        'hyperparameters_sha256': hyper,
+        'data_sha256': data,
+        'seconds': state['elapsed'],
+    }
