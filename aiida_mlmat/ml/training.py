@@ -190,6 +190,7 @@ def train(
     """
     start = time.monotonic()
     workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     check_labels(train_frames, config, 'training')
     check_labels(validation_frames, config, 'validation')
     torch.manual_seed(config.seed)

@@ -1,0 +1,84 @@
+"""ASE calculator for aiida-mlmat potentials, single models or ensembles (imports no aiida).
+
+Energy (eV), forces (eV/Å) and stress (eV/Å^3) are the ensemble means; ``results`` also holds
+``energy_std``, ``forces_std`` (per atom and component) and ``forces_disagreement`` (the largest per-atom norm of
+the force standard deviation, eV/Å), the committee disagreement used by active learning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+
+from aiida_mlmat.ml import keys
+from aiida_mlmat.ml.model import load_model
+from aiida_mlmat.ml.neighbours import build_graph
+
+
+class MLMatCalculator(Calculator):
+    """An ASE calculator from one or more trained models (an ensemble)."""
+
+    implemented_properties = ('energy', 'free_energy', 'forces', 'stress', 'energies')
+
+    def __init__(
+        self, models: Sequence[torch.nn.Module], device: str = 'cpu', dtype: torch.dtype = torch.float64, **kwargs: Any
+    ):
+        super().__init__(**kwargs)
+        if not models:
+            raise ValueError('MLMatCalculator needs at least one model')
+        self.models = [model.to(device=device, dtype=dtype).eval() for model in models]
+        for model in self.models:
+            model.reference_energies = model.reference_energies.to(torch.float64)
+        self.device = device
+        self.dtype = dtype
+        self.species = set(self.models[0].species)
+        self.cutoff = max(model.cutoff for model in self.models)
+
+    @classmethod
+    def from_files(cls, paths: Sequence[str | Path], **kwargs: Any) -> MLMatCalculator:
+        """Load models saved by :func:`aiida_mlmat.ml.model.save_model` (``weights_only=True``)."""
+        device = kwargs.get('device', 'cpu')
+        return cls([load_model(str(path), map_location=device) for path in paths], **kwargs)
+
+    @classmethod
+    def from_directory(cls, directory: str | Path, **kwargs: Any) -> MLMatCalculator:
+        """Load every ``*.pt`` model of an exported potential directory (``mlmat potential export``)."""
+        paths = sorted(Path(directory).glob('*.pt'))
+        if not paths:
+            raise FileNotFoundError(f'no *.pt model in {directory}')
+        return cls.from_files(paths, **kwargs)
+
+    def calculate(self, atoms: Any = None, properties: Any = ('energy',), system_changes: Any = all_changes) -> None:
+        """Evaluate every member and store means and spreads."""
+        super().calculate(atoms, properties, system_changes)
+        unknown = set(self.atoms.get_chemical_symbols()) - self.species
+        if unknown:
+            raise ValueError(f'the potential was not trained on {sorted(unknown)} (species {sorted(self.species)})')
+        want_stress = 'stress' in properties and self.atoms.pbc.all()
+        energies, forces, stresses, atomic = [], [], [], []
+        for model in self.models:
+            graph = build_graph([self.atoms], model.cutoff, dtype=self.dtype, device=self.device)
+            out = model(graph, forces=True, stress=want_stress)
+            energies.append(float(out[keys.ENERGY].detach()[0]))
+            forces.append(out[keys.FORCES].detach().cpu().numpy())
+            atomic.append(out[keys.ATOMIC_ENERGIES].detach().cpu().numpy())
+            if want_stress:
+                stresses.append(out[keys.STRESS].detach().cpu().numpy()[0])
+        forces_array = np.array(forces)
+        self.results = {
+            'energy': float(np.mean(energies)),
+            'free_energy': float(np.mean(energies)),
+            'forces': forces_array.mean(axis=0),
+            'energies': np.mean(atomic, axis=0),
+            'energy_std': float(np.std(energies)),
+            'forces_std': forces_array.std(axis=0),
+            'forces_disagreement': float(np.linalg.norm(forces_array.std(axis=0), axis=1).max()),
+            'n_members': len(self.models),
+        }
+        if want_stress:
+            self.results['stress'] = np.mean(stresses, axis=0)

@@ -1,0 +1,287 @@
+"""Unit tier: the atomic NN potential and its training loop (physics contracts, determinism, checkpoints)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from aiida_mlmat.ml import keys
+from aiida_mlmat.ml.calculator import MLMatCalculator
+from aiida_mlmat.ml.model import build_model, default_config, load_model, save_model
+from aiida_mlmat.ml.neighbours import build_graph
+from aiida_mlmat.ml.training import CHECKPOINT, MODEL, TrainingConfig, TrainingError, train
+
+pytestmark = pytest.mark.unit
+
+
+def emt_data(n: int, seed: int, repeat=(2, 1, 1)):
+    """Rattled, strained Cu-Au cells labelled with EMT."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        atoms = bulk('Cu', 'fcc', a=3.65, cubic=True).repeat(repeat)
+        atoms.set_chemical_symbols(np.where(rng.random(len(atoms)) < 0.35, 'Au', 'Cu'))
+        atoms.set_cell(atoms.cell.array * (1 + rng.uniform(-0.03, 0.03)), scale_atoms=True)
+        atoms.positions += rng.normal(0.0, 0.08, atoms.positions.shape)
+        atoms.calc = EMT()
+        labels = {'energy': atoms.get_potential_energy(), 'forces': atoms.get_forces(), 'stress': atoms.get_stress()}
+        atoms.calc = SinglePointCalculator(atoms, **labels)
+        frames.append(atoms)
+    return frames
+
+
+@pytest.fixture(scope='module')
+def model():
+    torch.manual_seed(0)
+    config = default_config(['Cu', 'Au'])
+    config['hidden'] = [16, 16]
+    return build_model(config).double()
+
+
+def evaluate(model, atoms, stress=True):
+    out = model(build_graph([atoms], model.cutoff), forces=True, stress=stress)
+    return {key: value.detach().numpy() for key, value in out.items()}
+
+
+def sample_cell(seed=1):
+    atoms = bulk('Cu', 'fcc', a=3.6, cubic=True).repeat(2)
+    atoms.symbols[[1, 4, 9]] = 'Au'
+    atoms.rattle(0.06, seed=seed)
+    return atoms
+
+
+def test_energy_invariant_forces_covariant_under_rotation_translation_permutation(model):
+    atoms = sample_cell()
+    reference = evaluate(model, atoms)
+    q, _ = np.linalg.qr(np.random.default_rng(2).normal(size=(3, 3)))
+    rotated = atoms.copy()
+    rotated.set_cell(atoms.cell.array @ q.T, scale_atoms=False)
+    rotated.positions = atoms.positions @ q.T
+    out = evaluate(model, rotated)
+    assert abs(out[keys.ENERGY][0] - reference[keys.ENERGY][0]) < 1e-10
+    np.testing.assert_allclose(out[keys.FORCES], reference[keys.FORCES] @ q.T, atol=1e-10)
+    shifted = atoms.copy()
+    shifted.positions += [0.3, -1.1, 2.2]
+    assert abs(evaluate(model, shifted)[keys.ENERGY][0] - reference[keys.ENERGY][0]) < 1e-10
+    order = np.random.default_rng(3).permutation(len(atoms))
+    permuted = atoms[order]
+    out = evaluate(model, permuted)
+    assert abs(out[keys.ENERGY][0] - reference[keys.ENERGY][0]) < 1e-10
+    np.testing.assert_allclose(out[keys.FORCES], reference[keys.FORCES][order], atol=1e-10)
+
+
+def test_forces_are_minus_the_finite_difference_gradient(model):
+    atoms = sample_cell()
+    forces = evaluate(model, atoms, stress=False)[keys.FORCES]
+    h = 1e-5
+    for index, axis in ((0, 0), (3, 1), (9, 2)):
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions[index, axis] += h
+        minus.positions[index, axis] -= h
+        numerical = -(evaluate(model, plus, False)[keys.ENERGY][0] - evaluate(model, minus, False)[keys.ENERGY][0]) / (
+            2 * h
+        )
+        assert abs(numerical - forces[index, axis]) < 1e-7
+
+
+def test_stress_matches_finite_strain(model):
+    atoms = sample_cell()
+    stress = evaluate(model, atoms)[keys.STRESS][0]
+    volume, h = atoms.get_volume(), 1e-5
+    voigt = {0: (0, 0), 1: (1, 1), 2: (2, 2), 3: (1, 2), 4: (0, 2), 5: (0, 1)}
+    for component, (i, j) in voigt.items():
+        energies = []
+        for sign in (1, -1):
+            strain = np.zeros((3, 3))
+            strain[i, j] += sign * h / (1 if i == j else 2)
+            strain[j, i] += 0 if i == j else sign * h / 2
+            strained = atoms.copy()
+            strained.set_cell(atoms.cell.array @ (np.eye(3) + strain), scale_atoms=True)
+            energies.append(evaluate(model, strained, False)[keys.ENERGY][0])
+        assert abs((energies[0] - energies[1]) / (2 * h) / volume - stress[component]) < 1e-8
+
+
+def test_batch_equals_members_one_by_one(model):
+    frames = [sample_cell(seed) for seed in range(3)] + [bulk('Au', 'fcc', a=4.1)]
+    together = model(build_graph(frames, model.cutoff), forces=True)
+    forces = together[keys.FORCES].detach().numpy()
+    offset = 0
+    for index, atoms in enumerate(frames):
+        alone = evaluate(model, atoms, stress=False)
+        assert abs(together[keys.ENERGY][index].item() - alone[keys.ENERGY][0]) < 1e-10
+        np.testing.assert_allclose(forces[offset : offset + len(atoms)], alone[keys.FORCES], atol=1e-10)
+        offset += len(atoms)
+
+
+def test_isolated_atom_gives_its_reference_energy(model):
+    from ase import Atoms
+
+    with torch.no_grad():
+        model.reference_energies.copy_(torch.tensor([-1.5, -2.5], dtype=torch.float64))
+    atom = Atoms('Cu', positions=[[0, 0, 0]], pbc=False)
+    energy = evaluate(model, atom, stress=False)[keys.ENERGY][0]
+    features = model.descriptor(build_graph([atom], model.cutoff))
+    net = model.networks[0]((features - model.feature_mean) / model.feature_std).item()
+    assert abs(energy - (-1.5 + net)) < 1e-12
+    with torch.no_grad():
+        model.reference_energies.zero_()
+
+
+def test_nve_energy_is_conserved(model, tmp_path):
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    save_model(model, str(tmp_path / 'model.pt'))
+    atoms = sample_cell()
+    atoms.calc = MLMatCalculator.from_directory(tmp_path)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    dyn = VelocityVerlet(atoms, 1.0 * units.fs)
+    totals = []
+    for _ in range(40):
+        dyn.run(1)
+        totals.append(atoms.get_total_energy())
+    assert np.ptp(totals) < 2e-3 * len(atoms)  # eV; drift and noise over 40 fs
+
+
+@pytest.fixture(scope='module')
+def data():
+    return emt_data(24, 1), emt_data(8, 2)
+
+
+FAST = {'epochs': 30, 'batch_size': 4, 'learning_rate': 1e-2, 'seed': 5, 'checkpoint_every_epochs': 5}
+
+
+def small_config():
+    config = default_config(['Cu', 'Au'])
+    config['hidden'] = [16, 16]
+    config['descriptor'] = {'kind': 'chebyshev', 'rcut': 4.5, 'n_radial': 8, 'n_angular': 4}
+    return config
+
+
+def test_training_reduces_force_error_below_bound(data, tmp_path):
+    summary = train(small_config(), *data, TrainingConfig(**FAST), tmp_path)
+    curve = summary['learning_curve']
+    assert curve[-1]['forces_rmse'] < 0.5 * curve[0]['forces_rmse']
+    assert summary['validation']['forces_rmse'] < 0.25  # eV/Å on this EMT Cu-Au set
+    assert (tmp_path / MODEL).exists() and (tmp_path / CHECKPOINT).exists()
+    assert summary['validation']['energy_rmse_per_atom'] < 0.2  # eV/atom after 30 force-weighted epochs
+    calculator = MLMatCalculator.from_files([tmp_path / MODEL])
+    trained = load_model(str(tmp_path / MODEL)).double()
+    for original in data[1][:3]:
+        atoms = original.copy()
+        atoms.calc = calculator
+        direct = evaluate(trained, original, stress=True)
+        assert abs(atoms.get_potential_energy() - direct[keys.ENERGY][0]) < 1e-10
+        np.testing.assert_allclose(atoms.get_forces(), direct[keys.FORCES], atol=1e-10)
+        np.testing.assert_allclose(atoms.get_stress(), direct[keys.STRESS][0], atol=1e-10)
+        assert atoms.calc.results['n_members'] == 1 and atoms.calc.results['energy_std'] == 0.0
+
+
+def test_same_seed_gives_identical_weights(data, tmp_path):
+    config = TrainingConfig(**{**FAST, 'epochs': 3})
+    train(small_config(), *data, config, tmp_path / 'a')
+    train(small_config(), *data, config, tmp_path / 'b')
+    first, second = load_model(str(tmp_path / 'a' / MODEL)), load_model(str(tmp_path / 'b' / MODEL))
+    for (name, left), right in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.equal(left, right), name
+
+
+def test_resume_continues_exactly_and_refuses_mismatch(data, tmp_path):
+    straight = train(small_config(), *data, TrainingConfig(**{**FAST, 'epochs': 6}), tmp_path / 'straight')
+    train(small_config(), *data, TrainingConfig(**{**FAST, 'epochs': 3}), tmp_path / 'part')
+    resumed = train(
+        small_config(), *data, TrainingConfig(**{**FAST, 'epochs': 6}), tmp_path / 'part',
+        resume_from=tmp_path / 'part' / CHECKPOINT,
+    )  # fmt: skip
+    assert resumed['epochs'] == 6
+    assert [row['train_loss'] for row in resumed['learning_curve']] == pytest.approx(
+        [row['train_loss'] for row in straight['learning_curve']], rel=1e-12
+    )
+    with pytest.raises(TrainingError, match='other hyperparameters') as info:
+        train(small_config(), *data, TrainingConfig(**{**FAST, 'learning_rate': 0.1}), tmp_path / 'x',
+              resume_from=tmp_path / 'part' / CHECKPOINT)  # fmt: skip
+    assert info.value.code == 'RESUME_MISMATCH'
+    with pytest.raises(TrainingError, match='another data set'):
+        train(small_config(), data[0][:-1], data[1], TrainingConfig(**FAST), tmp_path / 'y',
+              resume_from=tmp_path / 'part' / CHECKPOINT)  # fmt: skip
+
+
+def test_bad_training_input(data, tmp_path):
+    no_forces = [atoms.copy() for atoms in data[0]]
+    for atoms in no_forces:
+        atoms.calc = SinglePointCalculator(atoms, energy=0.0)
+    with pytest.raises(TrainingError, match='has no forces') as info:
+        train(small_config(), no_forces, data[1], TrainingConfig(**FAST), tmp_path)
+    assert info.value.code == 'MISSING_LABELS'
+    with pytest.raises(TrainingError, match='validation split is empty'):
+        train(small_config(), data[0], [], TrainingConfig(**FAST), tmp_path)
+    silver = bulk('Ag', 'fcc', a=4.09, cubic=True)
+    silver.calc = SinglePointCalculator(silver, energy=0.0, forces=np.zeros((4, 3)))
+    with pytest.raises(TrainingError, match=r"\['Ag'\]") as info:
+        train(small_config(), [*data[0], silver], data[1], TrainingConfig(**FAST), tmp_path)
+    assert info.value.code == 'UNKNOWN_SPECIES'
+    poisoned = [atoms.copy() for atoms in data[0]]
+    for atoms, original in zip(poisoned, data[0], strict=True):
+        atoms.calc = SinglePointCalculator(atoms, **original.calc.results)
+    poisoned[0].calc.results['energy'] = float('nan')
+    with pytest.raises(TrainingError, match='non-finite loss') as info:
+        train(small_config(), poisoned, data[1], TrainingConfig(**FAST), tmp_path / 'nan')
+    assert info.value.code == 'NAN_LOSS'
+    assert (tmp_path / 'nan' / CHECKPOINT).exists()  # saved before giving up, for a restart at a lower rate
+
+
+class _Marker:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, 'w'))
+
+
+@pytest.mark.parametrize('force_unsafe_env', [False, True])
+def test_pickled_object_never_executes(tmp_path, force_unsafe_env):
+    """A model file whose unpickling would create a marker file is refused; the marker never appears,
+    also with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (as `import mace` sets it)."""
+    marker = tmp_path / 'marker'
+    payload = tmp_path / 'evil.pt'
+    torch.save({'format': 'aiida-mlmat-potential/1', 'config': _Marker(str(marker))}, payload, pickle_protocol=2)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from aiida_mlmat.ml.model import load_model
+        try:
+            load_model({str(payload)!r})
+        except Exception as exc:
+            print('refused', type(exc).__name__)
+            sys.exit(0)
+        sys.exit(1)
+        """
+    )
+    env = {**os.environ}
+    if force_unsafe_env:
+        env['TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'] = '1'
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 0 and 'refused' in result.stdout, result.stdout + result.stderr
+    assert not marker.exists()
+    assert pickle  # the module is used to build the payload through torch.save
+
+
+def test_unknown_architecture_and_species_in_calculator(tmp_path, model):
+    with pytest.raises(ValueError, match='unknown architecture `mace-x`'):
+        build_model({**small_config(), 'architecture': 'mace-x'})
+    save_model(model, str(tmp_path / 'm.pt'))
+    atoms = bulk('Ag', 'fcc', a=4.09)
+    atoms.calc = MLMatCalculator.from_directory(tmp_path)
+    with pytest.raises(ValueError, match=r"not trained on \['Ag'\]"):
+        atoms.get_potential_energy()
