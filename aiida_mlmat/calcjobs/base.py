@@ -26,6 +26,12 @@ WORKER_ERRORS: dict[str, str] = {
     'ALL_FAILED': 'ERROR_ALL_CONFIGURATIONS_FAILED',
     'WALLTIME': 'ERROR_OUT_OF_WALLTIME',
     'UNEXPECTED': 'ERROR_WORKER_EXCEPTION',
+    'MISSING_LABELS': 'ERROR_MISSING_LABELS',
+    'EMPTY_SPLIT': 'ERROR_EMPTY_SPLIT',
+    'UNKNOWN_SPECIES': 'ERROR_UNKNOWN_SPECIES',
+    'RESUME_MISMATCH': 'ERROR_RESUME_MISMATCH',
+    'NAN_LOSS': 'ERROR_NAN_LOSS',
+    'OUT_OF_MEMORY': 'ERROR_OUT_OF_MEMORY',
 }
 
 
@@ -77,12 +83,22 @@ class MlmatCalculation(CalcJob):
             message='The calculator cannot be loaded where the worker runs: {message}',
         )
         spec.exit_code(320, 'ERROR_ALL_CONFIGURATIONS_FAILED', message='Every configuration failed: {message}')
+        spec.exit_code(315, 'ERROR_MISSING_LABELS', message='The data lack labels the loss needs: {message}')
+        spec.exit_code(316, 'ERROR_EMPTY_SPLIT', message='A data split is empty: {message}')
+        spec.exit_code(317, 'ERROR_UNKNOWN_SPECIES', message='Species outside the model: {message}')
+        spec.exit_code(318, 'ERROR_RESUME_MISMATCH', message='The checkpoint does not match: {message}')
         spec.exit_code(350, 'ERROR_WORKER_EXCEPTION', message='The worker raised an unexpected exception: {message}')
         spec.exit_code(
             400,
             'ERROR_OUT_OF_WALLTIME',
             message='The soft time limit was reached before all work was done: {message}',
             invalidates_cache=True,
+        )
+        spec.exit_code(
+            410, 'ERROR_NAN_LOSS', message='The loss became NaN or infinite: {message}', invalidates_cache=True
+        )
+        spec.exit_code(
+            420, 'ERROR_OUT_OF_MEMORY', message='The device ran out of memory: {message}', invalidates_cache=True
         )
 
     @classmethod

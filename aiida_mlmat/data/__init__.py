@@ -2,5 +2,6 @@
 
 from .configurations import ConfigurationSetData
 from .descriptors import DescriptorsData
+from .potential import PotentialData
 
-__all__ = ('ConfigurationSetData', 'DescriptorsData')
+__all__ = ('ConfigurationSetData', 'DescriptorsData', 'PotentialData')

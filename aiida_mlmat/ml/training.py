@@ -63,10 +63,20 @@ class TrainingConfig:
     checkpoint_every_epochs: int = 10
     checkpoint_every_seconds: float = 300.0
     max_seconds: float | None = None
+    lr_scale: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     #: Keys that change how long or where training runs, not what it computes: excluded from the resume check.
-    RUNTIME_KEYS = ('epochs', 'max_seconds', 'checkpoint_every_epochs', 'checkpoint_every_seconds', 'device', 'extra')
+    #: ``lr_scale`` multiplies the learning rate on resume (what a restart after a NaN loss sets).
+    RUNTIME_KEYS = (
+        'epochs',
+        'max_seconds',
+        'checkpoint_every_epochs',
+        'checkpoint_every_seconds',
+        'device',
+        'extra',
+        'lr_scale',
+    )
 
     def fingerprint(self, model_config: dict[str, Any]) -> str:
         """sha256 of everything that must match for a resume to be valid."""
@@ -229,6 +239,9 @@ def train(
         scheduler.load_state_dict(checkpoint['scheduler'])
         torch.set_rng_state(checkpoint['rng'])
         state = checkpoint['state']
+        if config.lr_scale != 1.0:
+            for group in optimizer.param_groups:
+                group['lr'] *= config.lr_scale
         best_state = checkpoint['best_model']
     else:
         with torch.no_grad():
@@ -260,8 +273,10 @@ def train(
     generator = torch.Generator().manual_seed(config.seed)
     stopped = 'epochs'
     autocast = config.amp and str(device).startswith('cuda')
+    first_epoch = state['epoch']
     while state['epoch'] < config.epochs:
-        if config.max_seconds is not None and time.monotonic() - start > config.max_seconds:
+        progressed = state['epoch'] > first_epoch  # every run trains at least one epoch before honouring the limit
+        if config.max_seconds is not None and progressed and time.monotonic() - start > config.max_seconds:
             stopped = 'time_limit'
             break
         if state['epoch'] - state['best_epoch'] > config.patience:

@@ -34,9 +34,9 @@ def _versions() -> dict[str, str]:
 
 
 def _tasks() -> dict[str, Any]:
-    from aiida_mlmat.worker.tasks import descriptors, label, sample
+    from aiida_mlmat.worker.tasks import descriptors, label, sample, train
 
-    return {'label': label.run, 'sample': sample.run, 'descriptors': descriptors.run}
+    return {'label': label.run, 'sample': sample.run, 'descriptors': descriptors.run, 'train': train.run}
 
 
 def execute(task: str, input_path: Path) -> tuple[dict[str, Any], int]:

@@ -18,6 +18,12 @@ class ErrorCode(enum.StrEnum):
     CALCULATOR_UNAVAILABLE = 'CALCULATOR_UNAVAILABLE'  # known, but its code is not installed where the worker runs
     ALL_FAILED = 'ALL_FAILED'  # every configuration of the batch failed
     WALLTIME = 'WALLTIME'  # the soft time limit was reached before all work was done (recoverable)
+    MISSING_LABELS = 'MISSING_LABELS'  # the loss weights labels the data lack
+    EMPTY_SPLIT = 'EMPTY_SPLIT'  # a training or validation split without configurations
+    UNKNOWN_SPECIES = 'UNKNOWN_SPECIES'  # species outside the model's
+    RESUME_MISMATCH = 'RESUME_MISMATCH'  # checkpoint made with other hyperparameters or data
+    NAN_LOSS = 'NAN_LOSS'  # non-finite loss (recoverable: lower the learning rate)
+    OUT_OF_MEMORY = 'OUT_OF_MEMORY'  # the device ran out of memory (recoverable: smaller batches)
     UNEXPECTED = 'UNEXPECTED'  # anything else
 
 

@@ -147,7 +147,64 @@ DESCRIPTORS_SCHEMA: dict[str, Any] = {
     'additionalProperties': False,
 }
 
-SCHEMAS: dict[str, dict[str, Any]] = {'label': LABEL_SCHEMA, 'sample': SAMPLE_SCHEMA, 'descriptors': DESCRIPTORS_SCHEMA}
+TRAIN_SCHEMA: dict[str, Any] = {
+    '$schema': 'https://json-schema.org/draft/2020-12/schema',
+    'title': 'mlmat-worker train input',
+    'type': 'object',
+    'properties': {
+        'schema_version': {'const': SCHEMA_VERSION},
+        'task': {'const': 'train'},
+        'train': _FILE_NAME,
+        'validation': _FILE_NAME,
+        'checkpoint': _FILE_NAME,
+        'model': {
+            'type': 'object',
+            'properties': {
+                'architecture': {'type': 'string', 'pattern': r'^[a-z][a-z0-9_-]*\Z'},
+                'species': {'type': 'array', 'items': {'type': 'string', 'pattern': r'^[A-Z][a-z]?\Z'}, 'minItems': 1},
+                'descriptor': DESCRIPTOR_SPEC_SCHEMA,
+                'hidden': {'type': 'array', 'items': {'type': 'integer', 'minimum': 1, 'maximum': 4096}, 'minItems': 1},
+                'activation': {'enum': ['silu', 'tanh']},
+            },
+            'required': ['architecture', 'species', 'descriptor'],
+            'additionalProperties': False,
+        },
+        'training': {
+            'type': 'object',
+            'properties': {
+                'epochs': {'type': 'integer', 'minimum': 1},
+                'batch_size': {'type': 'integer', 'minimum': 1},
+                'learning_rate': {'type': 'number', 'exclusiveMinimum': 0},
+                'weight_decay': {'type': 'number', 'minimum': 0},
+                'energy_weight': {'type': 'number', 'minimum': 0},
+                'forces_weight': {'type': 'number', 'minimum': 0},
+                'stress_weight': {'type': 'number', 'minimum': 0},
+                'patience': {'type': 'integer', 'minimum': 1},
+                'lr_patience': {'type': 'integer', 'minimum': 1},
+                'lr_factor': {'type': 'number', 'exclusiveMinimum': 0, 'exclusiveMaximum': 1},
+                'min_learning_rate': {'type': 'number', 'minimum': 0},
+                'seed': {'type': 'integer', 'minimum': 0},
+                'dtype': {'enum': ['float32', 'float64']},
+                'device': {'enum': ['auto', 'cpu', 'cuda']},
+                'amp': {'type': 'boolean'},
+                'checkpoint_every_epochs': {'type': 'integer', 'minimum': 1},
+                'checkpoint_every_seconds': {'type': 'number', 'exclusiveMinimum': 0},
+                'lr_scale': {'type': 'number', 'exclusiveMinimum': 0, 'maximum': 1},
+            },
+            'additionalProperties': False,
+        },
+        'max_seconds': {'type': ['number', 'null'], 'minimum': 0},
+    },
+    'required': ['schema_version', 'task', 'train', 'validation', 'model'],
+    'additionalProperties': False,
+}
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    'label': LABEL_SCHEMA,
+    'sample': SAMPLE_SCHEMA,
+    'descriptors': DESCRIPTORS_SCHEMA,
+    'train': TRAIN_SCHEMA,
+}
 
 
 def validate_input(task: str, data: Any) -> None:

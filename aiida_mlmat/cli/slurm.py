@@ -1,0 +1,198 @@
+"""A SLURM Computer reached over ssh (``core.ssh`` + ``core.slurm``) and its Codes, registered idempotently.
+
+``mlmat setup --slurm-host HOST --slurm-user USER --slurm-key KEY`` calls :func:`setup_slurm`. On a cluster the
+host is the login node; for the integration tests it is ``127.0.0.1`` (``scripts/start-integration-services.sh``
+starts sshd and a one-node SLURM there), and the worker Code points at the same ``mlmat-worker`` as on localhost.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from aiida_mlmat.cli.setup import WORKER_CODE, ensure_code, worker_executable
+
+SLURM_COMPUTER = 'slurm-ssh'
+TRANSPORT = 'core.ssh'
+SCHEDULER = 'core.slurm'
+#: AiiDA substitutes ``{username}`` with the remote user name.
+DEFAULT_WORKDIR = '/tmp/aiida-slurm/{username}'
+#: Seconds between two connections over the transport (AiiDA's default for ssh is 5 s).
+SAFE_INTERVAL = 0.5
+#: Seconds between two polls of ``squeue`` (AiiDA's default is 10 s).
+POLL_INTERVAL = 1.0
+#: Computer property (metadata) holding the partition to pass as ``metadata.options.queue_name`` (AiiDA has no default queue).
+PARTITION_EXTRA = 'mlmat_queue_name'
+
+_FORBIDDEN = re.compile(r'[\s\'"`\\;$|&<>(){}*?!#]|[\x00-\x1f\x7f]')
+
+
+def _check_word(name: str, value: Any) -> str:
+    """Return ``value`` if it is a non-empty string without spaces, newlines, quotes or shell syntax."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f'{name}: expected a non-empty string, got {value!r}')
+    bad = _FORBIDDEN.search(value)
+    if bad:
+        raise ValueError(
+            f'{name}: {value!r} contains {bad.group()!r}; spaces, newlines, quotes and shell characters are refused'
+        )
+    if value.startswith('-'):
+        raise ValueError(f'{name}: {value!r} must not start with `-`')
+    return value
+
+
+def validate_slurm_target(host: str, user: str, key: str) -> tuple[str, str, str]:
+    """Check the host, user and private-key path; return them with the key path made absolute.
+
+    :raises ValueError: with the reason when a value is malformed or the key file does not exist.
+    """
+    _check_word('host', host)
+    _check_word('user', user)
+    if not re.fullmatch(r'[A-Za-z0-9_.][A-Za-z0-9_.-]*', user):
+        raise ValueError(f'user: {user!r} is not a valid user name (letters, digits, `_`, `.`, `-`)')
+    _check_word('key', key)
+    path = Path(key).expanduser()
+    if not path.is_file():
+        raise ValueError(f'key: the private key file {str(path)!r} does not exist (ssh-keygen -t ed25519 makes one)')
+    resolved = str(path.resolve())
+    _check_word('key', resolved)
+    return host, user, resolved
+
+
+def ensure_slurm_computer(
+    host: str,
+    user: str,
+    key: str,
+    label: str = SLURM_COMPUTER,
+    workdir: str | None = None,
+    partition: str | None = None,
+) -> Any:
+    """Return the Computer ``label`` (``core.ssh`` + ``core.slurm`` on ``host``), creating and configuring it.
+
+    The Computer is configured for the current AiiDA user with ``username``, ``key_filename`` and
+    ``look_for_keys=False``, the host keys of ``~/.ssh/known_hosts`` (an unknown host is refused), a short
+    ``safe_interval`` and no login shell; the minimum poll interval is 1 s.
+    An existing Computer of that label is reused (and re-configured); one on another host or with another
+    transport or scheduler is refused.
+
+    :raises ValueError: when an argument is malformed or the existing Computer does not match.
+    """
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    host, user, key = validate_slurm_target(host, user, key)
+    _check_word('label', label)
+    if workdir is not None:
+        if not isinstance(workdir, str) or not workdir.startswith('/') or re.search(r'[\s\'"`\\;]', workdir):
+            raise ValueError(f'workdir: expected an absolute path without spaces or quotes, got {workdir!r}')
+    if partition is not None:
+        _check_word('partition', partition)
+
+    try:
+        computer = orm.load_computer(label)
+    except NotExistent:
+        computer = orm.Computer(
+            label=label,
+            hostname=host,
+            description=f'SLURM on {host}, reached over ssh (aiida-mlmat)',
+            transport_type=TRANSPORT,
+            scheduler_type=SCHEDULER,
+            workdir=workdir or DEFAULT_WORKDIR,
+        ).store()
+        computer.set_default_mpiprocs_per_machine(1)
+    else:
+        found = (computer.hostname, computer.transport_type, computer.scheduler_type)
+        if found != (host, TRANSPORT, SCHEDULER):
+            raise ValueError(
+                f'computer {label!r} exists with hostname/transport/scheduler {found}, not '
+                f'{(host, TRANSPORT, SCHEDULER)}: choose another label'
+            )
+        if workdir is not None and computer.get_workdir() != workdir:
+            raise ValueError(
+                f'computer {label!r} exists with workdir {computer.get_workdir()!r}, not {workdir!r}: '
+                'choose another label'
+            )
+    computer.configure(
+        username=user,
+        key_filename=key,
+        look_for_keys=False,
+        allow_agent=False,
+        load_system_host_keys=True,  # the host key must be in ~/.ssh/known_hosts (ssh-keyscan HOST >> it)
+        key_policy='RejectPolicy',
+        safe_interval=SAFE_INTERVAL,
+        use_login_shell=False,
+    )
+    computer.set_minimum_job_poll_interval(POLL_INTERVAL)
+    if partition is not None:
+        computer.set_property(PARTITION_EXTRA, partition)
+    return computer
+
+
+def slurm_options(computer: Any) -> dict[str, Any]:
+    """The ``metadata.options`` a job on this Computer needs: ``queue_name`` when a partition was given."""
+    partition = computer.get_property(PARTITION_EXTRA, None)
+    return {'queue_name': partition} if partition else {}
+
+
+def ensure_slurm_codes(computer: Any) -> dict[str, Any]:
+    """Return the Codes on the SLURM Computer: ``mlmat-worker@<label>`` (the same ``mlmat-worker`` as locally)."""
+    worker = ensure_code(
+        WORKER_CODE,
+        computer,
+        worker_executable(),
+        'mlmat.label',
+        f'aiida-mlmat worker (mlmat-worker) run through SLURM on {computer.hostname}',
+    )
+    return {'worker': worker}
+
+
+def check_slurm(computer: Any, command: str = 'sinfo --noheader') -> str:
+    """Open the Computer's transport, run ``command`` there and return its stdout.
+
+    :raises RuntimeError: when the command fails on the remote side.
+    """
+    with computer.get_transport() as transport:
+        retval, stdout, stderr = transport.exec_command_wait(command)
+    if retval != 0:
+        raise RuntimeError(f'`{command}` on {computer.label} failed ({retval}): {stderr.strip()}')
+    return stdout
+
+
+def describe_slurm(computer: Any, codes: dict[str, Any]) -> dict[str, Any]:
+    """A JSON-able summary of the SLURM Computer and its Codes."""
+    auth = computer.get_authinfo(_current_user()).get_auth_params()
+    return {
+        'computer': {
+            'label': computer.label,
+            'pk': computer.pk,
+            'hostname': computer.hostname,
+            'transport': computer.transport_type,
+            'scheduler': computer.scheduler_type,
+            'workdir': computer.get_workdir(),
+            'username': auth.get('username'),
+            'key_filename': auth.get('key_filename'),
+            'partition': computer.get_property(PARTITION_EXTRA, None),
+            'poll_interval': computer.get_minimum_job_poll_interval(),
+        },
+        'codes': {key: {'label': code.full_label, 'pk': code.pk} for key, code in codes.items()},
+    }
+
+
+def setup_slurm(
+    host: str,
+    user: str,
+    key: str,
+    label: str = SLURM_COMPUTER,
+    workdir: str | None = None,
+    partition: str | None = None,
+) -> dict[str, Any]:
+    """Register the SLURM Computer and its Codes (idempotent) and return :func:`describe_slurm`'s summary."""
+    computer = ensure_slurm_computer(host, user, key, label=label, workdir=workdir, partition=partition)
+    return describe_slurm(computer, ensure_slurm_codes(computer))
+
+
+def _current_user() -> Any:
+    from aiida.orm import User
+
+    return User.collection.get_default()

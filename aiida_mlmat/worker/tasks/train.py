@@ -1,0 +1,74 @@
+"""Task ``train``: train one potential (one ensemble member) on extxyz splits, CPU or CUDA.
+
+Writes ``model.pt`` (state dict + config, best on validation), ``checkpoint.pt`` (to resume) and, in
+``results.json``, the validation metrics, the learning curve, why it stopped and the sha256 of ``model.pt``.
+A run stopped by the soft time limit before its epochs are done reports ``incomplete`` (recoverable: resume).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+from aiida_mlmat.worker.errors import ErrorCode, WorkerError
+from aiida_mlmat.worker.structures import read_extxyz
+
+
+def _frames(workdir: Path, name: str) -> list:
+    path = workdir / name
+    if not path.is_file():
+        raise WorkerError(ErrorCode.MISSING_FILE, f'input file `{name}` is missing')
+    if not path.read_bytes().strip():
+        return []
+    try:
+        return read_extxyz(str(path))
+    except Exception as exc:
+        raise WorkerError(ErrorCode.CORRUPT_FILE, f'cannot read `{name}` as extxyz: {exc}') from exc
+
+
+def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Train; see the module docstring."""
+    import torch
+
+    from aiida_mlmat.ml.training import CHECKPOINT, MODEL, TrainingConfig, TrainingError, train
+    from aiida_mlmat.worker.tasks.descriptors import resolve_device
+
+    start = time.perf_counter()
+    train_frames = _frames(workdir, params['train'])
+    validation_frames = _frames(workdir, params['validation'])
+    options = dict(params.get('training', {}))
+    options['device'] = resolve_device(options.get('device', 'auto'))
+    if params.get('max_seconds') is not None:
+        options['max_seconds'] = params['max_seconds']
+    config = TrainingConfig(**options)
+    resume = workdir / params['checkpoint'] if params.get('checkpoint') else None
+    if resume is not None and not resume.is_file():
+        raise WorkerError(ErrorCode.MISSING_FILE, f'checkpoint `{params["checkpoint"]}` is missing')
+    try:
+        summary = train(params['model'], train_frames, validation_frames, config, workdir, resume_from=resume)
+    except TrainingError as exc:
+        raise WorkerError(ErrorCode(exc.code), exc.message) from exc
+    except torch.OutOfMemoryError as exc:
+        raise WorkerError(ErrorCode.OUT_OF_MEMORY, f'out of memory on {options["device"]}: {exc}') from exc
+    model_bytes = (workdir / MODEL).read_bytes()
+    results: dict[str, Any] = {
+        'status': 'ok',
+        **summary,
+        'device': options['device'],
+        'model_file': MODEL,
+        'checkpoint_file': CHECKPOINT,
+        'model_sha256': hashlib.sha256(model_bytes).hexdigest(),
+        'n_train': len(train_frames),
+        'n_validation': len(validation_frames),
+        'torch': torch.__version__,
+        'timings': {'total_s': time.perf_counter() - start},
+    }
+    if summary['stopped'] == 'time_limit' and summary['epochs'] < config.epochs:
+        results['status'] = 'incomplete'
+        results['error'] = {
+            'code': ErrorCode.WALLTIME.value,
+            'message': f'soft time limit reached after {summary["epochs"]} of {config.epochs} epochs; checkpoint saved',
+        }
+    return results

@@ -1,0 +1,111 @@
+"""``mlmat.train.base``: restart wrapper of ``mlmat.train``.
+
+Walltime, node failure or the soft time limit -> resume from the last checkpoint; NaN loss -> halve the learning
+rate and resume; out of memory -> halve the batch size and start again (bounded by ``max_iterations``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiida import orm
+from aiida.common import AttributeDict
+from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
+
+from aiida_mlmat.calcjobs.train import TrainCalculation
+
+
+class TrainBaseWorkChain(BaseRestartWorkChain):
+    """Run ``mlmat.train`` until it finishes, resuming from checkpoints after recoverable failures."""
+
+    _process_class = TrainCalculation
+
+    @classmethod
+    def define(cls, spec: Any) -> None:
+        """Define the ports and the outline."""
+        super().define(spec)
+        spec.expose_inputs(TrainCalculation, namespace='trainer')
+        spec.expose_outputs(TrainCalculation)
+        spec.outline(
+            cls.setup,
+            while_(cls.should_run_process)(cls.run_process, cls.inspect_process),
+            cls.results,
+        )
+        spec.exit_code(310, 'ERROR_UNRECOVERABLE_FAILURE', message='The training failed with an unrecoverable error.')
+
+    def setup(self) -> None:
+        """Prepare the inputs of the first calculation."""
+        super().setup()
+        self.ctx.inputs = AttributeDict(self.exposed_inputs(TrainCalculation, 'trainer'))
+
+    def _report(self, node: orm.CalcJobNode, action: str) -> None:
+        self.report(f'{node.process_label}<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}')
+        self.report(f'Action taken: {action}')
+
+    def _training(self) -> dict[str, Any]:
+        return self.ctx.inputs.training.get_dict() if 'training' in self.ctx.inputs else {}
+
+    @process_handler(
+        priority=600,
+        exit_codes=[
+            TrainCalculation.exit_codes.ERROR_OUT_OF_WALLTIME,
+            TrainCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME,
+            TrainCalculation.exit_codes.ERROR_SCHEDULER_NODE_FAILURE,
+        ],
+    )
+    def handle_interrupted(self, node: orm.CalcJobNode) -> ProcessHandlerReport:
+        """Resume from the checkpoint the interrupted run left."""
+        if 'checkpoint' in node.outputs:
+            self.ctx.inputs.checkpoint = node.outputs.checkpoint
+            action = 'resume from the last checkpoint'
+        else:
+            action = 'no checkpoint was written: start again'
+        self._report(node, action)
+        return ProcessHandlerReport(True)
+
+    @process_handler(priority=500, exit_codes=[TrainCalculation.exit_codes.ERROR_NAN_LOSS])
+    def handle_nan_loss(self, node: orm.CalcJobNode) -> ProcessHandlerReport:
+        """Halve the learning rate and resume from the checkpoint saved before the NaN."""
+        training = self._training()
+        training['lr_scale'] = training.get('lr_scale', 1.0) * 0.5
+        self.ctx.inputs.training = orm.Dict(training)
+        if 'checkpoint' in node.outputs:
+            self.ctx.inputs.checkpoint = node.outputs.checkpoint
+        self._report(node, f'resume with the learning rate scaled by {training["lr_scale"]}')
+        return ProcessHandlerReport(True)
+
+    @process_handler(
+        priority=400,
+        exit_codes=[
+            TrainCalculation.exit_codes.ERROR_OUT_OF_MEMORY,
+            TrainCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_MEMORY,
+        ],
+    )
+    def handle_out_of_memory(self, node: orm.CalcJobNode) -> ProcessHandlerReport:
+        """Halve the batch size and start again (a checkpoint of another batch size cannot be resumed)."""
+        training = self._training()
+        batch = max(1, int(training.get('batch_size', 8)) // 2)
+        if batch == training.get('batch_size'):
+            self._report(node, 'batch size is already 1: giving up')
+            return ProcessHandlerReport(True, self.exit_codes.ERROR_UNRECOVERABLE_FAILURE)
+        training['batch_size'] = batch
+        self.ctx.inputs.training = orm.Dict(training)
+        self.ctx.inputs.pop('checkpoint', None)
+        self._report(node, f'start again with batch size {batch}')
+        return ProcessHandlerReport(True)
+
+    @process_handler(
+        priority=300,
+        exit_codes=[
+            TrainCalculation.exit_codes.ERROR_INVALID_INPUT,
+            TrainCalculation.exit_codes.ERROR_MISSING_LABELS,
+            TrainCalculation.exit_codes.ERROR_EMPTY_SPLIT,
+            TrainCalculation.exit_codes.ERROR_UNKNOWN_SPECIES,
+            TrainCalculation.exit_codes.ERROR_RESUME_MISMATCH,
+            TrainCalculation.exit_codes.ERROR_CORRUPT_INPUT_FILE,
+        ],
+    )
+    def handle_unrecoverable(self, node: orm.CalcJobNode) -> ProcessHandlerReport:
+        """Stop: the same input would fail the same way."""
+        self._report(node, 'unrecoverable; not restarting')
+        return ProcessHandlerReport(True, self.exit_codes.ERROR_UNRECOVERABLE_FAILURE)

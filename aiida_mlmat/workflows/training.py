@@ -1,0 +1,153 @@
+"""``mlmat.training``: split -> K ensemble members in parallel -> evaluation -> one ensemble potential."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiida import orm
+from aiida.common import AttributeDict
+from aiida.engine import ToContext, WorkChain
+
+from aiida_mlmat.data.configurations import ConfigurationSetData
+from aiida_mlmat.data.potential import PotentialData
+from aiida_mlmat.workflows.protocols import get_protocol_inputs
+from aiida_mlmat.workflows.train import TrainBaseWorkChain
+from aiida_mlmat.workflows.training_functions import bootstrap_sample, evaluate_ensemble, make_ensemble, split_dataset
+
+
+def validate_inputs(value: Any, _: Any = None) -> str | None:
+    """Validate before anything runs."""
+    data = value.get('configurations')
+    if data is not None:
+        if data.count < 3:
+            return f'configurations: {data.count} configurations cannot be split into train, validation and test'
+        if 'energy' not in data.label_keys:
+            return 'configurations: the set is not labelled (no energy on every configuration)'
+    if value['ensemble_size'].value < 1:
+        return 'ensemble_size: must be at least 1'
+    fractions = value['test_fraction'].value + value['validation_fraction'].value
+    if not 0 < value['test_fraction'].value < 1 or not 0 < value['validation_fraction'].value < 1 or fractions >= 1:
+        return 'test_fraction and validation_fraction must be in (0, 1) and sum to less than 1'
+    return None
+
+
+class TrainingWorkChain(WorkChain):
+    """Train an ensemble of potentials on a labelled configuration set and evaluate it on a held-out test split.
+
+    The split is deterministic and stratified by composition; member k trains with seed ``seed + k`` on a bootstrap
+    resample of the training split (when ``bootstrap``), each in the restart wrapper ``mlmat.train.base``.
+    """
+
+    @classmethod
+    def define(cls, spec: Any) -> None:
+        """Define the ports and the outline."""
+        super().define(spec)
+        spec.input('configurations', valid_type=ConfigurationSetData, help='Labelled configurations.')
+        spec.input('ensemble_size', valid_type=orm.Int, default=lambda: orm.Int(3), help='Number of members K.')
+        spec.input('test_fraction', valid_type=orm.Float, default=lambda: orm.Float(0.2))
+        spec.input('validation_fraction', valid_type=orm.Float, default=lambda: orm.Float(0.1))
+        spec.input('seed', valid_type=orm.Int, default=lambda: orm.Int(0), help='Seed of the split and members.')
+        spec.input('bootstrap', valid_type=orm.Bool, default=lambda: orm.Bool(True), help='Bootstrap each member.')
+        spec.expose_inputs(
+            TrainBaseWorkChain,
+            namespace='member',
+            exclude=('trainer.train', 'trainer.validation', 'trainer.checkpoint'),
+        )
+        spec.inputs.validator = validate_inputs
+        spec.outline(cls.split, cls.run_members, cls.inspect_members, cls.evaluate)
+        spec.output('potential', valid_type=PotentialData, help='The ensemble potential (K members, test metrics).')
+        spec.output('metrics', valid_type=orm.Dict, help='Test metrics: eV/atom, eV/Å, eV/Å^3.')
+        spec.output_namespace('splits', valid_type=ConfigurationSetData, help='train, validation, test.')
+        spec.output_namespace('plots', valid_type=orm.SinglefileData, dynamic=True, help='Parity plots (PNG).')
+        spec.output_namespace(
+            'member_results', valid_type=orm.Dict, dynamic=True, help="Each member's summary and learning curve."
+        )
+        spec.exit_code(401, 'ERROR_MEMBER_FAILED', message='Ensemble member {member} failed: {message}')
+
+    @classmethod
+    def get_builder_from_protocol(
+        cls,
+        code: orm.AbstractCode,
+        configurations: ConfigurationSetData,
+        *,
+        protocol: str | None = None,
+        overrides: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> Any:
+        """A builder from the ``training`` protocols (fast, balanced, precise)."""
+        inputs = get_protocol_inputs('training', protocol, overrides)
+        builder = cls.get_builder()
+        builder.configurations = configurations
+        builder.ensemble_size = orm.Int(inputs['ensemble_size'])
+        builder.member.trainer.code = code
+        builder.member.trainer.model = orm.Dict(inputs.get('model', {}))
+        builder.member.trainer.training = orm.Dict(inputs.get('training', {}))
+        builder.member.max_iterations = orm.Int(inputs.get('max_iterations', 5))
+        if options:
+            resources = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
+            builder.member.trainer.metadata.options = {'resources': resources, **options}
+        for key in ('test_fraction', 'validation_fraction'):
+            if key in inputs:
+                builder[key] = orm.Float(inputs[key])
+        if 'seed' in inputs:
+            builder.seed = orm.Int(inputs['seed'])
+        return builder
+
+    def split(self) -> None:
+        """Deterministic, composition-stratified split."""
+        splits = split_dataset(
+            self.inputs.configurations, self.inputs.test_fraction, self.inputs.validation_fraction, self.inputs.seed
+        )
+        self.ctx.splits = splits
+        self.out('splits', splits)
+        self.report(
+            f'split {self.inputs.configurations.count} configurations: '
+            + ', '.join(f'{name} {node.count}' for name, node in splits.items())
+        )
+
+    def run_members(self) -> Any:
+        """Train K members in parallel."""
+        futures = {}
+        for k in range(self.inputs.ensemble_size.value):
+            inputs = AttributeDict(self.exposed_inputs(TrainBaseWorkChain, 'member'))
+            inputs.trainer = AttributeDict(inputs.trainer)
+            seed = self.inputs.seed.value + k
+            training = inputs.trainer.training.get_dict() if 'training' in inputs.trainer else {}
+            inputs.trainer.training = orm.Dict({**training, 'seed': seed})
+            train = self.ctx.splits['train']
+            if self.inputs.bootstrap.value and self.inputs.ensemble_size.value > 1:
+                train = bootstrap_sample(train, orm.Int(seed))
+            inputs.trainer.train = train
+            inputs.trainer.validation = self.ctx.splits['validation']
+            inputs.metadata.call_link_label = f'member_{k}'
+            futures[f'member_{k}'] = self.submit(TrainBaseWorkChain, **inputs)
+        self.report(f'training {len(futures)} ensemble members')
+        return ToContext(**futures)
+
+    def inspect_members(self) -> Any:
+        """Every member must have finished."""
+        for k in range(self.inputs.ensemble_size.value):
+            node = self.ctx[f'member_{k}']
+            if not node.is_finished_ok:
+                return self.exit_codes.ERROR_MEMBER_FAILED.format(
+                    member=k, message=f'{node.process_label}<{node.pk}> exit {node.exit_status}: {node.exit_message}'
+                )
+        return None
+
+    def evaluate(self) -> None:
+        """Evaluate the ensemble on the test split and assemble the ensemble potential."""
+        members = {
+            f'member_{k}': self.ctx[f'member_{k}'].outputs.potential for k in range(self.inputs.ensemble_size.value)
+        }
+        evaluation = evaluate_ensemble(self.ctx.splits['test'], **members)
+        potential = make_ensemble(evaluation['metrics'], self.inputs.configurations, **members)
+        self.out('potential', potential)
+        self.out('metrics', evaluation['metrics'])
+        self.out('plots', {key: evaluation[key] for key in ('parity_energy', 'parity_forces') if key in evaluation})
+        self.out('member_results', {key: self.ctx[key].outputs.results for key in sorted(members)})
+        metrics = evaluation['metrics'].get_dict()
+        self.report(
+            f'ensemble potential {potential.uuid}: '
+            f'test force RMSE {metrics.get("forces_rmse", float("nan")):.4f} eV/Å, '
+            f'energy RMSE {metrics["energy_rmse_per_atom"]:.4f} eV/atom'
+        )

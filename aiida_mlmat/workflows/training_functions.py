@@ -1,0 +1,156 @@
+"""Calcfunctions of the training workflow: split, bootstrap, evaluation with plots, ensemble assembly."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from aiida import orm
+from aiida.engine import calcfunction
+
+from aiida_mlmat.data.configurations import ConfigurationSetData
+from aiida_mlmat.data.potential import PotentialData
+
+
+def stratified_split(compositions: list[str], fractions: tuple[float, float], seed: int) -> list[str]:
+    """Assign 'train', 'validation' or 'test' to each item, stratified by composition, deterministically.
+
+    Within each composition group (shuffled with ``seed``), the first ``round(test * n)`` go to test and the next
+    ``round(validation * n)`` to validation; leftovers of rounding are balanced across groups so the totals match
+    the fractions as nearly as possible.
+    """
+    test_fraction, validation_fraction = fractions
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[int]] = {}
+    for index, key in enumerate(compositions):
+        groups.setdefault(key, []).append(index)
+    n = len(compositions)
+    n_test = max(1, round(test_fraction * n)) if test_fraction > 0 else 0
+    n_validation = max(1, round(validation_fraction * n)) if validation_fraction > 0 else 0
+    labels = ['train'] * n
+    permuted = {key: [groups[key][i] for i in rng.permutation(len(groups[key]))] for key in groups}
+    position = {i: rank / len(permuted[compositions[i]]) for key in permuted for rank, i in enumerate(permuted[key])}
+    ranked = sorted(range(n), key=lambda i: (position[i], compositions[i], i))
+    for i in ranked[:n_test]:
+        labels[i] = 'test'
+    for i in ranked[n_test : n_test + n_validation]:
+        labels[i] = 'validation'
+    return labels
+
+
+@calcfunction
+def split_dataset(
+    configurations: ConfigurationSetData, test_fraction: orm.Float, validation_fraction: orm.Float, seed: orm.Int
+) -> dict[str, ConfigurationSetData]:
+    """Deterministic train/validation/test split, stratified by composition (reduced formula)."""
+    from ase.formula import Formula
+
+    frames = configurations.get_atoms()
+    keys = [str(Formula(frame.get_chemical_formula()).reduce()[0]) for frame in frames]
+    labels = stratified_split(keys, (test_fraction.value, validation_fraction.value), seed.value)
+    out = {}
+    for name in ('train', 'validation', 'test'):
+        subset = [frame for frame, label in zip(frames, labels, strict=True) if label == name]
+        if not subset:
+            raise ValueError(f'the {name} split is empty: {len(frames)} configurations are too few for the fractions')
+        out[name] = ConfigurationSetData(subset)
+    return out
+
+
+@calcfunction
+def bootstrap_sample(configurations: ConfigurationSetData, seed: orm.Int) -> ConfigurationSetData:
+    """A bootstrap resample (with replacement, same size) of a set, for an ensemble member."""
+    frames = configurations.get_atoms()
+    picks = np.random.default_rng(seed.value).integers(0, len(frames), size=len(frames))
+    return ConfigurationSetData([frames[i] for i in sorted(picks)])
+
+
+def _parity_plot(reference: np.ndarray, predicted: np.ndarray, std: np.ndarray | None, label: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(4.5, 4.5), dpi=110)
+    if std is not None:
+        axes.errorbar(reference, predicted, yerr=std, fmt='o', ms=3, alpha=0.7, elinewidth=0.8)
+    else:
+        axes.plot(reference, predicted, 'o', ms=2, alpha=0.6)
+    low, high = float(min(reference.min(), predicted.min())), float(max(reference.max(), predicted.max()))
+    axes.plot([low, high], [low, high], 'k--', lw=0.8)
+    axes.set_xlabel(f'reference {label}')
+    axes.set_ylabel(f'predicted {label}')
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+@calcfunction
+def evaluate_ensemble(test: ConfigurationSetData, **members: PotentialData) -> dict[str, orm.Data]:
+    """Test metrics of the ensemble mean (energy per atom eV/atom, forces eV/Å, stress eV/Å^3) and parity plots.
+
+    Outputs ``metrics`` (Dict), ``parity_energy`` and ``parity_forces`` (PNG files).
+    """
+    models = [model for key in sorted(members) for model in members[key].get_models()]
+    from aiida_mlmat.ml.calculator import MLMatCalculator
+
+    calculator = MLMatCalculator(models)
+    e_ref, e_pred, e_std, f_ref, f_pred, s_err = [], [], [], [], [], []
+    for frame in test.get_atoms():
+        reference = frame.calc.results
+        atoms = frame.copy()
+        atoms.calc = calculator
+        n = len(atoms)
+        e_pred.append(atoms.get_potential_energy() / n)
+        e_std.append(atoms.calc.results['energy_std'] / n)
+        e_ref.append(reference['energy'] / n)
+        if 'forces' in reference:
+            f_ref.append(np.asarray(reference['forces']).ravel())
+            f_pred.append(atoms.get_forces().ravel())
+        if 'stress' in reference and atoms.pbc.all():
+            s_err.append(atoms.get_stress() - np.asarray(reference['stress']))
+    e_ref, e_pred, e_std = np.array(e_ref), np.array(e_pred), np.array(e_std)
+    metrics = {
+        'n_test': len(e_ref),
+        'n_members': len(models),
+        'energy_mae_per_atom': float(np.abs(e_pred - e_ref).mean()),
+        'energy_rmse_per_atom': float(np.sqrt(((e_pred - e_ref) ** 2).mean())),
+        'energy_std_mean_per_atom': float(e_std.mean()),
+    }
+    outputs: dict[str, orm.Data] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        _parity_plot(e_ref, e_pred, e_std, 'energy (eV/atom)', str(Path(tmp) / 'energy.png'))
+        outputs['parity_energy'] = orm.SinglefileData(str(Path(tmp) / 'energy.png'), filename='parity-energy.png')
+        if f_ref:
+            fr, fp = np.concatenate(f_ref), np.concatenate(f_pred)
+            metrics['forces_mae'] = float(np.abs(fp - fr).mean())
+            metrics['forces_rmse'] = float(np.sqrt(((fp - fr) ** 2).mean()))
+            _parity_plot(fr, fp, None, 'force component (eV/Å)', str(Path(tmp) / 'forces.png'))
+            outputs['parity_forces'] = orm.SinglefileData(str(Path(tmp) / 'forces.png'), filename='parity-forces.png')
+    if s_err:
+        errors = np.concatenate(s_err)
+        metrics['stress_mae'] = float(np.abs(errors).mean())
+        metrics['stress_rmse'] = float(np.sqrt((errors**2).mean()))
+    outputs['metrics'] = orm.Dict(metrics)
+    return outputs
+
+
+@calcfunction
+def make_ensemble(metrics: orm.Dict, dataset: ConfigurationSetData, **members: PotentialData) -> PotentialData:
+    """One potential node holding every member, with the test metrics and the training provenance summary."""
+    ordered = [members[key] for key in sorted(members)]
+    contents = [node.member_bytes(index) for node in ordered for index in range(node.n_members)]
+    first = ordered[0]
+    return PotentialData(
+        contents,
+        config=first.base.attributes.get('config'),
+        metrics=metrics.get_dict(),
+        extra={
+            'data_sha256': dataset.sha256,
+            'training': {
+                'members': [node.base.attributes.get('training', {}) for node in ordered],
+                'member_data_sha256': [node.base.attributes.get('data_sha256') for node in ordered],
+            },
+        },
+    )

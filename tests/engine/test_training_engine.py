@@ -1,0 +1,111 @@
+"""Engine tier: training through the daemon (mlmat.train, restart wrapper, mlmat.training ensemble)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from aiida import orm
+
+from aiida_mlmat.data.configurations import ConfigurationSetData
+from aiida_mlmat.data.potential import PotentialData, PotentialIntegrityError
+from aiida_mlmat.workflows.train import TrainBaseWorkChain
+from aiida_mlmat.workflows.training import TrainingWorkChain
+from tests.unit.test_model import emt_data
+
+pytestmark = pytest.mark.engine
+
+MODEL = {'hidden': [16, 16], 'descriptor': {'kind': 'chebyshev', 'rcut': 4.5, 'n_radial': 8, 'n_angular': 4}}
+TRAINING = {'epochs': 25, 'batch_size': 4, 'learning_rate': 0.01, 'forces_weight': 10.0, 'checkpoint_every_epochs': 1}
+
+
+@pytest.fixture(scope='module')
+def dataset():
+    return ConfigurationSetData(emt_data(40, 11)).store()
+
+
+def test_training_workchain_ensemble_end_to_end(submit_and_await, worker_code, dataset):
+    """Split -> 2 members in parallel -> evaluation -> one ensemble node; metrics, plots, provenance."""
+    builder = TrainingWorkChain.get_builder_from_protocol(
+        worker_code, dataset, overrides={'ensemble_size': 2, 'model': MODEL, 'training': TRAINING}
+    )
+    node = submit_and_await(builder, timeout=600)
+    assert node.is_finished_ok, node.exit_message
+    potential = node.outputs.potential
+    assert potential.n_members == 2 and potential.species == ['Cu', 'Au']
+    metrics = node.outputs.metrics.get_dict()
+    assert metrics['n_test'] == node.outputs.splits.test.count == 8
+    assert metrics['forces_rmse'] < 0.35  # eV/Å after 25 epochs on this EMT Cu-Au set
+    assert potential.metrics == metrics
+    assert potential.base.attributes.get('data_sha256') == dataset.sha256
+    # Members differ (seeds, bootstrap), so the ensemble has a spread.
+    atoms = node.outputs.splits.test.get_atoms()[0]
+    atoms.calc = potential.get_calculator()
+    atoms.get_potential_energy()
+    assert atoms.calc.results['n_members'] == 2 and atoms.calc.results['forces_disagreement'] > 0
+    with node.outputs.plots.parity_forces.open(mode='rb') as handle:
+        assert handle.read(8) == b'\x89PNG\r\n\x1a\n'
+    curve = node.outputs.member_results.member_0['learning_curve']
+    assert len(curve) == 25 and curve[-1]['forces_rmse'] < curve[0]['forces_rmse']
+    # Provenance: the potential <- make_ensemble <- members <- TrainCalculation <- bootstrap <- split <- dataset
+    creator = potential.creator
+    assert creator.process_label == 'make_ensemble'
+    member = creator.inputs.member_0.creator
+    assert member.process_type == 'aiida.calculations:mlmat.train'
+    assert member.inputs.train.creator.process_label == 'bootstrap_sample'
+    assert member.inputs.validation.creator.process_label == 'split_dataset'
+
+
+def test_train_restart_resumes_from_checkpoint(submit_and_await, worker_code, dataset):
+    """A soft time limit of 0 s stops each run after one epoch; the wrapper resumes from the checkpoint until done."""
+    train, validation = dataset.get_atoms()[:30], dataset.get_atoms()[30:]
+    builder = TrainBaseWorkChain.get_builder()
+    builder.trainer.code = worker_code
+    builder.trainer.train = ConfigurationSetData(train)
+    builder.trainer.validation = ConfigurationSetData(validation)
+    builder.trainer.training = orm.Dict({**TRAINING, 'epochs': 3})
+    builder.trainer.model = orm.Dict({**MODEL, 'hidden': [8]})
+    builder.trainer.soft_time_limit = orm.Float(0.0)  # stop after every epoch
+    builder.max_iterations = orm.Int(8)
+    node = submit_and_await(builder, timeout=600)
+    assert node.is_finished_ok, node.exit_message
+    calcs = sorted(node.called, key=lambda calc: calc.ctime)
+    assert len(calcs) == 3  # one epoch per run
+    assert all(calc.exit_status == 400 for calc in calcs[:-1]) and calcs[-1].exit_status == 0
+    assert 'checkpoint' not in calcs[0].inputs and all('checkpoint' in calc.inputs for calc in calcs[1:])
+    epochs = [calc.outputs.results['epochs'] for calc in calcs]
+    assert epochs == [1, 2, 3]
+    assert node.outputs.potential.base.attributes.get('training')['epochs'] == 3
+
+
+def test_bad_training_input_refused_before_submission(worker_code, dataset):
+    unlabelled = ConfigurationSetData([atoms for atoms in emt_data(4, 3)])
+    unlabelled_frames = unlabelled.get_atoms()
+    for frame in unlabelled_frames:
+        frame.calc = None
+    builder = TrainingWorkChain.get_builder_from_protocol(worker_code, ConfigurationSetData(unlabelled_frames))
+    error = TrainingWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True)))
+    assert error is not None and 'not labelled' in error.message
+    builder = TrainBaseWorkChain.get_builder()
+    builder.trainer.code = worker_code
+    energy_only = dataset.get_atoms()[:5]
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    for frame in energy_only:
+        frame.calc = SinglePointCalculator(frame, energy=frame.calc.results['energy'])
+    builder.trainer.train = ConfigurationSetData(energy_only)
+    builder.trainer.validation = ConfigurationSetData(energy_only)
+    error = TrainBaseWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True)))
+    assert error is not None and "lack ['forces']" in error.message
+
+
+def test_tampered_potential_is_refused(dataset, tmp_path):
+    """A member file whose bytes no longer match the recorded sha256 is refused on load."""
+    from aiida_mlmat.ml.model import build_model, default_config, save_model
+
+    save_model(build_model(default_config(['Cu', 'Au'])), str(tmp_path / 'm.pt'))
+    content = (tmp_path / 'm.pt').read_bytes()
+    node = PotentialData([content], config=default_config(['Cu', 'Au']))
+    node.base.repository.put_object_from_bytes(content[:-10] + b'0123456789', 'member_0.pt')
+    with pytest.raises(PotentialIntegrityError, match='sha256 mismatch'):
+        node.get_models()
+    assert np.isfinite(len(content))

@@ -1,0 +1,257 @@
+"""Integration tier: real SLURM (one-node cluster on this machine) reached over real ssh (``core.ssh``).
+
+Needs ``scripts/start-integration-services.sh`` (run as root): sshd on 127.0.0.1 with the user's key authorised,
+munge, slurmctld and slurmd. Skips with the reason when they are not up, except with CI=true, where it fails.
+
+The walltime test makes the first job die by SLURM's time limit deterministically: once the worker has labelled
+a few configurations, the test freezes the job (``scancel --signal=STOP --full``), so the job is still running
+but makes no progress when SLURM's time limit (1 minute, the smallest SLURM has; slurmctld checks limits every
+30 s, so the kill comes 60-90 s after the start) ends it with SIGCONT + SIGTERM. A job sized to outrun the limit
+on its own would depend on this machine's speed and load; the freeze does not, and the restarted job is short.
+"""
+
+from __future__ import annotations
+
+import getpass
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from aiida import orm
+from aiida.engine import submit
+
+from aiida_mlmat.cli.slurm import check_slurm, ensure_slurm_codes, ensure_slurm_computer, setup_slurm
+from aiida_mlmat.common.constants import INDEX_KEY, LABELLED_FILE
+from aiida_mlmat.data.configurations import ConfigurationSetData
+from tests.conftest import require_or_skip
+from tests.engine.helpers import assert_labels_equal_emt
+
+pytestmark = pytest.mark.integration
+
+HOST = '127.0.0.1'
+KEY = Path.home() / '.ssh' / 'id_ed25519'
+HINT = 'run `scripts/start-integration-services.sh` as root'
+#: Configurations of the interrupted jobs: 500-atom Cu cells, 0.2-0.5 s of EMT each on one core.
+N_LARGE = 40
+#: Configurations the worker must have labelled before the test freezes or cancels the job.
+MIN_PROGRESS = 3
+
+
+def _succeeds(command: list[str]) -> bool:
+    try:
+        return subprocess.run(command, capture_output=True, timeout=60, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope='module')
+def slurm_computer(aiida_profile):
+    """The ``slurm-ssh`` Computer (``core.ssh`` to 127.0.0.1 + ``core.slurm``), as ``mlmat setup --slurm-*`` makes it."""
+    require_or_skip(shutil.which('sinfo') is not None and _succeeds(['sinfo']), f'SLURM is not running ({HINT})')
+    require_or_skip(
+        _succeeds(['ssh', '-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10', HOST, 'true']),
+        f'`ssh -o BatchMode=yes {HOST} true` fails ({HINT})',
+    )
+    require_or_skip(KEY.is_file(), f'no ssh key {KEY} ({HINT})')
+    return ensure_slurm_computer(HOST, getpass.getuser(), str(KEY))
+
+
+@pytest.fixture(scope='module')
+def slurm_worker(slurm_computer):
+    """``mlmat-worker@slurm-ssh``."""
+    return ensure_slurm_codes(slurm_computer)['worker']
+
+
+def small_cu_set() -> ConfigurationSetData:
+    """Three 4-atom Cu cells."""
+    from ase.build import bulk
+
+    frames = []
+    for index, a in enumerate((3.55, 3.60, 3.65)):
+        atoms = bulk('Cu', 'fcc', a=a, cubic=True)
+        atoms.info[INDEX_KEY] = index
+        frames.append(atoms)
+    return ConfigurationSetData(frames)
+
+
+def large_cu_set(count: int = N_LARGE) -> ConfigurationSetData:
+    """``count`` rattled 500-atom Cu cells: enough work that the job is caught while it runs."""
+    from ase.build import bulk
+
+    frames = []
+    for index in range(count):
+        atoms = bulk('Cu', 'fcc', a=3.6, cubic=True).repeat(5)
+        atoms.rattle(stdev=0.05, seed=index)
+        atoms.info[INDEX_KEY] = index
+        frames.append(atoms)
+    return ConfigurationSetData(frames)
+
+
+def label_restart_builder(code, configurations, emt, **options):
+    """A ``mlmat.label.base`` builder with the given scheduler options."""
+    from aiida_mlmat.workflows.label import LabelBaseWorkChain
+
+    builder = LabelBaseWorkChain.get_builder()
+    builder.label.code = code
+    builder.label.configurations = configurations
+    builder.label.calculator = orm.Dict(emt)
+    builder.label.metadata.options = options
+    builder.max_iterations = orm.Int(3)
+    return builder
+
+
+def count_frames(path: Path) -> int:
+    """Number of extxyz frames (comment lines with ``Lattice=``) written so far to ``path``."""
+    try:
+        text = path.read_text(errors='replace')
+    except FileNotFoundError:
+        return 0
+    return sum(1 for line in text.splitlines() if 'Lattice=' in line)
+
+
+def wait_for_progress(workchain, minimum: int, timeout: float = 150) -> tuple[orm.CalcJobNode, str]:
+    """Wait until the first CalcJob of ``workchain`` runs in SLURM with ``minimum`` frames labelled.
+
+    The ssh target is this machine, so the job's remote folder is read directly. Return the CalcJob and job id.
+    """
+    deadline = time.monotonic() + timeout
+    state = 'no CalcJob yet'
+    while time.monotonic() < deadline:
+        assert not workchain.is_terminated, f'{workchain} ended before its job could be caught: {state}'
+        calcs = [node for node in workchain.called if isinstance(node, orm.CalcJobNode)]
+        if calcs:
+            calc = calcs[0]
+            job_id, workdir = calc.get_job_id(), calc.get_remote_workdir()
+            done = count_frames(Path(workdir) / LABELLED_FILE) if workdir else 0
+            state = f'job {job_id}, {done} frames labelled, calc state {calc.get_state()}'
+            if job_id and done >= minimum:
+                assert done < N_LARGE, f'the job finished before it could be caught ({state})'
+                return calc, job_id
+        time.sleep(0.2)
+    raise AssertionError(f'the job did not make progress within {timeout} s: {state}')
+
+
+def squeue_state(job_id: str) -> str:
+    """SLURM state of ``job_id`` (``RUNNING``, ``TIMEOUT``, ... or '' once forgotten)."""
+    result = subprocess.run(
+        ['scontrol', 'show', 'job', job_id, '--oneliner'], capture_output=True, text=True, check=False
+    )
+    for word in result.stdout.split():
+        if word.startswith('JobState='):
+            return word.split('=', 1)[1]
+    return ''
+
+
+def test_transport_runs_sinfo(slurm_computer):
+    """Like `verdi computer test`: the ssh transport opens, and SLURM answers through it."""
+    assert slurm_computer.transport_type == 'core.ssh'
+    assert slurm_computer.scheduler_type == 'core.slurm'
+    with slurm_computer.get_transport() as transport:
+        retval, stdout, stderr = transport.exec_command_wait('sinfo --noheader --format=%P:%t')
+        assert retval == 0, stderr
+        assert stdout.strip(), 'sinfo listed no partition'
+        assert transport.whoami() == getpass.getuser()
+    scheduler = slurm_computer.get_scheduler()
+    with slurm_computer.get_transport() as transport:
+        scheduler.set_transport(transport)
+        assert isinstance(scheduler.get_jobs(as_dict=True), dict)  # squeue through ssh parses
+    assert check_slurm(slurm_computer).strip()
+
+
+def test_setup_is_idempotent(slurm_computer, slurm_worker):
+    """Registering twice gives the same Computer and Code; a bad value is refused with a clear message."""
+    summary = setup_slurm(HOST, getpass.getuser(), str(KEY))
+    assert summary['computer']['pk'] == slurm_computer.pk
+    assert summary['computer']['transport'] == 'core.ssh' and summary['computer']['scheduler'] == 'core.slurm'
+    assert summary['computer']['key_filename'] == str(KEY.resolve())
+    assert summary['codes']['worker'] == {'label': slurm_worker.full_label, 'pk': slurm_worker.pk}
+    assert slurm_worker.full_label == 'mlmat-worker@slurm-ssh'
+    with pytest.raises(ValueError, match='quotes'):
+        ensure_slurm_computer(HOST, 'root; rm', str(KEY))
+    with pytest.raises(ValueError, match='does not exist'):
+        ensure_slurm_computer(HOST, getpass.getuser(), '/nonexistent/id_ed25519')
+    with pytest.raises(ValueError, match='exists with hostname'):
+        ensure_slurm_computer('localhost', getpass.getuser(), str(KEY))
+
+
+def test_label_through_slurm_over_ssh(submit_and_await, slurm_worker, emt):
+    """Three Cu cells labelled by one SLURM job reached over ssh: labels equal direct EMT."""
+    from aiida_mlmat.calcjobs.label import LabelCalculation
+
+    builder = LabelCalculation.get_builder()
+    builder.code = slurm_worker
+    builder.configurations = small_cu_set()
+    builder.calculator = orm.Dict(emt)
+    builder.metadata.options.max_wallclock_seconds = 600
+    node = submit_and_await(builder, timeout=180)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    assert node.computer.label == 'slurm-ssh'
+    assert node.get_job_id().isdigit()
+    assert node.outputs.results['n_labelled'] == 3
+    assert assert_labels_equal_emt(node.outputs.configurations.get_atoms()) == 3
+    script = (Path(node.get_remote_workdir()) / '_aiidasubmit.sh').read_text()  # the ssh target is this machine
+    assert '#SBATCH --time=00:10:00' in script
+    # aiida-core recognises TIMEOUT only when SLURM's message is the first line of the scheduler's stderr:
+    # a clean job must leave it empty.
+    assert node.outputs.retrieved.base.repository.get_object_content('_scheduler-stderr.txt') == ''
+
+
+def test_walltime_kill_is_restarted_from_partial(submit_and_await, slurm_worker, emt):
+    """A job ended by SLURM's time limit (exit 120) is restarted from its partial labels; the final set is complete."""
+    configurations = large_cu_set()
+    builder = label_restart_builder(slurm_worker, configurations, emt, max_wallclock_seconds=60)
+    builder.label.soft_time_limit = orm.Float(3600.0)  # the worker must not stop itself before SLURM does
+    workchain = submit(builder)
+    calc, job_id = wait_for_progress(workchain, MIN_PROGRESS)
+    subprocess.run(['scancel', '--signal=STOP', '--full', job_id], check=True)
+    node = submit_and_await(workchain, timeout=240)
+
+    assert squeue_state(job_id) in ('TIMEOUT', ''), squeue_state(job_id)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    calcs = sorted((n for n in node.called if isinstance(n, orm.CalcJobNode)), key=lambda n: n.ctime)
+    assert len(calcs) == 2, [c.exit_status for c in calcs]
+    first, second = calcs
+    assert first.pk == calc.pk
+    stderr = first.outputs.retrieved.base.repository.get_object_content('_scheduler-stderr.txt')
+    assert 'DUE TO TIME LIMIT' in stderr, stderr
+    assert first.exit_status == 120, (first.exit_status, first.exit_message)  # ERROR_SCHEDULER_OUT_OF_WALLTIME
+    partial = first.outputs.partial_configurations
+    assert MIN_PROGRESS <= partial.count < N_LARGE
+    assert second.inputs.restart_from.uuid == partial.uuid
+    assert second.is_finished_ok
+    assert second.outputs.results['n_reused'] == partial.count
+    assert second.outputs.results['n_labelled'] == N_LARGE
+    labelled = node.outputs.configurations
+    frames = labelled.get_atoms()
+    assert [frame.info[INDEX_KEY] for frame in frames] == list(range(N_LARGE))
+    assert assert_labels_equal_emt(frames) == N_LARGE
+
+
+def test_scancel_is_resubmitted(submit_and_await, slurm_worker, emt):
+    """A job cancelled with `scancel` ends with no results (exit 300); the wrapper runs it again to completion."""
+    builder = label_restart_builder(slurm_worker, large_cu_set(), emt, max_wallclock_seconds=600)
+    workchain = submit(builder)
+    _, job_id = wait_for_progress(workchain, MIN_PROGRESS)
+    subprocess.run(['scancel', job_id], check=True)
+    node = submit_and_await(workchain, timeout=240)
+
+    assert squeue_state(job_id) in ('CANCELLED', ''), squeue_state(job_id)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    calcs = sorted((n for n in node.called if isinstance(n, orm.CalcJobNode)), key=lambda n: n.ctime)
+    assert len(calcs) == 2, [c.exit_status for c in calcs]
+    first, second = calcs
+    stderr = first.outputs.retrieved.base.repository.get_object_content('_scheduler-stderr.txt')
+    assert 'CANCELLED' in stderr and 'TIME LIMIT' not in stderr, stderr
+    # aiida-core's slurm parser knows no "cancelled" state: the job just has no results.json -> ERROR_MISSING_RESULTS.
+    assert first.exit_status == 300, (first.exit_status, first.exit_message)
+    assert first.outputs.partial_configurations.count >= MIN_PROGRESS
+    assert second.is_finished_ok
+    # No handler takes 300 today: BaseRestartWorkChain restarts an unhandled failure once, from the same inputs.
+    # Should a handler pass the partial labels on, the restarted job reuses them instead.
+    reused = second.inputs.restart_from.count if 'restart_from' in second.inputs else 0
+    assert second.outputs.results['n_reused'] == reused
+    frames = node.outputs.configurations.get_atoms()
+    assert [frame.info[INDEX_KEY] for frame in frames] == list(range(N_LARGE))
+    assert assert_labels_equal_emt(frames) == N_LARGE
