@@ -261,3 +261,119 @@ def descriptors(profile: str | None, **kwargs: Any) -> None:
     for key in ('out', 'map'):
         if key in result:
             click.echo(f'{key}: {result[key]}')
+
+
+def train(profile: str | None, **kwargs: Any) -> None:
+    """``mlmat train``: submit ``mlmat.training`` on a stored labelled set."""
+    json_output = bool(kwargs['json_output'])
+    overrides = parse_json_option(kwargs['overrides'], '--overrides')
+    load_profile(profile)
+    from aiida.engine import submit
+
+    from aiida_mlmat.calcjobs.train import gpu_scheduler_commands
+    from aiida_mlmat.data.configurations import ConfigurationSetData
+    from aiida_mlmat.workflows.training import TrainingWorkChain
+
+    dataset = load_node(kwargs['dataset_identifier'], ConfigurationSetData)
+    if kwargs['ensemble']:
+        overrides['ensemble_size'] = kwargs['ensemble']
+    overrides.setdefault('training', {})['device'] = kwargs['device']
+    options: dict[str, Any] = {}
+    if kwargs['max_minutes']:
+        options['max_wallclock_seconds'] = int(kwargs['max_minutes'] * 60)
+    if kwargs['gpus']:
+        options['custom_scheduler_commands'] = gpu_scheduler_commands(kwargs['gpus'])
+    code = load_code(f'mlmat-worker@{kwargs["computer"]}')
+    try:
+        builder = TrainingWorkChain.get_builder_from_protocol(
+            code, dataset, protocol=kwargs['protocol'], overrides=overrides, options=options or None
+        )
+    except ValueError as exc:
+        raise MlmatCliError(str(exc)) from exc
+    error = TrainingWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True)))
+    if error is not None:
+        raise MlmatCliError(f'invalid input: {error.message}')
+    ensure_daemon(quiet=json_output)
+    node = submit(builder)
+    if not json_output:
+        click.echo(f'submitted {node.process_label}<{node.pk}> ({node.uuid})')
+    if kwargs['wait']:
+        wait_for(node)
+    result: dict[str, Any] = {'process': node.pk, 'potential': None, 'metrics': None}
+    if node.is_finished_ok:
+        result.update(potential=node.outputs.potential.pk, metrics=node.outputs.metrics.get_dict())
+        if not json_output:
+            metrics = result['metrics']
+            forces = metrics.get('forces_rmse', float('nan'))
+            click.echo(
+                f'potential pk {result["potential"]}: {metrics["n_members"]} members; test energy RMSE '
+                f'{metrics["energy_rmse_per_atom"]:.4f} eV/atom, force RMSE {forces:.4f} eV/Å'
+            )
+    if json_output:
+        echo_json(result)
+
+
+def potential_evaluate(profile: str | None, identifier: str, file: str, json_output: bool) -> None:
+    """``mlmat potential evaluate``: errors on a labelled extxyz file (computed here)."""
+    load_profile(profile)
+    import numpy as np
+
+    from aiida_mlmat.data.configurations import CorruptFileError, parse_extxyz_bytes
+    from aiida_mlmat.data.potential import PotentialData, PotentialIntegrityError
+
+    node = load_node(identifier, PotentialData)
+    path = Path(file)
+    if not path.is_file():
+        raise MlmatCliError(f'file `{file}` does not exist')
+    try:
+        frames = parse_extxyz_bytes(path.read_bytes(), name=file)
+    except CorruptFileError as exc:
+        raise MlmatCliError(str(exc)) from exc
+    unknown = sorted({s for f in frames for s in f.get_chemical_symbols()} - set(node.species))
+    if unknown:
+        raise MlmatCliError(f'{file} holds {unknown}, which potential {node.pk} was not trained on ({node.species})')
+    if any(frame.calc is None or 'energy' not in frame.calc.results for frame in frames):
+        raise MlmatCliError(f'{file}: every configuration needs a reference energy to evaluate against')
+    try:
+        calculator = node.get_calculator()
+    except PotentialIntegrityError as exc:
+        raise MlmatCliError(str(exc)) from exc
+    e_err, f_err = [], []
+    for frame in frames:
+        reference = frame.calc.results
+        atoms = frame.copy()
+        atoms.calc = calculator
+        e_err.append((atoms.get_potential_energy() - reference['energy']) / len(atoms))
+        if 'forces' in reference:
+            f_err.append((atoms.get_forces() - reference['forces']).ravel())
+    e_err = np.array(e_err)
+    result: dict[str, Any] = {
+        'n_structures': len(frames),
+        'energy_mae_per_atom': float(np.abs(e_err).mean()),
+        'energy_rmse_per_atom': float(np.sqrt((e_err**2).mean())),
+    }
+    if f_err:
+        forces = np.concatenate(f_err)
+        result.update(forces_mae=float(np.abs(forces).mean()), forces_rmse=float(np.sqrt((forces**2).mean())))
+    if json_output:
+        echo_json(result)
+        return
+    for key, value in result.items():
+        click.echo(f'{key:>22}: {value}')
+
+
+def potential_export(profile: str | None, identifier: str, directory: str, json_output: bool) -> None:
+    """``mlmat potential export``."""
+    load_profile(profile)
+    from aiida_mlmat.data.potential import PotentialData, PotentialIntegrityError
+
+    node = load_node(identifier, PotentialData)
+    try:
+        card = node.export(directory)
+    except PotentialIntegrityError as exc:
+        raise MlmatCliError(str(exc)) from exc
+    result = {'potential': node.pk, 'directory': str(Path(directory).resolve()), 'files': sorted(card['files'])}
+    if json_output:
+        echo_json(result)
+    else:
+        click.echo(f'wrote {len(card["files"])} member file(s), model-card.json and README.md to {directory}')

@@ -81,6 +81,54 @@ def descriptors_cmd(ctx: click.Context, **kwargs: object) -> None:
     descriptors(ctx.obj.get('profile'), **kwargs)
 
 
+@cli.command('train')
+@click.argument('dataset_identifier')
+@click.option('--ensemble', type=click.IntRange(min=1), default=None, help='Number of ensemble members K.')
+@click.option('--protocol', type=click.Choice(PROTOCOLS), default='fast', show_default=True)
+@click.option('--computer', default='localhost', show_default=True, help='Computer whose worker Code trains.')
+@click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto', show_default=True)
+@click.option('--gpus', type=click.IntRange(min=0), default=0, help='GPUs per job (SLURM --gres=gpu:N).')
+@click.option('--max-minutes', type=click.FloatRange(min=0.1), default=None, help='Walltime of each training job.')
+@click.option('--overrides', default=None, help='JSON object merged into the protocol inputs.')
+@click.option('--wait', is_flag=True, help='Block until the workflow ends, showing progress.')
+@click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
+@click.pass_context
+def train_cmd(ctx: click.Context, **kwargs: object) -> None:
+    """Train an ensemble potential on the configuration set DATASET_PK (workflow ``mlmat.training``)."""
+    from aiida_mlmat.cli.commands import train
+
+    train(ctx.obj.get('profile'), **kwargs)
+
+
+@cli.group('potential')
+def potential() -> None:
+    """Evaluate and export trained potentials."""
+
+
+@potential.command('evaluate')
+@click.argument('identifier')
+@click.argument('file', type=click.Path(dir_okay=False))
+@click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
+@click.pass_context
+def potential_evaluate(ctx: click.Context, identifier: str, file: str, json_output: bool) -> None:
+    """Errors of the potential POT_PK on the labelled configurations in an extxyz FILE."""
+    from aiida_mlmat.cli.commands import potential_evaluate as run
+
+    run(ctx.obj.get('profile'), identifier, file, json_output)
+
+
+@potential.command('export')
+@click.argument('identifier')
+@click.argument('directory', type=click.Path(file_okay=False))
+@click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
+@click.pass_context
+def potential_export(ctx: click.Context, identifier: str, directory: str, json_output: bool) -> None:
+    """Write the member weights, a model card and loading instructions into DIRECTORY."""
+    from aiida_mlmat.cli.commands import potential_export as run
+
+    run(ctx.obj.get('profile'), identifier, directory, json_output)
+
+
 @cli.group('dataset')
 def dataset() -> None:
     """Import, export and inspect configuration sets."""

@@ -51,6 +51,16 @@ class MLMatCalculator(Calculator):
         paths = sorted(Path(directory).glob('*.pt'))
         if not paths:
             raise FileNotFoundError(f'no *.pt model in {directory}')
+        card = Path(directory) / 'model-card.json'
+        if card.is_file():  # an exported potential: every file must match the sha256 its card records
+            import hashlib
+            import json
+
+            recorded = json.loads(card.read_text()).get('files', {})
+            for path in paths:
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                if recorded.get(path.name) != digest:
+                    raise ValueError(f'{path.name} does not match the sha256 in {card.name}: refusing to load it')
         return cls.from_files(paths, **kwargs)
 
     def calculate(self, atoms: Any = None, properties: Any = ('energy',), system_changes: Any = all_changes) -> None:

@@ -107,7 +107,7 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
     missing = unsupported_elements(calculator['name'], species)
     if missing:
         return f'calculator `{calculator["name"]}` cannot treat the elements {missing}'
-    labeller = value['labeller'].value
+    labeller = value['labeller'].value if 'labeller' in value else 'batch'
     if labeller not in LABELLERS:
         return f'labeller: `{labeller}` is not one of {LABELLERS}'
     if labeller == 'aiida-ase':
@@ -115,7 +115,7 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
             return f'labeller aiida-ase: calculator `{calculator["name"]}` is not supported on that path'
         if 'ase_code' not in value:
             return 'labeller aiida-ase needs `ase_code`: a Code running a Python with ASE (and the calculator)'
-    if value['chunk_size'].value < 1:
+    if 'chunk_size' in value and value['chunk_size'].value < 1:
         return 'chunk_size: must be at least 1'
     select = value.get('select', {})
     if 'n' in select and select['n'].value < 1:

@@ -23,10 +23,14 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
             return f'configurations: {data.count} configurations cannot be split into train, validation and test'
         if 'energy' not in data.label_keys:
             return 'configurations: the set is not labelled (no energy on every configuration)'
-    if value['ensemble_size'].value < 1:
+
+    def number(key: str, default: float) -> float:
+        return value[key].value if key in value else default
+
+    if number('ensemble_size', 3) < 1:
         return 'ensemble_size: must be at least 1'
-    fractions = value['test_fraction'].value + value['validation_fraction'].value
-    if not 0 < value['test_fraction'].value < 1 or not 0 < value['validation_fraction'].value < 1 or fractions >= 1:
+    test, validation = number('test_fraction', 0.2), number('validation_fraction', 0.1)
+    if not 0 < test < 1 or not 0 < validation < 1 or test + validation >= 1:
         return 'test_fraction and validation_fraction must be in (0, 1) and sum to less than 1'
     return None
 

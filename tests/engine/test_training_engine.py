@@ -23,7 +23,7 @@ def dataset():
     return ConfigurationSetData(emt_data(40, 11)).store()
 
 
-def test_training_workchain_ensemble_end_to_end(submit_and_await, worker_code, dataset):
+def test_training_workchain_ensemble_end_to_end(submit_and_await, worker_code, dataset, tmp_path):
     """Split -> 2 members in parallel -> evaluation -> one ensemble node; metrics, plots, provenance."""
     builder = TrainingWorkChain.get_builder_from_protocol(
         worker_code, dataset, overrides={'ensemble_size': 2, 'model': MODEL, 'training': TRAINING}
@@ -46,6 +46,34 @@ def test_training_workchain_ensemble_end_to_end(submit_and_await, worker_code, d
         assert handle.read(8) == b'\x89PNG\r\n\x1a\n'
     curve = node.outputs.member_results.member_0['learning_curve']
     assert len(curve) == 25 and curve[-1]['forces_rmse'] < curve[0]['forces_rmse']
+    # Export and evaluate from the command line; the exported directory loads in ASE and refuses tampering.
+    import json
+
+    from click.testing import CliRunner
+
+    from aiida_mlmat.cli.main import cli
+    from aiida_mlmat.ml.calculator import MLMatCalculator
+
+    export = CliRunner().invoke(cli, ['potential', 'export', str(potential.pk), str(tmp_path / 'pot'), '--json'])
+    assert export.exit_code == 0, export.output
+    card = json.loads((tmp_path / 'pot' / 'model-card.json').read_text())
+    assert card['metrics'] == metrics and len(card['files']) == 2
+    exported = MLMatCalculator.from_directory(tmp_path / 'pot')
+    assert exported.results == {} and len(exported.models) == 2
+    test_file = tmp_path / 'test.extxyz'
+    node.outputs.splits.test.write_extxyz(test_file)
+    evaluated = CliRunner().invoke(cli, ['potential', 'evaluate', str(potential.uuid), str(test_file), '--json'])
+    assert evaluated.exit_code == 0, evaluated.output
+    figures = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert figures['n_structures'] == 8
+    assert abs(figures['forces_rmse'] - metrics['forces_rmse']) < 1e-8
+    member = tmp_path / 'pot' / 'member_1.pt'
+    tampered = bytearray(member.read_bytes())
+    tampered[len(tampered) // 2] ^= 0xFF
+    member.write_bytes(bytes(tampered))
+    with pytest.raises(ValueError, match='does not match the sha256'):
+        MLMatCalculator.from_directory(tmp_path / 'pot')
+
     # Provenance: the potential <- make_ensemble <- members <- TrainCalculation <- bootstrap <- split <- dataset
     creator = potential.creator
     assert creator.process_label == 'make_ensemble'
