@@ -95,6 +95,9 @@ class MlmatCalculation(CalcJob):
             invalidates_cache=True,
         )
         spec.exit_code(
+            430, 'ERROR_JOB_CANCELLED', message='The scheduler cancelled the job (scancel).', invalidates_cache=True
+        )
+        spec.exit_code(
             410, 'ERROR_NAN_LOSS', message='The loss became NaN or infinite: {message}', invalidates_cache=True
         )
         spec.exit_code(

@@ -24,13 +24,35 @@ def cli(ctx: click.Context, profile: str | None) -> None:
 @cli.command('setup')
 @click.option('--profile', 'setup_profile', default=None, help='Profile to use or make (default: current, or new).')
 @click.option('--gpaw-python', default=None, help='Python interpreter that imports GPAW (found if not given).')
+@click.option(
+    '--slurm-host', default=None, help='Also register the SLURM Computer `slurm-ssh` reached over ssh at HOST.'
+)
+@click.option('--slurm-user', default=None, help='User name on the SLURM host (default: the current user).')
+@click.option('--slurm-key', default=None, help='Private ssh key for the SLURM host (default: ~/.ssh/id_ed25519).')
+@click.option('--slurm-partition', default=None, help='SLURM partition to store on the Computer.')
 @click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
 @click.pass_context
-def setup_cmd(ctx: click.Context, setup_profile: str | None, gpaw_python: str | None, json_output: bool) -> None:
-    """Set up a profile, the localhost Computer and the Codes (idempotent)."""
+def setup_cmd(
+    ctx: click.Context,
+    setup_profile: str | None,
+    gpaw_python: str | None,
+    slurm_host: str | None,
+    slurm_user: str | None,
+    slurm_key: str | None,
+    slurm_partition: str | None,
+    json_output: bool,
+) -> None:
+    """Set up a profile, the localhost Computer and the Codes, and optionally a SLURM Computer (idempotent)."""
     from aiida_mlmat.cli.setup import run_setup
 
-    result = run_setup(setup_profile or ctx.obj.get('profile'), gpaw_python)
+    result = run_setup(
+        setup_profile or ctx.obj.get('profile'),
+        gpaw_python,
+        slurm_host=slurm_host,
+        slurm_user=slurm_user,
+        slurm_key=slurm_key,
+        slurm_partition=slurm_partition,
+    )
     if json_output:
         echo_json(result)
         return
@@ -38,6 +60,10 @@ def setup_cmd(ctx: click.Context, setup_profile: str | None, gpaw_python: str | 
     click.echo(f'computer: {result["computer"]["label"]} (pk {result["computer"]["pk"]})')
     for key, code in result['codes'].items():
         click.echo(f'code {key}: {code["label"]} (pk {code["pk"]})')
+    if result.get('slurm'):
+        click.echo(f'computer: {result["slurm"]["computer"]["label"]} (pk {result["slurm"]["computer"]["pk"]})')
+        for key, code in result['slurm']['codes'].items():
+            click.echo(f'code {key}: {code["label"]} (pk {code["pk"]})')
     if not result['gpaw_python']:
         click.echo('no Python with GPAW found: the DFT path needs `--gpaw-python PATH`')
 

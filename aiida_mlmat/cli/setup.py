@@ -179,7 +179,14 @@ def gpaw_worker_wrapper(python: str, directory: Path) -> str:
     return str(wrapper)
 
 
-def run_setup(profile: str | None = None, gpaw_python: str | None = None) -> dict[str, Any]:
+def run_setup(
+    profile: str | None = None,
+    gpaw_python: str | None = None,
+    slurm_host: str | None = None,
+    slurm_user: str | None = None,
+    slurm_key: str | None = None,
+    slurm_partition: str | None = None,
+) -> dict[str, Any]:
     """Do the whole set-up and return the labels and pks made or found."""
     loaded = ensure_profile(profile)
     computer = ensure_localhost()
@@ -207,7 +214,24 @@ def run_setup(profile: str | None = None, gpaw_python: str | None = None) -> dic
             f'{python} with GPAW for aiida-ase',
             prepend_text=ISOLATE_PYTHON,
         )
+    slurm = None
+    if slurm_host:
+        import getpass
+
+        from aiida_mlmat.cli.slurm import setup_slurm
+        from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT
+
+        try:
+            slurm = setup_slurm(
+                slurm_host,
+                slurm_user or getpass.getuser(),
+                slurm_key or str(Path.home() / '.ssh' / 'id_ed25519'),
+                partition=slurm_partition,
+            )
+        except ValueError as exc:
+            raise MlmatCliError(f'--slurm-*: {exc}', EXIT_INVALID_INPUT) from exc
     return {
+        'slurm': slurm,
         'profile': loaded.name,
         'storage': loaded.storage_backend,
         'broker': loaded.process_control_backend,

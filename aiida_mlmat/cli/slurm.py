@@ -22,8 +22,8 @@ DEFAULT_WORKDIR = '/tmp/aiida-slurm/{username}'
 SAFE_INTERVAL = 0.5
 #: Seconds between two polls of ``squeue`` (AiiDA's default is 10 s).
 POLL_INTERVAL = 1.0
-#: Computer property (metadata) holding the partition to pass as ``metadata.options.queue_name`` (AiiDA has no default queue).
-PARTITION_EXTRA = 'mlmat_queue_name'
+#: Computer property holding the partition to pass as ``metadata.options.queue_name`` (AiiDA has no default queue).
+PARTITION_PROPERTY = 'mlmat_queue_name'
 
 _FORBIDDEN = re.compile(r'[\s\'"`\\;$|&<>(){}*?!#]|[\x00-\x1f\x7f]')
 
@@ -83,9 +83,10 @@ def ensure_slurm_computer(
 
     host, user, key = validate_slurm_target(host, user, key)
     _check_word('label', label)
-    if workdir is not None:
-        if not isinstance(workdir, str) or not workdir.startswith('/') or re.search(r'[\s\'"`\\;]', workdir):
-            raise ValueError(f'workdir: expected an absolute path without spaces or quotes, got {workdir!r}')
+    if workdir is not None and (
+        not isinstance(workdir, str) or not workdir.startswith('/') or re.search(r'[\s\'"`\\;]', workdir)
+    ):
+        raise ValueError(f'workdir: expected an absolute path without spaces or quotes, got {workdir!r}')
     if partition is not None:
         _check_word('partition', partition)
 
@@ -125,13 +126,13 @@ def ensure_slurm_computer(
     )
     computer.set_minimum_job_poll_interval(POLL_INTERVAL)
     if partition is not None:
-        computer.set_property(PARTITION_EXTRA, partition)
+        computer.set_property(PARTITION_PROPERTY, partition)
     return computer
 
 
 def slurm_options(computer: Any) -> dict[str, Any]:
     """The ``metadata.options`` a job on this Computer needs: ``queue_name`` when a partition was given."""
-    partition = computer.get_property(PARTITION_EXTRA, None)
+    partition = computer.get_property(PARTITION_PROPERTY, None)
     return {'queue_name': partition} if partition else {}
 
 
@@ -172,7 +173,7 @@ def describe_slurm(computer: Any, codes: dict[str, Any]) -> dict[str, Any]:
             'workdir': computer.get_workdir(),
             'username': auth.get('username'),
             'key_filename': auth.get('key_filename'),
-            'partition': computer.get_property(PARTITION_EXTRA, None),
+            'partition': computer.get_property(PARTITION_PROPERTY, None),
             'poll_interval': computer.get_minimum_job_poll_interval(),
         },
         'codes': {key: {'label': code.full_label, 'pk': code.pk} for key, code in codes.items()},

@@ -36,6 +36,22 @@ class MlmatParser(Parser):
         """Whether the scheduler output parser already flagged the job as killed (walltime, memory, node)."""
         return self.node.exit_status in SCHEDULER_KILLED
 
+    def scheduler_message_exit_code(self) -> ExitCode | None:
+        """Read SLURM's own words anywhere in the job's stderr (aiida matches only its first line).
+
+        ``DUE TO TIME LIMIT`` -> the scheduler's walltime code (120); ``CANCELLED AT`` -> ERROR_JOB_CANCELLED.
+        """
+        names = self.retrieved.base.repository.list_object_names()
+        name = '_scheduler-stderr.txt'
+        if name not in names:
+            return None
+        text = self.retrieved.base.repository.get_object_content(name, mode='r')
+        if 'DUE TO TIME LIMIT' in text:
+            return self.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME
+        if 'CANCELLED AT' in text:
+            return self.exit_codes.ERROR_JOB_CANCELLED
+        return None
+
     def error_exit_code(self, results: dict[str, Any]) -> ExitCode:
         """Map the worker's ``error`` record to a banded exit code."""
         error = results.get('error') or {}

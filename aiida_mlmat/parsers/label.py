@@ -70,7 +70,7 @@ class LabelParser(MlmatParser):
                 self.out('partial_configurations', partial)
             if self.scheduler_killed():
                 return None  # keep the scheduler's exit code (110, 120, 140): the restart wrapper handles it
-            return exit_code
+            return self.scheduler_message_exit_code() or exit_code
 
         self.output_results(results)
         status = results['status']

@@ -18,7 +18,7 @@ class SampleParser(MlmatParser):
         """Parse the retrieved files."""
         results, exit_code = self.load_results()
         if results is None:
-            return None if self.scheduler_killed() else exit_code
+            return None if self.scheduler_killed() else (self.scheduler_message_exit_code() or exit_code)
         self.output_results(results)
         if results['status'] != 'ok':
             return self.error_exit_code(results)

@@ -23,7 +23,7 @@ class TrainParser(MlmatParser):
             self.out('checkpoint', orm.SinglefileData(str(checkpoint), filename=CHECKPOINT_FILE))
         results, exit_code = self.load_results()
         if results is None:
-            return None if self.scheduler_killed() else exit_code
+            return None if self.scheduler_killed() else (self.scheduler_message_exit_code() or exit_code)
         self.output_results({k: v for k, v in results.items() if k != 'traceback'})
         if results['status'] == 'error':
             return self.error_exit_code(results)

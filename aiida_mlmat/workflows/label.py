@@ -52,6 +52,7 @@ class LabelBaseWorkChain(BaseRestartWorkChain):
             LabelCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME,
             LabelCalculation.exit_codes.ERROR_SCHEDULER_NODE_FAILURE,
             LabelCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_MEMORY,
+            LabelCalculation.exit_codes.ERROR_JOB_CANCELLED,
         ],
     )
     def handle_interrupted(self, node: orm.CalcJobNode) -> ProcessHandlerReport:

@@ -51,6 +51,7 @@ class TrainBaseWorkChain(BaseRestartWorkChain):
             TrainCalculation.exit_codes.ERROR_OUT_OF_WALLTIME,
             TrainCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME,
             TrainCalculation.exit_codes.ERROR_SCHEDULER_NODE_FAILURE,
+            TrainCalculation.exit_codes.ERROR_JOB_CANCELLED,
         ],
     )
     def handle_interrupted(self, node: orm.CalcJobNode) -> ProcessHandlerReport:
