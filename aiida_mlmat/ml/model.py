@@ -88,7 +88,6 @@ class AtomicNNPotential(torch.nn.Module):
         """
         inputs: list[torch.Tensor] = []
         strain = None
-        self.descriptor.sparse = not (training and (forces or stress))
         if stress:
             strain = torch.zeros(graph.n_structures, 3, 3, dtype=graph.positions.dtype, device=graph.positions.device)
             strain.requires_grad_(True)

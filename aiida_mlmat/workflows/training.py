@@ -12,7 +12,13 @@ from aiida_mlmat.data.configurations import ConfigurationSetData
 from aiida_mlmat.data.potential import PotentialData
 from aiida_mlmat.workflows.protocols import get_protocol_inputs
 from aiida_mlmat.workflows.train import TrainBaseWorkChain
-from aiida_mlmat.workflows.training_functions import bootstrap_sample, evaluate_ensemble, make_ensemble, split_dataset
+from aiida_mlmat.workflows.training_functions import (
+    bootstrap_sample,
+    evaluate_ensemble,
+    make_ensemble,
+    plot_learning_curves,
+    split_dataset,
+)
 
 
 def validate_inputs(value: Any, _: Any = None) -> str | None:
@@ -148,7 +154,9 @@ class TrainingWorkChain(WorkChain):
         self.out('potential', potential)
         self.out('metrics', evaluation['metrics'])
         self.out('plots', {key: evaluation[key] for key in ('parity_energy', 'parity_forces') if key in evaluation})
-        self.out('member_results', {key: self.ctx[key].outputs.results for key in sorted(members)})
+        member_results = {key: self.ctx[key].outputs.results for key in sorted(members)}
+        self.out('member_results', member_results)
+        self.out('plots.learning_curves', plot_learning_curves(**member_results))
         metrics = evaluation['metrics'].get_dict()
         self.report(
             f'ensemble potential {potential.uuid}: '

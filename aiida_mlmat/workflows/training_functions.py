@@ -154,3 +154,30 @@ def make_ensemble(metrics: orm.Dict, dataset: ConfigurationSetData, **members: P
             },
         },
     )
+
+
+@calcfunction
+def plot_learning_curves(**results: orm.Dict) -> orm.SinglefileData:
+    """Validation force RMSE (eV/Å) and energy RMSE (eV/atom) per epoch of every member, as one PNG."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=110)
+    for key in sorted(results):
+        curve = results[key].get('learning_curve', [])
+        epochs = [row['epoch'] for row in curve]
+        left.semilogy(epochs, [row.get('forces_rmse', np.nan) for row in curve], label=key)
+        right.semilogy(epochs, [row['energy_rmse_per_atom'] for row in curve], label=key)
+    left.set_ylabel('validation force RMSE (eV/Å)')
+    right.set_ylabel('validation energy RMSE (eV/atom)')
+    for axes in (left, right):
+        axes.set_xlabel('epoch')
+        axes.legend(fontsize=7)
+    figure.tight_layout()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / 'learning-curves.png')
+        figure.savefig(path)
+        plt.close(figure)
+        return orm.SinglefileData(path, filename='learning-curves.png')

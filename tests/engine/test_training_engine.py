@@ -42,8 +42,9 @@ def test_training_workchain_ensemble_end_to_end(submit_and_await, worker_code, d
     atoms.calc = potential.get_calculator()
     atoms.get_potential_energy()
     assert atoms.calc.results['n_members'] == 2 and atoms.calc.results['forces_disagreement'] > 0
-    with node.outputs.plots.parity_forces.open(mode='rb') as handle:
-        assert handle.read(8) == b'\x89PNG\r\n\x1a\n'
+    for plot in ('parity_forces', 'parity_energy', 'learning_curves'):
+        with node.outputs.plots[plot].open(mode='rb') as handle:
+            assert handle.read(8) == b'\x89PNG\r\n\x1a\n', plot
     curve = node.outputs.member_results.member_0['learning_curve']
     assert len(curve) == 25 and curve[-1]['forces_rmse'] < curve[0]['forces_rmse']
     # Export and evaluate from the command line; the exported directory loads in ASE and refuses tampering.
