@@ -31,7 +31,7 @@ class MLMatCalculator(Calculator):
         super().__init__(**kwargs)
         if not models:
             raise ValueError('MLMatCalculator needs at least one model')
-        self.models = [model.to(device=device, dtype=dtype).eval() for model in models]
+        self.models = [model.to(device=device, dtype=dtype).train(False) for model in models]
         for model in self.models:
             model.reference_energies = model.reference_energies.to(torch.float64)
         self.device = device

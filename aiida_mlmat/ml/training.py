@@ -303,7 +303,7 @@ def train(
             optimizer.step()
             batch.graph.positions.requires_grad_(False)
             train_loss += float(loss.detach()) / len(order)
-        model.eval()
+        model.train(False)  # inference mode
         metrics = errors(model, val_batches)
         val_loss = config.energy_weight * metrics['energy_rmse_per_atom'] ** 2 + (
             config.forces_weight * metrics.get('forces_rmse', 0.0) ** 2

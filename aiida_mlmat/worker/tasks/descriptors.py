@@ -14,7 +14,7 @@ import numpy as np
 
 from aiida_mlmat.common.constants import DESCRIPTORS_FILE
 from aiida_mlmat.worker.errors import ErrorCode, WorkerError
-from aiida_mlmat.worker.structures import read_extxyz
+from aiida_mlmat.worker.tasks import read_input_frames
 
 
 def resolve_device(name: str) -> str:
@@ -36,13 +36,7 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
     from aiida_mlmat.ml.neighbours import CutoffError
 
     start = time.perf_counter()
-    path = workdir / params['structures']
-    if not path.is_file():
-        raise WorkerError(ErrorCode.MISSING_FILE, f'input file `{path.name}` is missing')
-    try:
-        frames = read_extxyz(str(path))
-    except Exception as exc:
-        raise WorkerError(ErrorCode.CORRUPT_FILE, f'cannot read `{path.name}` as extxyz: {exc}') from exc
+    frames = read_input_frames(workdir, params['structures'])
     if not frames:
         raise WorkerError(ErrorCode.INVALID_INPUT, 'no configuration to describe')
     try:

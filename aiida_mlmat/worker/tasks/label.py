@@ -20,16 +20,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from aiida_mlmat.common.constants import EXCLUDED_FILE, INDEX_KEY, LABELLED_FILE, MIN_INTERATOMIC_DISTANCE
 from aiida_mlmat.worker.calculators import get_factory
 from aiida_mlmat.worker.errors import ErrorCode, WorkerError
-from aiida_mlmat.worker.structures import InvalidConfigurationError, check_configuration, index_of, read_extxyz
-
-
-def _read(path: Path) -> list[Atoms]:
-    if not path.is_file():
-        raise WorkerError(ErrorCode.MISSING_FILE, f'input file `{path.name}` is missing')
-    try:
-        return read_extxyz(str(path))
-    except Exception as exc:
-        raise WorkerError(ErrorCode.CORRUPT_FILE, f'cannot read `{path.name}` as extxyz: {exc}') from exc
+from aiida_mlmat.worker.structures import InvalidConfigurationError, check_configuration, index_of
+from aiida_mlmat.worker.tasks import read_input_frames
 
 
 def compute_labels(atoms: Atoms, calculator: Any, properties: list[str]) -> dict[str, Any]:
@@ -65,10 +57,10 @@ def _same_configuration(first: Atoms, second: Atoms, tolerance: float = 1e-6) ->
 def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """Label the configurations of ``params['structures']``; see the module docstring."""
     start = time.perf_counter()
-    frames = _read(workdir / params['structures'])
+    frames = read_input_frames(workdir, params['structures'])
     previous: dict[int, Atoms] = {}
     if params.get('previous'):
-        for atoms in _read(workdir / params['previous']):
+        for atoms in read_input_frames(workdir, params['previous']):
             previous[index_of(atoms, -1)] = atoms
     previous_excluded: dict[int, dict[str, Any]] = {}
     if params.get('previous_excluded'):

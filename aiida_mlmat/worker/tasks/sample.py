@@ -18,7 +18,8 @@ from ase import Atoms, units
 from aiida_mlmat.common.constants import INDEX_KEY, METHOD_KEY, SAMPLED_FILE, SEED_KEY
 from aiida_mlmat.worker.calculators import get_factory
 from aiida_mlmat.worker.errors import ErrorCode, WorkerError
-from aiida_mlmat.worker.structures import read_extxyz, write_extxyz
+from aiida_mlmat.worker.structures import write_extxyz
+from aiida_mlmat.worker.tasks import read_input_frames
 
 
 def _plain(atoms: Atoms) -> Atoms:
@@ -85,13 +86,7 @@ def md_snapshots(
 def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """Sample configurations from the seeds in ``params['structures']``; see the module docstring."""
     start = time.perf_counter()
-    path = workdir / params['structures']
-    if not path.is_file():
-        raise WorkerError(ErrorCode.MISSING_FILE, f'input file `{path.name}` is missing')
-    try:
-        seeds = read_extxyz(str(path))
-    except Exception as exc:
-        raise WorkerError(ErrorCode.CORRUPT_FILE, f'cannot read `{path.name}` as extxyz: {exc}') from exc
+    seeds = read_input_frames(workdir, params['structures'])
     if not seeds:
         raise WorkerError(ErrorCode.INVALID_INPUT, 'no seed structures given')
 

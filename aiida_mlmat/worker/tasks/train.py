@@ -13,19 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aiida_mlmat.worker.errors import ErrorCode, WorkerError
-from aiida_mlmat.worker.structures import read_extxyz
-
-
-def _frames(workdir: Path, name: str) -> list:
-    path = workdir / name
-    if not path.is_file():
-        raise WorkerError(ErrorCode.MISSING_FILE, f'input file `{name}` is missing')
-    if not path.read_bytes().strip():
-        return []
-    try:
-        return read_extxyz(str(path))
-    except Exception as exc:
-        raise WorkerError(ErrorCode.CORRUPT_FILE, f'cannot read `{name}` as extxyz: {exc}') from exc
+from aiida_mlmat.worker.tasks import read_input_frames
 
 
 def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -36,8 +24,8 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
     from aiida_mlmat.worker.tasks.descriptors import resolve_device
 
     start = time.perf_counter()
-    train_frames = _frames(workdir, params['train'])
-    validation_frames = _frames(workdir, params['validation'])
+    train_frames = read_input_frames(workdir, params['train'])
+    validation_frames = read_input_frames(workdir, params['validation'])
     options = dict(params.get('training', {}))
     options['device'] = resolve_device(options.get('device', 'auto'))
     if params.get('max_seconds') is not None:
