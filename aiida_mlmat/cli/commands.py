@@ -270,7 +270,6 @@ def train(profile: str | None, **kwargs: Any) -> None:
     load_profile(profile)
     from aiida.engine import submit
 
-    from aiida_mlmat.calcjobs.train import gpu_scheduler_commands
     from aiida_mlmat.data.configurations import ConfigurationSetData
     from aiida_mlmat.workflows.training import TrainingWorkChain
 
@@ -281,12 +280,15 @@ def train(profile: str | None, **kwargs: Any) -> None:
     options: dict[str, Any] = {}
     if kwargs['max_minutes']:
         options['max_wallclock_seconds'] = int(kwargs['max_minutes'] * 60)
-    if kwargs['gpus']:
-        options['custom_scheduler_commands'] = gpu_scheduler_commands(kwargs['gpus'])
     code = load_code(f'mlmat-worker@{kwargs["computer"]}')
     try:
         builder = TrainingWorkChain.get_builder_from_protocol(
-            code, dataset, protocol=kwargs['protocol'], overrides=overrides, options=options or None
+            code,
+            dataset,
+            protocol=kwargs['protocol'],
+            overrides=overrides,
+            options=options or None,
+            gpus=kwargs['gpus'],
         )
     except ValueError as exc:
         raise MlmatCliError(str(exc)) from exc

@@ -125,6 +125,7 @@ class PotentialData(orm.Data):
             'n_members': attributes.get('n_members'),
             'config': attributes.get('config'),
             'training': attributes.get('training', {}),
+            'versions': attributes.get('versions', {}),
             'metrics': attributes.get('metrics', {}),
             'data_sha256': attributes.get('data_sha256'),
             'files': {f'member_{k}.pt': sha for k, sha in enumerate(attributes.get('sha256', []))},

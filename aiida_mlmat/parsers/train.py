@@ -53,6 +53,7 @@ class TrainParser(MlmatParser):
                     'hyperparameters_sha256': results.get('hyperparameters_sha256'),
                     'torch': results.get('torch'),
                 },
+                'versions': {**results.get('versions', {}), 'torch': results.get('torch')},
             },
         )
         if results['status'] == 'incomplete':

@@ -83,8 +83,12 @@ class TrainingWorkChain(WorkChain):
         protocol: str | None = None,
         overrides: dict[str, Any] | None = None,
         options: dict[str, Any] | None = None,
+        gpus: int = 0,
     ) -> Any:
-        """A builder from the ``training`` protocols (fast, balanced, precise)."""
+        """A builder from the ``training`` protocols (fast, balanced, precise).
+
+        :param gpus: GPUs per training job; on SLURM this becomes ``#SBATCH --gres=gpu:N`` and the device ``cuda``.
+        """
         inputs = get_protocol_inputs('training', protocol, overrides)
         builder = cls.get_builder()
         builder.configurations = configurations
@@ -93,6 +97,13 @@ class TrainingWorkChain(WorkChain):
         builder.member.trainer.model = orm.Dict(inputs.get('model', {}))
         builder.member.trainer.training = orm.Dict(inputs.get('training', {}))
         builder.member.max_iterations = orm.Int(inputs.get('max_iterations', 5))
+        options = dict(options or {})
+        if gpus:
+            from aiida_mlmat.calcjobs.train import gpu_scheduler_commands
+
+            extra = options.get('custom_scheduler_commands', '')
+            options['custom_scheduler_commands'] = '\n'.join(filter(None, [extra, gpu_scheduler_commands(gpus)]))
+            builder.member.trainer.training = orm.Dict({**inputs.get('training', {}), 'device': 'cuda'})
         if options:
             resources = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
             builder.member.trainer.metadata.options = {'resources': resources, **options}

@@ -148,6 +148,7 @@ def make_ensemble(metrics: orm.Dict, dataset: ConfigurationSetData, **members: P
         metrics=metrics.get_dict(),
         extra={
             'data_sha256': dataset.sha256,
+            'versions': first.base.attributes.get('versions', {}),
             'training': {
                 'members': [node.base.attributes.get('training', {}) for node in ordered],
                 'member_data_sha256': [node.base.attributes.get('data_sha256') for node in ordered],

@@ -138,3 +138,34 @@ def test_tampered_potential_is_refused(dataset, tmp_path):
     with pytest.raises(PotentialIntegrityError, match='sha256 mismatch'):
         node.get_models()
     assert np.isfinite(len(content))
+
+
+def test_nan_loss_lowers_the_learning_rate_with_bounded_retries(submit_and_await, worker_code, dataset):
+    """NaN loss (exit 410): each restart resumes from the checkpoint at half the learning rate, at most
+    ``max_iterations`` times; data that is NaN itself therefore fails for good, with every try recorded."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = dataset.get_atoms()[:12]
+    poisoned = []
+    for index, frame in enumerate(frames):
+        results = dict(frame.calc.results)
+        if index == 0:
+            results['energy'] = float('nan')
+        atoms = frame.copy()
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        poisoned.append(atoms)
+    builder = TrainBaseWorkChain.get_builder()
+    builder.trainer.code = worker_code
+    builder.trainer.train = ConfigurationSetData(poisoned[:8])
+    builder.trainer.validation = ConfigurationSetData(poisoned[8:])
+    builder.trainer.model = orm.Dict({**MODEL, 'hidden': [8]})
+    builder.trainer.training = orm.Dict({**TRAINING, 'epochs': 3})
+    builder.max_iterations = orm.Int(3)
+    node = submit_and_await(builder, timeout=600)
+    assert node.is_finished and not node.is_finished_ok
+    assert node.exit_status == TrainBaseWorkChain.exit_codes.ERROR_MAXIMUM_ITERATIONS_EXCEEDED.status
+    calcs = sorted(node.called, key=lambda calc: calc.ctime)
+    assert [calc.exit_status for calc in calcs] == [410, 410, 410]
+    assert [calc.inputs.training.get_dict().get('lr_scale') for calc in calcs] == [None, 0.5, 0.25]
+    assert 'checkpoint' not in calcs[0].inputs
+    assert calcs[1].inputs.checkpoint.uuid == calcs[0].outputs.checkpoint.uuid
