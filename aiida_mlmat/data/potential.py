@@ -148,6 +148,18 @@ def card_markdown(card: dict[str, Any]) -> str:
     ]
     for key, value in sorted((card.get('metrics') or {}).items()):
         lines.append(f'- {key}: {value:.6g}' if isinstance(value, float) else f'- {key}: {value}')
+    training = card.get('training') or {}
+    members = training.get('members') or [training]
+    hyper = members[0].get('hyperparameters') if members and isinstance(members[0], dict) else None
+    if hyper:
+        lines += ['', '## Training hyperparameters (member 0)', '']
+        lines += [f'- {key}: {value}' for key, value in sorted(hyper.items())]
+        seconds = sum(m.get('seconds') or 0.0 for m in members if isinstance(m, dict))
+        devices = sorted({str(m.get('device')) for m in members if isinstance(m, dict)})
+        lines += ['', f'Device time: {seconds:.1f} s on {", ".join(devices)} over {len(members)} member(s).']
+    if card.get('versions'):
+        lines += ['', '## Versions', '']
+        lines += [f'- {key}: {value}' for key, value in sorted(card['versions'].items())]
     lines += ['', '## Files (sha256)', '']
     lines += [f'- `{name}`: {sha}' for name, sha in card['files'].items()]
     lines += ['', '## Load in ASE', '', '```python', card['load'].replace('; ', '\n'), '```', '']

@@ -51,6 +51,7 @@ class TrainParser(MlmatParser):
                     'device': results.get('device'),
                     'seconds': results.get('seconds'),
                     'hyperparameters_sha256': results.get('hyperparameters_sha256'),
+                    'hyperparameters': results.get('hyperparameters'),
                     'torch': results.get('torch'),
                 },
                 'versions': {**results.get('versions', {}), 'torch': results.get('torch')},

@@ -59,6 +59,10 @@ def test_training_workchain_ensemble_end_to_end(submit_and_await, worker_code, d
     assert export.exit_code == 0, export.output
     card = json.loads((tmp_path / 'pot' / 'model-card.json').read_text())
     assert card['metrics'] == metrics and len(card['files']) == 2
+    assert card['training']['members'][0]['hyperparameters']['epochs'] == 25
+    assert card['versions']['aiida_mlmat'] and card['versions']['torch']
+    readme = (tmp_path / 'pot' / 'README.md').read_text()
+    assert '## Training hyperparameters' in readme and 'Device time:' in readme and '## Versions' in readme
     exported = MLMatCalculator.from_directory(tmp_path / 'pot')
     assert exported.results == {} and len(exported.models) == 2
     test_file = tmp_path / 'test.extxyz'

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
         'model_file': MODEL,
         'checkpoint_file': CHECKPOINT,
         'model_sha256': hashlib.sha256(model_bytes).hexdigest(),
+        'hyperparameters': {k: v for k, v in asdict(config).items() if k not in ('extra', 'max_seconds')},
         'n_train': len(train_frames),
         'n_validation': len(validation_frames),
         'torch': torch.__version__,
