@@ -236,18 +236,12 @@ def descriptors(profile: str | None, **kwargs: Any) -> None:
         np.savez(kwargs['out'], means=means, **{f'structure_{i}': array for i, array in enumerate(arrays)})
         result['out'] = str(Path(kwargs['out']).resolve())
     if kwargs['map_png']:
-        from aiida_mlmat.ml.selection import pca_2d, plot_map
+        from aiida_mlmat.ml.selection import map_colours, pca_2d, plot_map
 
-        colour = kwargs['colour'] or f'composition:{spec.species[0]}'
-        if colour == 'energy':
-            values = np.array([f.calc.results['energy'] / len(f) if f.calc else np.nan for f in frames])
-            label = 'energy (eV/atom)'
-        elif colour.startswith('composition:'):
-            symbol = colour.split(':', 1)[1]
-            values = np.array([f.get_chemical_symbols().count(symbol) / len(f) for f in frames])
-            label = f'x({symbol})'
-        else:
-            raise MlmatCliError('--colour must be `energy` or `composition:EL`')
+        try:
+            values, label = map_colours(frames, kwargs['colour'] or f'composition:{spec.species[0]}')
+        except ValueError as exc:
+            raise MlmatCliError(f'--colour: {exc}') from exc
         coords, _ = pca_2d(means)
         result['map'] = str(Path(plot_map(coords, values, label, kwargs['map_png'])).resolve())
     if json_output:

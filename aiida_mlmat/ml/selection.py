@@ -117,6 +117,21 @@ def pca_2d(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return coords, np.pad(variance[:2], (0, max(0, 2 - len(variance[:2]))))
 
 
+def map_colours(frames: list, key: str) -> tuple[np.ndarray, str]:
+    """Per-configuration colour values of a data-set map and their axis label.
+
+    ``energy``: energy per atom (eV/atom, NaN where unlabelled); ``composition:EL``: the fraction of element EL.
+    :raises ValueError: for any other key.
+    """
+    if key == 'energy':
+        values = [f.calc.results['energy'] / len(f) if f.calc is not None else np.nan for f in frames]
+        return np.array(values), 'energy (eV/atom)'
+    if key.startswith('composition:'):
+        symbol = key.split(':', 1)[1]
+        return np.array([f.get_chemical_symbols().count(symbol) / len(f) for f in frames]), f'x({symbol})'
+    raise ValueError(f'colour must be `energy` or `composition:<element>`, got `{key}`')
+
+
 def plot_map(coords: np.ndarray, colour: np.ndarray, colour_label: str, path: str, title: str = 'data-set map') -> str:
     """Scatter the 2-D map coloured by a per-configuration value and save it as PNG."""
     import matplotlib

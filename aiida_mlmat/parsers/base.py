@@ -67,6 +67,24 @@ class MlmatParser(Parser):
         path = pathlib.Path(folder) / name
         return path if path.is_file() else None
 
+    def finished_output(
+        self, kwargs: dict[str, Any], name: str
+    ) -> tuple[dict[str, Any], pathlib.Path] | ExitCode | None:
+        """The common opening of a parse: results read and attached, status ok, output file ``name`` present.
+
+        :return: (results, path of ``name``), or the exit code to return (None keeps the scheduler's).
+        """
+        results, exit_code = self.load_results()
+        if results is None:
+            return None if self.scheduler_killed() else (self.scheduler_message_exit_code() or exit_code)
+        self.output_results(results)
+        if results['status'] != 'ok':
+            return self.error_exit_code(results)
+        path = self.temporary_file(kwargs, name)
+        if path is None:
+            return self.exit_codes.ERROR_MISSING_OUTPUT.format(name=name)
+        return results, path
+
     def output_results(self, results: dict[str, Any]) -> None:
         """Attach the worker summary as the ``results`` Dict."""
         self.out('results', orm.Dict(results))

@@ -17,15 +17,10 @@ class DescriptorsParser(MlmatParser):
 
     def parse(self, **kwargs: Any) -> ExitCode | None:
         """Parse the retrieved files."""
-        results, exit_code = self.load_results()
-        if results is None:
-            return None if self.scheduler_killed() else (self.scheduler_message_exit_code() or exit_code)
-        self.output_results(results)
-        if results['status'] != 'ok':
-            return self.error_exit_code(results)
-        path = self.temporary_file(kwargs, DESCRIPTORS_FILE)
-        if path is None:
-            return self.exit_codes.ERROR_MISSING_OUTPUT.format(name=DESCRIPTORS_FILE)
+        finished = self.finished_output(kwargs, DESCRIPTORS_FILE)
+        if finished is None or isinstance(finished, ExitCode):
+            return finished
+        results, path = finished
         with np.load(path) as archive:
             arrays = [archive[f'structure_{index}'] for index in range(results['n_structures'])]
         node = DescriptorsData()

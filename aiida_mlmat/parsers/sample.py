@@ -16,14 +16,9 @@ class SampleParser(MlmatParser):
 
     def parse(self, **kwargs: Any) -> ExitCode | None:
         """Parse the retrieved files."""
-        results, exit_code = self.load_results()
-        if results is None:
-            return None if self.scheduler_killed() else (self.scheduler_message_exit_code() or exit_code)
-        self.output_results(results)
-        if results['status'] != 'ok':
-            return self.error_exit_code(results)
-        path = self.temporary_file(kwargs, SAMPLED_FILE)
-        if path is None:
-            return self.exit_codes.ERROR_MISSING_OUTPUT.format(name=SAMPLED_FILE)
+        finished = self.finished_output(kwargs, SAMPLED_FILE)
+        if finished is None or isinstance(finished, ExitCode):
+            return finished
+        _, path = finished
         self.out('configurations', ConfigurationSetData(content=path.read_bytes()))
         return ExitCode(0)

@@ -137,20 +137,11 @@ def dataset_map(
     import tempfile
     from pathlib import Path
 
-    from aiida_mlmat.ml.selection import pca_2d, plot_map
+    from aiida_mlmat.ml.selection import map_colours, pca_2d, plot_map
 
     frames = configurations.get_atoms()
     coords, variance = pca_2d(descriptors.get_array('means'))
-    key = colour.value
-    if key == 'energy':
-        values = np.array([frame.calc.results['energy'] / len(frame) if frame.calc else np.nan for frame in frames])
-        label = 'energy (eV/atom)'
-    elif key.startswith('composition:'):
-        symbol = key.split(':', 1)[1]
-        values = np.array([frame.get_chemical_symbols().count(symbol) / len(frame) for frame in frames])
-        label = f'x({symbol})'
-    else:
-        raise ValueError(f'colour must be `energy` or `composition:<element>`, got `{key}`')
+    values, label = map_colours(frames, colour.value)
     with tempfile.TemporaryDirectory() as tmp:
         path = plot_map(coords, values, label, str(Path(tmp) / 'map.png'))
         image = orm.SinglefileData(path, filename='dataset-map.png')

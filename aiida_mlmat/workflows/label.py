@@ -11,6 +11,12 @@ from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_han
 from aiida_mlmat.calcjobs.label import LabelCalculation
 
 
+def report_error_handled(workchain: BaseRestartWorkChain, node: orm.CalcJobNode, action: str) -> None:
+    """Report, for any restart wrapper, what went wrong in ``node`` and what its handler does about it."""
+    workchain.report(f'{node.process_label}<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}')
+    workchain.report(f'Action taken: {action}')
+
+
 class LabelBaseWorkChain(BaseRestartWorkChain):
     """Run ``mlmat.label`` and restart it after a soft time limit, walltime, memory or node failure.
 
@@ -42,8 +48,7 @@ class LabelBaseWorkChain(BaseRestartWorkChain):
 
     def report_error_handled(self, node: orm.CalcJobNode, action: str) -> None:
         """Report what went wrong and what the handler does about it."""
-        self.report(f'{node.process_label}<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}')
-        self.report(f'Action taken: {action}')
+        report_error_handled(self, node, action)
 
     @process_handler(
         priority=600,

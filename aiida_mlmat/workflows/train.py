@@ -13,6 +13,7 @@ from aiida.common import AttributeDict
 from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
 
 from aiida_mlmat.calcjobs.train import TrainCalculation
+from aiida_mlmat.workflows.label import report_error_handled
 
 
 class TrainBaseWorkChain(BaseRestartWorkChain):
@@ -39,8 +40,7 @@ class TrainBaseWorkChain(BaseRestartWorkChain):
         self.ctx.inputs = AttributeDict(self.exposed_inputs(TrainCalculation, 'trainer'))
 
     def _report(self, node: orm.CalcJobNode, action: str) -> None:
-        self.report(f'{node.process_label}<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}')
-        self.report(f'Action taken: {action}')
+        report_error_handled(self, node, action)
 
     def _training(self) -> dict[str, Any]:
         return self.ctx.inputs.training.get_dict() if 'training' in self.ctx.inputs else {}
