@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: a labelled Cu-Au reference data set with EMT, submitted to the AiiDA daemon of an isolated
+# The main job: the whole loop (reference data, active learning, hull screening) for Cu-Au with EMT, submitted to the AiiDA daemon of an isolated
 # embedded profile (SQLite + ZeroMQ broker, made by `verdi presto --use-zeromq`) under ./.aiida-local.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -8,10 +8,12 @@ source scripts/bootstrap.sh
 export AIIDA_PATH="${AIIDA_PATH:-$root/.aiida-local}"
 mkdir -p "$AIIDA_PATH"
 mlmat setup --profile mlmat-demo
-elements=$(python -c "import yaml; print(' '.join(yaml.safe_load(open('examples/pipeline-cuau-emt.yaml'))['elements']))")
-mlmat -p mlmat-demo reference --elements $elements --calculator emt --protocol fast --wait --json | tee .aiida-local/last-run.json
-pk=$(python -c "import json; print(json.loads(open('.aiida-local/last-run.json').read().strip().splitlines()[-1])['configurations'])")
-mlmat -p mlmat-demo dataset show "$pk"
-mlmat -p mlmat-demo dataset export "$pk" .aiida-local/reference-cuau-emt.extxyz
-echo "labelled data set: .aiida-local/reference-cuau-emt.extxyz (AiiDA node $pk; profile mlmat-demo in $AIIDA_PATH)"
+mlmat -p mlmat-demo run examples/pipeline-cuau-emt.yaml --out .aiida-local/report --wait --json | tee .aiida-local/last-run.json
+python - <<'PY'
+import json
+result = json.loads(open('.aiida-local/last-run.json').read().strip().splitlines()[-1])
+from aiida_mlmat.cli.pipeline import headline
+print('\n'.join(headline(result.get('summary', {}))))
+print(f"report: {result['summary_md']}")
+PY
 echo "the daemon keeps running for more work; stop it with: AIIDA_PATH=$AIIDA_PATH verdi -p mlmat-demo daemon stop"

@@ -2,6 +2,7 @@
 # Start the services of the integration tier on this machine, idempotently (run as root):
 #   - sshd on 127.0.0.1 with root's ed25519 key authorised (the `core.ssh` transport to localhost),
 #   - munge, slurmctld and slurmd: a one-node SLURM cluster (the `core.slurm` scheduler),
+#   - PostgreSQL and RabbitMQ started where installed but not listening (the production test tier),
 #   - RabbitMQ's consumer_timeout lifted at run time, where RabbitMQ runs.
 # Re-running it starts nothing twice. Exits 0 when everything is up, 1 (with the logs) when SLURM does not come up.
 # Debian 12 packages: openssh-server slurm-wlm munge (apt-get install -y openssh-server slurm-wlm munge).
@@ -196,7 +197,26 @@ while :; do
   sleep 1
 done
 
-# ---------------------------------------------------------------- RabbitMQ
+# ---------------------------------------------------------------- PostgreSQL and RabbitMQ (production tier)
+# The production tier (MLMAT_TEST_PROFILE=psql) needs both on 127.0.0.1; start them where installed but down.
+for service in postgresql:5432 rabbitmq-server:5672; do
+  name="${service%%:*}"
+  port="${service##*:}"
+  if port_open 127.0.0.1 "$port"; then
+    say "$name listening on 127.0.0.1:$port"
+  elif command -v service >/dev/null 2>&1 && [ -e "/etc/init.d/$name" ]; then
+    service "$name" start >/dev/null 2>&1 || true
+    for _ in $(seq 60); do
+      port_open 127.0.0.1 "$port" && break
+      sleep 1
+    done
+    if port_open 127.0.0.1 "$port"; then say "started $name (127.0.0.1:$port)"; else say "note: $name did not start"; fi
+  else
+    say "note: $name is not installed: the production tier will skip (fail with CI=true)"
+  fi
+done
+
+# ---------------------------------------------------------------- RabbitMQ consumer_timeout
 if command -v rabbitmqctl >/dev/null 2>&1; then
   if timeout 60 rabbitmqctl eval 'application:set_env(rabbit, consumer_timeout, undefined).' >/dev/null 2>&1; then
     say 'RabbitMQ consumer_timeout lifted (application:set_env(rabbit, consumer_timeout, undefined))'

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any, ClassVar
 
 from aiida import orm
@@ -10,11 +12,33 @@ from aiida.common import CalcInfo, CodeInfo
 from aiida.common.folders import Folder
 from aiida.engine import CalcJob
 
-from aiida_mlmat.common.constants import INPUT_JSON, RESULTS_JSON
+from aiida_mlmat.common.constants import INPUT_JSON, POTENTIAL_DIR, RESULTS_JSON
+from aiida_mlmat.data.potential import PotentialData
 from aiida_mlmat.worker.schema import SCHEMA_VERSION, validate_input
 
 #: Fraction of the scheduler walltime given to the worker as its soft limit (as aiida-quantumespresso does).
 SOFT_WALLTIME_FRACTION = 0.95
+
+#: A partition, account or QoS name: aiida-core writes these verbatim into `#SBATCH` lines, so no spaces, quotes,
+#: line breaks or shell syntax.
+SCHEDULER_WORD = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.:@+,-]*')
+ENVIRONMENT_NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_]*')
+
+
+def validate_scheduler_word(value: Any, _: Any = None) -> str | None:
+    """Refuse a partition, account or QoS that is not a plain name (it would be written into the job script)."""
+    if value is None or SCHEDULER_WORD.fullmatch(str(value)):
+        return None
+    return f'{value!r} is not a plain scheduler name (letters, digits and `_.:@+,-`); it would go into a #SBATCH line'
+
+
+def validate_environment_names(value: Any, _: Any = None) -> str | None:
+    """Refuse environment variable names that are not identifiers (aiida-core quotes values, not names)."""
+    for name in value or {}:
+        if not ENVIRONMENT_NAME.fullmatch(str(name)):
+            return f'{name!r} is not a valid environment variable name (letters, digits, `_`; not first a digit)'
+    return None
+
 
 #: Worker error code -> exit-code label.
 WORKER_ERRORS: dict[str, str] = {
@@ -54,6 +78,9 @@ class MlmatCalculation(CalcJob):
         super().define(spec)
         spec.inputs['metadata']['options']['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
         spec.inputs['metadata']['options']['withmpi'].default = False
+        for name in ('queue_name', 'account', 'qos'):
+            spec.inputs['metadata']['options'][name].validator = validate_scheduler_word
+        spec.inputs['metadata']['options']['environment_variables'].validator = validate_environment_names
         if cls.SOFT_LIMIT:
             spec.input(
                 'soft_time_limit',
@@ -62,6 +89,13 @@ class MlmatCalculation(CalcJob):
                 help='Seconds after which the worker starts no new work, saves what it has and exits cleanly. '
                 f'Default: {SOFT_WALLTIME_FRACTION:.0%} of `metadata.options.max_wallclock_seconds` when set.',
             )
+        spec.input(
+            'potential',
+            valid_type=PotentialData,
+            required=False,
+            help=f'A trained potential, written to `{POTENTIAL_DIR}/` of the job (members sha256-checked on write and '
+            'again on load) for the registry calculator `mlmat`.',
+        )
         spec.output('results', valid_type=orm.Dict, help='Summary written by the worker: counts, timings, errors.')
 
         spec.exit_code(
@@ -104,6 +138,13 @@ class MlmatCalculation(CalcJob):
             420, 'ERROR_OUT_OF_MEMORY', message='The device ran out of memory: {message}', invalidates_cache=True
         )
 
+    @staticmethod
+    def potential_error(value: Any, calculator_name: str | None) -> str | None:
+        """Return why the ``potential`` input does not fit the calculator ``calculator_name``, or None."""
+        if calculator_name == 'mlmat' and value.get('potential') is None:
+            return 'potential: the calculator `mlmat` needs a trained potential as the input `potential`'
+        return None
+
     @classmethod
     def build_worker_input(cls, inputs: Any) -> dict[str, Any]:
         """Return the ``input.json`` dictionary for the given inputs (without the version header)."""
@@ -141,6 +182,8 @@ class MlmatCalculation(CalcJob):
         with folder.open(INPUT_JSON, 'w', encoding='utf-8') as handle:
             json.dump(data, handle, indent=1)
         self.write_data_files(folder)
+        if 'potential' in self.inputs:
+            self.inputs.potential.export(Path(folder.abspath) / POTENTIAL_DIR)
 
         codeinfo = CodeInfo()
         codeinfo.code_uuid = self.inputs.code.uuid

@@ -101,6 +101,10 @@ class LabelCalculation(MlmatCalculation):
             return f'soft_time_limit: must be zero or positive, got {limit.value} s'
         if configurations is not None and configurations.count == 0:
             return 'configurations: the set is empty; there is nothing to label'
+        if 'calculator' in value:
+            error = cls.potential_error(value, value['calculator'].get('name'))
+            if error:
+                return error
         if 'calculator' in value and 'configurations' in value:
             try:
                 cls.worker_input(value)

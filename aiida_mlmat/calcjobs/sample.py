@@ -51,6 +51,9 @@ class SampleCalculation(MlmatCalculation):
             error = calculator_spec_error(md['calculator'])
             if error:
                 return f'parameters.md.{error}'
+            error = cls.potential_error(value, md['calculator'].get('name'))
+            if error:
+                return error
         if 'structures' in value:
             try:
                 cls.worker_input(value)

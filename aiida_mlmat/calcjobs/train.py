@@ -8,6 +8,7 @@ from aiida import orm
 from aiida.common.folders import Folder
 
 from aiida_mlmat.calcjobs.base import MlmatCalculation
+from aiida_mlmat.common.constants import POTENTIAL_DIR
 from aiida_mlmat.data.configurations import ConfigurationSetData
 from aiida_mlmat.data.potential import PotentialData
 
@@ -55,6 +56,13 @@ class TrainCalculation(MlmatCalculation):
         spec.input('model', valid_type=orm.Dict, default=lambda: orm.Dict({}), help='Model config (architecture, ...).')
         spec.input('training', valid_type=orm.Dict, default=lambda: orm.Dict({}), help='Training hyperparameters.')
         spec.input('checkpoint', valid_type=orm.SinglefileData, required=False, help='Checkpoint to resume from.')
+        spec.input(
+            'initial_member',
+            valid_type=orm.Int,
+            required=False,
+            help='With the input `potential`: start from the weights of this member of it (warm start; the same '
+            'architecture, species and descriptor are required). Default 0.',
+        )
         spec.inputs.validator = cls.validate_inputs
         spec.output('potential', valid_type=PotentialData, required=False, help='The trained potential (1 member).')
         spec.output('checkpoint', valid_type=orm.SinglefileData, required=False, help='Checkpoint, to resume.')
@@ -78,11 +86,29 @@ class TrainCalculation(MlmatCalculation):
             missing = [key for key in needed if key not in node.label_keys]
             if missing:
                 return f'{name}: the configurations lack {missing}, which the loss weights (set the weight to 0)'
+        error = cls.initial_potential_error(value)
+        if error:
+            return error
         try:
             cls.worker_input(value)
         except ValueError as exc:
             return str(exc)
         return None
+
+    @classmethod
+    def initial_potential_error(cls, value: Any) -> str | None:
+        """Return why the input ``potential`` cannot initialise this training (None when it can)."""
+        potential = value.get('potential')
+        member = value['initial_member'].value if 'initial_member' in value else 0
+        if potential is None:
+            return 'initial_member: given without a `potential` to start from' if 'initial_member' in value else None
+        if not 0 <= member < potential.n_members:
+            return f'initial_member: {member} is not a member of the potential ({potential.n_members} members)'
+        from aiida_mlmat.ml.training import warm_start_mismatch
+
+        config = cls.build_worker_input(value)['model']
+        mismatch = warm_start_mismatch(potential.base.attributes.get('config'), config)
+        return f'potential: {mismatch}' if mismatch else None
 
     @classmethod
     def build_worker_input(cls, inputs: Any) -> dict[str, Any]:
@@ -97,6 +123,9 @@ class TrainCalculation(MlmatCalculation):
         }
         if 'checkpoint' in inputs:
             data['checkpoint'] = CHECKPOINT_FILE
+        if inputs.get('potential') is not None:
+            member = inputs['initial_member'].value if 'initial_member' in inputs else 0
+            data['init_model'] = f'{POTENTIAL_DIR}/member_{member}.pt'
         return data
 
     def write_data_files(self, folder: Folder) -> None:

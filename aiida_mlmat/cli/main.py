@@ -195,6 +195,20 @@ def dataset_show(ctx: click.Context, identifier: str, json_output: bool) -> None
     run(ctx.obj.get('profile'), identifier, json_output)
 
 
+from aiida_mlmat.cli.pipeline import report_cmd, run_cmd  # noqa: E402
+from aiida_mlmat.cli.screen import screen_cmd  # noqa: E402
+
+cli.add_command(screen_cmd)
+cli.add_command(run_cmd)
+cli.add_command(report_cmd)
+
+from aiida_mlmat.cli.provenance import export_cmd, import_cmd, provenance_cmd  # noqa: E402
+
+cli.add_command(provenance_cmd)
+cli.add_command(export_cmd)
+cli.add_command(import_cmd)
+
+
 def main() -> None:
     """Console-script entry point; turns our errors into clean messages and banded exit codes."""
     try:

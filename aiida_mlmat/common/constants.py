@@ -35,3 +35,12 @@ LABELLED_FILE = 'labelled.extxyz'
 EXCLUDED_FILE = 'excluded.jsonl'
 SAMPLED_FILE = 'sampled.extxyz'
 DESCRIPTORS_FILE = 'descriptors.npz'
+
+#: Folder of a job into which the CalcJob input ``potential`` is exported (read by the calculator ``mlmat``).
+POTENTIAL_DIR = 'potential'
+#: Frame info keys written by MD with an ensemble: committee force disagreement (eV/Å) and energy spread (eV).
+DISAGREEMENT_KEY = 'mlmat_disagreement'
+ENERGY_STD_KEY = 'mlmat_energy_std'
+RELAXED_FILE = 'relaxed.extxyz'
+#: Frame info key of a structure's name (a candidate's file stem or generated name).
+NAME_KEY = 'mlmat_name'

@@ -1,8 +1,9 @@
 """ASE calculator for aiida-mlmat potentials, single models or ensembles (imports no aiida).
 
 Energy (eV), forces (eV/Å) and stress (eV/Å^3) are the ensemble means; ``results`` also holds
-``energy_std``, ``forces_std`` (per atom and component) and ``forces_disagreement`` (the largest per-atom norm of
-the force standard deviation, eV/Å), the committee disagreement used by active learning.
+``energy_std``, ``member_energies`` (eV, one per member), ``forces_std`` (per atom and component) and
+``forces_disagreement`` (the largest per-atom norm of the force standard deviation, eV/Å), the committee
+disagreement used by active learning.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class MLMatCalculator(Calculator):
             'forces': forces_array.mean(axis=0),
             'energies': np.mean(atomic, axis=0),
             'energy_std': float(np.std(energies)),
+            'member_energies': np.array(energies, dtype=float),
             'forces_std': forces_array.std(axis=0),
             'forces_disagreement': float(np.linalg.norm(forces_array.std(axis=0), axis=1).max()),
             'n_members': len(self.models),

@@ -3,7 +3,9 @@
 loss = w_E MSE(E/atom) + w_F MSE(F) + w_S MSE(S); AdamW; learning rate reduced on plateau; early stopping on the
 validation split; a fixed, recorded seed (two CPU runs with one seed give identical weights); checkpoints written
 atomically (temporary file, then os.replace, keeping the previous one); a soft time limit after which it saves and
-returns; resume from a checkpoint, refused when the hyperparameters or the data differ.
+returns; resume from a checkpoint, refused when the hyperparameters or the data differ; a warm start from the
+weights of a previous model of the same architecture, species and descriptor (active learning), with the per-element
+reference energies refit on the new data.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Sequence
@@ -155,6 +158,88 @@ def fit_reference_energies(frames: Sequence[Atoms], species: list[str]) -> np.nd
     return solution
 
 
+#: Model config keys that must be equal for a warm start from a previous model.
+WARM_START_KEYS = ('architecture', 'species', 'descriptor', 'hidden', 'activation')
+
+
+def warm_start_mismatch(previous: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """Return why a model of config ``previous`` cannot initialise one of config ``new`` (None when it can).
+
+    Architecture, species, descriptor (kind, cutoff Å, sizes) and network widths must be equal.
+    """
+    from aiida_mlmat.ml.descriptors import sorted_species
+
+    def normalised(config: dict[str, Any]) -> dict[str, Any]:
+        out = {key: config.get(key) for key in WARM_START_KEYS}
+        out['architecture'] = out['architecture'] or 'ann'
+        out['activation'] = out['activation'] or 'silu'
+        out['species'] = sorted_species(list(out['species'] or []))
+        descriptor = dict(out['descriptor'] or {})
+        descriptor['species'] = sorted_species(list(descriptor.get('species') or out['species']))
+        out['descriptor'] = descriptor
+        out['hidden'] = list(out['hidden'] or [64, 64])
+        return out
+
+    old, now = normalised(previous), normalised(new)
+    differences = [
+        f'{key} {old[key]} (previous) != {now[key]} (new)' for key in WARM_START_KEYS if old[key] != now[key]
+    ]
+    if differences:
+        return 'the initial model does not match the model to train: ' + '; '.join(differences)
+    return None
+
+
+def load_initial_weights(model: torch.nn.Module, path: str | Path, model_config: dict[str, Any], device: str) -> None:
+    """Load the weights of a previous model (``weights_only=True``) into ``model`` after checking they fit.
+
+    :raises TrainingError: code RESUME_MISMATCH when the file is not a potential or its config does not match.
+    """
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise TrainingError('RESUME_MISMATCH', f'the initial model {Path(path).name} cannot be read: {exc}') from exc
+    if not isinstance(payload, dict) or payload.get('format') != 'aiida-mlmat-potential/1':
+        raise TrainingError('RESUME_MISMATCH', f'{Path(path).name} is not an aiida-mlmat potential file')
+    mismatch = warm_start_mismatch(payload.get('config', {}), model_config)
+    if mismatch:
+        raise TrainingError('RESUME_MISMATCH', mismatch)
+    model.load_state_dict(payload['state_dict'])
+
+
+def renormalise_features(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Move a model's feature normalisation to new statistics without changing the function it computes.
+
+    Each element network sees ``(D - mu) / sigma``; its first linear layer ``W x + b`` becomes
+    ``W' x' + b'`` with ``W' = W sigma' / sigma`` (per feature) and ``b' = b + W (mu' - mu) / sigma``, so a warm-started
+    model keeps its predictions while the normalisation suits the (broader) new data.
+    """
+    old_mean, old_std = model.feature_mean.clone(), model.feature_std.clone()
+    for network in model.networks:
+        first = network[0]
+        weight = first.weight.detach().to(torch.float64)
+        bias = first.bias.detach().to(torch.float64)
+        new_bias = bias + weight @ ((mean - old_mean) / old_std)
+        first.weight.copy_((weight * (std / old_std)[None, :]).to(first.weight.dtype))
+        first.bias.copy_(new_bias.to(first.bias.dtype))
+    model.feature_mean.copy_(mean)
+    model.feature_std.copy_(std)
+
+
+def refit_reference_energies(model: torch.nn.Module, batches: Sequence[Batch], frames: Sequence[Atoms]) -> np.ndarray:
+    """Per-element energies (eV) that, added to the network's present output, best fit the total energies.
+
+    Least squares of ``E - E_network`` on composition, where ``E_network`` is the model energy without its
+    reference energies: a warm-started model keeps its network and gets the constants that suit the new data.
+    """
+    counts = np.array([[atoms.get_chemical_symbols().count(s) for s in model.species] for atoms in frames], float)
+    with torch.no_grad():
+        predicted = torch.cat([model(batch.graph, forces=False)[keys.ENERGY] for batch in batches])
+    network = predicted.detach().cpu().double().numpy() - counts @ model.reference_energies.cpu().numpy()
+    energies = np.array([atoms.calc.results['energy'] for atoms in frames])
+    solution, *_ = np.linalg.lstsq(counts, energies - network, rcond=None)
+    return solution
+
+
 def errors(model: torch.nn.Module, batches: Sequence[Batch], stress: bool = False) -> dict[str, float]:
     """Energy (per atom), force and stress MAE and RMSE of a model on batches (eV/atom, eV/Å, eV/Å^3)."""
     e_err, f_err, s_err = [], [], []
@@ -193,9 +278,16 @@ def train(
     workdir: str | Path,
     resume_from: str | Path | None = None,
     log: Any = None,
+    init_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train a potential and return a summary; writes ``model.pt`` (best on validation) and ``checkpoint.pt``.
 
+    :param resume_from: a checkpoint of an interrupted run of the same training (takes precedence over
+        ``init_from``, whose weights the checkpoint already holds).
+    :param init_from: a model file (:func:`aiida_mlmat.ml.model.save_model`) of the same architecture, species and
+        descriptor to start from (warm start): its network is kept, its feature normalisation moves to the new
+        training data without changing its predictions (:func:`renormalise_features`), and the per-element
+        reference energies are refit on the new training data (:func:`refit_reference_energies`).
     :raises TrainingError: codes EMPTY_SPLIT, MISSING_LABELS, UNKNOWN_SPECIES, RESUME_MISMATCH, NAN_LOSS.
     """
     start = time.monotonic()
@@ -229,7 +321,13 @@ def train(
     )
     state = {'epoch': 0, 'best': math.inf, 'best_epoch': 0, 'curve': [], 'elapsed': 0.0}
     if resume_from is not None:
-        checkpoint = torch.load(resume_from, map_location=device, weights_only=True)
+        try:  # weights_only: a checkpoint holding pickled code is refused, never run
+            checkpoint = torch.load(resume_from, map_location=device, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+            message = str(exc).splitlines()[0][:200]
+            raise TrainingError('CORRUPT_FILE', f'the checkpoint cannot be loaded safely: {message}') from exc
+        if not isinstance(checkpoint, dict):
+            raise TrainingError('CORRUPT_FILE', 'the checkpoint cannot be loaded safely: not a checkpoint dictionary')
         if checkpoint.get('hyperparameters') != hyper:
             raise TrainingError('RESUME_MISMATCH', 'the checkpoint was made with other hyperparameters or model')
         if checkpoint.get('data') != data:
@@ -243,6 +341,14 @@ def train(
             for group in optimizer.param_groups:
                 group['lr'] *= config.lr_scale
         best_state = checkpoint['best_model']
+    elif init_from is not None:
+        load_initial_weights(model, init_from, model_config, device)
+        with torch.no_grad():
+            descriptor = Descriptor(model.spec).to(device)
+            features = torch.cat([descriptor(batch.graph) for batch in train_batches]).to(torch.float64)
+            renormalise_features(model, features.mean(dim=0), features.std(dim=0).clamp(min=1e-6))
+            model.reference_energies.copy_(torch.tensor(refit_reference_energies(model, train_batches, train_frames)))
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     else:
         with torch.no_grad():
             descriptor = Descriptor(model.spec).to(device)
@@ -336,4 +442,5 @@ def train(
         'hyperparameters_sha256': hyper,
         'data_sha256': data,
         'seconds': state['elapsed'],
+        'warm_start': init_from is not None and resume_from is None,
     }

@@ -30,6 +30,11 @@ def complete_frames(content: bytes) -> list[Atoms]:
 class LabelParser(MlmatParser):
     """Turn ``labelled.extxyz`` and the exclusion record into a labelled ``mlmat.configurations`` node."""
 
+    #: The worker's output file, and the CalcJob's outputs for a complete and an interrupted run.
+    OUTPUT_FILE = LABELLED_FILE
+    OUTPUT = 'configurations'
+    PARTIAL_OUTPUT = 'partial_configurations'
+
     def _excluded(self, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
         path = self.temporary_file(kwargs, EXCLUDED_FILE)
         if path is None:
@@ -46,7 +51,7 @@ class LabelParser(MlmatParser):
         self, kwargs: dict[str, Any], excluded: list[dict[str, Any]], partial: bool = False
     ) -> ConfigurationSetData | None:
         """The labelled frames as a node; for a partial run, the complete frames before any cut-off one."""
-        path = self.temporary_file(kwargs, LABELLED_FILE)
+        path = self.temporary_file(kwargs, self.OUTPUT_FILE)
         content = path.read_bytes() if path is not None else b''
         calculator = self.node.inputs.calculator.get_dict()
         if not partial:
@@ -60,6 +65,10 @@ class LabelParser(MlmatParser):
             return None
         return ConfigurationSetData(frames, calculator=calculator, excluded=excluded)
 
+    def finished(self, results: dict[str, Any]) -> ExitCode:
+        """The exit code of a complete run whose outputs are attached (subclasses add warnings)."""
+        return ExitCode(0)
+
     def parse(self, **kwargs: Any) -> ExitCode | None:
         """Parse the retrieved files; keep partial labels of an interrupted run as ``partial_configurations``."""
         results, exit_code = self.load_results()
@@ -67,7 +76,7 @@ class LabelParser(MlmatParser):
         if results is None:
             partial = self._labelled(kwargs, excluded, partial=True)
             if partial is not None:
-                self.out('partial_configurations', partial)
+                self.out(self.PARTIAL_OUTPUT, partial)
             if self.scheduler_killed():
                 return None  # keep the scheduler's exit code (110, 120, 140): the restart wrapper handles it
             return self.scheduler_message_exit_code() or exit_code
@@ -77,11 +86,11 @@ class LabelParser(MlmatParser):
         if status == 'ok':
             labelled = self._labelled(kwargs, excluded)
             if labelled is None:
-                return self.exit_codes.ERROR_MISSING_OUTPUT.format(name=LABELLED_FILE)
-            self.out('configurations', labelled)
-            return ExitCode(0)
+                return self.exit_codes.ERROR_MISSING_OUTPUT.format(name=self.OUTPUT_FILE)
+            self.out(self.OUTPUT, labelled)
+            return self.finished(results)
         if status == 'incomplete':
             partial = self._labelled(kwargs, excluded, partial=True)
             if partial is not None:
-                self.out('partial_configurations', partial)
+                self.out(self.PARTIAL_OUTPUT, partial)
         return self.error_exit_code(results)

@@ -34,9 +34,15 @@ def _versions() -> dict[str, str]:
 
 
 def _tasks() -> dict[str, Any]:
-    from aiida_mlmat.worker.tasks import descriptors, label, sample, train
+    from aiida_mlmat.worker.tasks import descriptors, label, relax, sample, train
 
-    return {'label': label.run, 'sample': sample.run, 'descriptors': descriptors.run, 'train': train.run}
+    return {
+        'label': label.run,
+        'sample': sample.run,
+        'descriptors': descriptors.run,
+        'train': train.run,
+        'relax': relax.run,
+    }
 
 
 def execute(task: str, input_path: Path) -> tuple[dict[str, Any], int]:

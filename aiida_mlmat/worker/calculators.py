@@ -22,6 +22,13 @@ BUILTIN: dict[str, tuple[str, str, dict[str, Any], str]] = {
     'espresso': ('ase.calculators.espresso', 'Espresso', {}, 'Quantum ESPRESSO through ASE'),
     'vasp': ('ase.calculators.vasp', 'Vasp', {}, 'VASP through ASE (licence and binary needed)'),
     'cp2k': ('ase.calculators.cp2k', 'CP2K', {}, 'CP2K through ASE'),
+    'mlmat': (
+        'aiida_mlmat.ml.calculator',
+        'MLMatCalculator',
+        {'directory': 'potential', 'device': 'cpu'},
+        'a trained aiida-mlmat potential (ensemble mean and spread); the CalcJob input `potential` is written to '
+        '`directory`; device cpu, cuda or auto',
+    ),
     'faulty': (
         'aiida_mlmat.worker.testing',
         'FaultyCalculator',
@@ -82,6 +89,20 @@ def _gpaw_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def _mlmat_calculator(cls: Any, kwargs: dict[str, Any]) -> Any:
+    """Load an exported potential directory (every member checked against its card's sha256)."""
+    kwargs = dict(kwargs)
+    directory = kwargs.pop('directory')
+    device = kwargs.pop('device', 'cpu')
+    if device == 'auto':
+        import torch
+
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if kwargs:
+        raise ValueError(f'calculator `mlmat` takes only `directory` and `device`, not {sorted(kwargs)}')
+    return cls.from_directory(directory, device=device)
+
+
 def get_factory(name: str) -> Callable[[dict[str, Any]], Any]:
     """Return a factory that builds a fresh calculator from JSON keyword arguments.
 
@@ -103,6 +124,8 @@ def get_factory(name: str) -> Callable[[dict[str, Any]], Any]:
             kwargs = {**defaults, **parameters}
             if name == 'gpaw':
                 kwargs = _gpaw_parameters(kwargs)
+            if name == 'mlmat':
+                return _mlmat_calculator(cls, kwargs)
             return cls(**kwargs)
 
         return factory
@@ -110,6 +133,21 @@ def get_factory(name: str) -> Callable[[dict[str, Any]], Any]:
         return _entry_points()[name].load()
     except ImportError as exc:
         raise CalculatorUnavailableError(f'calculator `{name}` could not be loaded: {exc}') from exc
+
+
+def resolve_parameters(name: str, parameters: dict[str, Any] | None, workdir: Any) -> dict[str, Any]:
+    """Calculator parameters with file paths made absolute against the job's working directory.
+
+    The ``mlmat`` calculator's ``directory`` (default ``potential``) is relative to the job folder, where the
+    CalcJob writes its ``potential`` input, whatever the worker's current directory.
+    """
+    from pathlib import Path
+
+    params = dict(parameters or {})
+    if name == 'mlmat':
+        directory = Path(params.get('directory', BUILTIN['mlmat'][2]['directory']))
+        params['directory'] = str(directory if directory.is_absolute() else Path(workdir) / directory)
+    return params
 
 
 def make_calculator(name: str, parameters: dict[str, Any] | None = None) -> Any:

@@ -105,6 +105,17 @@ SAMPLE_SCHEMA: dict[str, Any] = {
                 'interval': {'type': 'integer', 'minimum': 1, 'description': 'keep a snapshot every n steps'},
                 'friction': {'type': 'number', 'exclusiveMinimum': 0, 'description': 'Langevin friction, 1/fs'},
                 'seed': _SEED,
+                'strains': {
+                    'type': 'array',
+                    'items': {'type': 'number', 'minimum': -0.3, 'maximum': 0.3},
+                    'minItems': 1,
+                    'description': 'isotropic linear strains (fractions) applied to each seed before MD',
+                },
+                'stop_disagreement': {
+                    'type': 'number',
+                    'exclusiveMinimum': 0,
+                    'description': 'end a trajectory once the ensemble force disagreement exceeds this (eV/Å)',
+                },
             },
             'required': ['calculator', 'temperatures', 'steps', 'interval'],
             'additionalProperties': False,
@@ -157,6 +168,11 @@ TRAIN_SCHEMA: dict[str, Any] = {
         'train': _FILE_NAME,
         'validation': _FILE_NAME,
         'checkpoint': _FILE_NAME,
+        'init_model': {
+            'type': 'string',
+            'pattern': r'^potential/member_[0-9]{1,4}\.pt\Z',
+            'description': 'model file of a previous potential (the job folder `potential/`) to start from',
+        },
         'model': {
             'type': 'object',
             'properties': {
@@ -199,11 +215,43 @@ TRAIN_SCHEMA: dict[str, Any] = {
     'additionalProperties': False,
 }
 
+RELAX_SCHEMA: dict[str, Any] = {
+    '$schema': 'https://json-schema.org/draft/2020-12/schema',
+    'title': 'mlmat-worker relax input',
+    'type': 'object',
+    'properties': {
+        'schema_version': {'const': SCHEMA_VERSION},
+        'task': {'const': 'relax'},
+        'calculator': _CALCULATOR,
+        'structures': _FILE_NAME,
+        'previous': _FILE_NAME,
+        'fmax': {'type': 'number', 'exclusiveMinimum': 0, 'description': 'force convergence criterion, eV/Å'},
+        'max_steps': {'type': 'integer', 'minimum': 0, 'maximum': 100000},
+        'relax_cell': {'type': 'boolean', 'description': 'relax the cell too (FIRE with a cell filter)'},
+        'optimizer': {'enum': ['FIRE', 'BFGS', 'LBFGS']},
+        'min_distance': {'type': 'number', 'minimum': 0, 'description': 'collapse below this distance, Å'},
+        'max_energy_drop': {
+            'type': 'number',
+            'exclusiveMinimum': 0,
+            'description': 'energy divergence: largest fall of the energy per atom during relaxation, eV/atom',
+        },
+        'max_volume_ratio': {
+            'type': 'number',
+            'exclusiveMinimum': 1,
+            'description': 'explosion: largest volume change factor (either way) during relaxation',
+        },
+        'max_seconds': {'type': ['number', 'null'], 'minimum': 0, 'description': 'soft time limit in s'},
+    },
+    'required': ['schema_version', 'task', 'calculator', 'structures'],
+    'additionalProperties': False,
+}
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     'label': LABEL_SCHEMA,
     'sample': SAMPLE_SCHEMA,
     'descriptors': DESCRIPTORS_SCHEMA,
     'train': TRAIN_SCHEMA,
+    'relax': RELAX_SCHEMA,
 }
 
 

@@ -158,9 +158,19 @@ def read_extxyz(source: str | IO[str]) -> list[Atoms]:
 
 
 def write_extxyz(destination: str | IO[str], frames: Sequence[Atoms]) -> None:
-    """Write frames (with their calculator results, if any) as extxyz."""
+    """Write frames (with their calculator results, if any) as extxyz.
+
+    :raises InvalidConfigurationError: when an ``info`` text holds a line break: ASE would write it raw into the
+        one-line comment of the frame and make the file unreadable.
+    """
     from ase.io import write
 
+    for position, atoms in enumerate(frames):
+        for key, value in atoms.info.items():
+            if isinstance(value, str) and ('\n' in value or '\r' in value):
+                raise InvalidConfigurationError(
+                    f'configuration {position}: `{key}` holds a line break, which an extxyz comment line cannot store'
+                )
     write(destination, list(frames), format='extxyz')
 
 

@@ -115,6 +115,17 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
             return f'labeller aiida-ase: calculator `{calculator["name"]}` is not supported on that path'
         if 'ase_code' not in value:
             return 'labeller aiida-ase needs `ase_code`: a Code running a Python with ASE (and the calculator)'
+    if 'ase_options' in value:  # aiida-ase's CalcJob does not check what goes into its #SBATCH lines
+        from aiida_mlmat.calcjobs.base import validate_environment_names, validate_scheduler_word
+
+        ase_options = value['ase_options'].get_dict()
+        for key in ('queue_name', 'account', 'qos'):
+            error = validate_scheduler_word(ase_options.get(key))
+            if error:
+                return f'ase_options.{key}: {error}'
+        error = validate_environment_names(ase_options.get('environment_variables'))
+        if error:
+            return f'ase_options.environment_variables: {error}'
     if 'chunk_size' in value and value['chunk_size'].value < 1:
         return 'chunk_size: must be at least 1'
     select = value.get('select', {})

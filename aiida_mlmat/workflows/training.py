@@ -35,6 +35,21 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
 
     if number('ensemble_size', 3) < 1:
         return 'ensemble_size: must be at least 1'
+    initial = value.get('initial_potential')
+    if initial is not None and data is not None:
+        extra = sorted(set(data.species) - set(initial.species))
+        if extra:
+            return f'initial_potential: it was trained on {initial.species}; the configurations also hold {extra}'
+        from aiida_mlmat.calcjobs.train import model_config
+        from aiida_mlmat.ml.training import warm_start_mismatch
+
+        trainer = value.get('member', {}).get('trainer', {})
+        model = trainer['model'].get_dict() if 'model' in trainer else {}
+        mismatch = warm_start_mismatch(
+            initial.base.attributes.get('config'), model_config(model, model.get('species', initial.species))
+        )
+        if mismatch:
+            return f'initial_potential: {mismatch}'
     test, validation = number('test_fraction', 0.2), number('validation_fraction', 0.1)
     if not 0 < test < 1 or not 0 < validation < 1 or test + validation >= 1:
         return 'test_fraction and validation_fraction must be in (0, 1) and sum to less than 1'
@@ -46,6 +61,7 @@ class TrainingWorkChain(WorkChain):
 
     The split is deterministic and stratified by composition; member k trains with seed ``seed + k`` on a bootstrap
     resample of the training split (when ``bootstrap``), each in the restart wrapper ``mlmat.train.base``.
+    With ``initial_potential``, member k starts from the weights of its member k (retraining, as active learning does).
     """
 
     @classmethod
@@ -58,11 +74,19 @@ class TrainingWorkChain(WorkChain):
         spec.input('validation_fraction', valid_type=orm.Float, default=lambda: orm.Float(0.1))
         spec.input('seed', valid_type=orm.Int, default=lambda: orm.Int(0), help='Seed of the split and members.')
         spec.input('bootstrap', valid_type=orm.Bool, default=lambda: orm.Bool(True), help='Bootstrap each member.')
+        spec.input(
+            'initial_potential',
+            valid_type=PotentialData,
+            required=False,
+            help='Retrain from this potential: member k starts from its member k (modulo its size); architecture, '
+            'species and descriptor must match; the per-element reference energies are refit on the new data.',
+        )
         spec.expose_inputs(
             TrainBaseWorkChain,
             namespace='member',
-            exclude=('trainer.train', 'trainer.validation', 'trainer.checkpoint'),
-        )
+            exclude=('trainer.train', 'trainer.validation', 'trainer.checkpoint', 'trainer.potential',
+                     'trainer.initial_member'),
+        )  # fmt: skip
         spec.inputs.validator = validate_inputs
         spec.outline(cls.split, cls.run_members, cls.inspect_members, cls.evaluate)
         spec.output('potential', valid_type=PotentialData, help='The ensemble potential (K members, test metrics).')
@@ -129,12 +153,26 @@ class TrainingWorkChain(WorkChain):
     def run_members(self) -> Any:
         """Train K members in parallel."""
         futures = {}
+        model = dict(self.inputs.member.trainer.model.get_dict()) if 'model' in self.inputs.member.trainer else {}
+        if 'species' not in model:  # every member (and a later warm start) gets the same species, whatever it samples
+            from ase.data import atomic_numbers
+
+            species = (
+                self.inputs.initial_potential.species
+                if 'initial_potential' in self.inputs
+                else self.inputs.configurations.species
+            )
+            model['species'] = sorted(species, key=lambda symbol: atomic_numbers[symbol])
         for k in range(self.inputs.ensemble_size.value):
             inputs = AttributeDict(self.exposed_inputs(TrainBaseWorkChain, 'member'))
             inputs.trainer = AttributeDict(inputs.trainer)
             seed = self.inputs.seed.value + k
             training = inputs.trainer.training.get_dict() if 'training' in inputs.trainer else {}
             inputs.trainer.training = orm.Dict({**training, 'seed': seed})
+            inputs.trainer.model = orm.Dict(model)
+            if 'initial_potential' in self.inputs:
+                inputs.trainer.potential = self.inputs.initial_potential
+                inputs.trainer.initial_member = orm.Int(k % self.inputs.initial_potential.n_members)
             train = self.ctx.splits['train']
             if self.inputs.bootstrap.value and self.inputs.ensemble_size.value > 1:
                 train = bootstrap_sample(train, orm.Int(seed))

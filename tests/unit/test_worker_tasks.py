@@ -480,10 +480,10 @@ def test_missing_input(tmp_path):
 
 def test_unknown_task(tmp_path):
     path = write_label_input(tmp_path, mixed_frames()[:1])
-    error = error_of(tmp_path, main(['relax', str(path)]))
+    error = error_of(tmp_path, main(['anneal', str(path)]))
     assert error['code'] == 'INVALID_INPUT'
-    assert 'unknown task `relax`' in error['message']
-    assert 'label, sample' in error['message']
+    assert 'unknown task `anneal`' in error['message']
+    assert 'known: descriptors, label, relax, sample, train' in error['message']
 
 
 def test_schema_violation_is_invalid_input(tmp_path):

@@ -18,7 +18,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from aiida_mlmat.common.constants import EXCLUDED_FILE, INDEX_KEY, LABELLED_FILE, MIN_INTERATOMIC_DISTANCE
-from aiida_mlmat.worker.calculators import get_factory
+from aiida_mlmat.worker.calculators import get_factory, resolve_parameters
 from aiida_mlmat.worker.errors import ErrorCode, WorkerError
 from aiida_mlmat.worker.structures import InvalidConfigurationError, check_configuration, index_of
 from aiida_mlmat.worker.tasks import read_input_frames
@@ -82,7 +82,7 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
         raise WorkerError(ErrorCode.UNKNOWN_CALCULATOR, str(exc)) from exc
     except ImportError as exc:
         raise WorkerError(ErrorCode.CALCULATOR_UNAVAILABLE, str(exc)) from exc
-    calc_params = calc_spec.get('parameters', {})
+    calc_params = resolve_parameters(calc_spec['name'], calc_spec.get('parameters', {}), workdir)
     properties = list(params['properties'])
     min_distance = float(params.get('min_distance', MIN_INTERATOMIC_DISTANCE))
     max_seconds = params.get('max_seconds')

@@ -15,11 +15,23 @@ from typing import Any
 import numpy as np
 from ase import Atoms, units
 
-from aiida_mlmat.common.constants import INDEX_KEY, METHOD_KEY, SAMPLED_FILE, SEED_KEY
-from aiida_mlmat.worker.calculators import get_factory
+from aiida_mlmat.common.constants import (
+    DISAGREEMENT_KEY,
+    ENERGY_STD_KEY,
+    INDEX_KEY,
+    METHOD_KEY,
+    SAMPLED_FILE,
+    SEED_KEY,
+)
+from aiida_mlmat.worker.calculators import get_factory, resolve_parameters
 from aiida_mlmat.worker.errors import ErrorCode, WorkerError
 from aiida_mlmat.worker.structures import write_extxyz
 from aiida_mlmat.worker.tasks import read_input_frames
+
+#: Frame info keys of MD snapshots: the isotropic strain applied to the seed (fraction), and on the last snapshot of
+#: a trajectory stopped by ``stop_disagreement`` the number of snapshots it did not make.
+STRAIN_KEY = 'mlmat_strain'
+SKIPPED_KEY = 'mlmat_skipped'
 
 
 def _plain(atoms: Atoms) -> Atoms:
@@ -65,21 +77,48 @@ def with_vacancies(seed: Atoms, count: int, rng: np.random.Generator) -> list[At
 def md_snapshots(
     seed: Atoms, spec: dict[str, Any], factory: Any, rng: np.random.Generator
 ) -> list[tuple[float, Atoms]]:
-    """Run Langevin MD at each temperature and return ``(temperature K, snapshot)`` pairs."""
+    """Run Langevin MD at each temperature and return ``(temperature K, snapshot)`` pairs.
+
+    With an ensemble calculator (``mlmat``) each snapshot records the committee force disagreement (eV/Å) under
+    ``mlmat_disagreement`` and the energy spread (eV) under ``mlmat_energy_std``.
+
+    ``strains`` (optional): isotropic linear strains (fractions, e.g. -0.02 for -2 %) applied to the seed's cell
+    and positions before MD; each strain runs every temperature and its snapshots record it under ``mlmat_strain``.
+    ``stop_disagreement`` (optional, eV/Å, ensembles only): a trajectory whose disagreement exceeds it has left
+    the region the potential can be trusted in; it ends there, and its last snapshot records under
+    ``mlmat_skipped`` how many snapshots it did not make (so that statistics over snapshots stay honest).
+    """
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
     timestep = float(spec.get('timestep', 2.0)) * units.fs
     friction = float(spec.get('friction', 0.01)) / units.fs
+    stop = spec.get('stop_disagreement')
+    count = spec['steps'] // spec['interval']
     snapshots = []
-    for temperature in spec['temperatures']:
-        atoms = _plain(seed)
-        atoms.calc = factory(dict(spec['calculator'].get('parameters', {})))
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
-        dyn = Langevin(atoms, timestep, temperature_K=temperature, friction=friction, fixcm=False, rng=rng)
-        for _ in range(spec['steps'] // spec['interval']):
-            dyn.run(spec['interval'])
-            snapshots.append((float(temperature), _plain(atoms)))
+    for strain in spec.get('strains') or [None]:
+        start = _plain(seed)
+        if strain is not None:
+            start.set_cell(start.cell.array * (1.0 + strain), scale_atoms=True)
+        for temperature in spec['temperatures']:
+            atoms = _plain(start)
+            atoms.calc = factory(dict(spec['calculator'].get('parameters', {})))
+            MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+            dyn = Langevin(atoms, timestep, temperature_K=temperature, friction=friction, fixcm=False, rng=rng)
+            for number in range(count):
+                dyn.run(spec['interval'])
+                snapshot = _plain(atoms)
+                if strain is not None:
+                    snapshot.info[STRAIN_KEY] = float(strain)
+                results = atoms.calc.results
+                if 'forces_disagreement' in results:  # an ensemble: keep its committee disagreement at this snapshot
+                    snapshot.info[DISAGREEMENT_KEY] = float(results['forces_disagreement'])
+                    snapshot.info[ENERGY_STD_KEY] = float(results['energy_std'])
+                    if stop is not None and results['forces_disagreement'] > stop and number < count - 1:
+                        snapshot.info[SKIPPED_KEY] = count - number - 1
+                        snapshots.append((float(temperature), snapshot))
+                        break
+                snapshots.append((float(temperature), snapshot))
     return snapshots
 
 
@@ -99,6 +138,9 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
             raise WorkerError(ErrorCode.UNKNOWN_CALCULATOR, str(exc)) from exc
         except ImportError as exc:
             raise WorkerError(ErrorCode.CALCULATOR_UNAVAILABLE, str(exc)) from exc
+        name = md['calculator']['name']
+        parameters = resolve_parameters(name, md['calculator'].get('parameters', {}), workdir)
+        md = {**md, 'calculator': {'name': name, 'parameters': parameters}}
 
     repeat = tuple(params.get('supercell', (1, 1, 1)))
     out: list[Atoms] = []
@@ -139,7 +181,8 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
                     ErrorCode.UNEXPECTED, f'MD on seed {seed_index} failed: {type(exc).__name__}: {exc}'
                 ) from exc
             for temperature, frame in snapshots:
-                keep(frame, seed_index, f'md:{temperature:g}K')
+                strain = frame.info.get(STRAIN_KEY)
+                keep(frame, seed_index, f'md:{temperature:g}K' + ('' if strain is None else f':{strain:+g}'))
 
     write_extxyz(str(workdir / SAMPLED_FILE), out)
     return {

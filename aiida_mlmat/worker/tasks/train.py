@@ -3,6 +3,7 @@
 Writes ``model.pt`` (state dict + config, best on validation), ``checkpoint.pt`` (to resume) and, in
 ``results.json``, the validation metrics, the learning curve, why it stopped and the sha256 of ``model.pt``.
 A run stopped by the soft time limit before its epochs are done reports ``incomplete`` (recoverable: resume).
+With ``init_model`` (a member file of a previous potential in ``potential/``) training starts from its weights.
 """
 
 from __future__ import annotations
@@ -35,8 +36,13 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
     resume = workdir / params['checkpoint'] if params.get('checkpoint') else None
     if resume is not None and not resume.is_file():
         raise WorkerError(ErrorCode.MISSING_FILE, f'checkpoint `{params["checkpoint"]}` is missing')
+    init = workdir / params['init_model'] if params.get('init_model') else None
+    if init is not None and not init.is_file():
+        raise WorkerError(ErrorCode.MISSING_FILE, f'initial model `{params["init_model"]}` is missing')
     try:
-        summary = train(params['model'], train_frames, validation_frames, config, workdir, resume_from=resume)
+        summary = train(
+            params['model'], train_frames, validation_frames, config, workdir, resume_from=resume, init_from=init
+        )
     except TrainingError as exc:
         raise WorkerError(ErrorCode(exc.code), exc.message) from exc
     except torch.OutOfMemoryError as exc:

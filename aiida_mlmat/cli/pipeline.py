@@ -1,0 +1,179 @@
+"""``mlmat run`` (the whole loop from a YAML file) and ``mlmat report`` (summary and plots of any mlmat workflow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from aiida_mlmat.cli.utils import (
+    EXIT_INVALID_INPUT,
+    MlmatCliError,
+    echo_json,
+    ensure_daemon,
+    load_code,
+    load_node,
+    load_profile,
+    wait_for,
+)
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if isinstance(value, float):
+        return f'{value:.{digits}g}'
+    return str(value)
+
+
+def _plots(node: Any) -> list[tuple[str, Any]]:
+    """Every PNG a process and its descendants made, as (file name, SinglefileData), in creation order."""
+    from aiida import orm
+
+    processes = [node, *node.called_descendants]
+    found: dict[str, tuple[str, Any]] = {}
+    for process in processes:
+        for link in process.base.links.get_outgoing().all():
+            target = link.node
+            if isinstance(target, orm.SinglefileData) and target.filename.endswith('.png') and target.uuid not in found:
+                name = f'{len(found):02d}-{process.process_label or "process"}-{target.filename}'
+                found[target.uuid] = (name.replace('/', '_'), target)
+    return list(found.values())
+
+
+def summary_markdown(node: Any, plots: list[str]) -> str:
+    """A Markdown summary of a finished (or failed) mlmat workflow: stages, headline figures, plots."""
+    lines = [f'# {node.process_label}<{node.pk}>', '', f'- UUID: `{node.uuid}`']
+    state = node.process_state.value if node.process_state else 'unknown'
+    lines.append(f'- state: {state}, exit status {node.exit_status} {node.exit_message or ""}'.rstrip())
+    lines += ['', '## Stages', '', '| step | process | state | exit status |', '|---|---|---|---|']
+    for child in sorted(node.called, key=lambda n: n.ctime):
+        child_state = child.process_state.value if child.process_state else 'unknown'
+        label = child.base.links.get_incoming().first().link_label if child.base.links.get_incoming().all() else ''
+        lines.append(f'| {label} | {child.process_label}<{child.pk}> | {child_state} | {child.exit_status} |')
+    if 'summary' in node.outputs:
+        lines += ['', '## Headline figures (eV, eV/atom, eV/Å)', '', '```json']
+        lines += [json.dumps(node.outputs.summary.get_dict(), indent=1, default=str), '```']
+    for key in ('metrics', 'verification'):
+        if key in node.outputs:
+            lines += ['', f'## {key}', '', '```json', json.dumps(node.outputs[key].get_dict(), indent=1), '```']
+    if plots:
+        lines += ['', '## Plots', '']
+        lines += [f'![{name}]({name})' for name in plots]
+    return '\n'.join(lines) + '\n'
+
+
+def write_report(node: Any, out: Path) -> dict[str, Any]:
+    """Write ``summary.md``, ``summary.json`` and every plot of ``node`` into ``out``; return what was written."""
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for name, plot in _plots(node):
+        (out / name).write_bytes(plot.get_content(mode='rb'))
+        names.append(name)
+    (out / 'summary.md').write_text(summary_markdown(node, names))
+    summary = node.outputs.summary.get_dict() if 'summary' in node.outputs else {}
+    (out / 'summary.json').write_text(json.dumps({'process': node.uuid, 'summary': summary}, indent=1, default=str))
+    return {'report': str(out), 'summary_md': str(out / 'summary.md'), 'plots': [str(out / n) for n in names]}
+
+
+def headline(summary: dict[str, Any]) -> list[str]:
+    """The few numbers a scientist looks at first."""
+    lines = []
+    reference = summary.get('reference', {})
+    if reference:
+        lines.append(
+            f'reference set: {reference.get("n_configurations")} configurations, {reference.get("n_excluded")} excluded'
+        )
+    al = summary.get('active_learning', {})
+    if al:
+        lines.append(f'active learning: {al.get("n_iterations")} iterations, stopped by {al.get("stop_reason")}')
+    metrics = summary.get('potential_metrics', {})
+    if metrics:
+        lines.append(
+            f'potential (test split): force RMSE {_fmt(metrics.get("forces_rmse"))} eV/Å, energy RMSE '
+            f'{_fmt(metrics.get("energy_rmse_per_atom"))} eV/atom'
+        )
+    screening = summary.get('screening', {})
+    if screening:
+        lines.append(
+            f'screening: {screening.get("n_screened")} candidates, {screening.get("n_stable")} stable, '
+            f'{screening.get("n_failed")} failed'
+        )
+        verification = screening.get('verification') or {}
+        if verification:
+            lines.append(
+                f'verification: MAE {_fmt(verification.get("mae"))} eV/atom, '
+                f'precision {_fmt(verification.get("precision"))}, '
+                f'recall {_fmt(verification.get("recall"))}, F1 {_fmt(verification.get("f1"))}'
+            )
+    return lines
+
+
+@click.command('run')
+@click.argument('config_file', type=click.Path(dir_okay=False))
+@click.option('--out', default=None, help='Report folder (default: mlmat-report-PK).')
+@click.option('--wait', is_flag=True, help='Block until the workflow ends, showing progress.')
+@click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
+@click.pass_context
+def run_cmd(ctx: click.Context, config_file: str, out: str | None, wait: bool, json_output: bool) -> None:
+    """Run the whole loop described by CONFIG_FILE (workflow ``mlmat.pipeline``)."""
+    from aiida_mlmat.workflows.pipeline_config import ConfigError, load_config
+
+    try:
+        config = load_config(config_file)
+    except ConfigError as exc:
+        raise MlmatCliError(str(exc), EXIT_INVALID_INPUT) from exc
+    load_profile(ctx.obj.get('profile'))
+    from aiida import orm
+    from aiida.engine import submit
+
+    from aiida_mlmat.workflows.pipeline import PipelineWorkChain
+
+    inputs = {'config': orm.Dict(config), 'code': load_code(f'mlmat-worker@{config["computer"]}')}
+    ensure_daemon(workers=2, quiet=json_output)
+    node = submit(PipelineWorkChain, **inputs)
+    if not json_output:
+        click.echo(f'submitted {node.process_label}<{node.pk}> ({node.uuid})')
+    result: dict[str, Any] = {'process': node.pk, 'uuid': node.uuid}
+    if wait:
+        try:
+            wait_for(node, quiet=json_output)
+        finally:
+            if node.is_terminated:
+                result.update(write_report(node, Path(out or f'mlmat-report-{node.pk}')))
+                if 'summary' in node.outputs:
+                    result['summary'] = node.outputs.summary.get_dict()
+                    result['potential'] = node.outputs.potential.pk
+                    if not json_output:
+                        for line in headline(result['summary']):
+                            click.echo(line)
+                if not json_output:
+                    click.echo(f'report: {result["summary_md"]}')
+                else:
+                    echo_json(result)
+        return
+    if json_output:
+        echo_json(result)
+
+
+@click.command('report')
+@click.argument('identifier')
+@click.option('--out', default=None, help='Report folder (default: mlmat-report-PK).')
+@click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
+@click.pass_context
+def report_cmd(ctx: click.Context, identifier: str, out: str | None, json_output: bool) -> None:
+    """Write the summary (Markdown) and plots of any mlmat workflow PK|UUID into a folder."""
+    load_profile(ctx.obj.get('profile'))
+    from aiida import orm
+
+    node = load_node(identifier, orm.WorkflowNode)
+    result = {'process': node.pk, **write_report(node, Path(out or f'mlmat-report-{node.pk}'))}
+    if json_output:
+        echo_json(result)
+        return
+    if 'summary' in node.outputs:
+        for line in headline(node.outputs.summary.get_dict()):
+            click.echo(line)
+    click.echo(f'report: {result["summary_md"]}')
+    for plot in result['plots']:
+        click.echo(f'plot: {plot}')

@@ -1,0 +1,142 @@
+"""``mlmat provenance`` and ``mlmat export``: the chain behind a node, and a self-verifying export of it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT, MlmatCliError, echo_json, load_node, load_profile
+
+
+def _short(uuid: str | None) -> str:
+    return uuid[:8] if uuid else '-'
+
+
+def _calculator_text(spec: dict[str, Any] | None) -> str:
+    if not spec:
+        return ''
+    import json
+
+    parameters = spec.get('parameters') or {}
+    return f'{spec.get("name")} {json.dumps(parameters, sort_keys=True)}' if parameters else str(spec.get('name'))
+
+
+def print_chain(chain: dict[str, Any]) -> None:
+    """Print a provenance chain as tables for people."""
+    node = chain['node']
+    label = f' ({node["label"]})' if node['label'] else ''
+    click.echo(f'provenance of {node["node_type"].rstrip(".")} {node["uuid"]}{label}')
+    click.echo('')
+    click.echo(f'{len(chain["calculations"])} processes, from the sources to the node:')
+    click.echo(f'  {"#":>3}  {"kind":<11} {"process":<34} {"uuid":<8}  {"state":<9} {"exit":>4}  calculator')
+    for index, step in enumerate(chain['calculations'], start=1):
+        exit_status = '' if step['exit_status'] is None else str(step['exit_status'])
+        click.echo(
+            f'  {index:>3}  {step["kind"]:<11} {str(step["process_label"])[:34]:<34} {_short(step["uuid"])}  '
+            f'{step["process_state"]!s:<9} {exit_status:>4}  {_calculator_text(step["calculator"])}'
+        )
+    click.echo('')
+    click.echo(f'{len(chain["datasets"])} configuration sets:')
+    for entry in chain['datasets']:
+        calculator = _calculator_text(entry['calculator']) or 'unlabelled'
+        click.echo(
+            f'  {_short(entry["uuid"])}  {entry["n_configurations"]:>6} configurations  {",".join(entry["species"])}'
+            f'  labels: {",".join(entry["label_keys"]) or "-"} by {calculator}'
+        )
+    click.echo('')
+    click.echo(f'{len(chain["models"])} potentials:')
+    for entry in chain['models']:
+        metrics = entry.get('metrics') or {}
+        rmse = metrics.get('forces_rmse')
+        figure = f', test force RMSE {rmse:.4f} eV/Å' if isinstance(rmse, float) else ''
+        click.echo(
+            f'  {_short(entry["uuid"])}  {entry["members"]} member(s), species {",".join(entry["species"])}{figure}'
+        )
+
+
+@click.command('provenance')
+@click.argument('identifier')
+@click.option('--json', 'json_output', is_flag=True, help='Print one JSON object (UUIDs only) as the last line.')
+@click.pass_context
+def provenance_cmd(ctx: click.Context, identifier: str, json_output: bool) -> None:
+    """The chain behind the node PK or UUID: calculations, data sets and models, from the sources to the node."""
+    load_profile(ctx.obj.get('profile') if ctx.obj else None)
+    from aiida_mlmat.query import provenance_chain
+
+    node = load_node(identifier)
+    chain = provenance_chain(node)
+    if json_output:
+        echo_json(chain)
+    else:
+        print_chain(chain)
+
+
+@click.command('export')
+@click.argument('identifier')
+@click.argument('directory', type=click.Path(file_okay=False))
+@click.option('--licence', default='CC-BY-4.0', show_default=True, help='Licence of the exported data (SPDX id).')
+@click.option('--creator', default=None, help='Creator to record in the cards (default: the AiiDA user).')
+@click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
+@click.pass_context
+def export_cmd(
+    ctx: click.Context, identifier: str, directory: str, licence: str, creator: str | None, json_output: bool
+) -> None:
+    """Write the node PK with its provenance into DIRECTORY: AiiDA archive, extxyz, potentials, cards, manifest."""
+    load_profile(ctx.obj.get('profile') if ctx.obj else None)
+    from pathlib import Path
+
+    from aiida_mlmat.archive import ExportError, export_node
+
+    node = load_node(identifier)
+    try:
+        manifest = export_node(node, directory, licence=licence, creator=creator)
+    except ExportError as exc:
+        raise MlmatCliError(str(exc), EXIT_INVALID_INPUT) from exc
+    result = {
+        'node': node.uuid,
+        'directory': str(Path(directory).resolve()),
+        'archive': str((Path(directory) / 'archive.aiida').resolve()),
+        'datasets': sorted(manifest['datasets'].values()),
+        'models': sorted(manifest['models'].values()),
+        'n_files': len(manifest['files']),
+        'licence': manifest['licence'],
+    }
+    if json_output:
+        echo_json(result)
+        return
+    click.echo(
+        f'wrote {result["archive"]}, {len(result["datasets"])} data set(s), {len(result["models"])} potential(s) '
+        f'and {result["n_files"]} files with their sha256 in MANIFEST.json to {result["directory"]}'
+    )
+    click.echo(f'verify: cd {directory} && sha256sum -c SHA256SUMS')
+
+
+@click.command('import')
+@click.argument('path', type=click.Path(exists=True))
+@click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
+@click.pass_context
+def import_cmd(ctx: click.Context, path: str, json_output: bool) -> None:
+    """Import an AiiDA archive, or the directory `mlmat export` wrote, after verifying every byte of it.
+
+    A directory is checked against its MANIFEST.json first; the archive is refused whole (exit 2, no node added)
+    when it is truncated, of a version this AiiDA does not read, or when repository bytes do not match their sha256.
+    """
+    load_profile(ctx.obj.get('profile') if ctx.obj else None)
+    from pathlib import Path
+
+    from aiida_mlmat.archive import ARCHIVE_NAME, ArchiveRefusedError, import_archive, verify_export
+
+    target = Path(path)
+    try:
+        if target.is_dir():
+            verify_export(target, check_archive=False)
+            target = target / ARCHIVE_NAME
+        result = import_archive(target)
+    except (ArchiveRefusedError, ValueError) as exc:
+        raise MlmatCliError(f'refused: {exc}', EXIT_INVALID_INPUT) from exc
+    result = {**result, 'archive': str(target.resolve())}
+    if json_output:
+        echo_json(result)
+        return
+    click.echo(f'imported {target}: {result["nodes_added"]} new node(s) of {result["n_nodes"]} into {result["profile"]}')

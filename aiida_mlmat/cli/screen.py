@@ -1,0 +1,218 @@
+"""``mlmat screen``: convex-hull stability screening (workflow ``mlmat.hull``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from aiida_mlmat.cli.utils import (
+    EXIT_INVALID_INPUT,
+    GreedyOption,
+    MlmatCliError,
+    echo_json,
+    ensure_daemon,
+    load_code,
+    load_node,
+    load_profile,
+    parse_json_option,
+    wait_for,
+)
+
+#: Keys of each candidate in the JSON output (INTERFACES.md), energies in eV/atom.
+CANDIDATE_KEYS = ('name', 'formula', 'e_form_per_atom', 'e_above_hull', 'e_above_hull_std', 'p_stable', 'stable')
+
+
+def candidate_rows(node: Any) -> list[dict[str, Any]]:
+    """The per-candidate rows of a finished ``mlmat.hull`` process, sorted by e_above_hull (failed ones last)."""
+    rows = []
+    for candidate in node.outputs.candidates.values():
+        attributes = candidate.get_dict()
+        row = {key: attributes.get(key) for key in CANDIDATE_KEYS}
+        row['status'] = attributes.get('status')
+        if attributes.get('status') != 'ok':
+            row['reason'] = attributes.get('reason')
+        if 'reference_e_above_hull' in attributes:
+            row['reference_e_above_hull'] = attributes['reference_e_above_hull']
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r['status'] != 'ok', r['e_above_hull'] or 0.0, -(r['p_stable'] or 0), r['name']))
+
+
+def build_screen_inputs(**kwargs: Any) -> dict[str, Any]:
+    """Turn the command's options into ``mlmat.hull`` inputs (stored nodes for files), with clear errors."""
+    from aiida import orm
+
+    from aiida_mlmat.data.configurations import CorruptFileError
+    from aiida_mlmat.data.potential import PotentialData
+    from aiida_mlmat.hull.candidates import CandidateError, read_candidates
+    from aiida_mlmat.workflows.hull_functions import candidates_from_files
+
+    elements = list(kwargs['elements'] or [])
+    if not elements:
+        raise MlmatCliError('--elements: name the chemical system, e.g. `--elements Cu Au`')
+    if bool(kwargs['potential']) == bool(kwargs['calculator']):
+        raise MlmatCliError('give exactly one energy model: --potential PK or --calculator NAME')
+    files = list(kwargs['candidate_files'] or [])
+    if not files and not kwargs['generate']:
+        raise MlmatCliError('give --candidates FILE ... or --generate N (decorations of up to N atoms)')
+    if kwargs['calculator']:  # refuse a bad energy model before anything is stored
+        from aiida_mlmat.calcjobs.label import calculator_spec_error
+        from aiida_mlmat.worker.calculators import unsupported_elements
+
+        error = calculator_spec_error({'name': kwargs['calculator']})
+        if error:
+            raise MlmatCliError(f'--{error}')
+        unsupported = unsupported_elements(kwargs['calculator'], elements)
+        if unsupported:
+            raise MlmatCliError(f'--calculator: `{kwargs["calculator"]}` cannot treat {unsupported}')
+    inputs: dict[str, Any] = {'elements': orm.List(elements)}
+    if files:
+        missing = [path for path in files if not Path(path).is_file()]
+        if missing:
+            raise MlmatCliError(f'--candidates: no such file: {", ".join(missing)}')
+        try:  # read them here first: a bad file is refused before anything is stored
+            read_candidates(files)
+        except CandidateError as exc:
+            raise MlmatCliError(f'--candidates: {exc}') from exc
+        nodes = {f'file_{i}': orm.SinglefileData(str(Path(path).resolve())) for i, path in enumerate(files)}
+        inputs['candidates'] = candidates_from_files(**nodes)
+    else:
+        inputs['generate'] = orm.Dict({'max_atoms': kwargs['generate']})
+    if kwargs['potential']:
+        inputs['potential'] = load_node(kwargs['potential'], PotentialData)
+    else:
+        params = parse_json_option(kwargs['calculator_params'], '--calculator-params')
+        inputs['calculator'] = orm.Dict({'name': kwargs['calculator'], 'parameters': params})
+    if kwargs['references']:
+        try:
+            inputs['references'] = _reference_set(kwargs['references'])
+        except CorruptFileError as exc:
+            raise MlmatCliError(f'--references: {exc}') from exc
+    relax = {}
+    if kwargs['fmax'] is not None:
+        relax['fmax'] = kwargs['fmax']
+    if kwargs['max_steps'] is not None:
+        relax['max_steps'] = kwargs['max_steps']
+    if relax:
+        inputs['relax'] = orm.Dict(relax)
+    if kwargs['chunk_size']:
+        inputs['chunk_size'] = orm.Int(kwargs['chunk_size'])
+    if kwargs['verify_top']:
+        if not kwargs['verify_calculator']:
+            raise MlmatCliError('--verify-top needs --verify-calculator NAME (the reference method)')
+        params = parse_json_option(kwargs['verify_params'], '--verify-params')
+        inputs['verify'] = {
+            'top': orm.Int(kwargs['verify_top']),
+            'calculator': orm.Dict({'name': kwargs['verify_calculator'], 'parameters': params}),
+            'relax': orm.Bool(kwargs['verify_relax']),
+        }
+    inputs['code'] = load_code(f'mlmat-worker@{kwargs["computer"]}')
+    return inputs
+
+
+def _reference_set(paths: list[str]) -> Any:
+    from aiida_mlmat.data.configurations import ConfigurationSetData, parse_extxyz_bytes
+
+    frames = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise MlmatCliError(f'--references: no such file: {path}')
+        frames.extend(parse_extxyz_bytes(Path(path).read_bytes(), name=path))
+    for frame in frames:
+        if frame.calc is None or 'energy' not in frame.calc.results:
+            raise MlmatCliError(
+                f'--references: every entry needs an energy (eV); {frame.get_chemical_formula()} has none'
+            )
+    return ConfigurationSetData(frames)
+
+
+def screen(profile: str | None, **kwargs: Any) -> None:
+    """Submit ``mlmat.hull``; with ``--wait`` print the verdicts, write the table and plot."""
+    json_output = bool(kwargs['json_output'])
+    load_profile(profile)
+    from aiida.engine import submit
+
+    from aiida_mlmat.workflows.hull import HullWorkChain
+
+    inputs = build_screen_inputs(**kwargs)
+    error = HullWorkChain.spec().inputs.validate(inputs)
+    if error is not None:
+        raise MlmatCliError(f'invalid input: {error.message}', EXIT_INVALID_INPUT)
+    ensure_daemon(quiet=json_output)
+    node = submit(HullWorkChain, **inputs)
+    if not json_output:
+        click.echo(f'submitted {node.process_label}<{node.pk}> ({node.uuid})')
+    result: dict[str, Any] = {'process': node.pk, 'candidates': []}
+    if kwargs['wait']:
+        try:
+            wait_for(node, quiet=json_output)
+        finally:
+            if 'candidates' in node.outputs:
+                result.update(_finished(node, kwargs, json_output))
+                if json_output:
+                    echo_json(result)
+        return
+    if json_output:
+        echo_json(result)
+
+
+def _finished(node: Any, kwargs: dict[str, Any], json_output: bool) -> dict[str, Any]:
+    rows = candidate_rows(node)
+    out = Path(kwargs['out'] or f'mlmat-screen-{node.pk}')
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'screening.csv').write_bytes(node.outputs.table.get_content(mode='rb'))
+    (out / 'hull.png').write_bytes(node.outputs.plot.get_content(mode='rb'))
+    result: dict[str, Any] = {
+        'candidates': rows,
+        'summary': node.outputs.summary.get_dict(),
+        'table': str(out / 'screening.csv'),
+        'plot': str(out / 'hull.png'),
+    }
+    if 'verification' in node.outputs:
+        result['verification'] = node.outputs.verification.get_dict()['metrics']
+    if not json_output:
+        click.echo(f'{"name":<24} {"formula":<10} {"E_form":>9} {"E_hull":>9} {"std":>8} {"P(stable)":>9}  (eV/atom)')
+        for row in rows:
+            if row['status'] != 'ok':
+                click.echo(f'{row["name"]:<24} {row["formula"] or "":<10} failed: {row.get("reason")}')
+                continue
+            click.echo(
+                f'{row["name"]:<24} {row["formula"]:<10} {row["e_form_per_atom"]:9.4f} {row["e_above_hull"]:9.4f} '
+                f'{row["e_above_hull_std"]:8.4f} {row["p_stable"]:9.2f}{"  stable" if row["stable"] else ""}'
+            )
+        if 'verification' in result:
+            metrics = result['verification']
+            click.echo(
+                f'verification of the top candidates: MAE {metrics.get("mae")} eV/atom, precision '
+                f'{metrics.get("precision")}, recall {metrics.get("recall")}, F1 {metrics.get("f1")}, DAF '
+                f'{metrics.get("daf")}'
+            )
+        click.echo(f'table: {result["table"]}\nplot: {result["plot"]}')
+    return result
+
+
+@click.command('screen')
+@click.option('--potential', default=None, help='Energy model: a trained potential (PK or UUID).')
+@click.option('--calculator', default=None, help='Energy model: a registry calculator (emt, gpaw, ...).')
+@click.option('--calculator-params', default=None, help='Keyword arguments of the calculator as a JSON object.')
+@click.option('--candidates', 'candidate_files', cls=GreedyOption, help='Candidate files (CIF, POSCAR, extxyz).')
+@click.option('--generate', type=click.IntRange(min=2, max=8), default=None, help='Generate decorations of fcc, '
+              'bcc and hcp cells of up to N atoms instead of reading files.')  # fmt: skip
+@click.option('--elements', cls=GreedyOption, help='The chemical system, e.g. `--elements Cu Au`.')
+@click.option('--references', cls=GreedyOption, help='extxyz files of reference entries with energies (eV).')
+@click.option('--verify-top', type=click.IntRange(min=0), default=0, help='Check the top K with the reference.')
+@click.option('--verify-calculator', default=None, help='Reference calculator for the verification.')
+@click.option('--verify-params', default=None, help='Keyword arguments of the reference calculator (JSON).')
+@click.option('--verify-relax', is_flag=True, help='Relax with the reference (default: single point).')
+@click.option('--fmax', type=click.FloatRange(min=0, min_open=True), default=None, help='Relaxation fmax, eV/Å.')
+@click.option('--max-steps', type=click.IntRange(min=1), default=None, help='Relaxation step limit.')
+@click.option('--chunk-size', type=click.IntRange(min=1), default=None, help='Structures per relaxation job.')
+@click.option('--computer', default='localhost', show_default=True, help='Computer whose worker Code runs the jobs.')
+@click.option('--out', default=None, help='Folder for the table and plot (default: mlmat-screen-PK).')
+@click.option('--wait', is_flag=True, help='Block until the workflow ends, showing progress.')
+@click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
+@click.pass_context
+def screen_cmd(ctx: click.Context, **kwargs: object) -> None:
+    """Screen candidates for thermodynamic stability on the convex hull (workflow ``mlmat.hull``)."""
+    screen(ctx.obj.get('profile'), **kwargs)

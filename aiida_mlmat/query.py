@@ -1,0 +1,440 @@
+"""Provenance queries: which reference calculations are behind a potential, and what came out of them.
+
+Every function works on the loaded AiiDA profile and returns nodes (or small records holding nodes) in a
+deterministic order. Nothing here names a node by its PK in what it returns as data: PKs differ between
+profiles, UUIDs survive an archive round trip (``verdi archive create`` / ``verdi archive import``).
+
+Examples::
+
+    from aiida import load_profile, orm
+    from aiida_mlmat import query
+
+    load_profile()
+    potential = orm.load_node('c0ffee')                      # a PotentialData, by PK or UUID
+    for record in query.reference_calculations(potential):
+        print(record.uuid, record.calculator, record.parameters)
+
+    query.potentials_trained_with('gpaw', {'mode': {'name': 'pw', 'ecut': 400}})
+    for hit in query.stable_candidates(0.05):                  # eV/atom above the hull
+        print(hit.node.name, hit.node.e_above_hull, hit.potential, hit.dataset)
+
+    chain = query.provenance_chain(potential)                 # JSON-serialisable, UUIDs only
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiida import orm
+from aiida.common.links import LinkType
+
+from aiida_mlmat.data.configurations import ConfigurationSetData
+from aiida_mlmat.data.potential import PotentialData
+from aiida_mlmat.data.screening import ScreenedCandidateData
+
+#: Process types of the CalcJobs that compute reference labels.
+MLMAT_LABEL = 'aiida.calculations:mlmat.label'
+ASE_LABEL = 'aiida.calculations:ase.ase'
+LABEL_PROCESS_TYPES = (MLMAT_LABEL, ASE_LABEL)
+
+#: Links followed backwards by :func:`provenance_chain`: data provenance and the workflows around it.
+CHAIN_LINK_TYPES = (
+    LinkType.CREATE,
+    LinkType.INPUT_CALC,
+    LinkType.INPUT_WORK,
+    LinkType.RETURN,
+    LinkType.CALL_CALC,
+    LinkType.CALL_WORK,
+)
+
+#: Version of the JSON layout returned by :func:`provenance_chain`.
+CHAIN_FORMAT = 'aiida-mlmat-provenance/1'
+
+
+@dataclass(frozen=True)
+class ReferenceCalculation:
+    """A calculation that computed reference labels, with the calculator that it ran."""
+
+    node: orm.CalcJobNode
+    calculator: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def uuid(self) -> str:
+        """UUID of the calculation."""
+        return self.node.uuid
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (UUIDs only)."""
+        return {
+            'uuid': self.node.uuid,
+            'process_type': self.node.process_type,
+            'exit_status': self.node.exit_status,
+            'calculator': self.calculator,
+            'parameters': self.parameters,
+        }
+
+
+@dataclass(frozen=True)
+class StableCandidate:
+    """A screened candidate below an energy-above-hull threshold and what its verdict rests on.
+
+    ``potential`` is the nearest PotentialData upstream (None when the screening used a reference calculator,
+    then named by ``calculator``); ``dataset`` is the labelled set that potential was trained on.
+    """
+
+    node: ScreenedCandidateData
+    potential: PotentialData | None
+    calculator: dict[str, Any] | None
+    dataset: ConfigurationSetData | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (UUIDs only)."""
+        attributes = self.node.base.attributes
+        return {
+            'uuid': self.node.uuid,
+            'name': attributes.get('name', None),
+            'formula': attributes.get('formula', None),
+            'e_above_hull': attributes.get('e_above_hull', None),
+            'e_above_hull_std': attributes.get('e_above_hull_std', None),
+            'p_stable': attributes.get('p_stable', None),
+            'potential': self.potential.uuid if self.potential is not None else None,
+            'calculator': self.calculator,
+            'dataset': self.dataset.uuid if self.dataset is not None else None,
+        }
+
+
+def _sorted_nodes(nodes: Iterable[orm.Node]) -> list[Any]:
+    """Nodes in creation order (UUID breaks ties): the same order in every profile holding them."""
+    return sorted({node.uuid: node for node in nodes}.values(), key=lambda node: (node.ctime, node.uuid))
+
+
+def _input(node: orm.ProcessNode, label: str) -> orm.Node | None:
+    links = node.base.links.get_incoming(link_label_filter=label).all()
+    return links[0].node if links else None
+
+
+def _ase_calculator(parameters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Registry name and parameters of an aiida-ase ``ase.ase`` job (inverse of the reference workflow's mapping)."""
+    from aiida_mlmat.workflows.reference import ASE_PATH_CALCULATORS
+
+    block = parameters.get('calculator', {}) if isinstance(parameters, dict) else {}
+    ase_name = str(block.get('name', ''))
+    names = {value: key for key, value in ASE_PATH_CALCULATORS.items()}
+    args = dict(block.get('args', {}) or {})
+    mode = args.get('mode')
+    if isinstance(mode, dict) and mode.get('@function') == 'PW':
+        args['mode'] = {'name': 'pw', **mode.get('args', {})}
+    return names.get(ase_name, ase_name), args
+
+
+def calculator_of(process: orm.ProcessNode) -> dict[str, Any] | None:
+    """The calculator ``{'name': ..., 'parameters': {...}}`` a process ran with, or None if it takes none.
+
+    Read from the ``calculator`` input (mlmat CalcJobs and workflows) or, for aiida-ase ``ase.ase`` jobs, from
+    their ``parameters`` input, named as in the mlmat registry (``emt``, ``lj``, ``gpaw``).
+    """
+    if process.process_type == ASE_LABEL:
+        parameters = _input(process, 'parameters')
+        if not isinstance(parameters, orm.Dict):
+            return None
+        name, args = _ase_calculator(parameters.get_dict())
+        return {'name': name, 'parameters': args}
+    spec = _input(process, 'calculator')
+    if isinstance(spec, orm.Dict):
+        value = spec.get_dict()
+        return {'name': value.get('name'), 'parameters': dict(value.get('parameters') or {})}
+    return None
+
+
+def _reference_record(node: orm.CalcJobNode) -> ReferenceCalculation:
+    spec = calculator_of(node) or {'name': None, 'parameters': {}}
+    return ReferenceCalculation(node=node, calculator=spec['name'], parameters=spec['parameters'])
+
+
+def reference_calculations(potential: PotentialData) -> list[ReferenceCalculation]:
+    """The reference labelling calculations behind a potential, oldest first.
+
+    Every ``mlmat.label`` and aiida-ase ``ase.ase`` CalcJob among the potential's data-provenance ancestors
+    (anywhere upstream: through splits, bootstrap samples, merges and earlier active-learning rounds).
+
+    >>> [(r.calculator, r.parameters) for r in reference_calculations(potential)]   # doctest: +SKIP
+    [('emt', {}), ('emt', {})]
+
+    :param potential: a stored PotentialData.
+    :return: records with the CalcJob node, the calculator name and its parameters.
+    """
+    if not isinstance(potential, PotentialData):
+        raise TypeError(f'expected a PotentialData, got {type(potential).__name__}')
+    builder = orm.QueryBuilder()
+    builder.append(PotentialData, filters={'uuid': potential.uuid}, tag='potential')
+    builder.append(
+        orm.CalcJobNode,
+        with_descendants='potential',
+        filters={'process_type': {'in': list(LABEL_PROCESS_TYPES)}},
+        project='*',
+    )
+    nodes = _sorted_nodes(row[0] for row in builder.distinct().iterall())
+    return [_reference_record(node) for node in nodes]
+
+
+def _label_calculations(calculator: str) -> list[orm.CalcJobNode]:
+    """Label CalcJobs (both paths) that ran the registry calculator ``calculator``."""
+    from aiida_mlmat.workflows.reference import ASE_PATH_CALCULATORS
+
+    found: list[orm.CalcJobNode] = []
+    builder = orm.QueryBuilder()
+    builder.append(orm.CalcJobNode, filters={'process_type': MLMAT_LABEL}, tag='calc', project='*')
+    builder.append(
+        orm.Dict, with_outgoing='calc', edge_filters={'label': 'calculator'}, filters={'attributes.name': calculator}
+    )
+    found.extend(row[0] for row in builder.iterall())
+    ase_name = ASE_PATH_CALCULATORS.get(calculator, calculator)
+    builder = orm.QueryBuilder()
+    builder.append(orm.CalcJobNode, filters={'process_type': ASE_LABEL}, tag='calc', project='*')
+    builder.append(
+        orm.Dict,
+        with_outgoing='calc',
+        edge_filters={'label': 'parameters'},
+        filters={'attributes.calculator.name': ase_name},
+    )
+    found.extend(row[0] for row in builder.iterall())
+    return found
+
+
+def _is_member(potential: PotentialData) -> bool:
+    """Whether the potential went into an ensemble (an input ``member_*`` of ``make_ensemble``)."""
+    for link in potential.base.links.get_outgoing(link_type=LinkType.INPUT_CALC).all():
+        if link.link_label.startswith('member_') and link.node.process_label == 'make_ensemble':
+            return True
+    return False
+
+
+def potentials_trained_with(
+    calculator: str, parameters: dict[str, Any] | None = None, *, members: bool = True
+) -> list[PotentialData]:
+    """Every potential whose training data came, anywhere upstream, from labels of this calculator.
+
+    >>> potentials_trained_with('emt')                                   # doctest: +SKIP
+    [<PotentialData: uuid: ...>, ...]
+    >>> potentials_trained_with('gpaw', {'mode': {'name': 'pw', 'ecut': 300}}, members=False)  # doctest: +SKIP
+
+    :param calculator: registry name of the reference calculator (``emt``, ``gpaw``, ...).
+    :param parameters: if given, only labels computed with exactly these calculator parameters count.
+    :param members: include the single-model potentials that were combined into an ensemble (default True);
+        with False only potentials that are not an ensemble member are returned.
+    :return: PotentialData nodes, oldest first.
+    """
+    calcs = [
+        node
+        for node in _label_calculations(calculator)
+        if parameters is None or _reference_record(node).parameters == dict(parameters)
+    ]
+    if not calcs:
+        return []
+    builder = orm.QueryBuilder()
+    builder.append(orm.CalcJobNode, filters={'id': {'in': sorted({node.pk for node in calcs})}}, tag='calc')
+    builder.append(PotentialData, with_ancestors='calc', project='*')
+    potentials = _sorted_nodes(row[0] for row in builder.distinct().iterall())
+    return [node for node in potentials if members or not _is_member(node)]
+
+
+def training_dataset(potential: PotentialData) -> ConfigurationSetData | None:
+    """The labelled set a potential was trained on (before its split), or None if it is not in this profile.
+
+    The ``dataset`` input of the step that made the potential when there is one (``make_ensemble``); otherwise
+    the nearest upstream set whose sha256 equals the potential's ``data_sha256``.
+    """
+    creator = potential.creator
+    if creator is not None:
+        dataset = _input(creator, 'dataset')
+        if isinstance(dataset, ConfigurationSetData):
+            return dataset
+    digest = potential.base.attributes.get('data_sha256', None)
+    if not digest:
+        return None
+    for node in _nearest_ancestors(potential, lambda n: isinstance(n, ConfigurationSetData) and n.sha256 == digest):
+        return node
+    return None
+
+
+def _nearest_ancestors(node: orm.Node, predicate: Any) -> list[Any]:
+    """Data-provenance ancestors matching ``predicate`` at the smallest distance (UUID order among them)."""
+    frontier, seen = [node], {node.uuid}
+    while frontier:
+        hits: list[orm.Node] = []
+        next_frontier: list[orm.Node] = []
+        for current in frontier:
+            for link in current.base.links.get_incoming(link_type=(LinkType.CREATE, LinkType.INPUT_CALC)).all():
+                if link.node.uuid in seen:
+                    continue
+                seen.add(link.node.uuid)
+                next_frontier.append(link.node)
+                if predicate(link.node):
+                    hits.append(link.node)
+        if hits:
+            return sorted(hits, key=lambda n: n.uuid)
+        frontier = next_frontier
+    return []
+
+
+def _candidate_energy_model(candidate: ScreenedCandidateData) -> tuple[PotentialData | None, dict[str, Any] | None]:
+    """The nearest potential upstream of a candidate, or else the nearest calculator a process ran with."""
+    potentials = _nearest_ancestors(candidate, lambda n: isinstance(n, PotentialData))
+    if potentials:
+        return potentials[0], None
+    processes = _nearest_ancestors(candidate, lambda n: isinstance(n, orm.ProcessNode) and calculator_of(n))
+    return None, (calculator_of(processes[0]) if processes else None)
+
+
+def stable_candidates(max_e_above_hull: float) -> list[StableCandidate]:
+    """Screened candidates with an energy above the hull below ``max_e_above_hull`` (eV/atom).
+
+    Each comes with the potential that screened it (or the calculator, when screened without a potential) and
+    the labelled data set that potential was trained on. Lowest energy above the hull first.
+
+    >>> for hit in stable_candidates(0.05):                              # doctest: +SKIP
+    ...     print(hit.node.name, hit.node.e_above_hull, hit.potential.uuid, hit.dataset.uuid)
+
+    :param max_e_above_hull: threshold in eV/atom (strict: a candidate exactly at it is not returned).
+    """
+    builder = orm.QueryBuilder()
+    builder.append(
+        ScreenedCandidateData, filters={'attributes.e_above_hull': {'<': float(max_e_above_hull)}}, project='*'
+    )
+    nodes = sorted((row[0] for row in builder.iterall()), key=lambda node: (node.e_above_hull, node.ctime, node.uuid))
+    results = []
+    for node in nodes:
+        potential, calculator = _candidate_energy_model(node)
+        dataset = training_dataset(potential) if potential is not None else None
+        results.append(StableCandidate(node=node, potential=potential, calculator=calculator, dataset=dataset))
+    return results
+
+
+def _node_kind(node: orm.Node) -> str:
+    if isinstance(node, orm.WorkflowNode):
+        return 'workflow'
+    if isinstance(node, orm.ProcessNode):
+        return 'calculation'
+    return 'data'
+
+
+def _topological(nodes: dict[str, orm.Node], edges: set[tuple[str, str]]) -> list[str]:
+    """UUIDs ordered from the sources to the sinks; ties by creation time, then UUID (profile-independent)."""
+    indegree = dict.fromkeys(nodes, 0)
+    children: dict[str, list[str]] = {uuid: [] for uuid in nodes}
+    for source, target in sorted(edges):
+        indegree[target] += 1
+        children[source].append(target)
+
+    def key(uuid: str) -> tuple[float, str]:
+        return (nodes[uuid].ctime.timestamp(), uuid)
+
+    ready = [key(uuid) for uuid, degree in indegree.items() if degree == 0]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        _, uuid = heapq.heappop(ready)
+        order.append(uuid)
+        for child in children[uuid]:
+            indegree[child] -= 1
+            if indegree[child] == 0:
+                heapq.heappush(ready, key(child))
+    if len(order) < len(nodes):  # a cycle cannot occur in AiiDA provenance; keep every node regardless
+        order += sorted(set(nodes) - set(order), key=key)
+    return order
+
+
+def provenance_chain(node: orm.Node) -> dict[str, Any]:
+    """The chain behind a node: calculations, workflows, data sets and models, from the sources to the node.
+
+    Follows links backwards (CREATE, INPUT_CALC, INPUT_WORK, RETURN, CALL_CALC, CALL_WORK), so it includes the
+    workflows that called each step but never anything downstream. The result names nodes by UUID only and is
+    ordered deterministically (topologically; creation time and UUID break ties), so the chain computed in
+    another profile after an archive round trip compares equal.
+
+    >>> chain = provenance_chain(orm.load_node(potential_pk))            # doctest: +SKIP
+    >>> [step['process_label'] for step in chain['calculations']][:3]
+    ['build_seed_set', 'SampleCalculation', 'split_configurations']
+
+    :return: ``{'format', 'node', 'calculations', 'datasets', 'models', 'nodes', 'links'}``; ``calculations``
+        holds processes (``kind`` ``calculation`` or ``workflow``) with process type, label, exit status and
+        calculator; ``datasets`` configuration sets with their size; ``models`` potentials with their members;
+        ``nodes`` every node of the chain (also parameters and codes) in the one order the three lists follow;
+        ``links`` ``[source, target, link type, link label]`` between the chain's nodes, sorted.
+    """
+    from aiida.tools.graph.graph_traversers import traverse_graph
+
+    if not node.is_stored:
+        raise ValueError('the node is not stored, so it has no provenance yet')
+    traversed = traverse_graph([node.pk], get_links=True, links_backward=list(CHAIN_LINK_TYPES))
+    pks = sorted(traversed['nodes'])
+    builder = orm.QueryBuilder().append(orm.Node, filters={'id': {'in': pks}}, project=['id', '*'])
+    by_pk: dict[int, orm.Node] = dict(builder.all())
+    nodes = {item.uuid: item for item in by_pk.values()}
+    links = sorted(
+        [
+            by_pk[link.source_id].uuid,
+            by_pk[link.target_id].uuid,
+            str(getattr(link.link_type, 'value', link.link_type)),
+            link.link_label,
+        ]
+        for link in traversed['links'] or ()
+        if link.source_id in by_pk and link.target_id in by_pk
+    )
+    order = _topological(nodes, {(source, target) for source, target, *_ in links})
+
+    calculations, datasets, models = [], [], []
+    for uuid in order:
+        item = nodes[uuid]
+        if isinstance(item, orm.ProcessNode):
+            calculations.append(
+                {
+                    'uuid': uuid,
+                    'kind': _node_kind(item),
+                    'process_type': item.process_type,
+                    'process_label': item.process_label,
+                    'process_state': item.process_state.value if item.process_state else None,
+                    'exit_status': item.exit_status,
+                    'calculator': calculator_of(item),
+                }
+            )
+        elif isinstance(item, ConfigurationSetData):
+            attributes = item.base.attributes
+            datasets.append(
+                {
+                    'uuid': uuid,
+                    'label': item.label,
+                    'n_configurations': attributes.get('count'),
+                    'species': attributes.get('species'),
+                    'label_keys': attributes.get('label_keys'),
+                    'calculator': attributes.get('calculator', None),
+                    'n_excluded': attributes.get('n_excluded', 0),
+                    'sha256': attributes.get('sha256'),
+                }
+            )
+        elif isinstance(item, PotentialData):
+            attributes = item.base.attributes
+            models.append(
+                {
+                    'uuid': uuid,
+                    'label': item.label,
+                    'members': attributes.get('n_members'),
+                    'member_sha256': list(attributes.get('sha256', [])),
+                    'species': attributes.get('species'),
+                    'data_sha256': attributes.get('data_sha256', None),
+                    'metrics': attributes.get('metrics', {}),
+                }
+            )
+    return {
+        'format': CHAIN_FORMAT,
+        'node': {'uuid': node.uuid, 'node_type': node.node_type, 'kind': _node_kind(node), 'label': node.label},
+        'calculations': calculations,
+        'datasets': datasets,
+        'models': models,
+        'nodes': [{'uuid': uuid, 'node_type': nodes[uuid].node_type} for uuid in order],
+        'links': links,
+    }

@@ -1,0 +1,161 @@
+"""The YAML configuration of ``mlmat run`` / ``mlmat.pipeline``: its schema and a loader with clear errors.
+
+Example (``examples/pipeline-cuau-emt.yaml``)::
+
+    elements: [Cu, Au]
+    reference: {calculator: {name: emt}, protocol: fast, select: 40}
+    training: {protocol: fast, ensemble: 2}
+    active_learning: {enabled: true, max_iterations: 2}
+    screening: {generate: {max_atoms: 4}, verify_top: 3}
+
+Every section but ``elements`` is optional. An unknown key or a wrong type is an error that names the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+_CALCULATOR = {
+    'type': 'object',
+    'properties': {'name': {'type': 'string', 'pattern': r'^[a-z][a-z0-9_.-]*\Z'}, 'parameters': {'type': 'object'}},
+    'required': ['name'],
+    'additionalProperties': False,
+}
+_PROTOCOL = {'enum': ['fast', 'balanced', 'precise']}
+_POSITIVE = {'type': 'integer', 'minimum': 1}
+
+SCHEMA: dict[str, Any] = {
+    'type': 'object',
+    'properties': {
+        'elements': {
+            'type': 'array',
+            'items': {'type': 'string', 'pattern': r'^[A-Z][a-z]?\Z'},
+            'minItems': 1,
+            'uniqueItems': True,
+        },
+        'computer': {'type': 'string', 'description': 'Computer whose mlmat-worker Code runs every job'},
+        'reference': {
+            'type': 'object',
+            'properties': {
+                'calculator': _CALCULATOR,
+                'protocol': _PROTOCOL,
+                'labeller': {'enum': ['batch', 'aiida-ase']},
+                'select': {'type': 'integer', 'minimum': 1, 'description': 'label only the N most diverse (FPS)'},
+                'overrides': {'type': 'object'},
+            },
+            'additionalProperties': False,
+        },
+        'training': {
+            'type': 'object',
+            'properties': {
+                'protocol': _PROTOCOL,
+                'ensemble': {'type': 'integer', 'minimum': 2},
+                'gpus': {'type': 'integer', 'minimum': 0},
+                'overrides': {'type': 'object'},
+            },
+            'additionalProperties': False,
+        },
+        'active_learning': {
+            'type': 'object',
+            'properties': {
+                'enabled': {'type': 'boolean'},
+                'protocol': _PROTOCOL,
+                'max_iterations': _POSITIVE,
+                'hull_aware': {'type': 'boolean'},
+                'overrides': {'type': 'object'},
+            },
+            'additionalProperties': False,
+        },
+        'screening': {
+            'type': 'object',
+            'properties': {
+                'enabled': {'type': 'boolean'},
+                'generate': {
+                    'type': 'object',
+                    'properties': {
+                        'max_atoms': {'type': 'integer', 'minimum': 2, 'maximum': 8},
+                        'lattices': {'type': 'array', 'items': {'enum': ['fcc', 'bcc', 'hcp']}, 'minItems': 1},
+                        'max_candidates': _POSITIVE,
+                    },
+                    'additionalProperties': False,
+                },
+                'verify_top': {'type': 'integer', 'minimum': 0},
+                'verify_relax': {'type': 'boolean'},
+                'relax': {
+                    'type': 'object',
+                    'properties': {
+                        'fmax': {'type': 'number', 'exclusiveMinimum': 0},
+                        'max_steps': _POSITIVE,
+                    },
+                    'additionalProperties': False,
+                },
+                'chunk_size': _POSITIVE,
+            },
+            'additionalProperties': False,
+        },
+    },
+    'required': ['elements'],
+    'additionalProperties': False,
+}
+
+#: Defaults filled in where the YAML is silent.
+DEFAULTS: dict[str, Any] = {
+    'computer': 'localhost',
+    'reference': {'calculator': {'name': 'emt', 'parameters': {}}, 'protocol': 'fast', 'labeller': 'batch'},
+    'training': {'protocol': 'fast', 'ensemble': 2, 'gpus': 0},
+    'active_learning': {'enabled': True, 'protocol': 'fast', 'max_iterations': 2, 'hull_aware': False},
+    'screening': {'enabled': True, 'generate': {'max_atoms': 4}, 'verify_top': 3, 'verify_relax': False},
+}
+
+
+class ConfigError(ValueError):
+    """The pipeline configuration is invalid; the message names the key."""
+
+
+def validate_config(config: Any) -> dict[str, Any]:
+    """Validate a configuration and return it with defaults filled in.
+
+    :raises ConfigError: naming the first offending key (``screening.verify_top: 'three' is not of type
+        'integer'``, ``training: unknown key `epochs```).
+    """
+    import jsonschema
+
+    if not isinstance(config, dict):
+        raise ConfigError('the configuration must be a mapping with at least `elements`')
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    errors = sorted(validator.iter_errors(config), key=lambda error: list(error.absolute_path))
+    if errors:
+        messages = []
+        for error in errors:
+            where = '.'.join(str(part) for part in error.absolute_path) or '<top level>'
+            if error.validator == 'additionalProperties':
+                allowed = sorted(error.schema.get('properties', {}))
+                unknown = sorted(set(error.instance) - set(allowed))
+                messages.append(f'{where}: unknown key(s) {unknown}; allowed: {", ".join(allowed)}')
+            else:
+                messages.append(f'{where}: {error.message}')
+        raise ConfigError('invalid pipeline configuration: ' + '; '.join(messages))
+    merged = {'elements': list(config['elements']), 'computer': config.get('computer', DEFAULTS['computer'])}
+    for section in ('reference', 'training', 'active_learning', 'screening'):
+        merged[section] = {**DEFAULTS[section], **config.get(section, {})}
+    calculator = merged['reference']['calculator']
+    merged['reference']['calculator'] = {'name': calculator['name'], 'parameters': calculator.get('parameters', {})}
+    return merged
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate a YAML configuration file.
+
+    :raises ConfigError: for a missing file, invalid YAML or an invalid configuration.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f'no such configuration file: {path}')
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f'{path} is not valid YAML: {exc}') from exc
+    return validate_config(config)

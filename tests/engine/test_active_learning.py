@@ -1,0 +1,260 @@
+"""Engine tier: ``mlmat.active_learning`` through the daemon, EMT as the reference, tiny Cu cells.
+
+The initial set holds only near-equilibrium Cu frames; exploration runs hot and strained MD with the ensemble,
+so the loop must add data to describe the held-out set (EMT MD over the same temperature and strain ladder).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from aiida import orm
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from aiida_mlmat.data.configurations import ConfigurationSetData
+from aiida_mlmat.workflows.active_functions import ITERATION_KEY, SOURCE_KEY
+from aiida_mlmat.workflows.active_learning import ActiveLearningWorkChain
+from tests.engine.helpers import assert_labels_equal_emt
+
+pytestmark = pytest.mark.engine
+
+OVERRIDES = {
+    'training': {
+        'ensemble_size': 2,
+        'test_fraction': 0.15,
+        'validation_fraction': 0.15,
+        'model': {'hidden': [16], 'descriptor': {'kind': 'chebyshev', 'rcut': 4.0, 'n_radial': 6, 'n_angular': 3}},
+        'training': {'epochs': 25, 'batch_size': 4, 'learning_rate': 0.01, 'patience': 40},
+    },
+    'retrain': {'epochs': 30, 'learning_rate': 0.01},
+    'exploration': {'temperatures': [1200.0], 'strains': [-0.03, 0.03], 'steps': 24, 'interval': 4,
+                    'timestep': 4.0, 'friction': 0.05},
+    'selection': {'lower': 0.02, 'upper': 5.0, 'max_per_iteration': 6},
+    'convergence': {'fraction': 0.0, 'max_iterations': 2},
+    'chunk_size': 10,
+}  # fmt: skip
+
+
+def labelled(frames):
+    out = []
+    for atoms in frames:
+        atoms = atoms.copy()
+        atoms.calc = EMT()
+        results = {'energy': atoms.get_potential_energy(), 'forces': atoms.get_forces(), 'stress': atoms.get_stress()}
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        out.append(atoms)
+    return out
+
+
+def cu(a: float = 3.61):
+    return bulk('Cu', 'fcc', a=a, cubic=True)
+
+
+@pytest.fixture(scope='module')
+def near_equilibrium():
+    """Ten gently rattled (0.04 Å) Cu4 cells within 1 % of the equilibrium lattice constant: the small initial set.
+
+    Near equilibrium but not degenerate: with identical cells the descriptor normalisation would have no spread
+    to learn from, and every hot configuration would sit hundreds of standard deviations away (errors of 15 eV/Å
+    that no handful of labels repairs). The held-out set (1200 K, ±3 % strain) still lies well outside it."""
+    frames = []
+    for seed in range(10):
+        atoms = cu((3.575, 3.61, 3.645)[seed % 3])
+        atoms.rattle(0.04, seed=seed)
+        frames.append(atoms)
+    return ConfigurationSetData(labelled(frames)).store()
+
+
+@pytest.fixture(scope='module')
+def held_out():
+    """A fixed EMT test set: Langevin MD of Cu4 at 1200 K with -3 % and +3 % strain (20 frames)."""
+    from aiida_mlmat.worker.calculators import get_factory
+    from aiida_mlmat.worker.tasks.sample import md_snapshots
+
+    spec = {'calculator': {'name': 'emt'}, 'temperatures': [1200.0], 'strains': [-0.03, 0.03], 'steps': 60,
+            'interval': 6, 'timestep': 4.0, 'friction': 0.05}  # fmt: skip
+    snapshots = md_snapshots(cu(), spec, get_factory('emt'), np.random.default_rng(99))
+    return ConfigurationSetData(labelled([frame for _, frame in snapshots])).store()
+
+
+@pytest.fixture(scope='module')
+def seeds():
+    return ConfigurationSetData([cu()]).store()
+
+
+def builder_for(worker_code, training_set, seeds, calculator, overrides=None, **kwargs):
+    from aiida_mlmat.workflows.protocols import recursive_merge
+
+    return ActiveLearningWorkChain.get_builder_from_protocol(
+        worker_code,
+        training_set,
+        seeds,
+        calculator=calculator,
+        overrides=recursive_merge(OVERRIDES, overrides or {}),
+        **kwargs,
+    )
+
+
+#: Gentle exploration (100 K, no strain) that a near-equilibrium ensemble describes well: for the stop tests.
+GENTLE = {'exploration': {'temperatures': [100.0], 'strains': [0.0], 'timestep': 1.0, 'steps': 8, 'interval': 4}}
+#: The reference raises for Cu8: the doubled hull candidate cannot be labelled.
+FAULTY = {'name': 'faulty', 'parameters': {'raise_for': ['Cu8']}}
+
+
+_RUNS: dict = {}
+
+
+@pytest.fixture
+def runs(started_daemon_client, worker_code, emt, near_equilibrium, held_out, seeds):
+    """The three loops of this module, submitted together on first use so that their jobs overlap."""
+    from aiida.engine import submit
+
+    if _RUNS:
+        return _RUNS
+    hull = ConfigurationSetData([cu(3.52), cu(3.70), cu(3.61).repeat((2, 1, 1))])
+    main = builder_for(worker_code, near_equilibrium, seeds, FAULTY, test_set=held_out, hull_candidates=hull)
+    target = builder_for(
+        worker_code, near_equilibrium, seeds, emt, {**GENTLE, 'convergence': {'target_forces_rmse': 50.0}}
+    )
+    fraction = builder_for(
+        worker_code,
+        near_equilibrium,
+        seeds,
+        emt,
+        {**GENTLE, 'selection': {'lower': 2.0, 'upper': 5.0}, 'convergence': {'fraction': 0.05}},
+    )
+    _RUNS.update(main=submit(main), target=submit(target), fraction=submit(fraction))
+    return _RUNS
+
+
+def reports(node) -> str:
+    return '\n'.join(log.message for log in orm.Log.collection.get_logs_for(node))
+
+
+def test_loop_adds_data_where_the_ensemble_disagrees_and_the_error_falls(submit_and_await, runs, near_equilibrium):
+    """Two iterations (stop: max_iterations): the held-out force RMSE falls; every added label equals EMT; the hull
+    candidates join the first queue; the one the reference fails on is excluded with its reason and stays pending
+    while the loop goes on with the rest; the members of iteration 2 restart from the weights of iteration 1."""
+    node = submit_and_await(runs['main'], timeout=900)
+    assert node.is_finished_ok, reports(node)
+    assert node.outputs.stop_reason.value == 'max_iterations'
+    metrics = node.outputs.metrics.get_dict()
+    assert metrics['stop_reason'] == 'max_iterations' and metrics['n_iterations'] == 2
+    iterations = metrics['iterations']
+    rmse = [record['test']['forces_rmse'] for record in iterations]
+    assert all(record['test']['source'] == 'test_set' and record['test']['n_test'] == 20 for record in iterations)
+    assert rmse[-1] < 0.8 * rmse[0], reports(node)  # eV/Å on the fixed held-out EMT set
+
+    # Counts add up: what was labelled is what the final set gained.
+    first, last = iterations
+    final = node.outputs.training_set
+    assert final.count == near_equilibrium.count + first['counts']['labelled'] == last['counts']['training']
+    assert first['counts']['training'] == near_equilibrium.count
+    assert first['counts']['queued_hull'] == 3 and 1 <= first['counts']['selected'] <= 6
+    assert first['counts']['labelled'] == first['counts']['selected'] + 2 and first['counts']['failed'] == 1
+    assert metrics['labels_added'] == first['counts']['labelled'] and metrics['labels_failed'] == 1
+    assert last['counts']['labelled'] == 0 and last['calibration'] is None  # the last iteration labels nothing
+    for record in iterations:
+        stats = record['disagreement']
+        assert stats['n_explored'] + stats['n_skipped'] == 2 * 6
+        assert 0 <= stats['fraction_above_upper'] <= stats['fraction_above_lower'] <= 1
+        assert stats['quantiles']['q05'] <= stats['quantiles']['q50'] <= stats['quantiles']['q95'] <= stats['max']
+    assert first['disagreement']['n_candidates'] >= first['counts']['selected']
+    calibration = first['calibration']
+    assert calibration['n'] == 4 * first['counts']['labelled']  # one value per atom of the labelled frames
+    assert calibration['scale'] > 0 and -1 <= calibration['pearson'] <= 1 and len(calibration['bins']) == 5
+
+    # The failure: recorded with its iteration, source and the reference's own message; the rest went in.
+    (excluded,) = final.excluded
+    assert excluded['formula'] == 'Cu8' and excluded['iteration'] == 1 and excluded['source'] == 'hull'
+    assert 'deliberate failure for Cu8' in excluded['reason']
+    new_frames = final.get_atoms()[near_equilibrium.count :]
+    assert all(len(frame) == 4 for frame in new_frames)
+    assert assert_labels_equal_emt(new_frames) == first['counts']['labelled']
+    assert {frame.info[ITERATION_KEY] for frame in new_frames} == {1}
+    assert sum(frame.info[SOURCE_KEY] == 'hull' for frame in new_frames) == 2
+    merge = [child for child in node.called if child.process_label == 'merge_labels']
+    assert merge[0].outputs.pending.count == 1  # the failed hull candidate waits for the next labelling
+    with node.outputs.learning_curve.open(mode='rb') as handle:
+        assert handle.read(8) == b'\x89PNG\r\n\x1a\n'
+
+    # Provenance: iteration 2's members start from iteration 1's potential, member k from member k.
+    trainings = sorted(
+        (child for child in node.called if child.process_label == 'TrainingWorkChain'), key=lambda n: n.ctime
+    )
+    assert len(trainings) == 2 and 'initial_potential' not in trainings[0].inputs
+    assert trainings[1].inputs.initial_potential.uuid == trainings[0].outputs.potential.uuid
+    members = [calc for wrapper in trainings[1].called if wrapper.process_label == 'TrainBaseWorkChain'
+               for calc in wrapper.called if calc.process_type == 'aiida.calculations:mlmat.train']  # fmt: skip
+    assert sorted(calc.inputs.initial_member.value for calc in members) == [0, 1]
+    assert all(calc.outputs.results['warm_start'] for calc in members)
+    assert all(calc.inputs.training['epochs'] == OVERRIDES['retrain']['epochs'] for calc in members)
+    assert node.outputs.potential.uuid == trainings[-1].outputs.potential.uuid == last['potential']
+    assert trainings[-1].inputs.configurations.uuid == final.uuid
+    explorations = [child for child in node.called if child.process_type == 'aiida.calculations:mlmat.sample']
+    assert {calc.inputs.potential.uuid for calc in explorations} == {t.outputs.potential.uuid for t in trainings}
+
+
+def test_loop_stops_on_target_error_and_on_converged_fraction(submit_and_await, runs, near_equilibrium):
+    """One iteration each: a reachable force-RMSE target stops with target_error; trust bounds above every
+    disagreement of a gentle exploration leave no snapshot above the lower bound: converged_fraction."""
+    for name, reason in (('target', 'target_error'), ('fraction', 'converged_fraction')):
+        node = submit_and_await(runs[name], timeout=900)
+        assert node.is_finished_ok, reports(node)
+        assert node.outputs.stop_reason.value == reason, reports(node)
+        metrics = node.outputs.metrics.get_dict()
+        assert metrics['n_iterations'] == 1 and metrics['labels_added'] == 0
+        record = metrics['iterations'][0]
+        assert record['test']['source'] == 'training_split'
+        assert not [child for child in node.called if child.process_label == 'LabelBaseWorkChain']
+        assert node.outputs.training_set.uuid == near_equilibrium.uuid
+        if name == 'target':
+            assert record['test']['forces_rmse'] <= 50.0
+        else:
+            assert record['disagreement']['fraction_above_lower'] < 0.05 and record['disagreement']['max'] < 2.0
+
+
+@pytest.mark.parametrize(
+    ('overrides', 'message'),
+    [
+        ({'training': {'ensemble_size': 1}}, 'committee of at least 2'),
+        ({'selection': {'lower': 0.5, 'upper': 0.1}}, 'must be smaller than the upper'),
+        ({'selection': {'max_per_iteration': 0}}, 'max_per_iteration: must be at least 1'),
+        ({'convergence': {'max_iterations': 0}}, 'max_iterations: must be at least 1'),
+        ({'convergence': {'target_forces_rmse': -1.0}}, 'must be positive'),
+        ({'exploration': {'steps': 5, 'interval': 10}}, 'interval <= steps'),
+        ({'exploration': {'strains': [0.9]}}, 'exploration: invalid sample input'),
+        ({'exploration': {'stop_disagreement': 0.1}}, 'must not be below the upper trust bound'),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_runs(worker_code, emt, near_equilibrium, seeds, overrides, message):
+    builder = builder_for(worker_code, near_equilibrium, seeds, emt, overrides)
+    error = ActiveLearningWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True)))
+    assert error is not None and message in error.message
+
+
+def test_bad_data_is_refused_before_anything_runs(worker_code, emt, near_equilibrium, seeds):
+    unlabelled = ConfigurationSetData([cu(), cu(3.7), cu(3.5)])
+    gold = ConfigurationSetData([bulk('Au', 'fcc', a=4.08, cubic=True)])
+    cases = [
+        ({'training_set': unlabelled}, "not every configuration carries ['energy', 'forces']"),
+        ({'seeds': gold}, "seeds: elements ['Au'] are not in the training set"),
+        ({'hull_candidates': gold}, "hull_candidates: elements ['Au']"),
+        ({'test_set': unlabelled}, 'test_set: every configuration needs energy and forces'),
+        ({'calculator': orm.Dict({'name': 'mlmat'})}, 'cannot be a trained potential'),
+        ({'calculator': orm.Dict({'name': 'no-such-code'})}, 'calculator'),
+    ]
+    for replacement, message in cases:
+        builder = builder_for(worker_code, near_equilibrium, seeds, emt)
+        for key, value in replacement.items():
+            builder[key] = value
+        error = ActiveLearningWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True)))
+        assert error is not None and message in error.message, (replacement, error)
+    with pytest.raises(ValueError, match='unknown protocol'):
+        ActiveLearningWorkChain.get_builder_from_protocol(
+            worker_code, near_equilibrium, seeds, calculator=emt, protocol='nope'
+        )
+    with pytest.raises(ValueError, match=r'selection\.bounds: unknown setting'):
+        builder_for(worker_code, near_equilibrium, seeds, emt, {'selection': {'bounds': [0.1, 0.2]}})

@@ -1,0 +1,69 @@
+"""Engine tier: the whole loop (``mlmat.pipeline``) with tiny settings, ``mlmat run`` and ``mlmat report``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from aiida import orm
+from click.testing import CliRunner
+
+from aiida_mlmat.cli.main import cli
+from aiida_mlmat.workflows.pipeline import PipelineWorkChain
+from aiida_mlmat.workflows.pipeline_config import validate_config
+
+pytestmark = pytest.mark.engine
+
+TINY_MODEL = {'hidden': [8, 8], 'descriptor': {'kind': 'chebyshev', 'rcut': 4.5, 'n_radial': 6, 'n_angular': 3}}
+TINY = {
+    'elements': ['Cu', 'Au'],
+    'reference': {
+        'calculator': {'name': 'emt'},
+        'overrides': {'sample': {'rattle': {'count': 2, 'stdev': 0.05}, 'strain': {'count': 1, 'max_strain': 0.02}}},
+    },
+    'training': {'ensemble': 2, 'overrides': {'model': TINY_MODEL, 'training': {'epochs': 8, 'batch_size': 8}}},
+    'active_learning': {
+        'max_iterations': 1,
+        'overrides': {
+            'training': {'model': TINY_MODEL, 'training': {'epochs': 8, 'batch_size': 8}},
+            'exploration': {'temperatures': [600], 'strains': [0.0], 'steps': 10, 'interval': 5},
+            'selection': {'max_per_iteration': 4},
+        },
+    },
+    'screening': {'generate': {'max_atoms': 2}, 'verify_top': 2, 'relax': {'max_steps': 60}},
+}
+
+
+def test_pipeline_runs_every_stage_and_reports(submit_and_await, worker_code, tmp_path):
+    config = validate_config(TINY)
+    node = submit_and_await(PipelineWorkChain, config=orm.Dict(config), code=worker_code, timeout=900)
+    assert node.is_finished_ok, node.exit_message
+    labels = {link.link_label for link in node.base.links.get_outgoing().all()}
+    assert {'reference', 'active_learning', 'screening'} <= labels
+    summary = node.outputs.summary.get_dict()
+    assert summary['reference']['n_configurations'] == node.outputs.dataset.count > 0
+    assert summary['active_learning']['stop_reason'] == 'max_iterations'
+    assert summary['active_learning']['n_iterations'] == 1
+    screening = summary['screening']
+    assert screening['n_screened'] > 0 and screening['verification']['n'] == 2
+    assert node.outputs.potential.n_members == 2
+    assert node.outputs.training_set.count >= node.outputs.dataset.count
+
+    result = CliRunner().invoke(cli, ['report', node.uuid, '--out', str(tmp_path / 'report'), '--json'])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    text = (tmp_path / 'report' / 'summary.md').read_text()
+    assert 'PipelineWorkChain' in text and 'Headline figures' in text
+    assert any(path.endswith('hull.png') for path in data['plots'])
+    assert all((tmp_path / 'report' / path.split('/')[-1]).read_bytes()[:4] == b'\x89PNG' for path in data['plots'])
+
+
+def test_run_refuses_a_bad_configuration_naming_the_key(tmp_path):
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text(yaml.safe_dump({'elements': ['Cu', 'Au'], 'screening': {'verify_topp': 3}}))
+    before = orm.QueryBuilder().append(orm.Node).count()
+    result = CliRunner().invoke(cli, ['run', str(bad), '--json'])
+    assert result.exit_code == 2
+    assert "screening: unknown key(s) ['verify_topp']" in result.output
+    assert orm.QueryBuilder().append(orm.Node).count() == before

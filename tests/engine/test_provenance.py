@@ -1,0 +1,317 @@
+"""Engine tier: provenance queries and ``mlmat provenance`` on a real graph (reference -> training -> screening).
+
+The graph is built once per test session (and reused by ``test_archive.py``) with the engine in this process:
+two reference workflows (batched ``mlmat.label`` with EMT; one aiida-ase ``ase.ase`` job per configuration with
+Lennard-Jones), a small ensemble trained on each, and screened candidates recorded against each potential and
+against a bare calculator. The calculators carry parameters no other test uses, so the queries' answers in the
+shared session profile are exactly this graph's nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiida import orm
+from aiida.engine import calcfunction, run_get_node
+from click.testing import CliRunner
+
+from aiida_mlmat import query
+from aiida_mlmat.cli.main import cli
+from aiida_mlmat.data.configurations import ConfigurationSetData
+from aiida_mlmat.data.potential import PotentialData
+from aiida_mlmat.data.screening import ScreenedCandidateData
+
+pytestmark = pytest.mark.engine
+
+GROUP = 'mlmat-tests/provenance-graph'
+#: EMT's default made explicit: the same labels as ``{}``, but parameters that mark this graph's label jobs.
+EMT = {'name': 'emt', 'parameters': {'asap_cutoff': False}}
+LJ = {'name': 'lj', 'parameters': {'sigma': 2.3, 'epsilon': 0.41, 'rc': 6.0}}
+MODEL = {'hidden': [8], 'descriptor': {'kind': 'chebyshev', 'rcut': 4.0, 'n_radial': 4, 'n_angular': 2}}
+TRAINING = {'epochs': 2, 'batch_size': 4, 'learning_rate': 0.01, 'forces_weight': 10.0}
+ROWS_A = [
+    {'name': 'CuAu', 'formula': 'AuCu', 'status': 'ok', 'e_above_hull': 0.0, 'stable': True},
+    {'name': 'Cu3Au', 'formula': 'AuCu3', 'status': 'ok', 'e_above_hull': 0.03, 'stable': False},
+    {'name': 'CuAu3', 'formula': 'Au3Cu', 'status': 'ok', 'e_above_hull': 0.2, 'stable': False},
+    {'name': 'broken', 'formula': 'AuCu', 'status': 'failed', 'reason': 'relaxation diverged', 'e_above_hull': None},
+]
+ROWS_B = [{'name': 'Cu-lj', 'formula': 'Cu', 'status': 'ok', 'e_above_hull': 0.01, 'stable': False}]
+ROWS_CALC = [{'name': 'Cu2Au2', 'formula': 'AuCu', 'status': 'ok', 'e_above_hull': 0.02, 'stable': False}]
+
+
+@calcfunction
+def record_candidates(potential: PotentialData, rows: orm.List) -> dict[str, ScreenedCandidateData]:
+    """Screened candidates recorded against the potential that screened them."""
+    return {f'candidate_{index}': ScreenedCandidateData(row) for index, row in enumerate(rows.get_list())}
+
+
+@calcfunction
+def record_candidates_with_calculator(calculator: orm.Dict, rows: orm.List) -> dict[str, ScreenedCandidateData]:
+    """Screened candidates recorded against a bare reference calculator (no potential)."""
+    return {f'candidate_{index}': ScreenedCandidateData(row) for index, row in enumerate(rows.get_list())}
+
+
+def _localhost(workdir: Path) -> orm.Computer:
+    from aiida.common.exceptions import NotExistent
+
+    try:
+        return orm.Computer.collection.get(
+            label='localhost', hostname='localhost', scheduler_type='core.direct', transport_type='core.local'
+        )
+    except NotExistent:
+        computer = orm.Computer(
+            label='localhost',
+            hostname='localhost',
+            workdir=str(workdir),
+            transport_type='core.local',
+            scheduler_type='core.direct',
+        ).store()
+        computer.set_minimum_job_poll_interval(0)
+        computer.set_default_mpiprocs_per_machine(1)
+        computer.configure()
+        return computer
+
+
+def _code(label: str, computer: orm.Computer, executable: str) -> orm.AbstractCode:
+    from aiida.common.exceptions import NotExistent
+
+    try:
+        return orm.load_code(f'{label}@{computer.label}')
+    except NotExistent:
+        return orm.InstalledCode(label=label, computer=computer, filepath_executable=executable).store()
+
+
+def _seeds() -> ConfigurationSetData:
+    from ase.build import bulk
+
+    alloy = bulk('Cu', 'fcc', a=3.85, cubic=True)
+    alloy.symbols[[1, 2]] = 'Au'
+    return ConfigurationSetData([bulk('Cu', 'fcc', a=3.6, cubic=True), bulk('Au', 'fcc', a=4.08, cubic=True), alloy])
+
+
+def _run(builder: Any) -> orm.ProcessNode:
+    _, node = run_get_node(builder)
+    assert node.is_finished_ok, f'{node.process_label}<{node.pk}>: {node.exit_status} {node.exit_message}'
+    return node
+
+
+def build_graph(workdir: Path) -> dict[str, str]:
+    """Run the reference, training and screening steps; return role -> UUID."""
+    from ase.build import bulk
+
+    from aiida_mlmat.workflows.reference import ReferenceWorkChain
+    from aiida_mlmat.workflows.training import TrainingWorkChain
+    from tests.conftest import worker_executable
+
+    computer = _localhost(workdir)
+    code = _code('mlmat-worker', computer, worker_executable())
+    ase_code = _code('ase-python', computer, sys.executable)
+
+    builder = ReferenceWorkChain.get_builder_from_protocol(
+        code, calculator=EMT, structures=_seeds(), overrides={'chunk_size': 6}
+    )
+    builder.sample.parameters = orm.Dict(
+        {'supercell': [1, 1, 1], 'include_seeds': True, 'rattle': {'count': 3, 'stdev': 0.05, 'seed': 1}}
+    )
+    reference_a = _run(builder)
+
+    seeds_b = ConfigurationSetData([bulk('Cu', 'fcc', a=3.6, cubic=True)])
+    builder = ReferenceWorkChain.get_builder_from_protocol(
+        code, calculator=LJ, structures=seeds_b, labeller='aiida-ase', ase_code=ase_code
+    )
+    builder.sample.parameters = orm.Dict(
+        {'supercell': [1, 1, 1], 'include_seeds': True, 'rattle': {'count': 6, 'stdev': 0.05, 'seed': 2}}
+    )
+    reference_b = _run(builder)
+
+    training_a = _run(
+        TrainingWorkChain.get_builder_from_protocol(
+            code,
+            reference_a.outputs.configurations,
+            overrides={'ensemble_size': 2, 'model': MODEL, 'training': TRAINING},
+        )
+    )
+    training_b = _run(
+        TrainingWorkChain.get_builder_from_protocol(
+            code,
+            reference_b.outputs.configurations,
+            overrides={
+                'ensemble_size': 1,
+                'model': MODEL,
+                'training': TRAINING,
+                'test_fraction': 0.25,
+                'validation_fraction': 0.25,
+            },
+        )
+    )
+    pot_a, pot_b = training_a.outputs.potential, training_b.outputs.potential
+    candidates_a = record_candidates(pot_a, orm.List(ROWS_A))
+    candidates_b = record_candidates(pot_b, orm.List(ROWS_B))
+    candidates_c = record_candidates_with_calculator(orm.Dict(EMT), orm.List(ROWS_CALC))
+    roles = {
+        'reference_a': reference_a.uuid,
+        'reference_b': reference_b.uuid,
+        'training_a': training_a.uuid,
+        'training_b': training_b.uuid,
+        'set_a': reference_a.outputs.configurations.uuid,
+        'set_b': reference_b.outputs.configurations.uuid,
+        'pot_a': pot_a.uuid,
+        'pot_b': pot_b.uuid,
+    }
+    for prefix, nodes in (('cand_a', candidates_a), ('cand_b', candidates_b), ('cand_c', candidates_c)):
+        for key, node in nodes.items():
+            roles[f'{prefix}_{key.split("_")[1]}'] = node.uuid
+    return roles
+
+
+def provenance_graph(workdir: Path) -> dict[str, orm.Node]:
+    """The session's graph: built on first use, then found again through its group."""
+    group, created = orm.Group.collection.get_or_create(GROUP)
+    roles = group.base.extras.get('roles', None)
+    if created or not roles:
+        roles = build_graph(workdir)
+        group.add_nodes([orm.load_node(uuid) for uuid in roles.values()])
+        group.base.extras.set('roles', roles)
+    return {role: orm.load_node(uuid) for role, uuid in roles.items()}
+
+
+@pytest.fixture(scope='module')
+def graph(aiida_profile, tmp_path_factory) -> dict[str, orm.Node]:
+    return provenance_graph(tmp_path_factory.mktemp('provenance-workdir'))
+
+
+def uuids(nodes) -> set[str]:
+    return {node.uuid for node in nodes}
+
+
+def calcs_of(workflow: orm.WorkflowNode, process_type: str) -> set[str]:
+    return {node.uuid for node in workflow.called_descendants if node.process_type == process_type}
+
+
+def trained_potentials(training: orm.WorkflowNode) -> set[str]:
+    """The ensemble and its member potentials, read from the training workflow's own records."""
+    members = {
+        node.outputs.potential.uuid
+        for node in training.called_descendants
+        if node.process_type == 'aiida.calculations:mlmat.train' and node.is_finished_ok
+    }
+    return members | {training.outputs.potential.uuid}
+
+
+def test_reference_calculations_are_exactly_the_label_jobs(graph):
+    records = query.reference_calculations(graph['pot_a'])
+    expected = calcs_of(graph['reference_a'], query.MLMAT_LABEL)
+    assert len(expected) == 2  # 12 configurations in chunks of 6
+    assert {record.uuid for record in records} == expected
+    assert {(record.calculator, json.dumps(record.parameters)) for record in records} == {
+        ('emt', json.dumps(EMT['parameters']))
+    }
+    records_b = query.reference_calculations(graph['pot_b'])
+    expected_b = calcs_of(graph['reference_b'], query.ASE_LABEL)
+    assert len(expected_b) == 7  # seed + 6 rattles, one aiida-ase job each
+    assert {record.uuid for record in records_b} == expected_b
+    assert all(record.calculator == 'lj' and record.parameters == LJ['parameters'] for record in records_b)
+    # oldest first, and the JSON form names nodes by UUID
+    assert [record.node.ctime for record in records_b] == sorted(record.node.ctime for record in records_b)
+    assert set(records_b[0].as_dict()) == {'uuid', 'process_type', 'exit_status', 'calculator', 'parameters'}
+    with pytest.raises(TypeError, match='PotentialData'):
+        query.reference_calculations(graph['set_a'])
+
+
+def test_potentials_trained_with_calculator_and_parameters(graph):
+    expected_a, expected_b = trained_potentials(graph['training_a']), trained_potentials(graph['training_b'])
+    assert len(expected_a) == 3 and len(expected_b) == 2  # ensembles of 2 and 1, plus the ensemble nodes
+    assert uuids(query.potentials_trained_with('emt', EMT['parameters'])) == expected_a
+    assert uuids(query.potentials_trained_with('lj', LJ['parameters'])) == expected_b
+    assert uuids(query.potentials_trained_with('emt', EMT['parameters'], members=False)) == {graph['pot_a'].uuid}
+    # by name only: at least this graph's EMT potentials, never the LJ ones
+    by_name = uuids(query.potentials_trained_with('emt'))
+    assert expected_a <= by_name and not expected_b & by_name
+    assert query.potentials_trained_with('lj', {**LJ['parameters'], 'sigma': 2.31}) == []
+    assert query.potentials_trained_with('gpaw') == []
+
+
+def test_stable_candidates_with_their_potential_and_data(graph):
+    ours = {key: node for key, node in graph.items() if key.startswith('cand_')}
+    hits = [hit for hit in query.stable_candidates(0.05) if hit.node.uuid in uuids(ours.values())]
+    assert [hit.node.uuid for hit in hits] == [
+        ours[key].uuid for key in ('cand_a_0', 'cand_b_0', 'cand_c_0', 'cand_a_1')
+    ]  # 0.0, 0.01, 0.02, 0.03 eV/atom; 0.2 and the failed one are not below 0.05
+    assert all(hit.node.e_above_hull < 0.05 for hit in query.stable_candidates(0.05))
+    by_name = {hit.node.name: hit for hit in hits}
+    assert by_name['CuAu'].potential.uuid == by_name['Cu3Au'].potential.uuid == graph['pot_a'].uuid
+    assert by_name['CuAu'].dataset.uuid == graph['set_a'].uuid
+    assert by_name['Cu-lj'].potential.uuid == graph['pot_b'].uuid
+    assert by_name['Cu-lj'].dataset.uuid == graph['set_b'].uuid
+    assert by_name['Cu2Au2'].potential is None and by_name['Cu2Au2'].dataset is None
+    assert by_name['Cu2Au2'].calculator == EMT
+    strict = [hit.node.uuid for hit in query.stable_candidates(0.03) if hit.node.uuid in uuids(ours.values())]
+    assert strict == [ours['cand_a_0'].uuid, ours['cand_b_0'].uuid, ours['cand_c_0'].uuid]
+    record = by_name['CuAu'].as_dict()
+    assert record['potential'] == graph['pot_a'].uuid and record['dataset'] == graph['set_a'].uuid
+
+
+def _all_keys(data: Any) -> set[str]:
+    if isinstance(data, dict):
+        return set(data) | {key for item in data.values() for key in _all_keys(item)}
+    if isinstance(data, list):
+        return {key for item in data for key in _all_keys(item)}
+    return set()
+
+
+def test_provenance_chain_of_a_candidate(graph):
+    candidate = graph['cand_a_0']
+    chain = query.provenance_chain(candidate)
+    assert chain == query.provenance_chain(candidate)  # deterministic
+    assert json.loads(json.dumps(chain)) == chain  # plain JSON
+    assert chain['node']['uuid'] == candidate.uuid and chain['format'] == query.CHAIN_FORMAT
+    # Every process behind it: both workflows, their label and training jobs, the recording step.
+    steps = {step['uuid']: step for step in chain['calculations']}
+    label_jobs = calcs_of(graph['reference_a'], query.MLMAT_LABEL)
+    train_jobs = calcs_of(graph['training_a'], 'aiida.calculations:mlmat.train')
+    assert label_jobs | train_jobs | {graph['reference_a'].uuid, graph['training_a'].uuid} <= set(steps)
+    assert all(steps[uuid]['calculator'] == EMT for uuid in label_jobs)
+    assert all(steps[uuid]['exit_status'] == 0 for uuid in label_jobs | train_jobs)
+    assert steps[graph['reference_a'].uuid]['kind'] == 'workflow'
+    # Nothing of the LJ branch and nothing downstream of the candidate.
+    assert graph['reference_b'].uuid not in steps and graph['training_b'].uuid not in steps
+    assert candidate.creator.uuid == chain['calculations'][-1]['uuid']
+    datasets = [entry['uuid'] for entry in chain['datasets']]
+    assert graph['set_a'].uuid in datasets and graph['set_b'].uuid not in datasets
+    set_a = next(entry for entry in chain['datasets'] if entry['uuid'] == graph['set_a'].uuid)
+    assert set_a['n_configurations'] == 12 and set_a['calculator'] == EMT and set_a['species'] == ['Au', 'Cu']
+    models = chain['models']
+    assert {entry['uuid'] for entry in models} == trained_potentials(graph['training_a'])
+    assert models[-1]['uuid'] == graph['pot_a'].uuid and models[-1]['members'] == 2
+    # Ordered from the sources to the node: every link goes forward, and the typed lists follow that order.
+    order = [entry['uuid'] for entry in chain['nodes']]
+    assert order[-1] == candidate.uuid and len(set(order)) == len(order)
+    position = {uuid: index for index, uuid in enumerate(order)}
+    assert {uuid for link in chain['links'] for uuid in link[:2]} == set(order)
+    assert all(position[source] < position[target] for source, target, *_ in chain['links'])
+    for kind in ('calculations', 'datasets', 'models'):
+        ranks = [position[entry['uuid']] for entry in chain[kind]]
+        assert ranks == sorted(ranks), kind
+    # Named by UUID only, never by PK.
+    keys = _all_keys(chain)
+    assert not keys & {'pk', 'id', 'pks', 'node_id'}
+    uuid_fields = [entry['uuid'] for kind in ('calculations', 'datasets', 'models', 'nodes') for entry in chain[kind]]
+    assert all(len(value) == 36 and value.count('-') == 4 for value in uuid_fields)
+
+
+def test_provenance_cli_json_and_table(graph):
+    potential = graph['pot_a']
+    result = CliRunner().invoke(cli, ['provenance', str(potential.pk), '--json'], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == query.provenance_chain(potential)
+    table = CliRunner().invoke(cli, ['provenance', potential.uuid], catch_exceptions=False)
+    assert table.exit_code == 0, table.output
+    assert f'provenance of data.mlmat.potential.PotentialData {potential.uuid}' in table.output
+    assert '2 member(s), species Cu,Au' in table.output and 'LabelCalculation' in table.output
+    assert 'emt {"asap_cutoff": false}' in table.output
+    missing = CliRunner().invoke(cli, ['provenance', '00000000-0000-4000-8000-000000000000'])
+    assert missing.exit_code == 4 and 'no unique node' in missing.output

@@ -1,0 +1,235 @@
+"""Production tier: helpers for the PostgreSQL + RabbitMQ profile (``MLMAT_TEST_PROFILE=psql``, two workers).
+
+Every test here is marked ``production`` and is deselected on the SQLite profile (see ``tests/conftest.py``).
+The helpers act on the real services: the daemon's processes are killed with SIGKILL, RabbitMQ's process queue
+is read and purged through AMQP, ``verdi`` runs as a subprocess the way a user runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiida import orm
+
+from tests.conftest import DAEMON_WORKERS, RMQ_HOST, RMQ_PORT
+
+
+def process_queue_name(profile) -> str:
+    """Name of the profile's RabbitMQ process (task) queue."""
+    return f'aiida-{profile.uuid}.process.queue'
+
+
+async def _queue_call(name: str, purge: bool) -> int:
+    import aio_pika
+
+    connection = await aio_pika.connect(f'amqp://guest:guest@{RMQ_HOST}:{RMQ_PORT}/', timeout=10)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(name, passive=True)
+        count = queue.declaration_result.message_count
+        if purge:
+            await queue.purge()
+        return count
+
+
+def queued_tasks(profile) -> int:
+    """Number of ready (not yet delivered) tasks in the profile's process queue."""
+    return asyncio.run(_queue_call(process_queue_name(profile), purge=False))
+
+
+def purge_tasks(profile) -> int:
+    """Delete the ready tasks of the profile's process queue (a broker losing its tasks); return their count."""
+    return asyncio.run(_queue_call(process_queue_name(profile), purge=True))
+
+
+def daemon_processes(client) -> list:
+    """The circus daemon process of the profile and its direct children (the daemon workers), as psutil objects."""
+    import psutil
+
+    pid = client.get_daemon_pid()
+    if pid is None:
+        return []
+    circus = psutil.Process(pid)
+    return [circus, *circus.children(recursive=False)]
+
+
+def kill_daemon_hard(client) -> list[int]:
+    """SIGKILL the profile's circus daemon and all its workers at once (no clean-up runs); return the PIDs."""
+    import psutil
+
+    processes = daemon_processes(client)  # circus, its workers and its statistics process
+    workers = [p for p in processes if p.cmdline()[-2:] == ['daemon', 'worker']]
+    assert len(workers) == DAEMON_WORKERS, [p.cmdline() for p in processes]
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signal.SIGKILL)
+    _, alive = psutil.wait_procs(processes, timeout=20)
+    assert not alive, alive
+    return [process.pid for process in processes]
+
+
+def stop_daemon(client) -> None:
+    """Stop the daemon gracefully (workers hand their tasks back) and wait until it is gone.
+
+    On a loaded machine circus may answer the stop request late: then its process gets SIGTERM, which circus
+    also handles gracefully (it stops its workers with SIGTERM before it exits).
+    """
+    import psutil
+
+    pid = client.get_daemon_pid()
+    if pid is None or not psutil.pid_exists(pid):
+        return
+    try:
+        client.stop_daemon(wait=True, timeout=90)
+    except Exception:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(pid).wait(timeout=90)
+    deadline = time.monotonic() + 30
+    while client.is_daemon_running and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not psutil.pid_exists(pid)
+
+
+def release_database_connections() -> None:
+    """Close this process's connections to the profile's database (they reopen on the next query).
+
+    ``verdi process repair`` on ``core.psql_dos`` ends every other connection to the database (``--force``),
+    which would include this test process's.
+    """
+    from aiida.manage import get_manager
+
+    session = get_manager().get_profile_storage().get_session()
+    session.rollback()  # hands the connection back to the pool; loaded nodes stay attached and reload lazily
+    session.get_bind().dispose()  # closes the pooled connections
+
+
+def start_daemon(client) -> None:
+    """Start the daemon with the tier's worker count, unless it runs.
+
+    After a SIGKILL the circus PID file is left behind, so ``client.is_daemon_running`` (which only looks for the
+    file) says yes: the PID's process is checked instead. ``start_daemon`` removes the stale file.
+    """
+    import psutil
+
+    pid = client.get_daemon_pid()
+    if pid is None or not psutil.pid_exists(pid):
+        client.start_daemon(number_workers=DAEMON_WORKERS)
+    assert client.is_daemon_running and psutil.pid_exists(client.get_daemon_pid())
+
+
+def verdi(profile, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``verdi -p PROFILE ARGS`` in a subprocess, as a user would; return the completed process."""
+    executable = Path(sys.executable).parent / 'verdi'
+    env = {**os.environ, 'AIIDA_WARN_v3': '0'}
+    return subprocess.run(
+        [str(executable), '-p', profile.name, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+
+
+def await_terminated(node: orm.ProcessNode, client, timeout: float = 300) -> orm.ProcessNode:
+    """Wait until ``node`` is terminated; on timeout fail with the daemon log's tail."""
+    deadline = time.monotonic() + timeout
+    while not node.is_terminated:
+        if time.monotonic() > deadline:
+            log = Path(client.daemon_log_file).read_text(errors='replace')[-6000:]
+            raise AssertionError(f'{node} not terminated after {timeout} s (state {node.process_state}):\n{log}')
+        time.sleep(0.2)
+    return node
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll ``condition()`` until it returns a truthy value; return it, or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f'timed out after {timeout} s waiting for {what}')
+
+
+def input_signature(node: orm.ProcessNode) -> tuple:
+    """What a process was asked to do: its type and the content hashes of its input nodes, by link label."""
+    from aiida.common.links import LinkType
+
+    inputs = node.base.links.get_incoming(link_type=(LinkType.INPUT_CALC, LinkType.INPUT_WORK)).all()
+    return (
+        node.process_type,
+        tuple(sorted((link.link_label, link.node.base.caching.get_hash()) for link in inputs)),
+    )
+
+
+def calcjob_census(workflow: orm.WorkflowNode) -> Counter:
+    """Count the CalcJobs below ``workflow`` by :func:`input_signature`; a duplicate shows as a count above 1."""
+    return Counter(input_signature(node) for node in workflow.called_descendants if isinstance(node, orm.CalcJobNode))
+
+
+def process_census(workflow: orm.WorkflowNode) -> Counter:
+    """Count every process below ``workflow`` by process type (calcfunctions, CalcJobs, workchains)."""
+    return Counter(node.process_type or node.process_label for node in workflow.called_descendants)
+
+
+def no_excepted_processes(since_pk: int) -> list[orm.ProcessNode]:
+    """Excepted or killed processes created after ``since_pk`` (a test asserts this is empty)."""
+    query = orm.QueryBuilder().append(
+        orm.ProcessNode,
+        filters={
+            'id': {'>': since_pk},
+            'attributes.process_state': {'in': ['excepted', 'killed']},
+        },
+    )
+    return query.all(flat=True)
+
+
+def last_pk() -> int:
+    """The highest node pk so far (0 in an empty database)."""
+    result = orm.QueryBuilder().append(orm.Node, project='id').order_by({orm.Node: {'id': 'desc'}}).first()
+    return int(result[0]) if result else 0
+
+
+@pytest.fixture
+def profile_options(aiida_profile, daemon_client):
+    """Set profile options for one test (e.g. transport retries), restart the daemon, and restore them after."""
+    from aiida.manage import get_config
+
+    config = get_config()
+    saved: dict[str, Any] = {}
+
+    def apply(**options: Any) -> None:
+        for key, value in options.items():
+            name = key.replace('__', '.')
+            saved.setdefault(name, aiida_profile.get_option(name, None))
+            aiida_profile.set_option(name, value)
+        config.update_profile(aiida_profile)
+        config.store()
+        stop_daemon(daemon_client)  # the options are read by the workers when they start
+        start_daemon(daemon_client)
+
+    yield apply
+    if saved:
+        for name, value in saved.items():
+            if value is None:
+                aiida_profile.unset_option(name)
+            else:
+                aiida_profile.set_option(name, value)
+        config.update_profile(aiida_profile)
+        config.store()
+        stop_daemon(daemon_client)
+        start_daemon(daemon_client)

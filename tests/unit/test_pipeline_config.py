@@ -1,0 +1,43 @@
+"""Unit tier: the pipeline YAML is validated with messages that name the offending key."""
+
+from __future__ import annotations
+
+import pytest
+
+from aiida_mlmat.workflows.pipeline_config import DEFAULTS, ConfigError, load_config, validate_config
+
+pytestmark = pytest.mark.unit
+
+
+def test_example_config_is_valid_and_defaults_fill_the_rest():
+    config = load_config('examples/pipeline-cuau-emt.yaml')
+    assert config['elements'] == ['Cu', 'Au']
+    assert config['reference']['calculator'] == {'name': 'emt', 'parameters': {}}
+    minimal = validate_config({'elements': ['Cu']})
+    assert minimal['training'] == DEFAULTS['training'] and minimal['screening']['verify_top'] == 3
+
+
+@pytest.mark.parametrize(
+    ('config', 'message'),
+    [
+        ({'elements': ['Cu'], 'trainng': {}}, r"<top level>: unknown key\(s\) \['trainng'\]"),
+        ({'elements': ['Cu'], 'training': {'epochs': 3}}, r"training: unknown key\(s\) \['epochs'\]"),
+        ({'elements': ['Cu'], 'screening': {'verify_top': 'three'}}, "screening.verify_top: 'three' is not of type"),
+        ({'elements': ['Cu'], 'training': {'ensemble': 1}}, 'training.ensemble: 1 is less than the minimum of 2'),
+        ({'elements': ['cu']}, 'elements.0'),
+        ({'reference': {}}, "'elements' is a required property"),
+        ({'elements': ['Cu'], 'reference': {'calculator': {'name': 'emt', 'params': {}}}}, 'reference.calculator'),
+    ],
+)
+def test_bad_configs_name_the_key(config, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)
+
+
+def test_missing_or_broken_file(tmp_path):
+    with pytest.raises(ConfigError, match='no such configuration file'):
+        load_config(tmp_path / 'nope.yaml')
+    broken = tmp_path / 'broken.yaml'
+    broken.write_text('elements: [Cu\n')
+    with pytest.raises(ConfigError, match='not valid YAML'):
+        load_config(broken)
