@@ -139,4 +139,5 @@ def import_cmd(ctx: click.Context, path: str, json_output: bool) -> None:
     if json_output:
         echo_json(result)
         return
-    click.echo(f'imported {target}: {result["nodes_added"]} new node(s) of {result["n_nodes"]} into {result["profile"]}')
+    added, total = result['nodes_added'], result['n_nodes']
+    click.echo(f'imported {target}: {added} new node(s) of {total} into {result["profile"]}')

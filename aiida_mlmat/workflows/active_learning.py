@@ -35,6 +35,7 @@ from aiida_mlmat.workflows.active_functions import (
     summarise_active_learning,
 )
 from aiida_mlmat.workflows.functions import split_configurations
+from aiida_mlmat.workflows.idempotent import IdempotentLaunchMixin
 from aiida_mlmat.workflows.label import LabelBaseWorkChain
 from aiida_mlmat.workflows.protocols import get_protocol_inputs
 from aiida_mlmat.workflows.training import TrainingWorkChain
@@ -158,7 +159,7 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
     return None
 
 
-class ActiveLearningWorkChain(WorkChain):
+class ActiveLearningWorkChain(IdempotentLaunchMixin, WorkChain):
     """Grow a training set where an ensemble potential is uncertain, until it is accurate or confident enough.
 
     See the module docstring for the loop and its stop reasons. Outputs: the final ``potential`` and the
@@ -549,7 +550,9 @@ class ActiveLearningWorkChain(WorkChain):
 
     def run_labelling(self) -> Any:
         """Label the queue with the reference in chunks, each in the restart wrapper."""
-        self.ctx.chunks = split_configurations(self.ctx.queue, self.inputs.chunk_size)
+        self.ctx.chunks = self.call_once(
+            f'split_{self.ctx.iteration}', split_configurations, self.ctx.queue, self.inputs.chunk_size
+        )
         futures = {}
         for key, chunk in sorted(self.ctx.chunks.items()):
             inputs = AttributeDict(self.exposed_inputs(LabelBaseWorkChain, 'label'))

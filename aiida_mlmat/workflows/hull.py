@@ -23,6 +23,7 @@ from aiida_mlmat.workflows.hull_functions import (
     verification_set,
     verify_screening,
 )
+from aiida_mlmat.workflows.idempotent import IdempotentLaunchMixin
 from aiida_mlmat.workflows.label import LabelBaseWorkChain
 
 #: Exit statuses of a relaxation job whose outputs are usable (510: some relaxations flagged unconverged).
@@ -75,7 +76,7 @@ def _elemental(references: ConfigurationSetData) -> set[str]:
     return {frame.get_chemical_symbols()[0] for frame in references.get_atoms() if len(set(frame.numbers)) == 1}
 
 
-class HullWorkChain(WorkChain):
+class HullWorkChain(IdempotentLaunchMixin, WorkChain):
     """Relax candidates with a potential (or a registry calculator), put them on one convex hull per ensemble
     member, and check the top picks against the reference calculator.
 
@@ -192,7 +193,7 @@ class HullWorkChain(WorkChain):
 
     def run_relax(self) -> Any:
         """Relax candidates and references in chunks, all jobs in parallel."""
-        chunks = split_configurations(self.ctx.prepared, self.inputs.chunk_size)
+        chunks = self.call_once('split_relax', split_configurations, self.ctx.prepared, self.inputs.chunk_size)
         self.ctx.chunks = chunks
         futures = {}
         for key in sorted(chunks):

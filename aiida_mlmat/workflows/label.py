@@ -9,6 +9,7 @@ from aiida.common import AttributeDict
 from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
 
 from aiida_mlmat.calcjobs.label import LabelCalculation
+from aiida_mlmat.workflows.idempotent import IdempotentLaunchMixin
 
 
 def report_error_handled(workchain: BaseRestartWorkChain, node: orm.CalcJobNode, action: str) -> None:
@@ -17,7 +18,7 @@ def report_error_handled(workchain: BaseRestartWorkChain, node: orm.CalcJobNode,
     workchain.report(f'Action taken: {action}')
 
 
-class LabelBaseWorkChain(BaseRestartWorkChain):
+class LabelBaseWorkChain(IdempotentLaunchMixin, BaseRestartWorkChain):
     """Run ``mlmat.label`` and restart it after a soft time limit, walltime, memory or node failure.
 
     Every restart passes the configurations finished so far as ``restart_from``: the worker copies them and

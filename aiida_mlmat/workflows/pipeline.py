@@ -14,6 +14,7 @@ from aiida.engine import ToContext, WorkChain, calcfunction, if_
 
 from aiida_mlmat.data.configurations import ConfigurationSetData
 from aiida_mlmat.data.potential import PotentialData
+from aiida_mlmat.workflows.idempotent import IdempotentLaunchMixin
 from aiida_mlmat.workflows.pipeline_config import ConfigError, validate_config
 
 
@@ -56,7 +57,7 @@ def pipeline_summary(config: orm.Dict, **nodes: orm.Data) -> orm.Dict:
     return orm.Dict(summary)
 
 
-class PipelineWorkChain(WorkChain):
+class PipelineWorkChain(IdempotentLaunchMixin, WorkChain):
     """Reference data -> (active learning | training) -> hull screening with verification, from one configuration."""
 
     @classmethod

@@ -22,6 +22,7 @@ from aiida_mlmat.workflows.functions import (
     split_configurations,
     structures_to_set,
 )
+from aiida_mlmat.workflows.idempotent import IdempotentLaunchMixin
 from aiida_mlmat.workflows.label import LabelBaseWorkChain
 from aiida_mlmat.workflows.protocols import get_protocol_inputs
 
@@ -136,7 +137,7 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
     return None
 
 
-class ReferenceWorkChain(WorkChain):
+class ReferenceWorkChain(IdempotentLaunchMixin, WorkChain):
     """Generate a labelled reference data set from seed structures (or a chemical system).
 
     Seeds (given, or built from ``elements``) are sampled by ``mlmat.sample``; the samples are labelled in
@@ -344,7 +345,7 @@ class ReferenceWorkChain(WorkChain):
         inputs = self.exposed_inputs(LabelBaseWorkChain, 'label')
         if 'code' not in inputs.get('label', {}):
             return self.exit_codes.ERROR_NO_LABEL_CODE
-        chunks = split_configurations(self.ctx.to_label, self.inputs.chunk_size)
+        chunks = self.call_once('split', split_configurations, self.ctx.to_label, self.inputs.chunk_size)
         self.ctx.chunks = chunks
         futures = {}
         for key in sorted(chunks):

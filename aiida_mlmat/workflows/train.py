@@ -13,10 +13,11 @@ from aiida.common import AttributeDict
 from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
 
 from aiida_mlmat.calcjobs.train import TrainCalculation
+from aiida_mlmat.workflows.idempotent import IdempotentLaunchMixin
 from aiida_mlmat.workflows.label import report_error_handled
 
 
-class TrainBaseWorkChain(BaseRestartWorkChain):
+class TrainBaseWorkChain(IdempotentLaunchMixin, BaseRestartWorkChain):
     """Run ``mlmat.train`` until it finishes, resuming from checkpoints after recoverable failures."""
 
     _process_class = TrainCalculation

@@ -10,6 +10,7 @@ from aiida.engine import ToContext, WorkChain
 
 from aiida_mlmat.data.configurations import ConfigurationSetData
 from aiida_mlmat.data.potential import PotentialData
+from aiida_mlmat.workflows.idempotent import IdempotentLaunchMixin
 from aiida_mlmat.workflows.protocols import get_protocol_inputs
 from aiida_mlmat.workflows.train import TrainBaseWorkChain
 from aiida_mlmat.workflows.training_functions import (
@@ -56,7 +57,7 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
     return None
 
 
-class TrainingWorkChain(WorkChain):
+class TrainingWorkChain(IdempotentLaunchMixin, WorkChain):
     """Train an ensemble of potentials on a labelled configuration set and evaluate it on a held-out test split.
 
     The split is deterministic and stratified by composition; member k trains with seed ``seed + k`` on a bootstrap
@@ -175,7 +176,7 @@ class TrainingWorkChain(WorkChain):
                 inputs.trainer.initial_member = orm.Int(k % self.inputs.initial_potential.n_members)
             train = self.ctx.splits['train']
             if self.inputs.bootstrap.value and self.inputs.ensemble_size.value > 1:
-                train = bootstrap_sample(train, orm.Int(seed))
+                train = self.call_once(f'bootstrap_{k}', bootstrap_sample, train, orm.Int(seed))
             inputs.trainer.train = train
             inputs.trainer.validation = self.ctx.splits['validation']
             inputs.metadata.call_link_label = f'member_{k}'

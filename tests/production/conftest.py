@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from aiida import orm
 
+from aiida_mlmat.workflows.idempotent import is_orphan
 from tests.conftest import DAEMON_WORKERS, RMQ_HOST, RMQ_PORT
 
 
@@ -178,16 +179,44 @@ def input_signature(node: orm.ProcessNode) -> tuple:
 
 def calcjob_census(workflow: orm.WorkflowNode) -> Counter:
     """Count the CalcJobs below ``workflow`` by :func:`input_signature`; a duplicate shows as a count above 1."""
-    return Counter(input_signature(node) for node in workflow.called_descendants if isinstance(node, orm.CalcJobNode))
+    return Counter(
+        input_signature(node)
+        for node in workflow.called_descendants
+        if isinstance(node, orm.CalcJobNode) and not is_orphan(node)
+    )
+
+
+def describe_duplicates(workflow: orm.WorkflowNode) -> str:
+    """The CalcJobs below ``workflow`` that share an input signature: pk, state, exit status, caller, creation time."""
+    groups: dict[tuple, list[orm.CalcJobNode]] = {}
+    for node in workflow.called_descendants:
+        if isinstance(node, orm.CalcJobNode):
+            groups.setdefault(input_signature(node), []).append(node)
+    lines = []
+    for nodes in groups.values():
+        if len(nodes) > 1:
+            for node in sorted(nodes, key=lambda n: n.ctime):
+                caller = node.caller
+                lines.append(
+                    f'{node.process_label}<{node.pk}> {node.process_state} exit {node.exit_status} '
+                    f'ctime {node.ctime.isoformat()} caller {caller.process_label}<{caller.pk}> '
+                    f'job {node.get_job_id()} {node.exit_message or ""}'
+                )
+    return '\n'.join(lines) or 'no duplicates'
 
 
 def process_census(workflow: orm.WorkflowNode) -> Counter:
     """Count every process below ``workflow`` by process type (calcfunctions, CalcJobs, workchains)."""
-    return Counter(node.process_type or node.process_label for node in workflow.called_descendants)
+    return Counter(
+        node.process_type or node.process_label for node in workflow.called_descendants if not is_orphan(node)
+    )
 
 
 def no_excepted_processes(since_pk: int) -> list[orm.ProcessNode]:
-    """Excepted or killed processes created after ``since_pk`` (a test asserts this is empty)."""
+    """Excepted or killed processes created after ``since_pk`` (a test asserts this is empty).
+
+    Children closed because their launch was cut off before they could run (``is_orphan``) are not counted: they
+    never ran, and their replacement did."""
     query = orm.QueryBuilder().append(
         orm.ProcessNode,
         filters={
@@ -195,7 +224,7 @@ def no_excepted_processes(since_pk: int) -> list[orm.ProcessNode]:
             'attributes.process_state': {'in': ['excepted', 'killed']},
         },
     )
-    return query.all(flat=True)
+    return [node for node in query.all(flat=True) if not is_orphan(node)]
 
 
 def last_pk() -> int:

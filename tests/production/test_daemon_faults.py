@@ -26,6 +26,7 @@ from tests.engine.helpers import SMALL_SAMPLE, assert_labels_equal_emt
 from tests.production.conftest import (
     await_terminated,
     calcjob_census,
+    describe_duplicates,
     kill_daemon_hard,
     last_pk,
     no_excepted_processes,
@@ -92,6 +93,8 @@ def test_daemon_sigkill_mid_workflow_loses_nothing(started_daemon_client, worker
     reference = submit(reference_builder(worker_code, emt))
 
     def both_in_flight() -> bool:
+        """Label and training jobs running; the workflows may still be launching (a replayed launch step is
+        matched by call-link label: see aiida_mlmat.workflows.idempotent)."""
         assert not training.is_terminated and not reference.is_terminated, 'a workflow ended before the kill'
         labelling = any(c.process_type.endswith('mlmat.label') for c in live_calcjobs(reference))
         return labelling and any(c.process_type.endswith('mlmat.train') for c in live_calcjobs(training))
@@ -122,7 +125,7 @@ def test_daemon_sigkill_mid_workflow_loses_nothing(started_daemon_client, worker
     # Nothing ran twice: every CalcJob once per distinct input, and the same processes as the undisturbed run.
     for disturbed, undisturbed in ((training, calm['training']), (reference, calm['reference'])):
         census = calcjob_census(disturbed)
-        assert max(census.values()) == 1, census
+        assert max(census.values()) == 1, describe_duplicates(disturbed)
         assert census == calcjob_census(undisturbed)
         assert process_census(disturbed) == process_census(undisturbed)
     assert no_excepted_processes(first_pk) == []
