@@ -1,0 +1,273 @@
+"""Active-learning benchmark: reference labels needed to reach a force error, committee selection against random.
+
+One pool of candidate configurations comes from molecular dynamics, the way an active-learning loop explores:
+Langevin MD with the reference (EMT) of 16-atom Cu-Au fcc cells (25, 50 and 75 % Au on random sites) over a
+ladder of temperatures and isotropic strains, a snapshot every ``--interval`` steps. A held-out set comes from
+other trajectories over the same ladder (other seeds, other decorations). Both contenders start from the same
+``--initial`` labelled pool configurations and grow the training set by ``--step`` labels per round up to
+``--budget``; after each round an ensemble of ``--members`` bootstrap members is trained from scratch with the
+same settings, and the force RMSE of its mean on the held-out set is recorded (the learning curve).
+
+- **active**: the pool is scored by the committee force disagreement of the current ensemble (the largest, over
+  atoms, of the norm of the per-component standard deviation of the members' forces, eV/Å; what
+  ``MLMatCalculator`` reports as ``forces_disagreement``) and the next labels are picked between the trust bounds,
+  diverse by farthest-point sampling on mean descriptors: :func:`aiida_mlmat.ml.active.select_candidates`, the
+  function the ``mlmat.active_learning`` workchain selects with.
+- **random**: the next labels are drawn uniformly from the unlabelled part of the same pool (fixed seed).
+
+The target error is the held-out force RMSE that random selection reaches with the whole budget (or
+``--target-forces-rmse``). The figure of each contender is the number of labels at which its learning curve
+first reaches the target (null if it never does); the ratio is random's labels over active learning's (bigger is
+better; the target is 2: the same error with at most half the labels). Everything (training, scoring) runs in
+this process through ``aiida_mlmat.ml``; no AiiDA profile is needed.
+
+Run: python benchmarks/active_learning.py [--budget 96] [--initial 8] [--step 8] [--members 3] [--epochs 120]
+The last line of stdout is one JSON object with ``ratios``, ``targets`` and the raw figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ase import Atoms, units
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+from aiida_mlmat.ml.active import select_candidates
+from aiida_mlmat.ml.calculator import MLMatCalculator
+from aiida_mlmat.ml.descriptors import DescriptorSpec, compute
+from aiida_mlmat.ml.model import default_config
+from aiida_mlmat.ml.training import TrainingConfig, train
+
+SPECIES = ['Cu', 'Au']
+FRACTIONS_AU = (0.25, 0.5, 0.75)
+
+
+def lattice_constant(x_au: float) -> float:
+    """Vegard's law between fcc Cu (3.61 Å) and fcc Au (4.08 Å)."""
+    return 3.61 + (4.08 - 3.61) * x_au
+
+
+def labelled(atoms: Atoms) -> Atoms:
+    """A copy of ``atoms`` with its EMT energy (eV), forces (eV/Å) and stress (eV/Å^3) attached."""
+    frame = Atoms(atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=True)
+    frame.calc = EMT()
+    energy, forces, stress = frame.get_potential_energy(), frame.get_forces(), frame.get_stress()
+    frame.calc = SinglePointCalculator(frame, energy=energy, forces=forces, stress=stress)
+    return frame
+
+
+def trajectories(
+    temperatures: list[float], strains: list[float], snapshots: int, interval: int, seed: int
+) -> list[dict[str, Any]]:
+    """Langevin MD (EMT, 2 fs) of 16-atom Cu-Au cells at every (composition, temperature, strain) of the ladder.
+
+    :return: one record per snapshot: the labelled configuration and its temperature (K) and strain.
+    """
+    rng = np.random.default_rng(seed)
+    frames = []
+    for x_au in FRACTIONS_AU:
+        for temperature in temperatures:
+            for strain in strains:
+                atoms = bulk('Cu', 'fcc', a=lattice_constant(x_au) * (1 + strain), cubic=True).repeat((2, 2, 1))
+                symbols = np.array(['Cu'] * len(atoms))
+                symbols[rng.permutation(len(atoms))[: round(x_au * len(atoms))]] = 'Au'
+                atoms.set_chemical_symbols(symbols)
+                atoms.calc = EMT()
+                MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+                dynamics = Langevin(
+                    atoms, 2.0 * units.fs, temperature_K=temperature, friction=0.02, rng=np.random.RandomState(seed)
+                )
+                dynamics.run(interval)  # leave the perfect lattice first
+                for _ in range(snapshots):
+                    dynamics.run(interval)
+                    frames.append({'atoms': labelled(atoms), 'temperature_K': temperature, 'strain': strain})
+                seed += 1
+    return frames
+
+
+def bootstrap_members(
+    frames: list[Atoms], members: int, epochs: int, seed: int, workdir: Path, threads: int
+) -> MLMatCalculator:
+    """Train ``members`` models from scratch, each on a bootstrap resample (validated on its out-of-bag frames)."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for member in range(members):
+        picks = rng.integers(0, len(frames), len(frames)) if members > 1 else np.arange(len(frames))
+        out_of_bag = sorted(set(range(len(frames))) - set(picks.tolist())) or list(range(len(frames)))
+        config = TrainingConfig(
+            epochs=epochs, batch_size=4, patience=epochs, seed=seed + member, dtype='float32',
+            checkpoint_every_epochs=10**6, checkpoint_every_seconds=1e9,
+        )  # fmt: skip
+        directory = workdir / f'member-{member}'
+        train(default_config(SPECIES), [frames[i] for i in picks], [frames[i] for i in out_of_bag], config, directory)
+        paths.append(directory / 'model.pt')
+    torch.set_num_threads(threads)
+    return MLMatCalculator.from_files(paths, dtype=torch.float32)
+
+
+def evaluate(calculator: MLMatCalculator, frames: list[Atoms]) -> tuple[float, np.ndarray]:
+    """Force RMSE (eV/Å) of the ensemble mean on labelled ``frames``, and every frame's committee disagreement."""
+    errors, disagreement = [], []
+    for frame in frames:
+        atoms = frame.copy()
+        atoms.calc = calculator
+        errors.append((atoms.get_forces() - frame.get_forces()).ravel())
+        disagreement.append(calculator.results['forces_disagreement'])
+    return float(np.sqrt(np.mean(np.square(np.concatenate(errors))))), np.asarray(disagreement)
+
+
+def learning_curve(
+    strategy: str, pool: list[Atoms], held_out: list[Atoms], features: np.ndarray, args: argparse.Namespace, root: Path
+) -> list[dict[str, Any]]:
+    """Grow the training set from the same initial labels with one strategy; one record per round."""
+    rng = np.random.default_rng(args.seed + 1)
+    chosen = list(rng.choice(len(pool), args.initial, replace=False))
+    curve = []
+    while True:
+        start = time.perf_counter()
+        calculator = bootstrap_members(
+            [pool[i] for i in chosen], args.members, args.epochs, args.seed, root / f'{strategy}-{len(chosen)}',
+            args.threads,
+        )  # fmt: skip
+        train_s = time.perf_counter() - start
+        rmse, _ = evaluate(calculator, held_out)
+        record = {'n_labels': len(chosen), 'held_out_forces_rmse': rmse, 'train_s': train_s}
+        print(f'{strategy:>6}: {len(chosen):4d} labels -> held-out force RMSE {rmse:.4f} eV/Å', flush=True)
+        if len(chosen) >= min(args.budget, len(pool)):
+            curve.append(record)
+            return curve
+        rest = np.array(sorted(set(range(len(pool))) - set(chosen)))
+        n_new = min(args.step, args.budget - len(chosen), len(rest))
+        if strategy == 'active':
+            _, scores = evaluate(calculator, [pool[i] for i in rest])
+            upper = max(args.upper, float(scores.max()))  # nothing in the pool is unphysical: it is reference MD
+            picked = select_candidates(scores, args.lower, upper, n_new, features[rest])
+            if len(picked) < n_new:  # fewer candidates than labels to spend: the most uncertain of the rest
+                extra = [int(i) for i in np.argsort(-scores, kind='stable') if int(i) not in set(picked)]
+                picked += extra[: n_new - len(picked)]
+            record['pool_disagreement'] = {
+                'mean': float(scores.mean()), 'max': float(scores.max()),
+                'fraction_above_lower': float(np.mean(scores > args.lower)),
+            }  # fmt: skip
+            new = [int(rest[i]) for i in picked]
+        else:
+            new = [int(i) for i in rng.choice(rest, n_new, replace=False)]
+        record['added'] = new
+        curve.append(record)
+        chosen += new
+
+
+def labels_to_reach(curve: list[dict[str, Any]], target: float) -> int | None:
+    """The number of labels at which a learning curve first reaches ``target`` (eV/Å), or None."""
+    for record in curve:
+        if record['held_out_forces_rmse'] <= target:
+            return record['n_labels']
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--budget', type=int, default=96, help='labels at the end of each learning curve')
+    parser.add_argument('--initial', type=int, default=8, help='labels to start from (the same for both)')
+    parser.add_argument('--step', type=int, default=8, help='labels added per round')
+    parser.add_argument('--members', type=int, default=3, help='ensemble members (bootstrap), for both')
+    parser.add_argument('--epochs', type=int, default=120, help='training epochs of every member, from scratch')
+    parser.add_argument('--temperatures', type=float, nargs='+', default=[300.0, 700.0, 1100.0, 1500.0])
+    parser.add_argument('--strains', type=float, nargs='+', default=[-0.03, 0.0, 0.03])
+    parser.add_argument('--pool-snapshots', type=int, default=16, help='snapshots per pool trajectory')
+    parser.add_argument('--held-out-snapshots', type=int, default=4, help='snapshots per held-out trajectory')
+    parser.add_argument('--interval', type=int, default=10, help='MD steps between snapshots')
+    parser.add_argument('--lower', type=float, default=0.02, help='lower trust bound (eV/Å)')
+    parser.add_argument('--upper', type=float, default=1.0, help='upper trust bound (eV/Å)')
+    parser.add_argument('--target-forces-rmse', type=float, help='eV/Å; default: what random reaches at --budget')
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--seed', type=int, default=0)
+    args = parser.parse_args()
+
+    warnings.filterwarnings('ignore', category=UserWarning)
+    warnings.filterwarnings('ignore', category=FutureWarning)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    pool_records = trajectories(args.temperatures, args.strains, args.pool_snapshots, args.interval, args.seed)
+    held_records = trajectories(
+        args.temperatures, args.strains, args.held_out_snapshots, 3 * args.interval, args.seed + 10_000
+    )
+    pool = [record['atoms'] for record in pool_records]
+    if not 0 < args.initial < len(pool):
+        parser.error(f'--initial must be between 1 and the pool size - 1 ({len(pool) - 1}), got {args.initial}')
+    held_out = [record['atoms'] for record in held_records]
+    spec = DescriptorSpec.from_dict({**default_config(SPECIES)['descriptor'], 'species': SPECIES})
+    features = np.stack([array.mean(axis=0) for array in compute(pool, spec)])
+    data_s = time.perf_counter() - t0
+    force_rms = float(np.sqrt(np.mean(np.concatenate([a.get_forces().ravel() for a in held_out]) ** 2)))
+    print(
+        f'pool {len(pool)} and held-out {len(held_out)} configurations of 16 atoms (EMT MD), held-out force RMS '
+        f'{force_rms:.3f} eV/Å, made in {data_s:.1f} s',
+        flush=True,
+    )
+    curves = {}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix='mlmat-bench-al-') as directory:
+        for strategy in ('random', 'active'):
+            curves[strategy] = learning_curve(strategy, pool, held_out, features, args, Path(directory))
+    wall = time.perf_counter() - start
+    target = args.target_forces_rmse or curves['random'][-1]['held_out_forces_rmse']
+    needed = {name: labels_to_reach(curve, target) for name, curve in curves.items()}
+    ratio = needed['random'] / needed['active'] if needed['active'] and needed['random'] else None
+    conditions = {}
+    for name, curve in curves.items():
+        added = [i for record in curve for i in record.get('added', [])]
+        temperatures = [pool_records[i]['temperature_K'] for i in added]
+        conditions[name] = {f'{t:g}K': temperatures.count(t) for t in args.temperatures}
+    result = {
+        'benchmark': 'active_learning',
+        'units': {'forces_rmse': 'eV/Å', 'temperature': 'K', 'time': 's'},
+        'n_pool': len(pool),
+        'n_held_out': len(held_out),
+        'held_out_force_rms': force_rms,
+        'target_forces_rmse': target,
+        'target_from': 'argument' if args.target_forces_rmse else f'random selection at {args.budget} labels',
+        'labels_to_target': needed,
+        'learning_curves': {
+            name: [{k: v for k, v in record.items() if k != 'added'} for record in curve]
+            for name, curve in curves.items()
+        },
+        'selected_by_temperature': conditions,
+        'settings': {k: v for k, v in vars(args).items()},
+        'ratios': {'labels_random_over_active': ratio},
+        'targets': {'labels_random_over_active': 2.0},
+        'met': {'labels_random_over_active': ratio is not None and ratio >= 2.0},
+        'wall_s': wall,
+        'machine': {
+            'cores': os.cpu_count(),
+            'threads': args.threads,
+            'cpu': platform.processor() or platform.machine(),
+            'python': platform.python_version(),
+            'torch': torch.__version__,
+            'loadavg_end': os.getloadavg()[0],
+        },
+    }
+    print(
+        f'target {target:.4f} eV/Å: random needs {needed["random"]} labels, active learning {needed["active"]} '
+        f'(ratio {ratio if ratio is None else round(ratio, 2)}, target 2)',
+        flush=True,
+    )
+    print(json.dumps(result))
+
+
+if __name__ == '__main__':
+    main()
