@@ -19,6 +19,7 @@ from ase import Atoms
 from aiida_mlmat.common.constants import DISAGREEMENT_KEY, INDEX_KEY
 from aiida_mlmat.data.configurations import ConfigurationSetData
 from aiida_mlmat.data.potential import PotentialData
+from aiida_mlmat.workflows.functions import gather_chunks
 
 ITERATION_KEY = 'mlmat_al_iteration'
 SOURCE_KEY = 'mlmat_source'
@@ -127,24 +128,7 @@ def merge_labels(
         iteration, each with its ``iteration``), ``labelled`` (this iteration's new labels, when any), ``pending``
         (hull candidates still unlabelled, when any), ``counts`` (Dict: queued, labelled, failed, per source).
     """
-    reasons = failures.get_dict()
-    labelled: list[Atoms] = []
-    excluded: list[dict[str, Any]] = []
-    for key in sorted(chunks):
-        node = chunks[key]
-        if key.startswith('failed_'):
-            for position, frame in enumerate(node.get_atoms()):
-                excluded.append(
-                    {
-                        'index': int(frame.info.get(INDEX_KEY, position)),
-                        'formula': frame.get_chemical_formula(),
-                        'reason': reasons.get(key, 'the label job failed'),
-                    }
-                )
-        else:
-            labelled.extend(node.get_atoms())
-            excluded.extend(node.excluded)
-    labelled.sort(key=lambda frame: int(frame.info.get(INDEX_KEY, 0)))
+    labelled, excluded = gather_chunks(chunks, failures.get_dict())
     queued = queue.get_atoms()
     by_index = {int(frame.info[INDEX_KEY]): frame for frame in queued}
     for record in excluded:

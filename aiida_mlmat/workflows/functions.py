@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from aiida import orm
 from aiida.engine import calcfunction
@@ -42,18 +44,14 @@ def split_configurations(configurations: ConfigurationSetData, chunk_size: orm.I
     }
 
 
-@calcfunction
-def collect_labels(calculator: orm.Dict, failures: orm.Dict, **chunks: ConfigurationSetData) -> ConfigurationSetData:
-    """Merge labelled chunks into one set, sorted by configuration index, with every exclusion recorded.
+def gather_chunks(chunks: dict[str, Any], reasons: dict[str, str]) -> tuple[list[Atoms], list[dict[str, Any]]]:
+    """Frames and exclusions of labelled chunks (``labelled_*``) and failed unlabelled chunks (``failed_*``).
 
-    :param calculator: the calculator spec that made the labels.
-    :param failures: ``{link label of an unlabelled chunk: reason}`` for chunks whose job failed as a whole;
-        every configuration of such a chunk is excluded with that reason.
-    :param chunks: labelled chunks (``labelled_*``) and failed unlabelled chunks (``failed_*``).
+    Every configuration of a failed chunk is excluded with ``reasons[key]``; the frames come back sorted by their
+    original index, the exclusions in chunk order.
     """
-    reasons = failures.get_dict()
     frames: list[Atoms] = []
-    excluded: list[dict] = []
+    excluded: list[dict[str, Any]] = []
     for key in sorted(chunks):
         node = chunks[key]
         if key.startswith('failed_'):
@@ -69,6 +67,19 @@ def collect_labels(calculator: orm.Dict, failures: orm.Dict, **chunks: Configura
             frames.extend(node.get_atoms())
             excluded.extend(node.excluded)
     frames.sort(key=lambda frame: int(frame.info.get(INDEX_KEY, 0)))
+    return frames, excluded
+
+
+@calcfunction
+def collect_labels(calculator: orm.Dict, failures: orm.Dict, **chunks: ConfigurationSetData) -> ConfigurationSetData:
+    """Merge labelled chunks into one set, sorted by configuration index, with every exclusion recorded.
+
+    :param calculator: the calculator spec that made the labels.
+    :param failures: ``{link label of an unlabelled chunk: reason}`` for chunks whose job failed as a whole;
+        every configuration of such a chunk is excluded with that reason.
+    :param chunks: labelled chunks (``labelled_*``) and failed unlabelled chunks (``failed_*``).
+    """
+    frames, excluded = gather_chunks(chunks, failures.get_dict())
     excluded.sort(key=lambda record: record['index'])
     return ConfigurationSetData(frames, calculator=calculator.get_dict(), excluded=excluded)
 
