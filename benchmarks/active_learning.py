@@ -71,16 +71,18 @@ def labelled(atoms: Atoms) -> Atoms:
 
 
 def trajectories(
-    temperatures: list[float], strains: list[float], snapshots: int, interval: int, seed: int
+    temperatures: list[float], strains: list[float], snapshots: int | list[int], interval: int, seed: int
 ) -> list[dict[str, Any]]:
     """Langevin MD (EMT, 2 fs) of 16-atom Cu-Au cells at every (composition, temperature, strain) of the ladder.
 
+    :param snapshots: snapshots per trajectory: one number for every temperature, or one per temperature.
     :return: one record per snapshot: the labelled configuration and its temperature (K) and strain.
     """
     rng = np.random.default_rng(seed)
+    per_temperature = [snapshots] * len(temperatures) if isinstance(snapshots, int) else list(snapshots)
     frames = []
     for x_au in FRACTIONS_AU:
-        for temperature in temperatures:
+        for temperature, count in zip(temperatures, per_temperature, strict=True):
             for strain in strains:
                 atoms = bulk('Cu', 'fcc', a=lattice_constant(x_au) * (1 + strain), cubic=True).repeat((2, 2, 1))
                 symbols = np.array(['Cu'] * len(atoms))
@@ -92,7 +94,7 @@ def trajectories(
                     atoms, 2.0 * units.fs, temperature_K=temperature, friction=0.02, rng=np.random.RandomState(seed)
                 )
                 dynamics.run(interval)  # leave the perfect lattice first
-                for _ in range(snapshots):
+                for _ in range(count):
                     dynamics.run(interval)
                     frames.append({'atoms': labelled(atoms), 'temperature_K': temperature, 'strain': strain})
                 seed += 1
@@ -188,7 +190,11 @@ def main() -> None:
     parser.add_argument('--epochs', type=int, default=120, help='training epochs of every member, from scratch')
     parser.add_argument('--temperatures', type=float, nargs='+', default=[300.0, 700.0, 1100.0, 1500.0])
     parser.add_argument('--strains', type=float, nargs='+', default=[-0.03, 0.0, 0.03])
-    parser.add_argument('--pool-snapshots', type=int, default=16, help='snapshots per pool trajectory')
+    parser.add_argument(
+        '--pool-snapshots', type=int, nargs='+', default=[16],
+        help='snapshots per pool trajectory: one number, or one per temperature (an exploration-like pool that '
+        'is mostly near-equilibrium frames, e.g. 40 8 8 8)',
+    )  # fmt: skip
     parser.add_argument('--held-out-snapshots', type=int, default=4, help='snapshots per held-out trajectory')
     parser.add_argument('--interval', type=int, default=10, help='MD steps between snapshots')
     parser.add_argument('--lower', type=float, default=0.02, help='lower trust bound (eV/Å)')
@@ -202,7 +208,10 @@ def main() -> None:
     warnings.filterwarnings('ignore', category=FutureWarning)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    pool_records = trajectories(args.temperatures, args.strains, args.pool_snapshots, args.interval, args.seed)
+    if len(args.pool_snapshots) not in (1, len(args.temperatures)) or min(args.pool_snapshots) < 0:
+        parser.error('--pool-snapshots takes one count, or one count (>= 0) per temperature')
+    pool_snapshots = args.pool_snapshots[0] if len(args.pool_snapshots) == 1 else args.pool_snapshots
+    pool_records = trajectories(args.temperatures, args.strains, pool_snapshots, args.interval, args.seed)
     held_records = trajectories(
         args.temperatures, args.strains, args.held_out_snapshots, 3 * args.interval, args.seed + 10_000
     )
@@ -238,6 +247,9 @@ def main() -> None:
         'units': {'forces_rmse': 'eV/Å', 'temperature': 'K', 'time': 's'},
         'n_pool': len(pool),
         'n_held_out': len(held_out),
+        'pool_by_temperature': {
+            f'{t:g}K': sum(1 for record in pool_records if record['temperature_K'] == t) for t in args.temperatures
+        },
         'held_out_force_rms': force_rms,
         'target_forces_rmse': target,
         'target_from': 'argument' if args.target_forces_rmse else f'random selection at {args.budget} labels',

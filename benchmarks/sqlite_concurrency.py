@@ -99,6 +99,12 @@ def run_round(code: Any, workers: int, n_workflows: int, timeout: float) -> dict
 
     verdi('-p', PROFILE, 'daemon', 'stop', '--timeout', '60', check=False)
     verdi('-p', PROFILE, 'daemon', 'start', str(workers))
+    # The ZeroMQ broker runs inside the daemon's supervisor and restarted with it: a connection this process made
+    # in an earlier round points at the old one, and tasks sent through it would never reach a worker.
+    from aiida.manage import get_manager
+
+    get_manager().reset_runner()
+    get_manager().reset_broker()
     client = get_daemon_client(PROFILE)
     log_file = Path(client.daemon_log_file)
     offset = log_file.stat().st_size if log_file.exists() else 0

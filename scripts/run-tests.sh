@@ -13,11 +13,7 @@ ruff check aiida_mlmat tests benchmarks
 ruff format --check aiida_mlmat tests benchmarks
 python -m pytest -p no:cacheprovider -ra "$@"
 if [ "$#" -eq 0 ] && [ "${MLMAT_SKIP_PRODUCTION:-0}" != 1 ]; then
-  # Production tier: a representative part of the engine tier again (every workflow kind, restarts, the CLI,
-  # caching; the slowest duplicates of what the tier's own tests cover are left out), then tests/production
-  # (daemon SIGKILL, lost and duplicated broker tasks, ssh outages, unconverged DFT, the load test).
-  MLMAT_TEST_PROFILE=psql python -m pytest -p no:cacheprovider -ra tests/engine/test_reference_workchain.py \
-    tests/engine/test_faults.py tests/engine/test_descriptors_engine.py tests/engine/test_training_engine.py \
-    tests/engine/test_cli.py tests/production \
-    -k 'not (ensemble_end_to_end or aiida_ase_path or nan_loss or structuredata_seeds)'
+  # Production tier: the whole engine tier again (the same tests as on the embedded profile), then
+  # tests/production (daemon SIGKILL, lost and duplicated broker tasks, ssh outages, unconverged DFT, the load test).
+  MLMAT_TEST_PROFILE=psql python -m pytest -p no:cacheprovider -ra tests/engine tests/production
 fi

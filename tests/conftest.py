@@ -142,6 +142,10 @@ def aiida_profile(aiida_config, aiida_profile_factory):
                 # RabbitMQ task queue is then not durable and expires 10 s after its last consumer, so a daemon
                 # that is down for longer loses every task. Production queues are durable; so is this one.
                 profile.is_test_profile = False
+                # A non-test profile polls the state of a process that a runner awaits every `runner.poll.interval`
+                # (60 s by default) besides listening for its broadcast; an in-process `run` of a workflow (the
+                # provenance and archive graphs) hears no broadcast here and would wait the full minute per child.
+                profile.set_option('runner.poll.interval', 1)
                 aiida_config.update_profile(profile)
                 aiida_config.store()
                 prefix = f'aiida-{profile.uuid}'
