@@ -46,7 +46,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
-from aiida_mlmat.ml.active import select_candidates
+from aiida_mlmat.ml.active import adaptive_lower, select_candidates
 from aiida_mlmat.ml.calculator import MLMatCalculator
 from aiida_mlmat.ml.descriptors import DescriptorSpec, compute
 from aiida_mlmat.ml.model import default_config
@@ -157,13 +157,15 @@ def learning_curve(
         if strategy == 'active':
             _, scores = evaluate(calculator, [pool[i] for i in rest])
             upper = max(args.upper, float(scores.max()))  # nothing in the pool is unphysical: it is reference MD
-            picked = select_candidates(scores, args.lower, upper, n_new, features[rest])
+            lower = adaptive_lower(scores, args.lower, upper, args.lower_quantile)  # the workchain's adaptive bound
+            picked = select_candidates(scores, lower, upper, n_new, features[rest])
             if len(picked) < n_new:  # fewer candidates than labels to spend: the most uncertain of the rest
                 extra = [int(i) for i in np.argsort(-scores, kind='stable') if int(i) not in set(picked)]
                 picked += extra[: n_new - len(picked)]
             record['pool_disagreement'] = {
                 'mean': float(scores.mean()), 'max': float(scores.max()),
                 'fraction_above_lower': float(np.mean(scores > args.lower)),
+                'lower_used': lower,
             }  # fmt: skip
             new = [int(rest[i]) for i in picked]
         else:
@@ -199,6 +201,11 @@ def main() -> None:
     parser.add_argument('--interval', type=int, default=10, help='MD steps between snapshots')
     parser.add_argument('--lower', type=float, default=0.02, help='lower trust bound (eV/Å)')
     parser.add_argument('--upper', type=float, default=1.0, help='upper trust bound (eV/Å)')
+    parser.add_argument(
+        '--lower-quantile', type=float,
+        help='calibrate the lower bound every round: at least this quantile of the pool disagreement (e.g. 0.75: '
+        'farthest-point sampling among the most uncertain quarter)',
+    )  # fmt: skip
     parser.add_argument('--target-forces-rmse', type=float, help='eV/Å; default: what random reaches at --budget')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--seed', type=int, default=0)

@@ -43,6 +43,29 @@ def candidates_between(disagreement: Sequence[float], lower: float, upper: float
     return np.flatnonzero((values > lower) & (values <= upper))
 
 
+def adaptive_lower(disagreement: Sequence[float], lower: float, upper: float, quantile: float | None) -> float:
+    """The lower bound (eV/Å) candidates are taken above: ``lower``, or raised to a quantile of the disagreement.
+
+    With ``quantile`` q, the bound becomes the larger of ``lower`` and the q-quantile of the disagreement of the
+    configurations at most ``upper`` (never reaching ``upper``), so that only the most uncertain ``1 - q`` of the
+    trusted-but-uncertain region is a candidate while the ensemble is still poor. This is the adaptive lower
+    trust level of DP-GEN (``model_devi_adapt_trust_lo`` with ``model_devi_perc_candi_f``). Convergence is
+    still judged against the fixed ``lower`` bound.
+
+    :raises ValueError: for a quantile outside [0, 1).
+    """
+    if quantile is None:
+        return float(lower)
+    if not 0.0 <= quantile < 1.0:
+        raise ValueError(f'the lower-bound quantile must lie in [0, 1), got {quantile}')
+    values = np.asarray(disagreement, dtype=float)
+    values = values[values <= upper]
+    if not len(values):
+        return float(lower)
+    raised = float(np.quantile(values, quantile))
+    return float(min(max(lower, raised), np.nextafter(upper, -np.inf)))
+
+
 def disagreement_statistics(
     disagreement: Sequence[float], lower: float, upper: float, skipped: Sequence[int] | None = None
 ) -> dict[str, Any]:

@@ -31,15 +31,19 @@ RECORD_KINDS = ('potential', 'dataset', 'training', 'test', 'exploration', 'merg
 
 
 @calcfunction
-def score_exploration(explored: ConfigurationSetData, lower: orm.Float, upper: orm.Float) -> dict[str, orm.Data]:
+def score_exploration(
+    explored: ConfigurationSetData, lower: orm.Float, upper: orm.Float, lower_quantile: orm.Float | None = None
+) -> dict[str, orm.Data]:
     """Disagreement statistics of the explored configurations and the candidates between the trust bounds.
 
-    Outputs ``statistics`` (Dict, eV/Å; see :func:`aiida_mlmat.ml.active.disagreement_statistics`) and
-    ``candidates`` (the configurations with ``lower < d <= upper``, each keeping its index in the explored set).
+    Outputs ``statistics`` (Dict, eV/Å; see :func:`aiida_mlmat.ml.active.disagreement_statistics`, plus
+    ``candidate_lower_bound``) and ``candidates`` (the configurations with ``l < d <= upper``, each keeping its
+    index in the explored set). ``l`` is ``lower``, or with ``lower_quantile`` the adaptive bound of
+    :func:`aiida_mlmat.ml.active.adaptive_lower`; the convergence statistics always use ``lower``.
 
     :raises ValueError: when a configuration carries no disagreement (it was not explored with an ensemble).
     """
-    from aiida_mlmat.ml.active import candidates_between, disagreement_statistics
+    from aiida_mlmat.ml.active import adaptive_lower, candidates_between, disagreement_statistics
     from aiida_mlmat.worker.tasks.sample import SKIPPED_KEY
 
     frames = explored.get_atoms()
@@ -54,7 +58,11 @@ def score_exploration(explored: ConfigurationSetData, lower: orm.Float, upper: o
     statistics = disagreement_statistics(values, lower.value, upper.value, skipped)
     for position, frame in enumerate(frames):
         frame.info.setdefault(INDEX_KEY, position)
-    picked = candidates_between(values, lower.value, upper.value)
+    quantile = lower_quantile.value if lower_quantile is not None else None
+    bound = adaptive_lower(values, lower.value, upper.value, quantile)
+    picked = candidates_between(values, bound, upper.value)
+    statistics['candidate_lower_bound'] = bound
+    statistics['n_candidates'] = len(picked)
     return {
         'statistics': orm.Dict(statistics),
         'candidates': ConfigurationSetData([frames[int(index)] for index in picked]),

@@ -131,6 +131,9 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
     error = check_bounds(lower, upper)
     if error:
         return f'selection: {error}'
+    quantile = _value(selection, 'lower_quantile', None)
+    if quantile is not None and not 0 <= quantile < 1:
+        return f'selection.lower_quantile: must lie in [0, 1), got {quantile}'
     if _value(selection, 'max_per_iteration', 20) < 1:
         return 'selection.max_per_iteration: must be at least 1'
     convergence = value.get('convergence', {})
@@ -244,6 +247,14 @@ class ActiveLearningWorkChain(IdempotentLaunchMixin, WorkChain):
             valid_type=orm.Float,
             default=lambda: orm.Float(0.5),
             help='Upper trust bound (eV/Å): above it a snapshot is taken as unphysical and not labelled.',
+        )
+        spec.input(
+            'selection.lower_quantile',
+            valid_type=orm.Float,
+            required=False,
+            help='Adaptive lower bound: candidates lie above the larger of `lower` and this quantile (0 to 1) of the '
+            "explored disagreement, so FPS picks among the most uncertain 1 - q (DP-GEN's adapted trust level); "
+            'convergence is still judged against `lower`.',
         )
         spec.input(
             'selection.max_per_iteration',
@@ -362,8 +373,8 @@ class ActiveLearningWorkChain(IdempotentLaunchMixin, WorkChain):
             'temperatures': orm.List, 'strains': orm.List, 'supercell': orm.List, 'steps': orm.Int,
             'interval': orm.Int, 'seed': orm.Int, 'timestep': orm.Float, 'friction': orm.Float,
             'stop_disagreement': orm.Float, 'device': orm.Str, 'lower': orm.Float, 'upper': orm.Float,
-            'max_per_iteration': orm.Int, 'fps': orm.Bool, 'fraction': orm.Float, 'target_forces_rmse': orm.Float,
-            'max_iterations': orm.Int,
+            'lower_quantile': orm.Float, 'max_per_iteration': orm.Int, 'fps': orm.Bool, 'fraction': orm.Float,
+            'target_forces_rmse': orm.Float, 'max_iterations': orm.Int,
         }  # fmt: skip
         for namespace in ('exploration', 'selection', 'convergence'):
             for key, value in (inputs.get(namespace) or {}).items():
@@ -463,8 +474,13 @@ class ActiveLearningWorkChain(IdempotentLaunchMixin, WorkChain):
         from aiida_mlmat.ml.active import stop_reason
         from aiida_mlmat.workflows.training_functions import evaluate_ensemble
 
+        selection = self.inputs.selection
+        quantile = {'lower_quantile': selection.lower_quantile} if 'lower_quantile' in selection else {}
         scored = score_exploration(
-            self.ctx.exploration.outputs.configurations, self.inputs.selection.lower, self.inputs.selection.upper
+            self.ctx.exploration.outputs.configurations,
+            self.inputs.selection.lower,
+            self.inputs.selection.upper,
+            **quantile,
         )
         self.ctx.candidates = scored['candidates']
         statistics = scored['statistics'].get_dict()

@@ -222,6 +222,7 @@ def test_loop_stops_on_target_error_and_on_converged_fraction(submit_and_await, 
         ({'training': {'ensemble_size': 1}}, 'committee of at least 2'),
         ({'selection': {'lower': 0.5, 'upper': 0.1}}, 'must be smaller than the upper'),
         ({'selection': {'max_per_iteration': 0}}, 'max_per_iteration: must be at least 1'),
+        ({'selection': {'lower_quantile': 1.5}}, 'lower_quantile: must lie in [0, 1)'),
         ({'convergence': {'max_iterations': 0}}, 'max_iterations: must be at least 1'),
         ({'convergence': {'target_forces_rmse': -1.0}}, 'must be positive'),
         ({'exploration': {'steps': 5, 'interval': 10}}, 'interval <= steps'),
@@ -258,3 +259,25 @@ def test_bad_data_is_refused_before_anything_runs(worker_code, emt, near_equilib
         )
     with pytest.raises(ValueError, match=r'selection\.bounds: unknown setting'):
         builder_for(worker_code, near_equilibrium, seeds, emt, {'selection': {'bounds': [0.1, 0.2]}})
+
+
+def test_adaptive_lower_bound_narrows_the_candidates_but_not_the_convergence_statistic(aiida_profile):
+    """``selection.lower_quantile``: candidates above the raised bound; ``fraction_above_lower`` keeps ``lower``."""
+    from aiida_mlmat.common.constants import DISAGREEMENT_KEY
+    from aiida_mlmat.workflows.active_functions import INDEX_KEY, score_exploration
+
+    frames = []
+    for index, value in enumerate([0.01, 0.04, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 3.0]):
+        frame = cu(3.61 + 0.001 * index)
+        frame.info[DISAGREEMENT_KEY] = value
+        frames.append(frame)
+    explored = ConfigurationSetData(frames)
+    fixed = score_exploration(explored, orm.Float(0.05), orm.Float(1.0))
+    adaptive = score_exploration(explored, orm.Float(0.05), orm.Float(1.0), orm.Float(0.75))
+    assert fixed['candidates'].count == 8 and fixed['statistics']['candidate_lower_bound'] == 0.05
+    bound = adaptive['statistics']['candidate_lower_bound']
+    assert bound == pytest.approx(np.quantile([0.01, 0.04, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], 0.75))
+    kept = [frame.info[INDEX_KEY] for frame in adaptive['candidates'].get_atoms()]
+    assert kept == [7, 8, 9] and adaptive['statistics']['n_candidates'] == 3  # 0.6-0.8 eV/Å; 3.0 is above upper
+    for scored in (fixed, adaptive):  # convergence is judged against the fixed lower bound either way
+        assert scored['statistics']['fraction_above_lower'] == pytest.approx(9 / 11)

@@ -10,6 +10,7 @@ from aiida_mlmat.ml.active import (
     STOP_MAX_ITERATIONS,
     STOP_NO_CANDIDATES,
     STOP_TARGET_ERROR,
+    adaptive_lower,
     calibration,
     candidates_between,
     check_bounds,
@@ -25,6 +26,20 @@ pytestmark = pytest.mark.unit
 def test_candidates_lie_strictly_above_lower_and_at_most_upper():
     values = [0.05, 0.1, 0.11, 0.3, 0.5, 0.51, np.nan]
     assert candidates_between(values, 0.1, 0.5).tolist() == [2, 3, 4]
+
+
+def test_adaptive_lower_bound_keeps_the_most_uncertain_quarter_below_upper():
+    values = [*np.linspace(0.01, 0.4, 40).tolist(), 0.9, 1.2]  # the last two lie above the upper bound
+    bound = adaptive_lower(values, 0.05, 0.5, 0.75)
+    assert bound == pytest.approx(np.quantile(np.linspace(0.01, 0.4, 40), 0.75))
+    assert len(candidates_between(values, bound, 0.5)) == 10  # a quarter of the 40 below upper
+    assert adaptive_lower(values, 0.05, 0.5, None) == 0.05  # no quantile: the fixed bound
+    assert adaptive_lower(values, 0.35, 0.5, 0.5) == 0.35  # the quantile never lowers the fixed bound
+    assert adaptive_lower([0.5, 0.5], 0.1, 0.5, 0.9) < 0.5  # never reaches upper: the top value stays a candidate
+    assert adaptive_lower([2.0], 0.1, 0.5, 0.9) == 0.1  # nothing below upper
+    for quantile in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r'in \[0, 1\)'):
+            adaptive_lower(values, 0.05, 0.5, quantile)
 
 
 def test_selection_below_the_cap_takes_every_candidate_most_uncertain_first():
