@@ -17,6 +17,12 @@ def test_example_config_is_valid_and_defaults_fill_the_rest():
     assert minimal['training'] == DEFAULTS['training'] and minimal['screening']['verify_top'] == 3
 
 
+def test_active_learning_example_is_valid():
+    config = load_config('examples/active-learning-cuau-emt.yaml')
+    assert config['screening']['enabled'] is False and config['active_learning']['max_iterations'] == 3
+    assert config['active_learning']['overrides']['selection']['lower_quantile'] == 0.75
+
+
 @pytest.mark.parametrize(
     ('config', 'message'),
     [
