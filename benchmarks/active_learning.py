@@ -47,7 +47,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
-from aiida_mlmat.ml.active import adaptive_lower, select_candidates
+from aiida_mlmat.ml.active import adaptive_lower, check_quantile, select_candidates
 from aiida_mlmat.ml.calculator import MLMatCalculator
 from aiida_mlmat.ml.descriptors import DescriptorSpec, compute
 from aiida_mlmat.ml.model import default_config
@@ -231,6 +231,8 @@ def main() -> None:
     t0 = time.perf_counter()
     if len(args.pool_snapshots) not in (1, len(args.temperatures)) or min(args.pool_snapshots) < 0:
         parser.error('--pool-snapshots takes one count, or one count (>= 0) per temperature')
+    if args.lower_quantile is not None and check_quantile(args.lower_quantile):
+        parser.error(f'--lower-quantile {check_quantile(args.lower_quantile)}')
     pool_snapshots = args.pool_snapshots[0] if len(args.pool_snapshots) == 1 else args.pool_snapshots
     pool_records = trajectories(args.temperatures, args.strains, pool_snapshots, args.interval, args.seed)
     held_records = trajectories(

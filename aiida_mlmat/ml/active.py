@@ -43,6 +43,13 @@ def candidates_between(disagreement: Sequence[float], lower: float, upper: float
     return np.flatnonzero((values > lower) & (values <= upper))
 
 
+def check_quantile(quantile: float) -> str | None:
+    """Return why a lower-bound quantile is invalid (it must lie in [0, 1)), or None."""
+    if not 0.0 <= quantile < 1.0:
+        return f'must lie in [0, 1), got {quantile}'
+    return None
+
+
 def adaptive_lower(disagreement: Sequence[float], lower: float, upper: float, quantile: float | None) -> float:
     """The lower bound (eV/Å) candidates are taken above: ``lower``, or raised to a quantile of the disagreement.
 
@@ -56,8 +63,9 @@ def adaptive_lower(disagreement: Sequence[float], lower: float, upper: float, qu
     """
     if quantile is None:
         return float(lower)
-    if not 0.0 <= quantile < 1.0:
-        raise ValueError(f'the lower-bound quantile must lie in [0, 1), got {quantile}')
+    error = check_quantile(quantile)
+    if error:
+        raise ValueError(f'the lower-bound quantile {error}')
     values = np.asarray(disagreement, dtype=float)
     values = values[values <= upper]
     if not len(values):

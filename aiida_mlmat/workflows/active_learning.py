@@ -87,7 +87,7 @@ def failure_reason(node: orm.ProcessNode) -> str:
 
 def validate_inputs(value: Any, _: Any = None) -> str | None:
     """Validate everything before the first job: data, bounds, counts, the exploration against the worker schema."""
-    from aiida_mlmat.ml.active import check_bounds
+    from aiida_mlmat.ml.active import check_bounds, check_quantile
     from aiida_mlmat.worker.calculators import unsupported_elements
     from aiida_mlmat.worker.schema import SCHEMA_VERSION, validate_input
 
@@ -132,8 +132,9 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
     if error:
         return f'selection: {error}'
     quantile = _value(selection, 'lower_quantile', None)
-    if quantile is not None and not 0 <= quantile < 1:
-        return f'selection.lower_quantile: must lie in [0, 1), got {quantile}'
+    error = check_quantile(quantile) if quantile is not None else None
+    if error:
+        return f'selection.lower_quantile: {error}'
     if _value(selection, 'max_per_iteration', 20) < 1:
         return 'selection.max_per_iteration: must be at least 1'
     convergence = value.get('convergence', {})
@@ -477,10 +478,7 @@ class ActiveLearningWorkChain(IdempotentLaunchMixin, WorkChain):
         selection = self.inputs.selection
         quantile = {'lower_quantile': selection.lower_quantile} if 'lower_quantile' in selection else {}
         scored = score_exploration(
-            self.ctx.exploration.outputs.configurations,
-            self.inputs.selection.lower,
-            self.inputs.selection.upper,
-            **quantile,
+            self.ctx.exploration.outputs.configurations, selection.lower, selection.upper, **quantile
         )
         self.ctx.candidates = scored['candidates']
         statistics = scored['statistics'].get_dict()
