@@ -13,7 +13,8 @@ instead of launched anew, and a calcfunction that already finished gives back it
 A child cut off inside its own launch (its node stored, but no checkpoint written: the daemon died while AiiDA
 was creating it) can never run. It is closed as killed, with :data:`ORPHAN_STATUS` as its status, and launched
 anew under the same label. Left to AiiDA: a child whose checkpoint was written but whose broker task was never
-sent (the milliseconds between the two) waits for ``verdi process repair``, which revives exactly such processes.
+sent (the milliseconds between the two) stays ``created`` and waits for ``verdi process repair``, which revives
+exactly such processes (the production tier's SIGKILL test does so when its kill lands in that window).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -153,6 +154,49 @@ def await_terminated(node: orm.ProcessNode, client, timeout: float = 300) -> orm
             raise AssertionError(f'{node} not terminated after {timeout} s (state {node.process_state}):\n{log}')
         time.sleep(0.2)
     return node
+
+
+def revive_cut_off_launches(
+    workflows: list[orm.WorkflowNode], client, profile, timeout: float = 600, grace: float = 60
+) -> list[int]:
+    """Wait until ``workflows`` terminate; if a child is cut off between its checkpoint and its broker task, repair.
+
+    The one stall that :mod:`aiida_mlmat.workflows.idempotent` leaves to AiiDA: a daemon killed in the milliseconds
+    between a child's checkpoint and the broker task that would run it leaves a child in the ``created`` state with
+    no task, which nothing ever runs. While the daemon runs such a child stays ``created``; one that is picked up
+    leaves the state within a second. A child seen ``created`` for ``grace`` seconds is taken for such a child:
+    the daemon is stopped, ``verdi process repair`` must revive exactly those children and nothing else, and the
+    daemon is started again. Return the pks revived (empty when the kill missed the window, as it mostly does).
+    """
+    from aiida.engine import ProcessState
+
+    first_seen: dict[int, float] = {}
+    deadline = time.monotonic() + timeout
+    while not all(node.is_terminated for node in workflows):
+        now = time.monotonic()
+        assert now < deadline, f'{workflows} not terminated after {timeout} s'
+        created = {
+            child.pk
+            for node in workflows
+            for child in [node, *node.called_descendants]
+            if child.process_state == ProcessState.CREATED and child.checkpoint is not None
+        }
+        first_seen = {pk: first_seen.get(pk, now) for pk in created}
+        stalled = sorted(pk for pk, seen in first_seen.items() if now - seen > grace)
+        if stalled:
+            break
+        time.sleep(0.5)
+    else:
+        return []
+    stop_daemon(client)
+    release_database_connections()
+    result = verdi(profile, 'process', 'repair', '--force')
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    revived = sorted(int(pk) for pk in re.findall(r'Revived process `(\d+)`', output))
+    assert revived == stalled, output  # only the cut-off children lacked a task
+    start_daemon(client)
+    return revived
 
 
 def wait_until(condition, timeout: float, what: str, interval: float = 0.1) -> Any:

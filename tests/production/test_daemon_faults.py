@@ -3,6 +3,8 @@
 - The whole daemon (circus and both workers) killed with SIGKILL in the middle of a ``mlmat.reference`` and a
   ``mlmat.training`` workchain, then restarted: both finish with the results of an undisturbed run and no CalcJob
   runs twice. RabbitMQ keeps the tasks the dead workers held (unacknowledged) and hands them to the new workers.
+  A kill in the milliseconds between a child's checkpoint and its broker task leaves that child without a task
+  (AiiDA's own window, see ``aiida_mlmat.workflows.idempotent``): ``verdi process repair`` must revive exactly it.
 - Broker tasks lost (the process queue purged while the daemon is down): the processes stall; ``verdi process
   repair`` revives them and they finish; a second repair finds nothing to do.
 - A task delivered twice (a second ``continue`` task for a process that has one): no duplicate CalcJob, no
@@ -34,6 +36,7 @@ from tests.production.conftest import (
     purge_tasks,
     queued_tasks,
     release_database_connections,
+    revive_cut_off_launches,
     start_daemon,
     stop_daemon,
     verdi,
@@ -77,7 +80,9 @@ def labels_by_index(node: orm.WorkflowNode) -> dict[int, float]:
 
 
 @pytest.mark.timeout(1800)
-def test_daemon_sigkill_mid_workflow_loses_nothing(started_daemon_client, worker_code, emt, training_set):
+def test_daemon_sigkill_mid_workflow_loses_nothing(
+    started_daemon_client, aiida_profile, worker_code, emt, training_set
+):
     """SIGKILL of circus and both workers while label and training jobs are in flight; restart; same results."""
     client = started_daemon_client
     first_pk = last_pk()
@@ -108,8 +113,10 @@ def test_daemon_sigkill_mid_workflow_loses_nothing(started_daemon_client, worker
     time.sleep(2)
     assert not training.is_terminated and not reference.is_terminated  # nothing runs them while the daemon is dead
     start_daemon(client)
+    revived = revive_cut_off_launches([training, reference], client, aiida_profile)
+    print(f'children revived by `verdi process repair` (a kill between checkpoint and task): {revived}')
     for node in (training, reference):
-        await_terminated(node, client, timeout=600)
+        await_terminated(node, client, timeout=300)
         assert node.is_finished_ok, (node, node.exit_status, node.exit_message)
 
     # Same labels as the undisturbed run (and as direct EMT), same count.
