@@ -22,7 +22,12 @@ the ratio is random's labels over active learning's (bigger is better; the targe
 most half the labels). Everything (training, scoring) runs in this process through ``aiida_mlmat.ml``; no AiiDA
 profile is needed.
 
+With several ``--seeds`` every seed is an independent repeat (its own pool, held-out set, initial labels and
+training seeds); the figures come from the learning curves averaged over the seeds, round by round, so that one
+lucky or unlucky training run moves neither the target nor the labels needed.
+
 Run: python benchmarks/active_learning.py [--budget 96] [--initial 8] [--step 8] [--members 3] [--epochs 120]
+     [--seeds 0 1 2]
 The last line of stdout is one JSON object with ``ratios``, ``targets`` and the raw figures.
 """
 
@@ -35,6 +40,7 @@ import platform
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,35 +139,35 @@ def evaluate(calculator: MLMatCalculator, frames: list[Atoms]) -> tuple[float, n
     return float(np.sqrt(np.mean(np.square(np.concatenate(errors))))), np.asarray(disagreement)
 
 
-def learning_curve(
+def learning_rounds(
     strategy: str,
     pool: list[Atoms],
     held_out: list[Atoms],
     features: np.ndarray,
     args: argparse.Namespace,
     root: Path,
-    stop_at: float | None = None,
-) -> list[dict[str, Any]]:
-    """Grow the training set from the same initial labels with one strategy; one record per round.
+    seed: int,
+) -> Iterator[dict[str, Any]]:
+    """Grow the training set from the same initial labels with one strategy; yield one record per round.
 
-    :param stop_at: end the curve once the held-out force RMSE (eV/Å) is at most this (the figure is then known).
+    Every round trains an ensemble on the labels chosen so far, measures it on the held-out set and (but for the
+    last round, at the budget) chooses the next ``--step`` labels; the caller decides when to stop asking.
     """
-    rng = np.random.default_rng(args.seed + 1)
+    rng = np.random.default_rng(seed + 1)
     chosen = list(rng.choice(len(pool), args.initial, replace=False))
-    curve = []
     while True:
         start = time.perf_counter()
         calculator = bootstrap_members(
-            [pool[i] for i in chosen], args.members, args.epochs, args.seed, root / f'{strategy}-{len(chosen)}',
+            [pool[i] for i in chosen], args.members, args.epochs, seed, root / f'{strategy}-{seed}-{len(chosen)}',
             args.threads,
         )  # fmt: skip
         train_s = time.perf_counter() - start
         rmse, _ = evaluate(calculator, held_out)
-        record = {'n_labels': len(chosen), 'held_out_forces_rmse': rmse, 'train_s': train_s}
-        print(f'{strategy:>6}: {len(chosen):4d} labels -> held-out force RMSE {rmse:.4f} eV/Å', flush=True)
-        if len(chosen) >= min(args.budget, len(pool)) or (stop_at is not None and rmse <= stop_at):
-            curve.append(record)
-            return curve
+        record: dict[str, Any] = {'n_labels': len(chosen), 'held_out_forces_rmse': rmse, 'train_s': train_s}
+        print(f'{strategy:>6} seed {seed}: {len(chosen):4d} labels -> held-out force RMSE {rmse:.4f} eV/Å', flush=True)
+        if len(chosen) >= min(args.budget, len(pool)):
+            yield record
+            return
         rest = np.array(sorted(set(range(len(pool))) - set(chosen)))
         n_new = min(args.step, args.budget - len(chosen), len(rest))
         if strategy == 'active':
@@ -181,8 +187,26 @@ def learning_curve(
         else:
             new = [int(i) for i in rng.choice(rest, n_new, replace=False)]
         record['added'] = new
-        curve.append(record)
+        yield record
         chosen += new
+
+
+def mean_curve(curves: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The learning curve averaged over seeds, round by round (as far as every seed's curve goes).
+
+    :return: per round ``n_labels``, the mean and the standard deviation over seeds of the held-out force RMSE
+        (eV/Å), and the seeds' values.
+    """
+    rounds = min(len(curve) for curve in curves)
+    averaged = []
+    for k in range(rounds):
+        values = [curve[k]['held_out_forces_rmse'] for curve in curves]
+        assert len({curve[k]['n_labels'] for curve in curves}) == 1, 'the seeds grow their sets in the same steps'
+        averaged.append({
+            'n_labels': curves[0][k]['n_labels'], 'held_out_forces_rmse': float(np.mean(values)),
+            'held_out_forces_rmse_std': float(np.std(values)), 'by_seed': values,
+        })  # fmt: skip
+    return averaged
 
 
 def labels_to_reach(curve: list[dict[str, Any]], target: float) -> int | None:
@@ -222,7 +246,13 @@ def main() -> None:
         help='run active learning to the whole budget too (default: it stops once it reaches the target)',
     )  # fmt: skip
     parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument(
+        '--seeds',
+        type=int,
+        nargs='+',
+        default=[0],
+        help='independent repeats (pool, held-out set, initial labels, training); the curves are averaged',
+    )
     args = parser.parse_args()
 
     warnings.filterwarnings('ignore', category=UserWarning)
@@ -233,54 +263,89 @@ def main() -> None:
         parser.error('--pool-snapshots takes one count, or one count (>= 0) per temperature')
     if args.lower_quantile is not None and check_quantile(args.lower_quantile):
         parser.error(f'--lower-quantile {check_quantile(args.lower_quantile)}')
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f'--seeds must differ from each other, got {args.seeds}')
     pool_snapshots = args.pool_snapshots[0] if len(args.pool_snapshots) == 1 else args.pool_snapshots
-    pool_records = trajectories(args.temperatures, args.strains, pool_snapshots, args.interval, args.seed)
-    held_records = trajectories(
-        args.temperatures, args.strains, args.held_out_snapshots, 3 * args.interval, args.seed + 10_000
-    )
-    pool = [record['atoms'] for record in pool_records]
-    if not 0 < args.initial < len(pool):
-        parser.error(f'--initial must be between 1 and the pool size - 1 ({len(pool) - 1}), got {args.initial}')
-    held_out = [record['atoms'] for record in held_records]
     spec = DescriptorSpec.from_dict({**default_config(SPECIES)['descriptor'], 'species': SPECIES})
-    features = np.stack([array.mean(axis=0) for array in compute(pool, spec)])
+    data = {}  # per seed: its own pool and held-out trajectories (other decorations, other MD noise)
+    for seed in args.seeds:
+        pool_records = trajectories(args.temperatures, args.strains, pool_snapshots, args.interval, seed)
+        held_records = trajectories(
+            args.temperatures, args.strains, args.held_out_snapshots, 3 * args.interval, seed + 10_000
+        )
+        pool = [record['atoms'] for record in pool_records]
+        if not 0 < args.initial < len(pool):
+            parser.error(f'--initial must be between 1 and the pool size - 1 ({len(pool) - 1}), got {args.initial}')
+        features = np.stack([array.mean(axis=0) for array in compute(pool, spec)])
+        data[seed] = {'records': pool_records, 'pool': pool, 'held_out': [r['atoms'] for r in held_records]}
+        data[seed]['features'] = features
     data_s = time.perf_counter() - t0
-    force_rms = float(np.sqrt(np.mean(np.concatenate([a.get_forces().ravel() for a in held_out]) ** 2)))
+    held_out_forces = np.concatenate([a.get_forces().ravel() for d in data.values() for a in d['held_out']])
+    force_rms = float(np.sqrt(np.mean(held_out_forces**2)))
+    n_pool, n_held_out = len(data[args.seeds[0]]['pool']), len(data[args.seeds[0]]['held_out'])
     print(
-        f'pool {len(pool)} and held-out {len(held_out)} configurations of 16 atoms (EMT MD), held-out force RMS '
-        f'{force_rms:.3f} eV/Å, made in {data_s:.1f} s',
+        f'{len(args.seeds)} seed(s): pool {n_pool} and held-out {n_held_out} configurations of 16 atoms (EMT MD) '
+        f'each, held-out force RMS {force_rms:.3f} eV/Å, made in {data_s:.1f} s',
         flush=True,
     )
-    curves = {}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix='mlmat-bench-al-') as directory:
-        curves['random'] = learning_curve('random', pool, held_out, features, args, Path(directory))
+        root = Path(directory)
+
+        def rounds(strategy: str, seed: int) -> Iterator[dict[str, Any]]:
+            d = data[seed]
+            return learning_rounds(strategy, d['pool'], d['held_out'], d['features'], args, root, seed)
+
+        per_seed = {'random': {seed: list(rounds('random', seed)) for seed in args.seeds}}
+        curves = {'random': mean_curve(list(per_seed['random'].values()))}
         target = args.target_forces_rmse or curves['random'][-1]['held_out_forces_rmse']
-        stop_at = None if args.full_curves else target  # active learning's figure is known once it reaches the target
-        curves['active'] = learning_curve('active', pool, held_out, features, args, Path(directory), stop_at)
+        # Active learning, all seeds a round at a time: its figure is known once the mean curve reaches the target.
+        active = {seed: rounds('active', seed) for seed in args.seeds}
+        per_seed['active'] = {seed: [] for seed in args.seeds}
+        while True:
+            records = {seed: next(generator, None) for seed, generator in active.items()}
+            if any(record is None for record in records.values()):
+                break
+            for seed, record in records.items():
+                per_seed['active'][seed].append(record)
+            curves['active'] = mean_curve(list(per_seed['active'].values()))
+            if not args.full_curves and curves['active'][-1]['held_out_forces_rmse'] <= target:
+                break
     wall = time.perf_counter() - start
     needed = {name: labels_to_reach(curve, target) for name, curve in curves.items()}
     ratio = needed['random'] / needed['active'] if needed['active'] and needed['random'] else None
     conditions = {}
-    for name, curve in curves.items():
-        added = [i for record in curve for i in record.get('added', [])]
-        temperatures = [pool_records[i]['temperature_K'] for i in added]
+    for name in curves:
+        temperatures = [
+            data[seed]['records'][i]['temperature_K']
+            for seed, curve in per_seed[name].items()
+            for record in curve
+            for i in record.get('added', [])
+        ]
         conditions[name] = {f'{t:g}K': temperatures.count(t) for t in args.temperatures}
+    pool_records = data[args.seeds[0]]['records']
     result = {
         'benchmark': 'active_learning',
         'units': {'forces_rmse': 'eV/Å', 'temperature': 'K', 'time': 's'},
-        'n_pool': len(pool),
-        'n_held_out': len(held_out),
+        'n_pool': n_pool,
+        'n_held_out': n_held_out,
+        'seeds': args.seeds,
         'pool_by_temperature': {
             f'{t:g}K': sum(1 for record in pool_records if record['temperature_K'] == t) for t in args.temperatures
         },
         'held_out_force_rms': force_rms,
         'target_forces_rmse': target,
-        'target_from': 'argument' if args.target_forces_rmse else f'random selection at {args.budget} labels',
+        'target_from': 'argument'
+        if args.target_forces_rmse
+        else f'random selection at {args.budget} labels, mean over the seeds',
         'labels_to_target': needed,
-        'learning_curves': {
-            name: [{k: v for k, v in record.items() if k != 'added'} for record in curve]
-            for name, curve in curves.items()
+        'learning_curves': curves,
+        'learning_curves_by_seed': {
+            name: {
+                str(seed): [{k: v for k, v in record.items() if k != 'added'} for record in curve]
+                for seed, curve in by_seed.items()
+            }
+            for name, by_seed in per_seed.items()
         },
         'selected_by_temperature': conditions,
         'settings': {k: v for k, v in vars(args).items()},
