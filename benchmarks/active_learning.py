@@ -60,6 +60,11 @@ from aiida_mlmat.ml.model import default_config
 from aiida_mlmat.ml.training import TrainingConfig, train
 
 SPECIES = ['Cu', 'Au']
+#: Settings that make random selection's learning curves what they are: a run with ``--random-from`` must match them.
+RANDOM_SETTINGS = (
+    'budget', 'initial', 'step', 'members', 'epochs', 'temperatures', 'strains', 'pool_snapshots',
+    'held_out_snapshots', 'interval', 'seeds',
+)  # fmt: skip
 FRACTIONS_AU = (0.25, 0.5, 0.75)
 
 
@@ -245,6 +250,11 @@ def main() -> None:
         '--full-curves', action='store_true',
         help='run active learning to the whole budget too (default: it stops once it reaches the target)',
     )  # fmt: skip
+    parser.add_argument(
+        '--random-from', type=Path,
+        help="reuse random selection's curves from an earlier run's output (its JSON line, or a log ending in it) "
+        'with the same pool, seeds, budget and training settings (checked): only active learning is trained',
+    )  # fmt: skip
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument(
         '--seeds',
@@ -263,6 +273,16 @@ def main() -> None:
         parser.error('--pool-snapshots takes one count, or one count (>= 0) per temperature')
     if args.lower_quantile is not None and check_quantile(args.lower_quantile):
         parser.error(f'--lower-quantile {check_quantile(args.lower_quantile)}')
+    earlier = None
+    if args.random_from is not None:
+        try:
+            lines = [line for line in args.random_from.read_text().splitlines() if line.startswith('{')]
+            earlier = json.loads(lines[-1])
+            differ = [key for key in RANDOM_SETTINGS if earlier['settings'][key] != vars(args)[key]]
+        except (OSError, IndexError, KeyError, ValueError) as error:
+            parser.error(f'--random-from {args.random_from}: not the output of this benchmark ({error!r})')
+        if differ:
+            parser.error(f'--random-from {args.random_from} was run with other settings: {", ".join(differ)}')
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f'--seeds must differ from each other, got {args.seeds}')
     pool_snapshots = args.pool_snapshots[0] if len(args.pool_snapshots) == 1 else args.pool_snapshots
@@ -296,7 +316,10 @@ def main() -> None:
             d = data[seed]
             return learning_rounds(strategy, d['pool'], d['held_out'], d['features'], args, root, seed)
 
-        per_seed = {'random': {seed: list(rounds('random', seed)) for seed in args.seeds}}
+        if earlier is None:
+            per_seed = {'random': {seed: list(rounds('random', seed)) for seed in args.seeds}}
+        else:
+            per_seed = {'random': {int(k): v for k, v in earlier['learning_curves_by_seed']['random'].items()}}
         curves = {'random': mean_curve(list(per_seed['random'].values()))}
         target = args.target_forces_rmse or curves['random'][-1]['held_out_forces_rmse']
         # Active learning, all seeds a round at a time: its figure is known once the mean curve reaches the target.
@@ -323,6 +346,8 @@ def main() -> None:
             for i in record.get('added', [])
         ]
         conditions[name] = {f'{t:g}K': temperatures.count(t) for t in args.temperatures}
+    if earlier is not None:
+        conditions['random'] = earlier['selected_by_temperature']['random']
     pool_records = data[args.seeds[0]]['records']
     result = {
         'benchmark': 'active_learning',
@@ -348,7 +373,7 @@ def main() -> None:
             for name, by_seed in per_seed.items()
         },
         'selected_by_temperature': conditions,
-        'settings': {k: v for k, v in vars(args).items()},
+        'settings': {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         'ratios': {'labels_random_over_active': ratio},
         'targets': {'labels_random_over_active': 2.0},
         'met': {'labels_random_over_active': ratio is not None and ratio >= 2.0},
