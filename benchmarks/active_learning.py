@@ -342,7 +342,7 @@ def main() -> None:
         temperatures = [
             data[seed]['records'][i]['temperature_K']
             for seed, curve in per_seed[name].items()
-            for record in curve
+            for record in curve[:-1]  # what the last round picked was never trained on
             for i in record.get('added', [])
         ]
         conditions[name] = {f'{t:g}K': temperatures.count(t) for t in args.temperatures}
@@ -367,7 +367,7 @@ def main() -> None:
         'learning_curves': curves,
         'learning_curves_by_seed': {
             name: {
-                str(seed): [{k: v for k, v in record.items() if k != 'added'} for record in curve]
+                str(seed): curve  # every round's record, with the pool indices it picked (`added`)
                 for seed, curve in by_seed.items()
             }
             for name, by_seed in per_seed.items()
