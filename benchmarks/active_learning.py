@@ -51,13 +51,13 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
 from aiida_mlmat.ml.active import adaptive_lower, check_quantile, select_candidates
 from aiida_mlmat.ml.calculator import MLMatCalculator
 from aiida_mlmat.ml.descriptors import DescriptorSpec, compute
 from aiida_mlmat.ml.model import default_config
 from aiida_mlmat.ml.training import TrainingConfig, train
+from aiida_mlmat.worker.tasks.sample import thermalize
 
 SPECIES = ['Cu', 'Au']
 #: Settings that make random selection's learning curves what they are: a run with ``--random-from`` must match them.
@@ -101,7 +101,7 @@ def trajectories(
                 symbols[rng.permutation(len(atoms))[: round(x_au * len(atoms))]] = 'Au'
                 atoms.set_chemical_symbols(symbols)
                 atoms.calc = EMT()
-                MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+                thermalize(atoms, temperature, rng)
                 dynamics = Langevin(
                     atoms, 2.0 * units.fs, temperature_K=temperature, friction=0.02, rng=np.random.RandomState(seed)
                 )

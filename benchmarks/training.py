@@ -106,17 +106,15 @@ def md_speed(calculators: dict[str, Any], warm_steps: int, steps: int, block: in
     bursts of load), the mean over all timed steps is reported beside it.
     """
     from ase import units
-    from ase.md import velocitydistribution
     from ase.md.verlet import VelocityVerlet
 
-    # thermalize_momenta is ASE >= 3.29's name for MaxwellBoltzmannDistribution.
-    thermalize = getattr(velocitydistribution, 'thermalize_momenta', None)
-    thermalize = thermalize or velocitydistribution.MaxwellBoltzmannDistribution
+    from aiida_mlmat.worker.tasks.sample import thermalize
+
     runs = {}
     for name, calculator in calculators.items():
         atoms = md_cell()
         atoms.calc = calculator
-        thermalize(atoms, temperature_K=300, rng=np.random.default_rng(seed))
+        thermalize(atoms, 300, np.random.default_rng(seed))
         dynamics = VelocityVerlet(atoms, timestep=2.0 * units.fs)
         dynamics.run(warm_steps)
         runs[name] = {'atoms': atoms, 'dynamics': dynamics, 'energy': atoms.get_total_energy(), 'blocks': []}

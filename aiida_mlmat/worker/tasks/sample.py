@@ -74,6 +74,18 @@ def with_vacancies(seed: Atoms, count: int, rng: np.random.Generator) -> list[At
     return frames
 
 
+def thermalize(atoms: Any, temperature: float, rng: Any) -> None:
+    """Give ``atoms`` Maxwell-Boltzmann momenta at ``temperature`` (K) drawn with ``rng``.
+
+    ``thermalize_momenta`` is ASE >= 3.29's name for ``MaxwellBoltzmannDistribution`` (same draws); the older
+    name is used where ASE is older (the system Python of a cluster).
+    """
+    from ase.md import velocitydistribution
+
+    function = getattr(velocitydistribution, 'thermalize_momenta', None)
+    (function or velocitydistribution.MaxwellBoltzmannDistribution)(atoms, temperature_K=temperature, rng=rng)
+
+
 def md_snapshots(
     seed: Atoms, spec: dict[str, Any], factory: Any, rng: np.random.Generator
 ) -> list[tuple[float, Atoms]]:
@@ -89,7 +101,6 @@ def md_snapshots(
     ``mlmat_skipped`` how many snapshots it did not make (so that statistics over snapshots stay honest).
     """
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
     timestep = float(spec.get('timestep', 2.0)) * units.fs
     friction = float(spec.get('friction', 0.01)) / units.fs
@@ -103,7 +114,7 @@ def md_snapshots(
         for temperature in spec['temperatures']:
             atoms = _plain(start)
             atoms.calc = factory(dict(spec['calculator'].get('parameters', {})))
-            MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+            thermalize(atoms, temperature, rng)
             dyn = Langevin(atoms, timestep, temperature_K=temperature, friction=friction, fixcm=False, rng=rng)
             for number in range(count):
                 dyn.run(spec['interval'])
