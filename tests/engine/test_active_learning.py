@@ -281,3 +281,17 @@ def test_adaptive_lower_bound_narrows_the_candidates_but_not_the_convergence_sta
     assert kept == [7, 8, 9] and adaptive['statistics']['n_candidates'] == 3  # 0.6-0.8 eV/Å; 3.0 is above upper
     for scored in (fixed, adaptive):  # convergence is judged against the fixed lower bound either way
         assert scored['statistics']['fraction_above_lower'] == pytest.approx(9 / 11)
+
+
+def test_protocols_set_the_adaptive_bound_where_labels_are_dear(worker_code, near_equilibrium, seeds, emt):
+    """``balanced`` and ``precise`` select above the 75 % quantile of the explored disagreement (the benchmark's
+    setting); ``fast`` keeps the fixed bound. Every protocol's builder is valid."""
+    quantiles = {}
+    for protocol in ('fast', 'balanced', 'precise'):
+        builder = ActiveLearningWorkChain.get_builder_from_protocol(
+            worker_code, near_equilibrium, seeds, calculator=emt, protocol=protocol
+        )
+        assert ActiveLearningWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True))) is None, protocol
+        selection = builder.selection
+        quantiles[protocol] = selection.lower_quantile.value if 'lower_quantile' in selection else None
+    assert quantiles == {'fast': None, 'balanced': 0.75, 'precise': 0.75}
