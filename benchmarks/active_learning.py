@@ -199,8 +199,8 @@ def learning_rounds(
 def mean_curve(curves: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """The learning curve averaged over seeds, round by round (as far as every seed's curve goes).
 
-    :return: per round ``n_labels``, the mean and the standard deviation over seeds of the held-out force RMSE
-        (eV/Å), and the seeds' values.
+    :return: per round ``n_labels`` and the mean and the standard deviation over seeds of the held-out force RMSE
+        (eV/Å); the seeds' own values are in their curves.
     """
     rounds = min(len(curve) for curve in curves)
     averaged = []
@@ -209,7 +209,7 @@ def mean_curve(curves: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
         assert len({curve[k]['n_labels'] for curve in curves}) == 1, 'the seeds grow their sets in the same steps'
         averaged.append({
             'n_labels': curves[0][k]['n_labels'], 'held_out_forces_rmse': float(np.mean(values)),
-            'held_out_forces_rmse_std': float(np.std(values)), 'by_seed': values,
+            'held_out_forces_rmse_std': float(np.std(values)),
         })  # fmt: skip
     return averaged
 
@@ -297,8 +297,8 @@ def main() -> None:
         if not 0 < args.initial < len(pool):
             parser.error(f'--initial must be between 1 and the pool size - 1 ({len(pool) - 1}), got {args.initial}')
         features = np.stack([array.mean(axis=0) for array in compute(pool, spec)])
-        data[seed] = {'records': pool_records, 'pool': pool, 'held_out': [r['atoms'] for r in held_records]}
-        data[seed]['features'] = features
+        held_out = [record['atoms'] for record in held_records]
+        data[seed] = {'records': pool_records, 'pool': pool, 'held_out': held_out, 'features': features}
     data_s = time.perf_counter() - t0
     held_out_forces = np.concatenate([a.get_forces().ravel() for d in data.values() for a in d['held_out']])
     force_rms = float(np.sqrt(np.mean(held_out_forces**2)))

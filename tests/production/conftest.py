@@ -156,6 +156,15 @@ def await_terminated(node: orm.ProcessNode, client, timeout: float = 300) -> orm
     return node
 
 
+def repair_processes(profile) -> str:
+    """Run ``verdi process repair --force`` (the daemon must be stopped); assert it succeeds; return its output."""
+    release_database_connections()
+    result = verdi(profile, 'process', 'repair', '--force')
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    return output
+
+
 def revive_cut_off_launches(
     workflows: list[orm.WorkflowNode], client, profile, timeout: float = 600, grace: float = 60
 ) -> list[int]:
@@ -189,10 +198,7 @@ def revive_cut_off_launches(
     else:
         return []
     stop_daemon(client)
-    release_database_connections()
-    result = verdi(profile, 'process', 'repair', '--force')
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
+    output = repair_processes(profile)
     revived = sorted(int(pk) for pk in re.findall(r'Revived process `(\d+)`', output))
     assert revived == stalled, output  # only the cut-off children lacked a task
     start_daemon(client)

@@ -35,7 +35,7 @@ from tests.production.conftest import (
     process_census,
     purge_tasks,
     queued_tasks,
-    release_database_connections,
+    repair_processes,
     revive_cut_off_launches,
     start_daemon,
     stop_daemon,
@@ -156,10 +156,7 @@ def test_lost_broker_tasks_are_revived_by_repair(started_daemon_client, aiida_pr
     assert not node.is_terminated and all(not n.is_terminated for n in stuck)  # stuck: nobody has their tasks
     stop_daemon(client)  # `verdi process repair` requires the daemon to be stopped
 
-    release_database_connections()
-    result = verdi(aiida_profile, 'process', 'repair', '--force')
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
+    output = repair_processes(aiida_profile)
     assert 'active processes without process task' in output
     for process in stuck:
         assert f'Revived process `{process.pk}`' in output
@@ -176,10 +173,7 @@ def test_lost_broker_tasks_are_revived_by_repair(started_daemon_client, aiida_pr
     # A second repair changes nothing.
     stop_daemon(client)
     n_nodes = last_pk()
-    release_database_connections()
-    again = verdi(aiida_profile, 'process', 'repair', '--force')
-    output = again.stdout + again.stderr
-    assert again.returncode == 0, output
+    output = repair_processes(aiida_profile)
     assert 'No inconsistencies detected' in output and 'Revived' not in output
     assert queued_tasks(aiida_profile) == 0 and last_pk() == n_nodes
     start_daemon(client)
