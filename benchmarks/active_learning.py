@@ -133,14 +133,24 @@ def bootstrap_members(
     return MLMatCalculator.from_files(paths, dtype=torch.float32)
 
 
-def evaluate(calculator: MLMatCalculator, frames: list[Atoms]) -> tuple[float, np.ndarray]:
-    """Force RMSE (eV/Å) of the ensemble mean on labelled ``frames``, and every frame's committee disagreement."""
+def evaluate(calculator: MLMatCalculator, frames: list[Atoms], score: str = 'max') -> tuple[float, np.ndarray]:
+    """Force RMSE (eV/Å) of the ensemble mean on labelled ``frames``, and every frame's committee disagreement.
+
+    :param score: how a frame's disagreement (eV/Å) comes from its atoms' force spreads (the norm of the
+        per-component standard deviation over members): ``max``, the largest over atoms (``forces_disagreement``,
+        what the workchain selects with), or ``rms``, their root mean square, the committee's estimate of the
+        frame's contribution to a force RMSE.
+    """
     errors, disagreement = [], []
     for frame in frames:
         atoms = frame.copy()
         atoms.calc = calculator
         errors.append((atoms.get_forces() - frame.get_forces()).ravel())
-        disagreement.append(calculator.results['forces_disagreement'])
+        if score == 'max':
+            disagreement.append(calculator.results['forces_disagreement'])
+        else:
+            spread = np.linalg.norm(calculator.results['forces_std'], axis=1)
+            disagreement.append(float(np.sqrt(np.mean(spread**2))))
     return float(np.sqrt(np.mean(np.square(np.concatenate(errors))))), np.asarray(disagreement)
 
 
@@ -176,7 +186,7 @@ def learning_rounds(
         rest = np.array(sorted(set(range(len(pool))) - set(chosen)))
         n_new = min(args.step, args.budget - len(chosen), len(rest))
         if strategy == 'active':
-            _, scores = evaluate(calculator, [pool[i] for i in rest])
+            _, scores = evaluate(calculator, [pool[i] for i in rest], args.score)
             upper = max(args.upper, float(scores.max()))  # nothing in the pool is unphysical: it is reference MD
             lower = adaptive_lower(scores, args.lower, upper, args.lower_quantile)  # the workchain's adaptive bound
             picked = select_candidates(scores, lower, upper, n_new, features[rest])
@@ -244,6 +254,11 @@ def main() -> None:
         '--lower-quantile', type=float,
         help='calibrate the lower bound every round: at least this quantile of the pool disagreement (e.g. 0.75: '
         'farthest-point sampling among the most uncertain quarter)',
+    )  # fmt: skip
+    parser.add_argument(
+        '--score', choices=('max', 'rms'), default='max',
+        help="a configuration's disagreement from its atoms' force spreads: the largest (max, what the workchain "
+        'uses) or their root mean square (rms)',
     )  # fmt: skip
     parser.add_argument('--target-forces-rmse', type=float, help='eV/Å; default: what random reaches at --budget')
     parser.add_argument(
