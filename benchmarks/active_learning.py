@@ -184,12 +184,14 @@ def learning_rounds(
             yield record
             return
         rest = np.array(sorted(set(range(len(pool))) - set(chosen)))
-        n_new = min(args.step, args.budget - len(chosen), len(rest))
+        step = args.active_step if strategy == 'active' and args.active_step else args.step
+        n_new = min(step, args.budget - len(chosen), len(rest))
         if strategy == 'active':
             _, scores = evaluate(calculator, [pool[i] for i in rest], args.score)
             upper = max(args.upper, float(scores.max()))  # nothing in the pool is unphysical: it is reference MD
             lower = adaptive_lower(scores, args.lower, upper, args.lower_quantile)  # the workchain's adaptive bound
-            picked = select_candidates(scores, lower, upper, n_new, features[rest])
+            labelled = features[chosen] if args.fps_labelled else None
+            picked = select_candidates(scores, lower, upper, n_new, features[rest], labelled_features=labelled)
             if len(picked) < n_new:  # fewer candidates than labels to spend: the most uncertain of the rest
                 extra = [int(i) for i in np.argsort(-scores, kind='stable') if int(i) not in set(picked)]
                 picked += extra[: n_new - len(picked)]
@@ -262,6 +264,18 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument('--target-forces-rmse', type=float, help='eV/Å; default: what random reaches at --budget')
     parser.add_argument(
+        '--active-step', type=int,
+        help='labels active learning adds per round (default: --step, which random keeps): more, smaller rounds',
+    )  # fmt: skip
+    parser.add_argument(
+        '--fps-labelled', action='store_true',
+        help='farthest-point sampling also keeps away from the configurations labelled already (they count as picked)',
+    )  # fmt: skip
+    parser.add_argument(
+        '--no-random', action='store_true',
+        help='train active learning only, against --target-forces-rmse (an exploratory run: no ratio is reported)',
+    )  # fmt: skip
+    parser.add_argument(
         '--full-curves', action='store_true',
         help='run active learning to the whole budget too (default: it stops once it reaches the target)',
     )  # fmt: skip
@@ -298,6 +312,10 @@ def main() -> None:
             parser.error(f'--random-from {args.random_from}: not the output of this benchmark ({error!r})')
         if differ:
             parser.error(f'--random-from {args.random_from} was run with other settings: {", ".join(differ)}')
+    if args.no_random and (args.target_forces_rmse is None or args.random_from is not None):
+        parser.error('--no-random needs --target-forces-rmse (and no --random-from)')
+    if args.active_step is not None and args.active_step < 1:
+        parser.error(f'--active-step must be at least 1, got {args.active_step}')
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f'--seeds must differ from each other, got {args.seeds}')
     pool_snapshots = args.pool_snapshots[0] if len(args.pool_snapshots) == 1 else args.pool_snapshots
@@ -331,11 +349,14 @@ def main() -> None:
             d = data[seed]
             return learning_rounds(strategy, d['pool'], d['held_out'], d['features'], args, root, seed)
 
-        if earlier is None:
+        if args.no_random:
+            per_seed, curves = {}, {}
+        elif earlier is None:
             per_seed = {'random': {seed: list(rounds('random', seed)) for seed in args.seeds}}
         else:
             per_seed = {'random': {int(k): v for k, v in earlier['learning_curves_by_seed']['random'].items()}}
-        curves = {'random': mean_curve(list(per_seed['random'].values()))}
+        if not args.no_random:
+            curves['random'] = mean_curve(list(per_seed['random'].values()))
         target = args.target_forces_rmse or curves['random'][-1]['held_out_forces_rmse']
         # Active learning, all seeds a round at a time: its figure is known once the mean curve reaches the target.
         active = {seed: rounds('active', seed) for seed in args.seeds}
@@ -351,6 +372,7 @@ def main() -> None:
                 break
     wall = time.perf_counter() - start
     needed = {name: labels_to_reach(curve, target) for name, curve in curves.items()}
+    needed.setdefault('random', None)  # --no-random
     ratio = needed['random'] / needed['active'] if needed['active'] and needed['random'] else None
     conditions = {}
     for name in curves:

@@ -124,14 +124,18 @@ def select_candidates(
     upper: float,
     max_selected: int,
     features: np.ndarray | None = None,
+    labelled_features: np.ndarray | None = None,
 ) -> list[int]:
     """Pick at most ``max_selected`` configurations between the bounds, diverse when there are more.
 
     With more candidates than ``max_selected``: farthest-point sampling on the standardised ``features`` of the
     candidates (one row per configuration, e.g. mean descriptors), starting from the most uncertain one; without
-    features, the most uncertain ones. Returns indices into ``disagreement``, in the order picked.
+    features, the most uncertain ones. With ``labelled_features`` (the same features of what is labelled already)
+    the sampling also keeps away from the labelled configurations (they count as picked; the standardisation is
+    over both). Returns indices into ``disagreement``, in the order picked.
 
-    :raises ValueError: for invalid bounds, a cap below 1, or features of another length.
+    :raises ValueError: for invalid bounds, a cap below 1, features of another length, or labelled features of
+        another width.
     """
     error = check_bounds(lower, upper)
     if error:
@@ -148,9 +152,19 @@ def select_candidates(
     features = np.asarray(features, dtype=float)
     if len(features) != len(values):
         raise ValueError(f'features have {len(features)} rows for {len(values)} configurations')
-    points = _standardised(features[candidates])
+    reference = None
+    if labelled_features is not None and len(labelled_features):
+        labelled_features = np.asarray(labelled_features, dtype=float)
+        if labelled_features.ndim != 2 or labelled_features.shape[1] != features.shape[1]:
+            raise ValueError(
+                f'labelled features of shape {labelled_features.shape} for features of {features.shape[1]} columns'
+            )
+        joint = _standardised(np.concatenate([features[candidates], labelled_features]))
+        points, reference = joint[: len(candidates)], joint[len(candidates) :]
+    else:
+        points = _standardised(features[candidates])
     start = int(np.argmax(values[candidates]))
-    picked = farthest_point_sampling(points, max_selected, start=start)
+    picked = farthest_point_sampling(points, max_selected, start=start, reference=reference)
     if len(picked) < max_selected:  # duplicates left: fill with the most uncertain ones not yet picked
         chosen = {int(candidates[i]) for i in picked}
         extra = [int(index) for index in ranked if int(index) not in chosen]

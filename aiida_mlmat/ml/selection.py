@@ -16,17 +16,38 @@ def _check(points: np.ndarray, n: int) -> np.ndarray:
     return points
 
 
-def farthest_point_sampling(points: np.ndarray, n: int, start: int | None = None) -> list[int]:
+def farthest_point_sampling(
+    points: np.ndarray, n: int, start: int | None = None, reference: np.ndarray | None = None
+) -> list[int]:
     """Greedy farthest-point sampling: each pick maximises its distance to those already picked.
 
-    Deterministic: the first pick is ``start`` or, by default, the point farthest from the centroid.
-    Returns at most ``len(points)`` indices, in the order picked.
+    Deterministic: the first pick is ``start`` or, by default, the point farthest from the centroid (with
+    ``reference``: the point farthest from the reference points). ``reference`` (rows in the same space as
+    ``points``, e.g. what is already labelled) counts as picked from the outset, so later picks keep away from it
+    too; a point that duplicates a reference row is never picked. Returns at most ``len(points)`` indices, in the
+    order picked.
+
+    :raises ValueError: for an empty or non-2D ``points``, ``n`` below 1, or ``reference`` of another width.
     """
     points = _check(points, n)
     n = min(n, len(points))
-    first = int(np.argmax(np.linalg.norm(points - points.mean(axis=0), axis=1))) if start is None else start
+    distance = np.full(len(points), np.inf)
+    if reference is not None:
+        reference = np.asarray(reference, dtype=float)
+        if reference.ndim != 2 or reference.shape[1] != points.shape[1]:
+            raise ValueError(f'reference points of shape {reference.shape} for points of {points.shape[1]} features')
+        reference = reference if len(reference) else None
+    if reference is not None:
+        for row in reference:
+            distance = np.minimum(distance, np.linalg.norm(points - row, axis=1))
+    if start is not None:
+        first = start
+    elif reference is not None:
+        first = int(np.argmax(distance))
+    else:
+        first = int(np.argmax(np.linalg.norm(points - points.mean(axis=0), axis=1)))
     picked = [first]
-    distance = np.linalg.norm(points - points[first], axis=1)
+    distance = np.minimum(distance, np.linalg.norm(points - points[first], axis=1))
     for _ in range(n - 1):
         candidate = int(np.argmax(distance))
         if distance[candidate] <= 0:

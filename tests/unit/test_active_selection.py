@@ -79,6 +79,18 @@ def test_fps_with_duplicates_fills_the_cap_with_the_most_uncertain():
     assert select_candidates(values, 0.1, 0.5, max_selected=3, features=features) == [3, 1, 2]
 
 
+def test_fps_with_labelled_features_keeps_away_from_what_is_labelled():
+    """Clusters a (most uncertain), b and c; b is the farthest from a but already labelled: then c is picked."""
+    features = np.array([[0, 0], [0.1, 0], [10, 10], [10.1, 10.1], [0, 10], [0.1, 10.1]], dtype=float)
+    values = [0.4, 0.39, 0.2, 0.21, 0.15, 0.16]
+    assert select_candidates(values, 0.1, 0.5, 2, features) == [0, 3]  # a, then b (the farthest)
+    labelled = np.array([[10.0, 10.05], [9.9, 10.0]])  # two configurations of cluster b are in the training set
+    assert select_candidates(values, 0.1, 0.5, 2, features, labelled_features=labelled) == [0, 4]  # a, then c
+    assert select_candidates(values, 0.1, 0.5, 2, features, labelled_features=np.zeros((0, 2))) == [0, 3]
+    with pytest.raises(ValueError, match='labelled features of shape'):
+        select_candidates(values, 0.1, 0.5, 2, features, labelled_features=np.zeros((3, 5)))
+
+
 @pytest.mark.parametrize(
     ('lower', 'upper', 'message'),
     [(0.5, 0.1, 'must be smaller'), (0.2, 0.2, 'must be smaller'), (-0.1, 0.3, 'zero or positive'),

@@ -52,6 +52,16 @@ def test_fps_stops_at_duplicates_and_caps_at_size():
     assert sorted(farthest_point_sampling(points, 5)) == [0, 2] or sorted(farthest_point_sampling(points, 5)) == [1, 2]
 
 
+def test_fps_with_reference_starts_farthest_from_it_and_never_repeats_it():
+    """Reference points count as picked: the first pick is the point farthest from them, duplicates never come."""
+    points = np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0]])
+    assert farthest_point_sampling(points, 3, reference=np.array([[5.0, 0.0]])) == [0, 1]
+    assert farthest_point_sampling(points, 3, reference=np.zeros((0, 2))) == farthest_point_sampling(points, 3)
+    assert farthest_point_sampling(points, 2, start=1, reference=np.array([[0.2, 0.0]])) == [1, 2]
+    with pytest.raises(ValueError, match='reference points of shape'):
+        farthest_point_sampling(points, 2, reference=np.zeros((2, 3)))
+
+
 def test_cur_picks_one_point_per_independent_direction():
     """Rows along three orthogonal axes with different spreads: CUR takes one per axis first."""
     rows = np.zeros((30, 3))
