@@ -349,14 +349,12 @@ def main() -> None:
             d = data[seed]
             return learning_rounds(strategy, d['pool'], d['held_out'], d['features'], args, root, seed)
 
-        if args.no_random:
-            per_seed, curves = {}, {}
-        elif earlier is None:
-            per_seed = {'random': {seed: list(rounds('random', seed)) for seed in args.seeds}}
-        else:
-            per_seed = {'random': {int(k): v for k, v in earlier['learning_curves_by_seed']['random'].items()}}
-        if not args.no_random:
-            curves['random'] = mean_curve(list(per_seed['random'].values()))
+        per_seed: dict[str, dict[int, list[dict[str, Any]]]] = {}
+        if earlier is not None:
+            per_seed['random'] = {int(k): v for k, v in earlier['learning_curves_by_seed']['random'].items()}
+        elif not args.no_random:
+            per_seed['random'] = {seed: list(rounds('random', seed)) for seed in args.seeds}
+        curves = {name: mean_curve(list(by_seed.values())) for name, by_seed in per_seed.items()}
         target = args.target_forces_rmse or curves['random'][-1]['held_out_forces_rmse']
         # Active learning, all seeds a round at a time: its figure is known once the mean curve reaches the target.
         active = {seed: rounds('active', seed) for seed in args.seeds}

@@ -1,0 +1,80 @@
+"""``benchmarks/active_learning.py`` on a tiny pool: both contenders, ``--random-from`` and ``--no-random`` runs.
+
+The figures of a run this small mean nothing; what is checked is that every mode runs to its JSON line with the
+same learning curves for the same settings (training is deterministic on CPU) and that bad combinations of
+options are refused by the parser.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / 'benchmarks' / 'active_learning.py'
+TINY = [
+    '--budget', '16', '--epochs', '2', '--pool-snapshots', '3', '--held-out-snapshots', '1', '--strains', '0.0',
+    '--temperatures', '300', '1500', '--lower-quantile', '0.5', '--threads', '1', '--full-curves',
+]  # fmt: skip
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *TINY, *args], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def last_json(process: subprocess.CompletedProcess) -> dict:
+    assert process.returncode == 0, process.stderr[-3000:]
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope='module')
+def full_run(tmp_path_factory) -> tuple[dict, Path]:
+    process = run()
+    log = tmp_path_factory.mktemp('bench') / 'al.log'
+    log.write_text(process.stdout)
+    return last_json(process), log
+
+
+def test_both_contenders_grow_to_the_budget_from_the_same_start(full_run):
+    result, _ = full_run
+    curves = result['learning_curves']
+    assert [r['n_labels'] for r in curves['random']] == [8, 16]
+    assert [r['n_labels'] for r in curves['active']] == [8, 16]
+    assert curves['random'][0]['held_out_forces_rmse'] == curves['active'][0]['held_out_forces_rmse']  # same start
+    assert result['target_forces_rmse'] == curves['random'][-1]['held_out_forces_rmse']
+    target = result['target_forces_rmse']
+    for name, curve in curves.items():  # the first round at or below the target (a 2-epoch curve need not fall)
+        reached = [r['n_labels'] for r in curve if r['held_out_forces_rmse'] <= target]
+        assert result['labels_to_target'][name] == (reached[0] if reached else None)
+    assert result['labels_to_target']['random'] is not None
+    assert result['targets'] == {'labels_random_over_active': 2.0}
+    added = [r['added'] for r in result['learning_curves_by_seed']['active']['0'][:-1]]
+    assert len(added) == 1 and len(set(added[0])) == 8
+
+
+def test_random_from_reuses_the_curves_and_no_random_trains_active_learning_only(full_run):
+    result, log = full_run
+    reused = last_json(run('--random-from', str(log)))
+    assert reused['learning_curves'] == result['learning_curves']  # deterministic on CPU
+    alone = last_json(run('--no-random', '--target-forces-rmse', '0.5', '--active-step', '4', '--fps-labelled'))
+    assert set(alone['learning_curves']) == {'active'}
+    assert [r['n_labels'] for r in alone['learning_curves']['active']] == [8, 12, 16]
+    assert alone['labels_to_target']['random'] is None and alone['ratios']['labels_random_over_active'] is None
+    assert alone['target_from'] == 'argument'
+
+
+@pytest.mark.parametrize(
+    ('args', 'message'),
+    [(['--no-random'], '--no-random needs --target-forces-rmse'), (['--active-step', '0'], 'at least 1'),
+     (['--seeds', '1', '1'], 'must differ')],
+)  # fmt: skip
+def test_bad_options_are_refused_by_the_parser(args, message):
+    process = run(*args)
+    assert process.returncode == 2 and message in process.stderr, process.stderr[-2000:]
