@@ -35,12 +35,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import multiprocessing
 import os
 import platform
 import tempfile
 import time
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +66,7 @@ from aiida_mlmat.worker.tasks.sample import thermalize
 SPECIES = ['Cu', 'Au']
 #: Settings that make random selection's learning curves what they are: a run with ``--random-from`` must match them.
 RANDOM_SETTINGS = (
-    'budget', 'initial', 'step', 'members', 'epochs', 'temperatures', 'strains', 'pool_snapshots',
+    'budget', 'initial', 'step', 'members', 'epochs', 'steps', 'temperatures', 'strains', 'pool_snapshots',
     'held_out_snapshots', 'interval', 'seeds',
 )  # fmt: skip
 FRACTIONS_AU = (0.25, 0.5, 0.75)
@@ -113,24 +117,59 @@ def trajectories(
     return frames
 
 
+BATCH_SIZE = 4
+
+
+def member_epochs(n_frames: int, epochs: int, steps: int | None) -> int:
+    """Epochs of a member trained on ``n_frames``: ``epochs``, or as many as make ``steps`` optimizer steps."""
+    if steps is None:
+        return epochs
+    return max(1, math.ceil(steps / math.ceil(n_frames / BATCH_SIZE)))
+
+
+def train_member(train_frames: list[Atoms], validation: list[Atoms], config: TrainingConfig, directory: Path) -> Path:
+    """Train one member (one torch thread when run in a worker process of ``--jobs``); return its model file."""
+    train(default_config(SPECIES), train_frames, validation, config, directory)
+    return directory / 'model.pt'
+
+
 def bootstrap_members(
-    frames: list[Atoms], members: int, epochs: int, seed: int, workdir: Path, threads: int
+    frames: list[Atoms],
+    members: int,
+    epochs: int,
+    seed: int,
+    workdir: Path,
+    threads: int,
+    steps: int | None = None,
+    executor: Executor | None = None,
 ) -> MLMatCalculator:
-    """Train ``members`` models from scratch, each on a bootstrap resample (validated on its out-of-bag frames)."""
+    """Train ``members`` models from scratch, each on a bootstrap resample (validated on its out-of-bag frames).
+
+    :param steps: optimizer steps per member (the epochs follow from the set's size) instead of ``epochs``.
+    :param executor: a process pool that trains the members side by side (same numbers as one after the other).
+    """
     rng = np.random.default_rng(seed)
-    paths = []
+    jobs = []
     for member in range(members):
         picks = rng.integers(0, len(frames), len(frames)) if members > 1 else np.arange(len(frames))
         out_of_bag = sorted(set(range(len(frames))) - set(picks.tolist())) or list(range(len(frames)))
+        n_epochs = member_epochs(len(picks), epochs, steps)
         config = TrainingConfig(
-            epochs=epochs, batch_size=4, patience=epochs, seed=seed + member, dtype='float32',
+            epochs=n_epochs, batch_size=BATCH_SIZE, patience=n_epochs, seed=seed + member, dtype='float32',
             checkpoint_every_epochs=10**6, checkpoint_every_seconds=1e9,
         )  # fmt: skip
-        directory = workdir / f'member-{member}'
-        train(default_config(SPECIES), [frames[i] for i in picks], [frames[i] for i in out_of_bag], config, directory)
-        paths.append(directory / 'model.pt')
+        jobs.append(([frames[i] for i in picks], [frames[i] for i in out_of_bag], config, workdir / f'member-{member}'))
+    if executor is None:
+        paths = [train_member(*job) for job in jobs]
+    else:
+        paths = list(executor.map(train_member, *zip(*jobs, strict=True)))
     torch.set_num_threads(threads)
     return MLMatCalculator.from_files(paths, dtype=torch.float32)
+
+
+def _single_thread() -> None:
+    """Initialiser of the ``--jobs`` worker processes: one torch thread each."""
+    torch.set_num_threads(1)
 
 
 def evaluate(calculator: MLMatCalculator, frames: list[Atoms], score: str = 'max') -> tuple[float, np.ndarray]:
@@ -162,6 +201,7 @@ def learning_rounds(
     args: argparse.Namespace,
     root: Path,
     seed: int,
+    executor: Executor | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Grow the training set from the same initial labels with one strategy; yield one record per round.
 
@@ -174,7 +214,7 @@ def learning_rounds(
         start = time.perf_counter()
         calculator = bootstrap_members(
             [pool[i] for i in chosen], args.members, args.epochs, seed, root / f'{strategy}-{seed}-{len(chosen)}',
-            args.threads,
+            args.threads, args.steps, executor,
         )  # fmt: skip
         train_s = time.perf_counter() - start
         rmse, _ = evaluate(calculator, held_out)
@@ -241,6 +281,12 @@ def main() -> None:
     parser.add_argument('--step', type=int, default=8, help='labels added per round')
     parser.add_argument('--members', type=int, default=3, help='ensemble members (bootstrap), for both')
     parser.add_argument('--epochs', type=int, default=120, help='training epochs of every member, from scratch')
+    parser.add_argument(
+        '--steps', type=int,
+        help='optimizer steps of every member instead of --epochs (epochs = steps / batches per epoch): every '
+        'ensemble gets the same training, so that a learning curve measures data, not training length',
+    )  # fmt: skip
+    parser.add_argument('--jobs', type=int, default=1, help='processes that train ensemble members side by side')
     parser.add_argument('--temperatures', type=float, nargs='+', default=[300.0, 700.0, 1100.0, 1500.0])
     parser.add_argument('--strains', type=float, nargs='+', default=[-0.03, 0.0, 0.03])
     parser.add_argument(
@@ -307,7 +353,8 @@ def main() -> None:
         try:
             lines = [line for line in args.random_from.read_text().splitlines() if line.startswith('{')]
             earlier = json.loads(lines[-1])
-            differ = [key for key in RANDOM_SETTINGS if earlier['settings'][key] != vars(args)[key]]
+            settings = earlier['settings']  # a key it lacks (an older run) had the default, None
+            differ = [key for key in RANDOM_SETTINGS if settings.get(key) != vars(args)[key]]
         except (OSError, IndexError, KeyError, ValueError) as error:
             parser.error(f'--random-from {args.random_from}: not the output of this benchmark ({error!r})')
         if differ:
@@ -316,6 +363,10 @@ def main() -> None:
         parser.error('--no-random needs --target-forces-rmse (and no --random-from)')
     if args.active_step is not None and args.active_step < 1:
         parser.error(f'--active-step must be at least 1, got {args.active_step}')
+    if args.steps is not None and args.steps < 1:
+        parser.error(f'--steps must be at least 1, got {args.steps}')
+    if args.jobs < 1:
+        parser.error(f'--jobs must be at least 1, got {args.jobs}')
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f'--seeds must differ from each other, got {args.seeds}')
     pool_snapshots = args.pool_snapshots[0] if len(args.pool_snapshots) == 1 else args.pool_snapshots
@@ -342,12 +393,16 @@ def main() -> None:
         flush=True,
     )
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix='mlmat-bench-al-') as directory:
+    executor = None
+    if args.jobs > 1:
+        context = multiprocessing.get_context('spawn')  # no fork of a process that holds torch's threads
+        executor = ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_single_thread)
+    with tempfile.TemporaryDirectory(prefix='mlmat-bench-al-') as directory, executor or nullcontext():
         root = Path(directory)
 
         def rounds(strategy: str, seed: int) -> Iterator[dict[str, Any]]:
             d = data[seed]
-            return learning_rounds(strategy, d['pool'], d['held_out'], d['features'], args, root, seed)
+            return learning_rounds(strategy, d['pool'], d['held_out'], d['features'], args, root, seed, executor)
 
         per_seed: dict[str, dict[int, list[dict[str, Any]]]] = {}
         if earlier is not None:

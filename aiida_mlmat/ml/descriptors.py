@@ -265,9 +265,13 @@ class Descriptor(torch.nn.Module):
         self.register_buffer('weight_table', table, persistent=False)
         self.register_buffer('species_index', index, persistent=False)
 
-    def forward(self, graph: Graph) -> torch.Tensor:
+    def forward(self, graph: Graph, vectors: torch.Tensor | None = None) -> torch.Tensor:
         """Compute the descriptors of every atom of the graph.
 
+        :param vectors: the edge vectors r_ij (n_edges, 3) in Å to use instead of ``graph.edge_vectors()``. The
+            descriptors of atom i depend on the positions only through the vectors of the edges centred on i, so
+            with these as a leaf tensor one backward pass per feature gives every derivative
+            (:func:`aiida_mlmat.ml.model.edge_jacobian`).
         :raises UnknownSpeciesError: when the graph holds an element outside the definition.
         """
         if (self.species_index[graph.numbers] < 0).any():
@@ -276,16 +280,17 @@ class Descriptor(torch.nn.Module):
                 f'the structures hold {unknown}, which this descriptor was not defined for '
                 f'(species {list(self.spec.species)})'
             )
+        if vectors is None:
+            vectors = graph.edge_vectors()
         if self.spec.kind == 'chebyshev':
-            return self._chebyshev(graph)
-        return self._acsf(graph)
+            return self._chebyshev(graph, vectors)
+        return self._acsf(graph, vectors)
 
     # -- Chebyshev ---------------------------------------------------------------------------------------------
-    def _chebyshev(self, graph: Graph) -> torch.Tensor:
+    def _chebyshev(self, graph: Graph, vectors: torch.Tensor) -> torch.Tensor:
         spec = self.spec
         n_atoms = graph.positions.shape[0]
-        dtype = graph.positions.dtype
-        vectors = graph.edge_vectors()
+        dtype = vectors.dtype
         r = torch.linalg.vector_norm(vectors, dim=1)
         weighted = len(spec.species) > 1
         fc = cutoff_function(r, spec.rcut)
@@ -335,13 +340,12 @@ class Descriptor(torch.nn.Module):
         return out
 
     # -- ACSF --------------------------------------------------------------------------------------------------
-    def _acsf(self, graph: Graph) -> torch.Tensor:
+    def _acsf(self, graph: Graph, vectors: torch.Tensor) -> torch.Tensor:
         spec = self.spec
         n_atoms = graph.positions.shape[0]
         n_species = len(spec.species)
-        dtype = graph.positions.dtype
-        device = graph.positions.device
-        vectors = graph.edge_vectors()
+        dtype = vectors.dtype
+        device = vectors.device
         r = torch.linalg.vector_norm(vectors, dim=1)
         fc = cutoff_function(r, spec.rcut)
         radial_params = torch.tensor([[0.0, 0.0]] + [list(p) for p in spec.g2], dtype=dtype, device=device)

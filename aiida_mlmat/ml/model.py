@@ -11,6 +11,7 @@ without touching the workflows: each takes a config dictionary and maps a :class
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -66,10 +67,13 @@ class AtomicNNPotential(torch.nn.Module):
 
     def atomic_energies(self, graph: Graph) -> torch.Tensor:
         """Energy of each atom (eV): reference energy plus the network's output."""
-        features = self.descriptor(graph)
+        return self.energies_from_features(self.descriptor(graph), graph.numbers)
+
+    def energies_from_features(self, features: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+        """Energy of each atom (eV) from its raw descriptors (n_atoms, n_features) and atomic numbers."""
         dtype = features.dtype
         features = (features - self.feature_mean.to(dtype)) / self.feature_std.to(dtype)
-        element = self.descriptor.species_index[graph.numbers]
+        element = self.descriptor.species_index[numbers]
         out = self.reference_energies.to(dtype)[element].clone()
         for position, network in enumerate(self.networks):
             mask = element == position
@@ -99,23 +103,100 @@ class AtomicNNPotential(torch.nn.Module):
         if stress:
             inputs.append(strain)
         atomic = self.atomic_energies(graph)
-        energy = torch.zeros(graph.n_structures, dtype=atomic.dtype, device=atomic.device).index_add(
-            0, graph.structure, atomic
-        )
+        energy = _structure_sums(atomic, graph)
         result = {keys.ENERGY: energy, keys.ATOMIC_ENERGIES: atomic}
         if inputs:
             grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training)
             if forces:
                 result[keys.FORCES] = -grads[0]
             if stress:
-                volume = torch.linalg.det(graph.cells).abs().detach()
-                virial = grads[-1]
-                full = virial / volume.clamp(min=1e-12)[:, None, None]
-                full = 0.5 * (full + full.transpose(1, 2))
-                result[keys.STRESS] = torch.stack(
-                    [full[:, 0, 0], full[:, 1, 1], full[:, 2, 2], full[:, 1, 2], full[:, 0, 2], full[:, 0, 1]], dim=1
-                )
+                result[keys.STRESS] = _stress(grads[-1], graph)
         return result
+
+    def forward_precomputed(
+        self, graph: Graph, jacobian: EdgeJacobian, forces: bool = True, stress: bool = False, training: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """What :meth:`forward` returns, from descriptors and derivatives computed once (:func:`edge_jacobian`).
+
+        The descriptors of fixed configurations do not change while the network trains, so a training step only
+        needs the network's gradient with respect to them, chained with the stored derivatives: with
+        w_e = dE/dr_e = sum_a dE/dD_{c(e)a} dD_{c(e)a}/dr_e over the edges e (centre c, neighbour n),
+        F_k = sum_{e: c(e)=k} w_e - sum_{e: n(e)=k} w_e and the virial is sum_e r_e (x) w_e. The numbers equal
+        :meth:`forward`'s to rounding.
+        """
+        features = jacobian.features.detach().requires_grad_(forces or stress)
+        atomic = self.energies_from_features(features, graph.numbers)
+        energy = _structure_sums(atomic, graph)
+        result = {keys.ENERGY: energy, keys.ATOMIC_ENERGIES: atomic}
+        if forces or stress:
+            (gradient,) = torch.autograd.grad(energy.sum(), features, create_graph=training)
+            weights = (jacobian.values * gradient[graph.centre][:, None, :]).sum(dim=2)  # dE/dr_e (eV/Å)
+            if forces:
+                result[keys.FORCES] = (
+                    torch.zeros_like(graph.positions)
+                    .index_add(0, graph.centre, weights)
+                    .index_add(0, graph.neighbour, -weights)
+                )
+            if stress:
+                per_edge = jacobian.vectors[:, :, None] * weights[:, None, :]
+                virial = torch.zeros(graph.n_structures, 3, 3, dtype=weights.dtype, device=weights.device)
+                result[keys.STRESS] = _stress(virial.index_add(0, graph.structure[graph.centre], per_edge), graph)
+        return result
+
+
+@dataclass
+class EdgeJacobian:
+    """Descriptors of a fixed graph and their derivatives with respect to its edge vectors.
+
+    :ivar features: (n_atoms, n_features) raw descriptors.
+    :ivar vectors: (n_edges, 3) Å, the edge vectors r_ij the derivatives were taken at.
+    :ivar values: (n_edges, 3, n_features) 1/Å (per descriptor unit): d D_{c(e)} / d r_e for every edge e.
+    """
+
+    features: torch.Tensor
+    vectors: torch.Tensor
+    values: torch.Tensor
+
+    @staticmethod
+    def nbytes(n_edges: int, n_features: int, dtype: torch.dtype) -> int:
+        """Memory (bytes) the derivatives of ``n_edges`` edges take."""
+        return n_edges * n_features * 3 * torch.empty((), dtype=dtype).element_size()
+
+
+def edge_jacobian(descriptor: Descriptor, graph: Graph) -> EdgeJacobian:
+    """Descriptors of ``graph`` and their derivatives with respect to every edge vector, one backward per feature.
+
+    An edge vector r_e enters only the descriptors of its centre atom, so the gradient of the column sum
+    sum_i D_ia with respect to r_e is d D_{c(e)a} / d r_e: n_features backward passes give the whole Jacobian.
+    """
+    vectors = graph.edge_vectors().detach().requires_grad_(True)
+    with torch.enable_grad():
+        features = descriptor(graph, vectors)
+        columns = []
+        for column in range(features.shape[1]):
+            (grad,) = torch.autograd.grad(
+                features[:, column].sum(), vectors, retain_graph=column < features.shape[1] - 1, allow_unused=True
+            )
+            columns.append(torch.zeros_like(vectors) if grad is None else grad)
+    values = torch.stack(columns, dim=2) if columns else vectors.new_zeros(len(vectors), 3, 0)
+    return EdgeJacobian(features.detach(), vectors.detach(), values.detach())
+
+
+def _structure_sums(atomic: torch.Tensor, graph: Graph) -> torch.Tensor:
+    """Per-structure sums (n_structures,) of per-atom values."""
+    return torch.zeros(graph.n_structures, dtype=atomic.dtype, device=atomic.device).index_add(
+        0, graph.structure, atomic
+    )
+
+
+def _stress(virial: torch.Tensor, graph: Graph) -> torch.Tensor:
+    """Voigt stress (n_structures, 6) in eV/Å^3 from dE/d(strain) (n_structures, 3, 3), symmetrised."""
+    volume = torch.linalg.det(graph.cells).abs().detach()
+    full = virial / volume.clamp(min=1e-12)[:, None, None]
+    full = 0.5 * (full + full.transpose(1, 2))
+    return torch.stack(
+        [full[:, 0, 0], full[:, 1, 1], full[:, 2, 2], full[:, 1, 2], full[:, 0, 2], full[:, 0, 1]], dim=1
+    )
 
 
 ARCHITECTURES: dict[str, type[torch.nn.Module]] = {'ann': AtomicNNPotential}

@@ -28,7 +28,7 @@ from ase import Atoms
 
 from aiida_mlmat.ml import keys
 from aiida_mlmat.ml.descriptors import Descriptor, UnknownSpeciesError
-from aiida_mlmat.ml.model import build_model, save_model
+from aiida_mlmat.ml.model import EdgeJacobian, build_model, edge_jacobian, save_model
 from aiida_mlmat.ml.neighbours import Graph, build_graph
 
 CHECKPOINT = 'checkpoint.pt'
@@ -67,6 +67,10 @@ class TrainingConfig:
     checkpoint_every_seconds: float = 300.0
     max_seconds: float | None = None
     lr_scale: float = 1.0
+    #: Memory (MiB) that descriptors and their derivatives, computed once before the first epoch, may take; every
+    #: step then runs the network only (:meth:`aiida_mlmat.ml.model.AtomicNNPotential.forward_precomputed`, same
+    #: numbers). Over it, or at 0, descriptors are recomputed at every step.
+    jacobian_memory_mb: float = 2048.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     #: Keys that change how long or where training runs, not what it computes: excluded from the resume check.
@@ -79,6 +83,7 @@ class TrainingConfig:
         'device',
         'extra',
         'lr_scale',
+        'jacobian_memory_mb',
     )
 
     def fingerprint(self, model_config: dict[str, Any]) -> str:
@@ -110,6 +115,42 @@ class Batch:
     n_atoms: torch.Tensor
     forces: torch.Tensor | None
     stress: torch.Tensor | None
+    #: descriptors and their derivatives, when computed once (:func:`precompute_descriptors`)
+    jacobian: EdgeJacobian | None = None
+
+
+def predict(model: torch.nn.Module, batch: Batch, forces: bool, stress: bool, training: bool) -> dict[str, Any]:
+    """The model's energies, forces and stress on a batch: from its stored descriptors when it has them."""
+    if batch.jacobian is not None:
+        return model.forward_precomputed(batch.graph, batch.jacobian, forces=forces, stress=stress, training=training)
+    return model(batch.graph, forces=forces, stress=stress, training=training)
+
+
+def training_features(model: torch.nn.Module, batches: Sequence[Batch]) -> torch.Tensor:
+    """Raw descriptors (n_atoms, n_features) of all batches in float64, the stored ones where there are."""
+    descriptor = Descriptor(model.spec).to(batches[0].graph.positions.device)
+    with torch.no_grad():
+        blocks = [
+            batch.jacobian.features if batch.jacobian is not None else descriptor(batch.graph) for batch in batches
+        ]
+    return torch.cat(blocks).to(torch.float64)
+
+
+def precompute_descriptors(model: torch.nn.Module, batches: Sequence[Batch], memory_mb: float) -> bool:
+    """Store every batch's descriptors and their edge derivatives when the model can use them and they fit.
+
+    :param memory_mb: the most memory (MiB) the derivatives may take, all batches together.
+    :return: whether they were stored (otherwise the batches are left as they were).
+    """
+    if not hasattr(model, 'forward_precomputed') or memory_mb <= 0 or not batches:
+        return False
+    n_edges = sum(len(batch.graph.centre) for batch in batches)
+    dtype = batches[0].graph.positions.dtype
+    if EdgeJacobian.nbytes(n_edges, model.spec.n_features, dtype) > memory_mb * 2**20:
+        return False
+    for batch in batches:
+        batch.jacobian = edge_jacobian(model.descriptor, batch.graph)
+    return True
 
 
 def make_batches(
@@ -244,7 +285,7 @@ def errors(model: torch.nn.Module, batches: Sequence[Batch], stress: bool = Fals
     """Energy (per atom), force and stress MAE and RMSE of a model on batches (eV/atom, eV/Å, eV/Å^3)."""
     e_err, f_err, s_err = [], [], []
     for batch in batches:
-        out = model(batch.graph, forces=batch.forces is not None, stress=stress and batch.stress is not None)
+        out = predict(model, batch, batch.forces is not None, stress and batch.stress is not None, training=False)
         e_err.append(((out[keys.ENERGY] - batch.energy) / batch.n_atoms).detach().cpu().numpy())
         if batch.forces is not None:
             f_err.append((out[keys.FORCES] - batch.forces).detach().cpu().numpy().ravel())
@@ -312,6 +353,7 @@ def train(
     val_batches = make_batches(
         validation_frames, model.cutoff, config.batch_size, dtype, device, need_forces, need_stress
     )
+    precomputed = precompute_descriptors(model, [*train_batches, *val_batches], config.jacobian_memory_mb)
     hyper = config.fingerprint(model_config)
     data = data_fingerprint(list(train_frames) + list(validation_frames))
 
@@ -344,15 +386,13 @@ def train(
     elif init_from is not None:
         load_initial_weights(model, init_from, model_config, device)
         with torch.no_grad():
-            descriptor = Descriptor(model.spec).to(device)
-            features = torch.cat([descriptor(batch.graph) for batch in train_batches]).to(torch.float64)
+            features = training_features(model, train_batches)
             renormalise_features(model, features.mean(dim=0), features.std(dim=0).clamp(min=1e-6))
             model.reference_energies.copy_(torch.tensor(refit_reference_energies(model, train_batches, train_frames)))
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     else:
         with torch.no_grad():
-            descriptor = Descriptor(model.spec).to(device)
-            features = torch.cat([descriptor(batch.graph) for batch in train_batches]).to(torch.float64)
+            features = training_features(model, train_batches)
             model.feature_mean.copy_(features.mean(dim=0))
             model.feature_std.copy_(features.std(dim=0).clamp(min=1e-6))
             model.reference_energies.copy_(torch.tensor(fit_reference_energies(train_frames, model.species)))
@@ -396,7 +436,7 @@ def train(
             batch = train_batches[index]
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast('cuda', enabled=autocast):
-                out = model(batch.graph, forces=need_forces, stress=need_stress, training=True)
+                out = predict(model, batch, need_forces, need_stress, training=True)
             loss = config.energy_weight * torch.mean(((out[keys.ENERGY] - batch.energy) / batch.n_atoms) ** 2)
             if need_forces:
                 loss = loss + config.forces_weight * torch.mean((out[keys.FORCES] - batch.forces) ** 2)
@@ -443,4 +483,5 @@ def train(
         'data_sha256': data,
         'seconds': state['elapsed'],
         'warm_start': init_from is not None and resume_from is None,
+        'descriptors_precomputed': precomputed,
     }

@@ -17,9 +17,17 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from aiida_mlmat.ml import keys
 from aiida_mlmat.ml.calculator import MLMatCalculator
-from aiida_mlmat.ml.model import build_model, default_config, load_model, save_model
+from aiida_mlmat.ml.model import build_model, default_config, edge_jacobian, load_model, save_model
 from aiida_mlmat.ml.neighbours import build_graph
-from aiida_mlmat.ml.training import CHECKPOINT, MODEL, TrainingConfig, TrainingError, train
+from aiida_mlmat.ml.training import (
+    CHECKPOINT,
+    MODEL,
+    TrainingConfig,
+    TrainingError,
+    make_batches,
+    precompute_descriptors,
+    train,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -215,6 +223,84 @@ def test_resume_continues_exactly_and_refuses_mismatch(data, tmp_path):
     with pytest.raises(TrainingError, match='another data set'):
         train(small_config(), data[0][:-1], data[1], TrainingConfig(**FAST), tmp_path / 'y',
               resume_from=tmp_path / 'part' / CHECKPOINT)  # fmt: skip
+
+
+ACSF = {'kind': 'acsf', 'rcut': 4.5, 'g2': [[1.0, 0.0], [0.5, 2.5]], 'g4': [[0.01, 1.0, 1.0], [0.02, 2.0, -1.0]]}
+
+
+@pytest.mark.parametrize('descriptor', [{'kind': 'chebyshev', 'rcut': 4.5, 'n_radial': 6, 'n_angular': 4}, ACSF])
+@pytest.mark.parametrize('periodic', [True, False])
+def test_precomputed_descriptors_give_the_same_energy_forces_stress_and_parameter_gradients(descriptor, periodic):
+    torch.manual_seed(3)
+    model = build_model({**small_config(), 'descriptor': descriptor}).double()
+    if periodic:
+        frames = [sample_cell(1), emt_data(1, 4, repeat=(2, 2, 1))[0]]  # 32 and 16 atoms
+    else:
+        cluster = bulk('Cu', 'fcc', a=3.6, cubic=True)
+        cluster.symbols[[0, 2]] = 'Au'
+        cluster.rattle(0.1, seed=2)
+        cluster.pbc = False
+        frames = [cluster, cluster[:3]]
+    graph = build_graph(frames, model.cutoff)
+    jacobian = edge_jacobian(model.descriptor, graph)
+    assert jacobian.values.shape == (len(graph.centre), 3, model.spec.n_features)
+    direct = model(graph, forces=True, stress=periodic, training=True)
+    graph.positions.requires_grad_(False)
+    stored = model.forward_precomputed(graph, jacobian, forces=True, stress=periodic, training=True)
+    assert set(stored) == set(direct)
+    for key in direct:
+        assert torch.allclose(stored[key], direct[key], rtol=1e-10, atol=1e-12), key
+    assert direct[keys.FORCES].abs().max() > 1e-3  # eV/Å: forces of a rattled cell, not a trivial zero
+    # What training backpropagates: the gradient of a force (and stress) loss with respect to the weights.
+    parameters = list(model.parameters())
+
+    def loss(out):
+        return (out[keys.FORCES] ** 2).sum() + ((out[keys.STRESS] ** 2).sum() if periodic else 0.0)
+
+    expected = torch.autograd.grad(loss(direct), parameters, allow_unused=True)  # output biases do not enter
+    found = torch.autograd.grad(loss(stored), parameters, allow_unused=True)
+    assert sum(grad is not None for grad in expected) >= len(parameters) - len(model.networks)
+    for left, right in zip(expected, found, strict=True):
+        assert (left is None) == (right is None)
+        if left is not None:
+            assert torch.allclose(left, right, rtol=1e-9, atol=1e-12)
+
+
+def test_training_on_precomputed_descriptors_equals_recomputing_them_and_resumes_across(data, tmp_path):
+    config = {**FAST, 'epochs': 4, 'stress_weight': 1.0}
+    fast = train(small_config(), *data, TrainingConfig(**config), tmp_path / 'fast')
+    slow = train(small_config(), *data, TrainingConfig(**config, jacobian_memory_mb=0), tmp_path / 'slow')
+    assert fast['descriptors_precomputed'] and not slow['descriptors_precomputed']
+    assert [row['train_loss'] for row in fast['learning_curve']] == pytest.approx(
+        [row['train_loss'] for row in slow['learning_curve']], rel=1e-9
+    )
+    assert fast['validation'] == pytest.approx(slow['validation'], rel=1e-9)
+    first, second = load_model(str(tmp_path / 'fast' / MODEL)), load_model(str(tmp_path / 'slow' / MODEL))
+    for (name, left), right in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.allclose(left, right, rtol=1e-8, atol=1e-10), name
+    # Storing descriptors changes how training runs, not what it computes: a checkpoint made with them resumes
+    # without them (a smaller memory budget on another machine) and continues the same curve.
+    train(small_config(), *data, TrainingConfig(**{**config, 'epochs': 2}), tmp_path / 'part')
+    resumed = train(
+        small_config(), *data, TrainingConfig(**config, jacobian_memory_mb=1e-3), tmp_path / 'part',
+        resume_from=tmp_path / 'part' / CHECKPOINT,
+    )  # fmt: skip
+    assert not resumed['descriptors_precomputed']  # 1 KiB holds no derivatives
+    assert [row['train_loss'] for row in resumed['learning_curve']] == pytest.approx(
+        [row['train_loss'] for row in fast['learning_curve']], rel=1e-9
+    )
+
+
+def test_precompute_respects_the_memory_budget(data):
+    model = build_model(small_config()).double()
+    batches = make_batches(data[0], model.cutoff, 8, torch.float64, 'cpu', True, False)
+    n_edges = sum(len(batch.graph.centre) for batch in batches)
+    needed_mb = n_edges * model.spec.n_features * 3 * 8 / 2**20
+    assert not precompute_descriptors(model, batches, 0.9 * needed_mb)
+    assert all(batch.jacobian is None for batch in batches)
+    assert not precompute_descriptors(model, batches, 0)
+    assert precompute_descriptors(model, batches, 1.1 * needed_mb)
+    assert all(batch.jacobian is not None for batch in batches)
 
 
 def test_bad_training_input(data, tmp_path):
