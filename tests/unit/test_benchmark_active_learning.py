@@ -7,6 +7,7 @@ options are refused by the parser.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -70,10 +71,31 @@ def test_random_from_reuses_the_curves_and_no_random_trains_active_learning_only
     assert alone['target_from'] == 'argument'
 
 
+def test_member_epochs_follow_the_steps():
+    spec = importlib.util.spec_from_file_location('benchmark_active_learning', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.member_epochs(128, 60, 1920) == 60  # 32 batches of 4
+    assert module.member_epochs(64, 60, 1920) == 120  # half the data, twice the epochs: the same steps
+    assert module.member_epochs(10, 60, 7) == 3  # 3 batches a epoch: 9 steps, the fewest that reach 7
+    assert module.member_epochs(10, 60, None) == 60  # without --steps, --epochs
+
+
+def test_equal_steps_and_worker_processes(full_run):
+    result, log = full_run
+    steps = last_json(run('--steps', '40', '--jobs', '2'))
+    assert steps['settings']['steps'] == 40
+    assert steps['learning_curves']['random'] != result['learning_curves']['random']  # other training lengths
+    assert steps['learning_curves'] == last_json(run('--steps', '40'))['learning_curves']  # same numbers in workers
+    refused = run('--steps', '6', '--random-from', str(log))  # random's curves were made with --epochs
+    assert refused.returncode == 2 and 'other settings: steps' in refused.stderr
+
+
 @pytest.mark.parametrize(
     ('args', 'message'),
     [(['--no-random'], '--no-random needs --target-forces-rmse'), (['--active-step', '0'], 'at least 1'),
-     (['--seeds', '1', '1'], 'must differ')],
+     (['--seeds', '1', '1'], 'must differ'), (['--steps', '0'], '--steps must be at least 1'),
+     (['--jobs', '0'], '--jobs must be at least 1')],
 )  # fmt: skip
 def test_bad_options_are_refused_by_the_parser(args, message):
     process = run(*args)
