@@ -206,6 +206,7 @@ TRAIN_SCHEMA: dict[str, Any] = {
                 'checkpoint_every_epochs': {'type': 'integer', 'minimum': 1},
                 'checkpoint_every_seconds': {'type': 'number', 'exclusiveMinimum': 0},
                 'lr_scale': {'type': 'number', 'exclusiveMinimum': 0, 'maximum': 1},
+                'jacobian_memory_mb': {'type': 'number', 'minimum': 0},
             },
             'additionalProperties': False,
         },
