@@ -27,7 +27,7 @@ import torch
 from ase import Atoms
 
 from aiida_mlmat.ml import keys
-from aiida_mlmat.ml.descriptors import Descriptor, UnknownSpeciesError
+from aiida_mlmat.ml.descriptors import UnknownSpeciesError
 from aiida_mlmat.ml.model import EdgeJacobian, build_model, edge_jacobian, save_model
 from aiida_mlmat.ml.neighbours import Graph, build_graph
 
@@ -128,10 +128,10 @@ def predict(model: torch.nn.Module, batch: Batch, forces: bool, stress: bool, tr
 
 def training_features(model: torch.nn.Module, batches: Sequence[Batch]) -> torch.Tensor:
     """Raw descriptors (n_atoms, n_features) of all batches in float64, the stored ones where there are."""
-    descriptor = Descriptor(model.spec).to(batches[0].graph.positions.device)
     with torch.no_grad():
         blocks = [
-            batch.jacobian.features if batch.jacobian is not None else descriptor(batch.graph) for batch in batches
+            batch.jacobian.features if batch.jacobian is not None else model.descriptor(batch.graph)
+            for batch in batches
         ]
     return torch.cat(blocks).to(torch.float64)
 
