@@ -151,7 +151,7 @@ def train_ours(train: list[Atoms], validation: list[Atoms], args: argparse.Names
     config = TrainingConfig(
         epochs=1_000_000, max_seconds=args.budget_s, forces_weight=FORCES_WEIGHT, energy_weight=ENERGY_WEIGHT,
         patience=1_000_000, dtype=args.ours_dtype, device=args.device, checkpoint_every_epochs=1_000_000,
-        checkpoint_every_seconds=1e9, seed=args.seed,
+        checkpoint_every_seconds=1e9, seed=args.seed, jacobian_memory_mb=args.ours_jacobian_mb,
     )  # fmt: skip
     start = time.perf_counter()
     summary = train_model(model_config, train, validation, config, workdir)
@@ -347,6 +347,11 @@ def main() -> None:
     parser.add_argument('--md-steps', type=int, default=100)
     parser.add_argument('--md-block', type=int, default=10, help='timed MD steps per alternating block')
     parser.add_argument('--ours-dtype', default='float32', choices=['float32', 'float64'])
+    parser.add_argument(
+        '--ours-jacobian-mb', type=float, default=2048.0,
+        help='training.jacobian_memory_mb of ours: memory for descriptors stored once (0: recompute them every step, '
+        'the training path before stored descriptors)',
+    )  # fmt: skip
     parser.add_argument('--mace-dtype', default='float32', choices=['float32', 'float64'])
     parser.add_argument('--mace-hidden-irreps', default='16x0e')
     parser.add_argument('--mace-r-max', type=float, default=5.0)
@@ -395,6 +400,7 @@ def main() -> None:
             calculators['ours'] = calculator
             results['ours'] = {
                 **figures, 'epochs': summary['epochs'], 'best_epoch': summary['best_epoch'], 'dtype': args.ours_dtype,
+                'descriptors_precomputed': summary['descriptors_precomputed'],
                 'train_wall_s': trained['train_wall_s'], 'validation': summary['validation'],
                 'config': trained['model_config'],
                 'n_parameters': sum(p.numel() for p in calculator.models[0].parameters()),
