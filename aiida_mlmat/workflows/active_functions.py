@@ -37,7 +37,8 @@ def score_exploration(
     """Disagreement statistics of the explored configurations and the candidates between the trust bounds.
 
     Outputs ``statistics`` (Dict, eV/Å; see :func:`aiida_mlmat.ml.active.disagreement_statistics`, plus
-    ``candidate_lower_bound``) and ``candidates`` (the configurations with ``l < d <= upper``, each keeping its
+    ``candidate_lower_bound``; ``n_candidates`` counts the configurations above ``l`` and ``n_between_bounds`` those
+    above ``lower``, the two differ only with ``lower_quantile``) and ``candidates`` (the configurations with ``l < d <= upper``, each keeping its
     index in the explored set). ``l`` is ``lower``, or with ``lower_quantile`` the adaptive bound of
     :func:`aiida_mlmat.ml.active.adaptive_lower`; the convergence statistics always use ``lower``.
 
@@ -62,6 +63,7 @@ def score_exploration(
     bound = adaptive_lower(values, lower.value, upper.value, quantile)
     picked = candidates_between(values, bound, upper.value)
     statistics['candidate_lower_bound'] = bound
+    statistics['n_between_bounds'] = statistics['n_candidates']
     statistics['n_candidates'] = len(picked)
     return {
         'statistics': orm.Dict(statistics),

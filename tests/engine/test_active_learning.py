@@ -279,6 +279,7 @@ def test_adaptive_lower_bound_narrows_the_candidates_but_not_the_convergence_sta
     assert bound == pytest.approx(np.quantile([0.01, 0.04, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], 0.75))
     kept = [frame.info[INDEX_KEY] for frame in adaptive['candidates'].get_atoms()]
     assert kept == [7, 8, 9] and adaptive['statistics']['n_candidates'] == 3  # 0.6-0.8 eV/Å; 3.0 is above upper
+    assert adaptive['statistics']['n_between_bounds'] == fixed['statistics']['n_candidates'] == 8
     for scored in (fixed, adaptive):  # convergence is judged against the fixed lower bound either way
         assert scored['statistics']['fraction_above_lower'] == pytest.approx(9 / 11)
 

@@ -112,7 +112,10 @@ def stop_daemon(client) -> None:
         for process in alive:
             with contextlib.suppress(psutil.NoSuchProcess):
                 described.append(f'{process.pid} {process.status()} {" ".join(process.cmdline()[-3:])}')
-        warnings.warn(f'the daemon did not stop within {GRACEFUL_STOP_S} s, SIGKILL to: {described}', stacklevel=2)
+        warnings.warn(
+            f'the daemon did not stop within {GRACEFUL_STOP_S} s, SIGKILL to: {described}\n{python_stacks(alive)}',
+            stacklevel=2,
+        )
         for process in alive:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.send_signal(signal.SIGKILL)
@@ -123,6 +126,28 @@ def stop_daemon(client) -> None:
     while client.is_daemon_running and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not psutil.pid_exists(pid)
+
+
+def python_stacks(processes: list, timeout: float = 30.0) -> str:
+    """Every thread's Python stack of each of ``processes`` (``py-spy dump``), to show where a stuck daemon waits.
+
+    :return: the dumps, one after the other, or why there are none (py-spy missing or not allowed to attach).
+    """
+    import shutil
+
+    py_spy = shutil.which('py-spy') or str(Path(sys.executable).with_name('py-spy'))
+    if not Path(py_spy).exists():
+        return 'no Python stacks: py-spy is not installed (it is in the `dev` extra)'
+    dumps = []
+    for process in processes:
+        try:
+            command = [py_spy, 'dump', '--pid', str(process.pid)]
+            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+            output = result.stdout + result.stderr
+            dumps.append(f'--- py-spy dump of {process.pid} (exit {result.returncode}):\n{output}')
+        except subprocess.TimeoutExpired:
+            dumps.append(f'--- py-spy dump of {process.pid}: no answer within {timeout} s')
+    return '\n'.join(dumps)
 
 
 def release_database_connections() -> None:
