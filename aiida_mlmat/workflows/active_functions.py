@@ -37,9 +37,10 @@ def score_exploration(
     """Disagreement statistics of the explored configurations and the candidates between the trust bounds.
 
     Outputs ``statistics`` (Dict, eV/Å; see :func:`aiida_mlmat.ml.active.disagreement_statistics`, plus
-    ``candidate_lower_bound``; ``n_candidates`` counts the configurations above ``l`` and ``n_between_bounds`` those
-    above ``lower``, the two differ only with ``lower_quantile``) and ``candidates`` (the configurations with ``l < d <= upper``, each keeping its
-    index in the explored set). ``l`` is ``lower``, or with ``lower_quantile`` the adaptive bound of
+    ``candidate_lower_bound``; ``n_candidates`` counts the configurations with ``l < d <= upper`` and
+    ``n_between_bounds`` those with ``lower < d <= upper``: they differ only with ``lower_quantile``) and
+    ``candidates`` (the configurations with ``l < d <= upper``, each keeping its index in the explored set).
+    ``l`` is ``lower``, or with ``lower_quantile`` the adaptive bound of
     :func:`aiida_mlmat.ml.active.adaptive_lower`; the convergence statistics always use ``lower``.
 
     :raises ValueError: when a configuration carries no disagreement (it was not explored with an ensemble).
