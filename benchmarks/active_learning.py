@@ -229,10 +229,11 @@ def learning_rounds(
         if strategy == 'active':
             _, scores = evaluate(calculator, [pool[i] for i in rest], args.score)
             upper = max(args.upper, float(scores.max()))  # nothing in the pool is unphysical: it is reference MD
-            lower = adaptive_lower(scores, args.lower, upper, args.lower_quantile)  # the workchain's adaptive bound
+            # the workchain's adaptive bound, never leaving fewer candidates than the labels of this round
+            lower = adaptive_lower(scores, args.lower, upper, args.lower_quantile, min_candidates=n_new)
             labelled = features[chosen] if args.fps_labelled else None
             picked = select_candidates(scores, lower, upper, n_new, features[rest], labelled_features=labelled)
-            if len(picked) < n_new:  # fewer candidates than labels to spend: the most uncertain of the rest
+            if len(picked) < n_new:  # fewer above the fixed lower bound than labels to spend: the most uncertain
                 extra = [int(i) for i in np.argsort(-scores, kind='stable') if int(i) not in set(picked)]
                 picked += extra[: n_new - len(picked)]
             record['pool_disagreement'] = {

@@ -50,7 +50,9 @@ def check_quantile(quantile: float) -> str | None:
     return None
 
 
-def adaptive_lower(disagreement: Sequence[float], lower: float, upper: float, quantile: float | None) -> float:
+def adaptive_lower(
+    disagreement: Sequence[float], lower: float, upper: float, quantile: float | None, min_candidates: int = 0
+) -> float:
     """The lower bound (eV/Å) candidates are taken above: ``lower``, or raised to a quantile of the disagreement.
 
     With ``quantile`` q, the bound becomes the larger of ``lower`` and the q-quantile of the disagreement of the
@@ -59,18 +61,31 @@ def adaptive_lower(disagreement: Sequence[float], lower: float, upper: float, qu
     trust level of DP-GEN (``model_devi_adapt_trust_lo`` with ``model_devi_perc_candi_f``). Convergence is
     still judged against the fixed ``lower`` bound.
 
-    :raises ValueError: for a quantile outside [0, 1).
+    With ``min_candidates`` n (DP-GEN's ``model_devi_numb_candi_f``) the raised bound is lowered again, where
+    needed, so that at least n configurations lie above it (or all of them at most ``upper``): a high quantile of
+    a small exploration never leaves fewer candidates than the labels an iteration may spend. It never goes
+    below ``lower``: what the ensemble agrees on is not a candidate.
+
+    :raises ValueError: for a quantile outside [0, 1) or a negative ``min_candidates``.
     """
     if quantile is None:
         return float(lower)
     error = check_quantile(quantile)
     if error:
         raise ValueError(f'the lower-bound quantile {error}')
+    if min_candidates < 0:
+        raise ValueError(f'the minimum number of candidates must be at least 0, got {min_candidates}')
     values = np.asarray(disagreement, dtype=float)
     values = values[values <= upper]
     if not len(values):
         return float(lower)
     raised = float(np.quantile(values, quantile))
+    if min_candidates:
+        ordered = np.sort(values)[::-1]
+        nth = ordered[min(min_candidates, len(values)) - 1]  # the n-th most uncertain at most upper
+        below = ordered[ordered < nth]
+        # halfway to the next value down (a bound that prints as what it is), or everything: down to `lower`
+        raised = min(raised, float((nth + below[0]) / 2) if len(below) else float(lower))
     return float(min(max(lower, raised), np.nextafter(upper, -np.inf)))
 
 

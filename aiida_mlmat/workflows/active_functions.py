@@ -32,7 +32,11 @@ RECORD_KINDS = ('potential', 'dataset', 'training', 'test', 'exploration', 'merg
 
 @calcfunction
 def score_exploration(
-    explored: ConfigurationSetData, lower: orm.Float, upper: orm.Float, lower_quantile: orm.Float | None = None
+    explored: ConfigurationSetData,
+    lower: orm.Float,
+    upper: orm.Float,
+    lower_quantile: orm.Float | None = None,
+    min_candidates: orm.Int | None = None,
 ) -> dict[str, orm.Data]:
     """Disagreement statistics of the explored configurations and the candidates between the trust bounds.
 
@@ -41,7 +45,8 @@ def score_exploration(
     ``n_between_bounds`` those with ``lower < d <= upper``: they differ only with ``lower_quantile``) and
     ``candidates`` (the configurations with ``l < d <= upper``, each keeping its index in the explored set).
     ``l`` is ``lower``, or with ``lower_quantile`` the adaptive bound of
-    :func:`aiida_mlmat.ml.active.adaptive_lower`; the convergence statistics always use ``lower``.
+    :func:`aiida_mlmat.ml.active.adaptive_lower`, kept low enough to leave ``min_candidates`` candidates (the
+    iteration's label cap) where the explored set has them; the convergence statistics always use ``lower``.
 
     :raises ValueError: when a configuration carries no disagreement (it was not explored with an ensemble).
     """
@@ -61,7 +66,8 @@ def score_exploration(
     for position, frame in enumerate(frames):
         frame.info.setdefault(INDEX_KEY, position)
     quantile = lower_quantile.value if lower_quantile is not None else None
-    bound = adaptive_lower(values, lower.value, upper.value, quantile)
+    floor = min_candidates.value if min_candidates is not None else 0
+    bound = adaptive_lower(values, lower.value, upper.value, quantile, min_candidates=floor)
     picked = candidates_between(values, bound, upper.value)
     statistics['candidate_lower_bound'] = bound
     statistics['n_between_bounds'] = statistics['n_candidates']

@@ -254,8 +254,9 @@ class ActiveLearningWorkChain(IdempotentLaunchMixin, WorkChain):
             valid_type=orm.Float,
             required=False,
             help='Adaptive lower bound: candidates lie above the larger of `lower` and this quantile (0 to 1) of the '
-            "explored disagreement, so FPS picks among the most uncertain 1 - q (DP-GEN's adapted trust level); "
-            'convergence is still judged against `lower`.',
+            "explored disagreement, so FPS picks among the most uncertain 1 - q (DP-GEN's adapted trust level), "
+            'but never fewer than `max_per_iteration` when that many lie above `lower`; convergence is still judged '
+            'against `lower`.',
         )
         spec.input(
             'selection.max_per_iteration',
@@ -476,7 +477,9 @@ class ActiveLearningWorkChain(IdempotentLaunchMixin, WorkChain):
         from aiida_mlmat.workflows.training_functions import evaluate_ensemble
 
         selection = self.inputs.selection
-        quantile = {'lower_quantile': selection.lower_quantile} if 'lower_quantile' in selection else {}
+        quantile = {}
+        if 'lower_quantile' in selection:  # the adaptive bound never leaves fewer candidates than the label cap
+            quantile = {'lower_quantile': selection.lower_quantile, 'min_candidates': selection.max_per_iteration}
         scored = score_exploration(
             self.ctx.exploration.outputs.configurations, selection.lower, selection.upper, **quantile
         )

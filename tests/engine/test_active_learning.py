@@ -282,6 +282,12 @@ def test_adaptive_lower_bound_narrows_the_candidates_but_not_the_convergence_sta
     assert adaptive['statistics']['n_between_bounds'] == fixed['statistics']['n_candidates'] == 8
     for scored in (fixed, adaptive):  # convergence is judged against the fixed lower bound either way
         assert scored['statistics']['fraction_above_lower'] == pytest.approx(9 / 11)
+    # With the iteration's label cap as a floor (what the workchain passes), the bound drops to leave 5 candidates.
+    floored = score_exploration(explored, orm.Float(0.05), orm.Float(1.0), orm.Float(0.75), orm.Int(5))
+    kept = [frame.info[INDEX_KEY] for frame in floored['candidates'].get_atoms()]
+    assert kept == [5, 6, 7, 8, 9] and floored['statistics']['n_candidates'] == 5  # 0.4-0.8 eV/Å
+    assert floored['statistics']['candidate_lower_bound'] == pytest.approx(0.35)  # halfway between 0.3 and 0.4
+    assert floored['statistics']['fraction_above_lower'] == pytest.approx(9 / 11)
 
 
 def test_protocols_set_the_adaptive_bound_where_labels_are_dear(worker_code, near_equilibrium, seeds, emt):

@@ -42,6 +42,21 @@ def test_adaptive_lower_bound_keeps_the_most_uncertain_quarter_below_upper():
             adaptive_lower(values, 0.05, 0.5, quantile)
 
 
+def test_adaptive_lower_bound_leaves_at_least_min_candidates():
+    values = [*np.linspace(0.01, 0.4, 40).tolist(), 0.9]  # 0.9 lies above the upper bound 0.5
+    high = adaptive_lower(values, 0.05, 0.5, 0.97)
+    assert len(candidates_between(values, high, 0.5)) == 2  # the top 3 % of 40: fewer than a cap of 8
+    floored = adaptive_lower(values, 0.05, 0.5, 0.97, min_candidates=8)
+    assert candidates_between(values, floored, 0.5).tolist() == list(range(32, 40))  # the 8 most uncertain
+    assert adaptive_lower(values, 0.05, 0.5, 0.5, min_candidates=8) == pytest.approx(np.quantile(values[:40], 0.5))
+    assert adaptive_lower(values, 0.38, 0.5, 0.97, min_candidates=8) == 0.38  # never below the fixed bound
+    assert adaptive_lower([0.2, 0.3], 0.05, 0.5, 0.9, min_candidates=8) < 0.2  # fewer than n: all of them
+    assert adaptive_lower([0.3, 0.3, 0.3, 0.1], 0.05, 0.5, 0.9, min_candidates=2) < 0.3  # ties stay together
+    assert adaptive_lower(values, 0.05, 0.5, None, min_candidates=8) == 0.05  # no quantile: the fixed bound
+    with pytest.raises(ValueError, match='at least 0'):
+        adaptive_lower(values, 0.05, 0.5, 0.9, min_candidates=-1)
+
+
 def test_selection_below_the_cap_takes_every_candidate_most_uncertain_first():
     values = [0.2, 0.01, 0.4, 0.9, 0.3]
     assert select_candidates(values, 0.1, 0.5, max_selected=10) == [2, 4, 0]

@@ -371,3 +371,54 @@ def test_unknown_architecture_and_species_in_calculator(tmp_path, model):
     atoms.calc = MLMatCalculator.from_directory(tmp_path)
     with pytest.raises(ValueError, match=r"not trained on \['Ag'\]"):
         atoms.get_potential_energy()
+
+
+# --- CUDA (run on a GPU machine; skipped where there is none, e.g. in CI) ------------------------------------------
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA is not available')
+
+
+@needs_cuda
+def test_cuda_training_float64_follows_the_cpu_curve(data, tmp_path):
+    config = {**FAST, 'epochs': 4, 'stress_weight': 1.0}
+    cpu = train(small_config(), *data, TrainingConfig(**config), tmp_path / 'cpu')
+    gpu = train(small_config(), *data, TrainingConfig(**config, device='cuda'), tmp_path / 'cuda')
+    assert gpu['descriptors_precomputed'] and cpu['descriptors_precomputed']
+    # Same seed, same batches, float64: only the order of floating-point sums differs between the devices.
+    assert [row['train_loss'] for row in gpu['learning_curve']] == pytest.approx(
+        [row['train_loss'] for row in cpu['learning_curve']], rel=1e-6
+    )
+    assert gpu['validation'] == pytest.approx(cpu['validation'], rel=1e-6)
+    # The saved model loads on the CPU (weights_only) and predicts what the CPU-trained one predicts.
+    on_cpu = MLMatCalculator.from_files([tmp_path / 'cuda' / MODEL])
+    reference = MLMatCalculator.from_files([tmp_path / 'cpu' / MODEL])
+    atoms = data[1][0].copy()
+    atoms.calc = on_cpu
+    forces = atoms.get_forces()
+    atoms.calc = reference
+    np.testing.assert_allclose(forces, atoms.get_forces(), atol=1e-6)  # eV/Å
+
+
+@needs_cuda
+def test_cuda_mixed_precision_training_learns(data, tmp_path):
+    summary = train(small_config(), *data, TrainingConfig(**FAST, device='cuda', dtype='float32', amp=True), tmp_path)
+    curve = summary['learning_curve']
+    assert all(np.isfinite(row['train_loss']) for row in curve)
+    assert curve[-1]['forces_rmse'] < 0.5 * curve[0]['forces_rmse']
+    assert summary['validation']['forces_rmse'] < 0.25  # eV/Å, the bound the CPU float64 test meets
+
+
+@needs_cuda
+def test_cuda_precomputed_descriptors_match_cpu():
+    torch.manual_seed(3)
+    model = build_model(small_config()).double()
+    frames = [sample_cell(1), emt_data(1, 4, repeat=(2, 2, 1))[0]]
+    results = {}
+    for device in ('cpu', 'cuda'):
+        moved = model.to(device)
+        graph = build_graph(frames, moved.cutoff, device=device)
+        jacobian = edge_jacobian(moved.descriptor, graph)
+        out = moved.forward_precomputed(graph, jacobian, forces=True, stress=True, training=False)
+        results[device] = {key: value.detach().cpu() for key, value in out.items()}
+    model.to('cpu')
+    for key, value in results['cpu'].items():
+        assert torch.allclose(results['cuda'][key], value, rtol=1e-9, atol=1e-11), key
