@@ -109,6 +109,39 @@ def md_speed(model_path: Path, device: str, repeat: int, steps: int) -> dict[str
     return {'atoms': len(atoms), 'steps': steps, 'seconds': seconds, 'atom_steps_per_s': len(atoms) * steps / seconds}
 
 
+def step_breakdown(model_path: Path, device: str, repeat: int, repeats: int = 5) -> dict[str, float]:
+    """Mean seconds of one MD force evaluation on ``device`` (float32), in parts: the neighbour graph (built on
+    the CPU by vesin, then copied), the model's energy and forces (forward and backward, until the forces are
+    back on the host), and the whole ``MLMatCalculator.calculate`` (both, plus its numpy results)."""
+    from ase.calculators.calculator import all_changes
+
+    from aiida_mlmat.ml import keys
+    from aiida_mlmat.ml.calculator import MLMatCalculator
+    from aiida_mlmat.ml.model import load_model
+    from aiida_mlmat.ml.neighbours import build_graph
+
+    calculator = MLMatCalculator([load_model(str(model_path), map_location=device)], device=device, dtype=torch.float32)
+    model = calculator.models[0]
+    atoms = md_cell(repeat)
+    atoms.rattle(0.05, seed=3)
+    times = dict.fromkeys(('graph_s', 'model_s', 'calculator_s'), 0.0)
+    for k in range(repeats + 2):
+        atoms.positions[0, 0] += 1e-4  # a new configuration for the calculator every time
+        sync(device)
+        t0 = time.perf_counter()
+        graph = build_graph([atoms], model.cutoff, dtype=torch.float32, device=device)
+        sync(device)
+        t1 = time.perf_counter()
+        model(graph, forces=True, stress=False)[keys.FORCES].detach().cpu()
+        t2 = time.perf_counter()
+        calculator.calculate(atoms, ['energy', 'forces'], all_changes)
+        t3 = time.perf_counter()
+        if k >= 2:
+            for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                times[key] += value / repeats
+    return times
+
+
 def worker_train(frames: dict[str, list], root: Path, epochs: int, device: str = 'cuda') -> dict[str, Any]:
     """Run ``python -m aiida_mlmat.worker train input.json`` with ``device`` (cuda) and ``amp: true``."""
     from aiida_mlmat.ml.model import default_config
@@ -184,6 +217,7 @@ def main() -> None:
                 for device in ('cpu', 'cuda') if cuda else ('cpu',):
                     key = f'{device}_{4 * repeat**3}'
                     md[key] = md_speed(reference, device, repeat, args.md_steps)
+                    md[key]['breakdown_s'] = step_breakdown(reference, device, repeat)
                     print('md', key, json.dumps(md[key]), flush=True)
         out['worker'] = worker_train(frames, root, args.worker_epochs) if cuda else {'skipped': 'no CUDA'}
     out['variants'] = variants
