@@ -28,11 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from ase.build import bulk
 from ase.io import write
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from training import SPECIES, dataset, lattice_constant, test_errors
+from training import SPECIES, dataset, md_cell, test_errors
 
 VARIANTS = {
     # name: (device, dtype, amp, batch size)
@@ -80,14 +79,6 @@ def train_variant(name: str, spec: tuple, frames: dict[str, list], args: argpars
     }  # fmt: skip
 
 
-def md_cell(repeat: int, seed: int = 1):
-    """A Cu-Au fcc cell (``repeat``^3 cubic supercell, 4 repeat^3 atoms, 30 % Au on random sites)."""
-    rng = np.random.default_rng(seed)
-    atoms = bulk('Cu', 'fcc', a=lattice_constant(0.3), cubic=True).repeat((repeat, repeat, repeat))
-    atoms.set_chemical_symbols(np.where(rng.random(len(atoms)) < 0.3, 'Au', 'Cu'))
-    return atoms
-
-
 def md_speed(model_path: Path, device: str, repeat: int, steps: int) -> dict[str, float]:
     """Atom-steps per second of VelocityVerlet (2 fs, 300 K start) with the model on ``device`` (float32)."""
     from ase import units
@@ -96,7 +87,7 @@ def md_speed(model_path: Path, device: str, repeat: int, steps: int) -> dict[str
     from aiida_mlmat.ml.calculator import MLMatCalculator
     from aiida_mlmat.worker.tasks.sample import thermalize
 
-    atoms = md_cell(repeat)
+    atoms = md_cell(repeat=repeat)
     atoms.calc = MLMatCalculator.from_files([model_path], device=device, dtype=torch.float32)
     thermalize(atoms, 300.0, np.random.default_rng(2))
     dyn = VelocityVerlet(atoms, 2.0 * units.fs)
@@ -122,7 +113,7 @@ def step_breakdown(model_path: Path, device: str, repeat: int, repeats: int = 5)
 
     calculator = MLMatCalculator([load_model(str(model_path), map_location=device)], device=device, dtype=torch.float32)
     model = calculator.models[0]
-    atoms = md_cell(repeat)
+    atoms = md_cell(repeat=repeat)
     atoms.rattle(0.05, seed=3)
     times = dict.fromkeys(('graph_s', 'model_s', 'calculator_s'), 0.0)
     for k in range(repeats + 2):

@@ -67,10 +67,10 @@ def dataset(n: int, seed: int = 0) -> list[Atoms]:
     return frames
 
 
-def md_cell(seed: int = 1) -> Atoms:
-    """A 256-atom Cu-Au fcc cell (4x4x4 cubic supercell, 30 % Au on random sites)."""
+def md_cell(seed: int = 1, repeat: int = 4) -> Atoms:
+    """A Cu-Au fcc cell of 4 repeat^3 atoms (256 by default: a 4x4x4 cubic supercell), 30 % Au on random sites."""
     rng = np.random.default_rng(seed)
-    atoms = bulk('Cu', 'fcc', a=lattice_constant(0.3), cubic=True).repeat((4, 4, 4))
+    atoms = bulk('Cu', 'fcc', a=lattice_constant(0.3), cubic=True).repeat((repeat, repeat, repeat))
     atoms.set_chemical_symbols(np.where(rng.random(len(atoms)) < 0.3, 'Au', 'Cu'))
     return atoms
 
