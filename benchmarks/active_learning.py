@@ -6,7 +6,8 @@ ladder of temperatures and isotropic strains, a snapshot every ``--interval`` st
 other trajectories over the same ladder (other seeds, other decorations). Both contenders start from the same
 ``--initial`` labelled pool configurations and grow the training set by ``--step`` labels per round up to
 ``--budget``; after each round an ensemble of ``--members`` bootstrap members is trained from scratch with the
-same settings, and the force RMSE of its mean on the held-out set is recorded (the learning curve).
+same settings (or, with ``--warm-epochs``, from the previous round's weights, as the workchain retrains), and the
+force RMSE of its mean on the held-out set is recorded (the learning curve).
 
 - **active**: the pool is scored by the committee force disagreement of the current ensemble (the largest, over
   atoms, of the norm of the per-component standard deviation of the members' forces, eV/Å; what
@@ -14,6 +15,9 @@ same settings, and the force RMSE of its mean on the held-out set is recorded (t
   diverse by farthest-point sampling on mean descriptors: :func:`aiida_mlmat.ml.active.select_candidates`, the
   function the ``mlmat.active_learning`` workchain selects with.
 - **random**: the next labels are drawn uniformly from the unlabelled part of the same pool (fixed seed).
+
+``--score error`` replaces the committee's disagreement by each configuration's true force RMSE: it reads the labels
+selection is meant to save, so it is no strategy but the ceiling of what any committee score could select.
 
 The target error is the held-out force RMSE that random selection reaches with the whole budget (or
 ``--target-forces-rmse``). The figure of each contender is the number of labels at which its learning curve
@@ -66,8 +70,8 @@ from aiida_mlmat.worker.tasks.sample import thermalize
 SPECIES = ['Cu', 'Au']
 #: Settings that make random selection's learning curves what they are: a run with ``--random-from`` must match them.
 RANDOM_SETTINGS = (
-    'budget', 'initial', 'step', 'members', 'epochs', 'steps', 'temperatures', 'strains', 'pool_snapshots',
-    'held_out_snapshots', 'interval', 'seeds',
+    'budget', 'initial', 'step', 'members', 'epochs', 'steps', 'warm_epochs', 'warm_learning_rate', 'temperatures',
+    'strains', 'pool_snapshots', 'held_out_snapshots', 'interval', 'seeds',
 )  # fmt: skip
 FRACTIONS_AU = (0.25, 0.5, 0.75)
 
@@ -127,9 +131,14 @@ def member_epochs(n_frames: int, epochs: int, steps: int | None) -> int:
     return max(1, math.ceil(steps / math.ceil(n_frames / BATCH_SIZE)))
 
 
-def train_member(train_frames: list[Atoms], validation: list[Atoms], config: TrainingConfig, directory: Path) -> Path:
-    """Train one member (one torch thread when run in a worker process of ``--jobs``); return its model file."""
-    train(default_config(SPECIES), train_frames, validation, config, directory)
+def train_member(
+    train_frames: list[Atoms], validation: list[Atoms], config: TrainingConfig, directory: Path, init_from: Path | None
+) -> Path:
+    """Train one member (one torch thread when run in a worker process of ``--jobs``); return its model file.
+
+    :param init_from: the model file of the previous round's member to start from (warm start), or None.
+    """
+    train(default_config(SPECIES), train_frames, validation, config, directory, init_from=init_from)
     return directory / 'model.pt'
 
 
@@ -142,11 +151,17 @@ def bootstrap_members(
     threads: int,
     steps: int | None = None,
     executor: Executor | None = None,
-) -> MLMatCalculator:
-    """Train ``members`` models from scratch, each on a bootstrap resample (validated on its out-of-bag frames).
+    previous: list[Path] | None = None,
+    learning_rate: float | None = None,
+) -> tuple[MLMatCalculator, list[Path]]:
+    """Train ``members`` models, each on a bootstrap resample (validated on its out-of-bag frames).
 
     :param steps: optimizer steps per member (the epochs follow from the set's size) instead of ``epochs``.
     :param executor: a process pool that trains the members side by side (same numbers as one after the other).
+    :param previous: the model files of the previous round's members: member ``k`` starts from the weights of
+        ``previous[k]`` (warm start, what the workchain does from its second iteration on); None: from scratch.
+    :param learning_rate: the initial learning rate; None: :class:`TrainingConfig`'s.
+    :return: the ensemble and its members' model files.
     """
     rng = np.random.default_rng(seed)
     jobs = []
@@ -157,14 +172,24 @@ def bootstrap_members(
         config = TrainingConfig(
             epochs=n_epochs, batch_size=BATCH_SIZE, patience=n_epochs, seed=seed + member, dtype='float32',
             checkpoint_every_epochs=10**6, checkpoint_every_seconds=1e9,
+            **({} if learning_rate is None else {'learning_rate': learning_rate}),
         )  # fmt: skip
-        jobs.append(([frames[i] for i in picks], [frames[i] for i in out_of_bag], config, workdir / f'member-{member}'))
+        init_from = previous[member] if previous else None
+        jobs.append(
+            (
+                [frames[i] for i in picks],
+                [frames[i] for i in out_of_bag],
+                config,
+                workdir / f'member-{member}',
+                init_from,
+            )
+        )
     if executor is None:
         paths = [train_member(*job) for job in jobs]
     else:
         paths = list(executor.map(train_member, *zip(*jobs, strict=True)))
     torch.set_num_threads(threads)
-    return MLMatCalculator.from_files(paths, dtype=torch.float32)
+    return MLMatCalculator.from_files(paths, dtype=torch.float32), paths
 
 
 def _single_thread() -> None:
@@ -178,18 +203,23 @@ def evaluate(calculator: MLMatCalculator, frames: list[Atoms], score: str = 'max
     :param score: how a frame's disagreement (eV/Å) comes from its atoms' force spreads (the norm of the
         per-component standard deviation over members): ``max``, the largest over atoms (``forces_disagreement``,
         what the workchain selects with), or ``rms``, their root mean square, the committee's estimate of the
-        frame's contribution to a force RMSE.
+        frame's contribution to a force RMSE. ``error`` is no disagreement but the frame's true force RMSE (the
+        ensemble mean against the reference): selecting on it needs the labels that selection is meant to save, so
+        it is no strategy, only the bound on what a perfectly calibrated committee could select.
     """
     errors, disagreement = [], []
     for frame in frames:
         atoms = frame.copy()
         atoms.calc = calculator
-        errors.append((atoms.get_forces() - frame.get_forces()).ravel())
+        error = atoms.get_forces() - frame.get_forces()
+        errors.append(error.ravel())
         if score == 'max':
             disagreement.append(calculator.results['forces_disagreement'])
-        else:
+        elif score == 'rms':
             spread = np.linalg.norm(calculator.results['forces_std'], axis=1)
             disagreement.append(float(np.sqrt(np.mean(spread**2))))
+        else:
+            disagreement.append(float(np.sqrt(np.mean(error**2))))
     return float(np.sqrt(np.mean(np.square(np.concatenate(errors))))), np.asarray(disagreement)
 
 
@@ -210,12 +240,16 @@ def learning_rounds(
     """
     rng = np.random.default_rng(seed + 1)
     chosen = list(rng.choice(len(pool), args.initial, replace=False))
+    previous = None
     while True:
         start = time.perf_counter()
-        calculator = bootstrap_members(
-            [pool[i] for i in chosen], args.members, args.epochs, seed, root / f'{strategy}-{seed}-{len(chosen)}',
-            args.threads, args.steps, executor,
+        warm = previous is not None and args.warm_epochs is not None
+        calculator, paths = bootstrap_members(
+            [pool[i] for i in chosen], args.members, args.warm_epochs if warm else args.epochs, seed,
+            root / f'{strategy}-{seed}-{len(chosen)}', args.threads, None if warm else args.steps, executor,
+            previous if warm else None, args.warm_learning_rate if warm else None,
         )  # fmt: skip
+        previous = paths
         train_s = time.perf_counter() - start
         rmse, _ = evaluate(calculator, held_out)
         record: dict[str, Any] = {'n_labels': len(chosen), 'held_out_forces_rmse': rmse, 'train_s': train_s}
@@ -287,6 +321,14 @@ def main() -> None:
         help='optimizer steps of every member instead of --epochs (epochs = steps / batches per epoch): every '
         'ensemble gets the same training, so that a learning curve measures data, not training length',
     )  # fmt: skip
+    parser.add_argument(
+        '--warm-epochs', type=int,
+        help='from the second round on, every member starts from the previous round\'s weights (the workchain\'s '
+        'retraining) and trains this many epochs; default: every round from scratch for --epochs',
+    )  # fmt: skip
+    parser.add_argument(
+        '--warm-learning-rate', type=float, help="initial learning rate of a warm start (default: the first round's)"
+    )
     parser.add_argument('--jobs', type=int, default=1, help='processes that train ensemble members side by side')
     parser.add_argument('--temperatures', type=float, nargs='+', default=[300.0, 700.0, 1100.0, 1500.0])
     parser.add_argument('--strains', type=float, nargs='+', default=[-0.03, 0.0, 0.03])
@@ -305,9 +347,10 @@ def main() -> None:
         'farthest-point sampling among the most uncertain quarter)',
     )  # fmt: skip
     parser.add_argument(
-        '--score', choices=('max', 'rms'), default='max',
+        '--score', choices=('max', 'rms', 'error'), default='max',
         help="a configuration's disagreement from its atoms' force spreads: the largest (max, what the workchain "
-        'uses) or their root mean square (rms)',
+        'uses) or their root mean square (rms); error: its true force RMSE, read from the labels selection is meant '
+        'to save (a bound on what any committee score could do, not a strategy)',
     )  # fmt: skip
     parser.add_argument('--target-forces-rmse', type=float, help='eV/Å; default: what random reaches at --budget')
     parser.add_argument(
@@ -364,6 +407,8 @@ def main() -> None:
         parser.error('--no-random needs --target-forces-rmse (and no --random-from)')
     if args.active_step is not None and args.active_step < 1:
         parser.error(f'--active-step must be at least 1, got {args.active_step}')
+    if args.warm_epochs is not None and args.warm_epochs < 1:
+        parser.error(f'--warm-epochs must be at least 1, got {args.warm_epochs}')
     if args.steps is not None and args.steps < 1:
         parser.error(f'--steps must be at least 1, got {args.steps}')
     if args.jobs < 1:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / 'benchmarks' / 'active_learning.py'
@@ -33,6 +34,13 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def last_json(process: subprocess.CompletedProcess) -> dict:
     assert process.returncode == 0, process.stderr[-3000:]
     return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def load_module():
+    spec = importlib.util.spec_from_file_location('benchmark_active_learning', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope='module')
@@ -72,9 +80,7 @@ def test_random_from_reuses_the_curves_and_no_random_trains_active_learning_only
 
 
 def test_member_epochs_follow_the_steps():
-    spec = importlib.util.spec_from_file_location('benchmark_active_learning', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_module()
     assert module.member_epochs(128, 60, 1920) == 60  # 32 batches of 4
     assert module.member_epochs(64, 60, 1920) == 120  # half the data, twice the epochs: the same steps
     assert module.member_epochs(10, 60, 7) == 3  # 3 batches a epoch: 9 steps, the fewest that reach 7
@@ -91,11 +97,45 @@ def test_equal_steps_and_worker_processes(full_run):
     assert refused.returncode == 2 and 'other settings: steps' in refused.stderr
 
 
+def test_warm_start_begins_from_the_previous_rounds_weights(full_run):
+    """With a vanishing learning rate a warm-started round predicts what the round before it did."""
+    result, log = full_run
+    frozen = last_json(run('--warm-epochs', '1', '--warm-learning-rate', '1e-12'))
+    for name in ('random', 'active'):
+        cold = [r['held_out_forces_rmse'] for r in result['learning_curves'][name]]
+        warm = [r['held_out_forces_rmse'] for r in frozen['learning_curves'][name]]
+        assert warm[0] == cold[0]  # the first round trains from scratch either way
+        assert warm[1] == pytest.approx(warm[0], rel=1e-4)  # 8 more labels, the same weights: the same forces
+        assert cold[1] != pytest.approx(cold[0], rel=1e-4)  # from scratch on the 16 labels they differ
+    moving = last_json(run('--warm-epochs', '2', '--warm-learning-rate', '3e-3'))['learning_curves']['random']
+    assert moving[1]['held_out_forces_rmse'] != pytest.approx(
+        frozen['learning_curves']['random'][0]['held_out_forces_rmse'], rel=1e-4
+    )
+    refused = run('--warm-epochs', '1', '--random-from', str(log))  # random's curves were trained from scratch
+    assert refused.returncode == 2 and 'other settings: warm_epochs' in refused.stderr
+
+
+def test_error_score_is_each_configurations_true_force_rmse(tmp_path):
+    """``--score error`` (the bound of a perfect committee) scores a frame by its own force RMSE (eV/Å)."""
+    module = load_module()
+    frames = [r['atoms'] for r in module.trajectories([300.0, 1500.0], [0.0], 2, 5, seed=3)]
+    calculator, paths = module.bootstrap_members(frames[:6], 2, 2, 0, tmp_path, threads=1)
+    assert len(paths) == 2 and all(path.is_file() for path in paths)
+    rmse, scores = module.evaluate(calculator, frames, 'error')
+    assert rmse == pytest.approx(float(np.sqrt(np.mean(scores**2))), rel=1e-6)  # 16 atoms each: frames weigh alike
+    frame = frames[-1].copy()
+    frame.calc = calculator
+    own = float(np.sqrt(np.mean((frame.get_forces() - frames[-1].get_forces()) ** 2)))
+    assert scores[-1] == pytest.approx(own, rel=1e-6)
+    _, spread = module.evaluate(calculator, frames, 'rms')
+    assert not np.allclose(spread, scores)  # the committee's estimate is not the error itself
+
+
 @pytest.mark.parametrize(
     ('args', 'message'),
     [(['--no-random'], '--no-random needs --target-forces-rmse'), (['--active-step', '0'], 'at least 1'),
      (['--seeds', '1', '1'], 'must differ'), (['--steps', '0'], '--steps must be at least 1'),
-     (['--jobs', '0'], '--jobs must be at least 1')],
+     (['--jobs', '0'], '--jobs must be at least 1'), (['--warm-epochs', '0'], '--warm-epochs must be at least 1')],
 )  # fmt: skip
 def test_bad_options_are_refused_by_the_parser(args, message):
     process = run(*args)
