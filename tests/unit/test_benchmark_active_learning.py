@@ -140,3 +140,43 @@ def test_error_score_is_each_configurations_true_force_rmse(tmp_path):
 def test_bad_options_are_refused_by_the_parser(args, message):
     process = run(*args)
     assert process.returncode == 2 and message in process.stderr, process.stderr[-2000:]
+
+
+def test_labels_to_target_between_rounds_follows_a_power_law():
+    module = load_module()
+    curve = [
+        {'n_labels': 8, 'held_out_forces_rmse': 0.2},
+        {'n_labels': 16, 'held_out_forces_rmse': 0.1},
+        {'n_labels': 32, 'held_out_forces_rmse': 0.05},
+    ]
+    # error ∝ 1/N between 16 and 32 labels: 0.08 eV/Å is reached at 16 * 0.1 / 0.08 = 20 labels
+    assert module.labels_to_reach_interpolated(curve, 0.08) == pytest.approx(20.0)
+    assert module.labels_to_reach(curve, 0.08) == 32
+    assert module.labels_to_reach_interpolated(curve, 0.1) == pytest.approx(16.0)  # on a round: the round
+    assert module.labels_to_reach_interpolated(curve, 0.3) == 8.0  # the start is already below
+    assert module.labels_to_reach_interpolated(curve, 0.04) is None  # never reached
+    flat = [{'n_labels': 8, 'held_out_forces_rmse': 0.1}, {'n_labels': 16, 'held_out_forces_rmse': 0.1}]
+    assert module.labels_to_reach_interpolated(flat, 0.1) == 8.0
+    rising = [curve[0], {'n_labels': 16, 'held_out_forces_rmse': 0.25}, {'n_labels': 24, 'held_out_forces_rmse': 0.15}]
+    # the first crossing follows the last round above the target, here the 16-label round
+    assert module.labels_to_reach_interpolated(rising, 0.19) == pytest.approx(
+        np.exp(np.log(16) + np.log(0.25 / 0.19) / np.log(0.25 / 0.15) * np.log(24 / 16))
+    )
+
+
+def test_the_json_reports_the_interpolated_figures_beside_the_rounds(full_run):
+    result, _ = full_run
+    module = load_module()
+    target = result['target_forces_rmse']
+    for name, curve in result['learning_curves'].items():
+        between = result['labels_to_target_interpolated'][name]
+        assert between == module.labels_to_reach_interpolated(curve, target)
+        rounds = result['labels_to_target'][name]
+        if rounds is None:
+            assert between is None
+        else:  # never later than the round that reached it, never earlier than the round before
+            assert rounds - 8 <= between <= rounds
+    ratios = result['ratios']
+    if ratios['labels_random_over_active_interpolated'] is not None:
+        between = result['labels_to_target_interpolated']
+        assert ratios['labels_random_over_active_interpolated'] == pytest.approx(between['random'] / between['active'])
