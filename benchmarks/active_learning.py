@@ -327,7 +327,7 @@ def labels_to_reach_interpolated(curve: list[dict[str, Any]], target: float) -> 
         before = curve[k - 1]
         n0, e0 = float(before['n_labels']), float(before['held_out_forces_rmse'])
         n1, e1 = float(record['n_labels']), float(error)
-        if e1 <= 0.0 or e0 <= e1:  # an exact zero or a flat step: no slope to follow
+        if e1 <= 0.0:  # an exact zero has no logarithm (e0 > target >= e1 otherwise)
             return n1
         fraction = (math.log(e0) - math.log(target)) / (math.log(e0) - math.log(e1))
         return math.exp(math.log(n0) + fraction * (math.log(n1) - math.log(n0)))
