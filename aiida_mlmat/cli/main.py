@@ -6,12 +6,12 @@ import sys
 
 import click
 
-from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT, GreedyOption, MlmatCliError, echo_json
+from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT, GreedyOption, JsonErrorGroup, MlmatCliError, echo_json
 
 PROTOCOLS = ('fast', 'balanced', 'precise')
 
 
-@click.group(context_settings={'help_option_names': ['-h', '--help']})
+@click.group(cls=JsonErrorGroup, context_settings={'help_option_names': ['-h', '--help']})
 @click.option('-p', '--profile', 'profile', default=None, help='AiiDA profile to use (default: the default profile).')
 @click.version_option(package_name='aiida-mlmat')
 @click.pass_context

@@ -136,21 +136,26 @@ def run_cmd(ctx: click.Context, config_file: str, out: str | None, wait: bool, j
         click.echo(f'submitted {node.process_label}<{node.pk}> ({node.uuid})')
     result: dict[str, Any] = {'process': node.pk, 'uuid': node.uuid}
     if wait:
+        failure = None
         try:
             wait_for(node, quiet=json_output)
-        finally:
-            if node.is_terminated:
-                result.update(write_report(node, Path(out or f'mlmat-report-{node.pk}')))
-                if 'summary' in node.outputs:
-                    result['summary'] = node.outputs.summary.get_dict()
-                    result['potential'] = node.outputs.potential.pk
-                    if not json_output:
-                        for line in headline(result['summary']):
-                            click.echo(line)
+        except MlmatCliError as exc:
+            failure = exc  # the report is written all the same: it records what ran and what failed
+        if node.is_terminated:
+            result.update(write_report(node, Path(out or f'mlmat-report-{node.pk}')))
+            if 'summary' in node.outputs:
+                result['summary'] = node.outputs.summary.get_dict()
+                result['potential'] = node.outputs.potential.pk
                 if not json_output:
-                    click.echo(f'report: {result["summary_md"]}')
-                else:
-                    echo_json(result)
+                    for line in headline(result['summary']):
+                        click.echo(line)
+            if not json_output:
+                click.echo(f'report: {result["summary_md"]}')
+        if failure is not None:
+            failure.data = {**result, **failure.data}
+            raise failure
+        if json_output:
+            echo_json(result)
         return
     if json_output:
         echo_json(result)

@@ -145,16 +145,28 @@ def screen(profile: str | None, **kwargs: Any) -> None:
         click.echo(f'submitted {node.process_label}<{node.pk}> ({node.uuid})')
     result: dict[str, Any] = {'process': node.pk, 'candidates': []}
     if kwargs['wait']:
+        failure = None
         try:
             wait_for(node, quiet=json_output)
-        finally:
-            if 'candidates' in node.outputs:
-                result.update(_finished(node, kwargs, json_output))
-                if json_output:
-                    echo_json(result)
+        except MlmatCliError as exc:
+            failure = exc  # candidates screened before the failure are still shown
+        if 'candidates' in node.outputs:
+            result.update(_finished(node, kwargs, json_output))
+        if failure is not None:
+            failure.data = {**result, **failure.data}
+            raise failure
+        if json_output:
+            echo_json(result)
         return
     if json_output:
         echo_json(result)
+
+
+def _ev(value: float) -> str:
+    """An energy (eV/atom) in 9 columns, 4 decimals; a non-zero value that would print as 0.0000 in exponent form,
+    so a candidate just above the hull (and so not stable) is not shown as on it.
+    """
+    return f'{value:9.1e}' if value and abs(value) < 5e-5 else f'{value:9.4f}'
 
 
 def _finished(node: Any, kwargs: dict[str, Any], json_output: bool) -> dict[str, Any]:
@@ -178,7 +190,7 @@ def _finished(node: Any, kwargs: dict[str, Any], json_output: bool) -> dict[str,
                 click.echo(f'{row["name"]:<24} {row["formula"] or "":<10} failed: {row.get("reason")}')
                 continue
             click.echo(
-                f'{row["name"]:<24} {row["formula"]:<10} {row["e_form_per_atom"]:9.4f} {row["e_above_hull"]:9.4f} '
+                f'{row["name"]:<24} {row["formula"]:<10} {row["e_form_per_atom"]:9.4f} {_ev(row["e_above_hull"])} '
                 f'{row["e_above_hull_std"]:8.4f} {row["p_stable"]:9.2f}{"  stable" if row["stable"] else ""}'
             )
         if 'verification' in result:

@@ -21,9 +21,42 @@ EXIT_SETUP = 5
 class MlmatCliError(click.ClickException):
     """A clear error with a banded exit code, printed without a traceback."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_INVALID_INPUT):
+    def __init__(self, message: str, exit_code: int = EXIT_INVALID_INPUT, data: dict[str, Any] | None = None):
+        """:param data: what a script needs beside the message (the failed process's pk, a report's path): it joins
+        ``error`` and ``exit_code`` in the JSON object that a command given ``--json`` prints when it fails.
+        """
         super().__init__(message)
         self.exit_code = exit_code
+        self.data: dict[str, Any] = dict(data or {})
+
+
+#: ``ctx.meta`` keys of the root context: whether ``--json`` was given, whether its JSON object is out.
+JSON_REQUESTED = 'mlmat.json_requested'
+JSON_PRINTED = 'mlmat.json_printed'
+
+
+class JsonErrorGroup(click.Group):
+    """The ``mlmat`` group: a command given ``--json`` that fails still ends stdout with one JSON object,
+    ``{"error": message, "exit_code": code, ...}`` (plus the error's ``data``), beside the message on stderr.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[JSON_REQUESTED] = '--json' in args
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            if ctx.meta.get(JSON_REQUESTED) and not ctx.meta.get(JSON_PRINTED):
+                echo_json(error_object(exc))
+            raise
+
+
+def error_object(exc: click.ClickException) -> dict[str, Any]:
+    """The JSON object of a failed command: ``error`` (the message), ``exit_code`` (as ``mlmat`` exits), ``data``."""
+    code = exc.exit_code if isinstance(exc, MlmatCliError) else EXIT_INVALID_INPUT
+    return {'error': exc.format_message(), 'exit_code': code, **getattr(exc, 'data', {})}
 
 
 class GreedyOption(click.Option):
@@ -64,6 +97,9 @@ class GreedyOption(click.Option):
 def echo_json(data: dict[str, Any]) -> None:
     """Print exactly one JSON object on one line (the last line of stdout)."""
     click.echo(json.dumps(data, default=_json_default, sort_keys=False))
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.find_root().meta[JSON_PRINTED] = True
 
 
 def _json_default(value: Any) -> Any:
@@ -148,7 +184,9 @@ def wait_for(node: Any, quiet: bool = False, poll: float = 1.0, timeout: float |
     last = ''
     while not node.is_terminated:
         if timeout is not None and time.monotonic() - start > timeout:
-            raise MlmatCliError(f'process {node.pk} still running after {timeout} s', EXIT_PROCESS_FAILED)
+            raise MlmatCliError(
+                f'process {node.pk} still running after {timeout} s', EXIT_PROCESS_FAILED, {'process': node.pk}
+            )
         descendants = node.called_descendants
         done = sum(1 for child in descendants if child.is_terminated)
         line = f'[{time.monotonic() - start:6.1f} s] {node.process_label}<{node.pk}>: {node.process_state.value}'
@@ -160,7 +198,9 @@ def wait_for(node: Any, quiet: bool = False, poll: float = 1.0, timeout: float |
             last = line.split('] ', 1)[1]
         time.sleep(poll)
     if not node.is_finished_ok:
-        raise MlmatCliError(f'{node.process_label}<{node.pk}> failed at {failing_step(node)}', EXIT_PROCESS_FAILED)
+        step = failing_step(node)
+        data = {'process': node.pk, 'exit_status': node.exit_status, 'failed_step': step}
+        raise MlmatCliError(f'{node.process_label}<{node.pk}> failed at {step}', EXIT_PROCESS_FAILED, data)
     if not quiet:
         click.echo(f'{node.process_label}<{node.pk}> finished in {time.monotonic() - start:.1f} s', err=True)
 

@@ -79,8 +79,12 @@ def test_dataset_import_refuses_corrupt_files(tmp_path, content, message):
     before = n_sets()
     result = invoke('dataset', 'import', str(path), '--json')
     assert result.exit_code == 2
-    assert message in result.output and 'nothing was stored' in result.output
+    assert message in result.stderr and 'nothing was stored' in result.stderr
     assert n_sets() == before
+    # With --json the refusal still ends stdout with one JSON object, for scripts.
+    refusal = last_json(result)
+    assert refusal['exit_code'] == 2 and message in refusal['error'] and 'nothing was stored' in refusal['error']
+    assert len(result.stdout.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
@@ -107,3 +111,40 @@ def test_elements_option_accepts_spaces_commas_and_repeats(worker_code):
     for args in (['--elements', 'Cu', 'Xq'], ['--elements', 'Cu,Xq'], ['--elements', 'Cu', '--elements', 'Xq']):
         result = invoke('reference', *args, '--calculator', 'emt')
         assert 'unknown element `Xq`' in result.output
+
+
+def test_json_errors_end_stdout_with_one_object(worker_code):
+    """A usage error or a refusal given `--json` prints `{"error", "exit_code"}` as stdout's only line; without
+    `--json` stdout stays empty and the message goes to stderr."""
+    missing = invoke('dataset', 'show', '--json')
+    assert missing.exit_code == 2
+    assert last_json(missing) == {'error': "Missing argument 'IDENTIFIER'.", 'exit_code': 2}
+    unknown = invoke('dataset', 'show', '999999999', '--json')
+    assert unknown.exit_code == 4 and len(unknown.stdout.strip().splitlines()) == 1
+    data = last_json(unknown)
+    assert data['exit_code'] == 4 and data['error'].startswith('no unique node with PK or UUID `999999999`')
+    plain = invoke('dataset', 'show', '999999999')
+    assert plain.exit_code == 4 and plain.stdout == '' and 'no unique node' in plain.stderr
+
+
+def test_failed_process_with_wait_json_names_it(started_daemon_client, worker_code, tmp_path):
+    """`--wait --json` on a workflow that fails exits 3 and still prints one JSON object naming the process, its
+    exit status and the failing step, so a script can find what ran."""
+    from aiida_mlmat.workflows.reference import ReferenceWorkChain
+
+    seed = tmp_path / 'Cu.cif'
+    write(seed, bulk('Cu', 'fcc', a=3.6, cubic=True))
+    overrides = json.dumps({'sample': {'supercell': [1, 1, 1], 'rattle': {'count': 2, 'stdev': 0.05}}, 'chunk_size': 8})
+    result = invoke(
+        'reference', '--structures', str(seed), '--elements', 'Cu', '--calculator', 'faulty',
+        '--calculator-params', json.dumps({'raise_for': ['Cu4', 'Cu3']}), '--overrides', overrides, '--wait', '--json',
+    )  # fmt: skip
+    assert result.exit_code == 3, result.output
+    assert len(result.stdout.strip().splitlines()) == 1
+    data = last_json(result)
+    status = ReferenceWorkChain.exit_codes.ERROR_ALL_LABELS_FAILED.status
+    assert data['exit_code'] == 3 and data['exit_status'] == status
+    node = orm.load_node(data['process'])
+    assert node.is_failed and node.exit_status == status
+    assert data['error'].startswith(f'ReferenceWorkChain<{node.pk}> failed at ')
+    assert 'exit status' in data['failed_step'] and data['failed_step'] in data['error']
