@@ -334,6 +334,11 @@ def labels_to_reach_interpolated(curve: list[dict[str, Any]], target: float) -> 
     return None
 
 
+def random_over_active(labels: dict[str, float | None]) -> float | None:
+    """Random selection's labels over active learning's (bigger is better), or None when either is missing."""
+    return labels['random'] / labels['active'] if labels.get('active') and labels.get('random') else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--budget', type=int, default=96, help='labels at the end of each learning curve')
@@ -497,10 +502,10 @@ def main() -> None:
     wall = time.perf_counter() - start
     needed = {name: labels_to_reach(curve, target) for name, curve in curves.items()}
     needed.setdefault('random', None)  # --no-random
-    ratio = needed['random'] / needed['active'] if needed['active'] and needed['random'] else None
+    ratio = random_over_active(needed)
     between = {name: labels_to_reach_interpolated(curve, target) for name, curve in curves.items()}
     between.setdefault('random', None)
-    ratio_between = between['random'] / between['active'] if between['active'] and between['random'] else None
+    ratio_between = random_over_active(between)
     conditions = {}
     for name in curves:
         temperatures = [
