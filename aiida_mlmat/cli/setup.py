@@ -187,7 +187,25 @@ def run_setup(
     slurm_key: str | None = None,
     slurm_partition: str | None = None,
 ) -> dict[str, Any]:
-    """Do the whole set-up and return the labels and pks made or found."""
+    """Do the whole set-up and return the labels and pks made or found.
+
+    The SLURM host, user and key are checked first, so a bad one is refused before anything is registered.
+    """
+    slurm_target = None
+    if slurm_host:
+        import getpass
+
+        from aiida_mlmat.cli.slurm import validate_slurm_target
+        from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT
+
+        try:
+            slurm_target = validate_slurm_target(
+                slurm_host,
+                slurm_user or getpass.getuser(),
+                slurm_key or str(Path.home() / '.ssh' / 'id_ed25519'),
+            )
+        except ValueError as exc:
+            raise MlmatCliError(f'--slurm-*: {exc}', EXIT_INVALID_INPUT) from exc
     loaded = ensure_profile(profile)
     computer = ensure_localhost()
     codes: dict[str, Any] = {}
@@ -215,19 +233,12 @@ def run_setup(
             prepend_text=ISOLATE_PYTHON,
         )
     slurm = None
-    if slurm_host:
-        import getpass
-
+    if slurm_target:
         from aiida_mlmat.cli.slurm import setup_slurm
         from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT
 
         try:
-            slurm = setup_slurm(
-                slurm_host,
-                slurm_user or getpass.getuser(),
-                slurm_key or str(Path.home() / '.ssh' / 'id_ed25519'),
-                partition=slurm_partition,
-            )
+            slurm = setup_slurm(*slurm_target, partition=slurm_partition)
         except ValueError as exc:
             raise MlmatCliError(f'--slurm-*: {exc}', EXIT_INVALID_INPUT) from exc
     return {

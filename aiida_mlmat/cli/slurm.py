@@ -42,10 +42,38 @@ def _check_word(name: str, value: Any) -> str:
     return value
 
 
-def validate_slurm_target(host: str, user: str, key: str) -> tuple[str, str, str]:
+def default_known_hosts() -> Path:
+    """``~/.ssh/known_hosts``: the host keys that the ``core.ssh`` transport checks (``load_system_host_keys``)."""
+    return Path.home() / '.ssh' / 'known_hosts'
+
+
+def is_known_host(host: str, port: int = 22, known_hosts: Path | None = None) -> bool:
+    """Whether ``known_hosts`` (default ``~/.ssh/known_hosts``) holds a key for ``host`` on ``port``.
+
+    Hashed entries (``ssh-keyscan -H``) count, and a port other than 22 is looked up as ``[host]:port``, as ssh and
+    paramiko do. A missing or unreadable file holds no keys.
+    """
+    import paramiko
+
+    path = known_hosts if known_hosts is not None else default_known_hosts()
+    if not path.is_file():
+        return False
+    keys = paramiko.HostKeys()
+    try:
+        keys.load(str(path))
+    except (OSError, ValueError, paramiko.SSHException):  # ValueError: UnicodeDecodeError of a binary file
+        return False
+    return keys.lookup(host if port == 22 else f'[{host}]:{port}') is not None
+
+
+def validate_slurm_target(host: str, user: str, key: str, known_hosts: Path | None = None) -> tuple[str, str, str]:
     """Check the host, user and private-key path; return them with the key path made absolute.
 
-    :raises ValueError: with the reason when a value is malformed or the key file does not exist.
+    The host's key must already be in ``known_hosts`` (default ``~/.ssh/known_hosts``): the Computer is configured to
+    refuse unknown hosts, so without it every job would fail at its first connection instead of here.
+
+    :raises ValueError: with the reason when a value is malformed, the key file does not exist or the host is not
+        a known host.
     """
     _check_word('host', host)
     _check_word('user', user)
@@ -57,6 +85,12 @@ def validate_slurm_target(host: str, user: str, key: str) -> tuple[str, str, str
         raise ValueError(f'key: the private key file {str(path)!r} does not exist (ssh-keygen -t ed25519 makes one)')
     resolved = str(path.resolve())
     _check_word('key', resolved)
+    hosts_file = known_hosts if known_hosts is not None else default_known_hosts()
+    if not is_known_host(host, known_hosts=hosts_file):
+        raise ValueError(
+            f'host: {host!r} has no key in {str(hosts_file)!r}, and the Computer refuses unknown hosts; check the '
+            f"host's fingerprint with your cluster's documentation, then `ssh-keyscan -H {host} >> {hosts_file}`"
+        )
     return host, user, resolved
 
 

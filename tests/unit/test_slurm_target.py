@@ -1,0 +1,92 @@
+"""Unit tier: the SLURM host, user and key of ``mlmat setup --slurm-*`` are checked before anything is registered.
+
+The host must already have a key in known_hosts: the Computer is configured with paramiko's ``RejectPolicy``, so an
+unknown host would otherwise be accepted here and fail every job at its first connection. The known_hosts files
+are written by the tests with a key made by paramiko; no ssh server is contacted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import paramiko
+import pytest
+from click.testing import CliRunner
+
+from aiida_mlmat.cli.main import cli
+from aiida_mlmat.cli.slurm import is_known_host, validate_slurm_target
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope='module')
+def host_key() -> paramiko.PKey:
+    return paramiko.RSAKey.generate(1024)
+
+
+def write_known_hosts(path: Path, key: paramiko.PKey, names: list[str], hashed: bool = False) -> Path:
+    """A known_hosts file with ``key`` for each of ``names`` (hashed as ``ssh-keyscan -H`` writes them if asked)."""
+    lines = []
+    for name in names:
+        entry = paramiko.HostKeys.hash_host(name) if hashed else name
+        lines.append(f'{entry} {key.get_name()} {key.get_base64()}')
+    path.write_text('\n'.join(lines) + '\n')
+    return path
+
+
+def test_known_host_lookup_plain_hashed_and_port(tmp_path, host_key):
+    """Plain and hashed entries are found; a port other than 22 is ``[host]:port``; no file means no keys."""
+    plain = write_known_hosts(tmp_path / 'plain', host_key, ['login.cluster.example', '[gate.example]:2222'])
+    assert is_known_host('login.cluster.example', known_hosts=plain)
+    assert not is_known_host('login2.cluster.example', known_hosts=plain)
+    assert is_known_host('gate.example', port=2222, known_hosts=plain)
+    assert not is_known_host('gate.example', known_hosts=plain)
+    hashed = write_known_hosts(tmp_path / 'hashed', host_key, ['10.0.0.5'], hashed=True)
+    assert '10.0.0.5' not in hashed.read_text()
+    assert is_known_host('10.0.0.5', known_hosts=hashed)
+    assert not is_known_host('10.0.0.6', known_hosts=hashed)
+    assert not is_known_host('login.cluster.example', known_hosts=tmp_path / 'missing')
+    garbage = tmp_path / 'garbage'
+    garbage.write_bytes(b'\x00\xff not a known_hosts file\n')
+    assert not is_known_host('login.cluster.example', known_hosts=garbage)
+
+
+def test_validate_slurm_target_refuses_an_unknown_host(tmp_path, host_key):
+    """A known host passes with the key path made absolute; an unknown one is refused naming the fix."""
+    known = write_known_hosts(tmp_path / 'known_hosts', host_key, ['login.cluster.example'], hashed=True)
+    key = tmp_path / 'id_ed25519'
+    key.write_text('not read here\n')
+    assert validate_slurm_target('login.cluster.example', 'alice', str(key), known_hosts=known) == (
+        'login.cluster.example',
+        'alice',
+        str(key.resolve()),
+    )
+    with pytest.raises(ValueError, match=r"'other\.example' has no key in .*ssh-keyscan -H other\.example >> "):
+        validate_slurm_target('other.example', 'alice', str(key), known_hosts=known)
+    # the malformed-value checks come first and keep their messages
+    with pytest.raises(ValueError, match='does not exist'):
+        validate_slurm_target('other.example', 'alice', str(tmp_path / 'nokey'), known_hosts=known)
+    with pytest.raises(ValueError, match='shell characters'):
+        validate_slurm_target('other.example;id', 'alice', str(key), known_hosts=known)
+
+
+def test_setup_refuses_an_unknown_slurm_host_before_registering_anything(tmp_path, monkeypatch):
+    """`mlmat setup --slurm-host` with a host missing from ~/.ssh/known_hosts: exit 2, one JSON error object, and
+    no profile was loaded or made (the check runs before any registration)."""
+    home = tmp_path / 'home'
+    (home / '.ssh').mkdir(parents=True)
+    key = home / '.ssh' / 'id_ed25519'
+    key.write_text('not read here\n')
+    monkeypatch.setenv('HOME', str(home))
+    called = []
+    monkeypatch.setattr('aiida_mlmat.cli.setup.ensure_profile', lambda *args: called.append(args))
+    args = ['setup', '--slurm-host', 'login.cluster.example', '--slurm-user', 'alice', '--slurm-key', str(key)]
+    result = CliRunner().invoke(cli, [*args, '--json'])
+    assert result.exit_code == 2, result.output
+    error = json.loads(result.stdout.strip().splitlines()[-1])
+    assert error['exit_code'] == 2
+    assert error['error'].startswith("--slurm-*: host: 'login.cluster.example' has no key in ")
+    assert str(home / '.ssh' / 'known_hosts') in error['error']
+    assert called == []
+    assert 'Traceback' not in result.output
