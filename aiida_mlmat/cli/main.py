@@ -6,7 +6,14 @@ import sys
 
 import click
 
-from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT, GreedyOption, JsonErrorGroup, MlmatCliError, echo_json
+from aiida_mlmat.cli.utils import (
+    EXIT_INTERRUPTED,
+    EXIT_INVALID_INPUT,
+    GreedyOption,
+    JsonErrorGroup,
+    MlmatCliError,
+    echo_json,
+)
 
 PROTOCOLS = ('fast', 'balanced', 'precise')
 
@@ -220,7 +227,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.Abort:
         click.echo('aborted', err=True)
-        sys.exit(1)
+        sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
         sys.exit(EXIT_INVALID_INPUT)

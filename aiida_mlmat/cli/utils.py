@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -16,6 +18,10 @@ EXIT_INVALID_INPUT = 2
 EXIT_PROCESS_FAILED = 3
 EXIT_NOT_FOUND = 4
 EXIT_SETUP = 5
+#: An error the command did not foresee (a bug: ``MLMAT_DEBUG=1`` shows its traceback).
+EXIT_UNEXPECTED = 1
+#: Interrupted (Ctrl-C) while waiting; the process goes on in the daemon.
+EXIT_INTERRUPTED = 130
 
 
 class MlmatCliError(click.ClickException):
@@ -41,16 +47,53 @@ class JsonErrorGroup(click.Group):
     """
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        ctx.meta[JSON_REQUESTED] = '--json' in args
-        return super().parse_args(ctx, args)
+        ctx.meta[JSON_REQUESTED] = any(arg == '--json' or arg.startswith('--json=') for arg in args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.ClickException as exc:  # e.g. `mlmat --json ...`: the root group has no --json
+            self._echo_error(ctx, exc)
+            raise
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except click.ClickException as exc:
-            if ctx.meta.get(JSON_REQUESTED) and not ctx.meta.get(JSON_PRINTED):
-                echo_json(error_object(exc))
+            self._echo_error(ctx, exc)
             raise
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            error = MlmatCliError('interrupted', EXIT_INTERRUPTED)
+            self._echo_error(ctx, error)
+            raise error from None
+        except Exception as exc:
+            if os.environ.get('MLMAT_DEBUG'):
+                raise
+            error = unforeseen_error(exc)
+            self._echo_error(ctx, error)
+            raise error from exc
+
+    @staticmethod
+    def _echo_error(ctx: click.Context, exc: click.ClickException) -> None:
+        if ctx.meta.get(JSON_REQUESTED) and not ctx.meta.get(JSON_PRINTED):
+            echo_json(error_object(exc))
+
+
+def unforeseen_error(exc: Exception) -> MlmatCliError:
+    """A clear error for an exception that no command check caught.
+
+    A file that cannot be read or written (an ``OSError`` naming a path: a missing folder, a file where a folder is
+    wanted, no permission) is invalid input (exit 2); anything else is a bug in aiida-mlmat (exit 1), reported in one
+    line that says how to see the traceback.
+    """
+    if isinstance(exc, OSError) and exc.filename:
+        what = exc.strerror or type(exc).__name__
+        return MlmatCliError(f'`{exc.filename}`: {what}', EXIT_INVALID_INPUT)
+    return MlmatCliError(
+        f'unexpected error {type(exc).__name__}: {exc} (a bug in aiida-mlmat; rerun with MLMAT_DEBUG=1 for the '
+        'traceback and report it)',
+        EXIT_UNEXPECTED,
+    )
 
 
 def error_object(exc: click.ClickException) -> dict[str, Any]:
@@ -95,8 +138,11 @@ class GreedyOption(click.Option):
 
 
 def echo_json(data: dict[str, Any]) -> None:
-    """Print exactly one JSON object on one line (the last line of stdout)."""
-    click.echo(json.dumps(data, default=_json_default, sort_keys=False))
+    """Print exactly one JSON object on one line (the last line of stdout).
+
+    Numbers that are not finite (NaN, inf: no JSON has them) are printed as ``null``.
+    """
+    click.echo(json.dumps(_finite(data), default=_json_default, sort_keys=False, allow_nan=False))
     ctx = click.get_current_context(silent=True)
     if ctx is not None:
         ctx.find_root().meta[JSON_PRINTED] = True
@@ -104,8 +150,19 @@ def echo_json(data: dict[str, Any]) -> None:
 
 def _json_default(value: Any) -> Any:
     if hasattr(value, 'tolist'):
-        return value.tolist()
+        return _finite(value.tolist())
     return str(value)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every float that is not finite replaced by ``None``, through dicts, lists and tuples."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def load_profile(profile: str | None = None) -> Any:
@@ -174,13 +231,44 @@ def failing_step(node: Any) -> str:
     state = target.process_state.value if target.process_state else 'unknown'
     return (
         f'{target.process_label}<{target.pk}> ({state}, exit status {target.exit_status}): '
-        f'{target.exit_message or "no message"}; see `verdi process report {node.pk}`'
+        f'{process_reason(target)}; see `verdi process report {node.pk}`'
     )
 
 
+def process_reason(node: Any) -> str:
+    """Why a process failed: its exit message, or for an excepted one the last line of its exception."""
+    if node.exit_message:
+        return node.exit_message
+    exception = (getattr(node, 'exception', None) or '').strip()
+    if exception:
+        return exception.splitlines()[-1].strip()
+    return 'no message'
+
+
 def wait_for(node: Any, quiet: bool = False, poll: float = 1.0, timeout: float | None = None) -> None:
-    """Block until the process ends, printing progress to stderr; raise with the failing step if it failed."""
+    """Block until the process ends, printing progress to stderr; raise with the failing step if it failed.
+
+    Ctrl-C stops the waiting, not the process: the error (exit code 130) names the process, which goes on.
+    """
     start = time.monotonic()
+    try:
+        _poll_until_terminated(node, start, quiet, poll, timeout)
+    except KeyboardInterrupt:
+        raise MlmatCliError(
+            f'interrupted while waiting; {node.process_label}<{node.pk}> goes on in the daemon '
+            f'(`verdi process status {node.pk}`, `verdi process kill {node.pk}`)',
+            EXIT_INTERRUPTED,
+            {'process': node.pk},
+        ) from None
+    if not node.is_finished_ok:
+        step = failing_step(node)
+        data = {'process': node.pk, 'exit_status': node.exit_status, 'failed_step': step}
+        raise MlmatCliError(f'{node.process_label}<{node.pk}> failed at {step}', EXIT_PROCESS_FAILED, data)
+    if not quiet:
+        click.echo(f'{node.process_label}<{node.pk}> finished in {time.monotonic() - start:.1f} s', err=True)
+
+
+def _poll_until_terminated(node: Any, start: float, quiet: bool, poll: float, timeout: float | None) -> None:
     last = ''
     while not node.is_terminated:
         if timeout is not None and time.monotonic() - start > timeout:
@@ -197,12 +285,6 @@ def wait_for(node: Any, quiet: bool = False, poll: float = 1.0, timeout: float |
             click.echo(line, err=True)
             last = line.split('] ', 1)[1]
         time.sleep(poll)
-    if not node.is_finished_ok:
-        step = failing_step(node)
-        data = {'process': node.pk, 'exit_status': node.exit_status, 'failed_step': step}
-        raise MlmatCliError(f'{node.process_label}<{node.pk}> failed at {step}', EXIT_PROCESS_FAILED, data)
-    if not quiet:
-        click.echo(f'{node.process_label}<{node.pk}> finished in {time.monotonic() - start:.1f} s', err=True)
 
 
 def read_structures(paths: Sequence[str]) -> list[Any]:

@@ -18,7 +18,13 @@ from aiida import orm
 from ase import Atoms
 
 from aiida_mlmat.common.constants import LABEL_KEYS, UNITS
-from aiida_mlmat.worker.structures import InvalidConfigurationError, check_configuration, extxyz_string, read_extxyz
+from aiida_mlmat.worker.structures import (
+    InvalidConfigurationError,
+    check_configuration,
+    check_labels,
+    extxyz_string,
+    read_extxyz,
+)
 
 
 class CorruptFileError(ValueError):
@@ -45,7 +51,8 @@ def parse_extxyz_bytes(content: bytes, name: str = 'file', validate: bool = True
     """Parse extxyz bytes into frames, with a clear error for anything unreadable or unphysical.
 
     :raises CorruptFileError: when the bytes are not a valid extxyz file, hold no frame, or (with ``validate``)
-        a frame is unphysical (no atoms, unknown element, atoms closer than 0.5 Å).
+        a frame is unphysical (no atoms, unknown element, atoms closer than 0.5 Å) or its labels are unusable
+        (non-finite, or forces or stress of the wrong shape).
     """
     try:
         text = content.decode('utf-8')
@@ -63,6 +70,7 @@ def parse_extxyz_bytes(content: bytes, name: str = 'file', validate: bool = True
         for position, frame in enumerate(frames):
             try:
                 check_configuration(frame)
+                check_labels(frame)
             except InvalidConfigurationError as exc:
                 raise CorruptFileError(f'{name}, configuration {position}: {exc}') from exc
     return frames

@@ -71,6 +71,29 @@ def check_configuration(atoms: Atoms, min_distance: float = MIN_INTERATOMIC_DIST
             raise InvalidConfigurationError(f'atoms closer than {min_distance} Å (shortest distance {shortest:.3f} Å)')
 
 
+def check_labels(atoms: Atoms) -> None:
+    """Raise :class:`InvalidConfigurationError` when a configuration's labels cannot be trained on or evaluated.
+
+    Checks whichever labels the configuration carries: energy (eV) one finite number, forces (eV/Å) finite with
+    shape (n_atoms, 3), stress (eV/Å^3) finite with 6 (Voigt) or 3 x 3 components.
+    """
+    results = atoms.calc.results if atoms.calc is not None else {}
+    shapes = {'energy': [()], 'forces': [(len(atoms), 3)], 'stress': [(6,), (3, 3)]}
+    for key, allowed in shapes.items():
+        if key not in results:
+            continue
+        try:
+            value = np.asarray(results[key], dtype=float)
+        except (TypeError, ValueError) as exc:
+            raise InvalidConfigurationError(f'{key} is not numeric ({exc})') from exc
+        if value.shape not in allowed:
+            raise InvalidConfigurationError(
+                f'{key} has shape {value.shape}, expected {" or ".join(str(shape) for shape in allowed)}'
+            )
+        if not np.isfinite(value).all():
+            raise InvalidConfigurationError(f'{key} is not finite (NaN or inf)')
+
+
 def atomic_volume(symbol: str) -> float:
     """Return an estimate of the volume per atom (Å^3) of an element's ground state."""
     number = check_element(symbol)

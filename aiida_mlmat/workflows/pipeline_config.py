@@ -141,7 +141,48 @@ def validate_config(config: Any) -> dict[str, Any]:
         merged[section] = {**DEFAULTS[section], **config.get(section, {})}
     calculator = merged['reference']['calculator']
     merged['reference']['calculator'] = {'name': calculator['name'], 'parameters': calculator.get('parameters', {})}
+    error = _semantic_error(merged)
+    if error:
+        raise ConfigError(f'invalid pipeline configuration: {error}')
     return merged
+
+
+def _semantic_error(config: dict[str, Any]) -> str | None:
+    """What the schema cannot see: unknown elements, a calculator that is not registered or cannot treat the
+    elements, and each stage's protocol with its overrides (unknown settings, training parameters, trust bounds),
+    checked as the stage will build them, so that the pipeline fails here and not after its first stages ran.
+    """
+    from aiida_mlmat.calcjobs.label import calculator_spec_error
+    from aiida_mlmat.worker.calculators import unsupported_elements
+    from aiida_mlmat.worker.structures import check_element
+    from aiida_mlmat.workflows.protocols import get_protocol_inputs
+
+    for symbol in config['elements']:
+        try:
+            check_element(symbol)
+        except ValueError as exc:
+            return f'elements: {exc}'
+    calculator = config['reference']['calculator']
+    error = calculator_spec_error(calculator)
+    if error:
+        return f'reference.{error}'
+    if calculator['name'] == 'mlmat':
+        return 'reference.calculator: `mlmat` is a trained potential, not a reference method; use emt, gpaw, ...'
+    missing = unsupported_elements(calculator['name'], config['elements'])
+    if missing:
+        return f'reference.calculator: `{calculator["name"]}` cannot treat the elements {missing}'
+    stages = {
+        'reference': ('reference', config['reference'].get('overrides', {})),
+        'training': ('training', config['training'].get('overrides', {})),
+    }
+    if config['active_learning']['enabled']:
+        stages['active_learning'] = ('active_learning', config['active_learning'].get('overrides', {}))
+    for section, (name, overrides) in stages.items():
+        try:
+            get_protocol_inputs(name, config[section]['protocol'], overrides)
+        except ValueError as exc:
+            return f'{section}.{exc}'
+    return None
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -155,7 +196,10 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f'no such configuration file: {path}')
     try:
-        config = yaml.safe_load(path.read_text())
+        with path.open(encoding='utf-8') as handle:  # the stream's name goes into YAML's error marks
+            config = yaml.safe_load(handle)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f'{path} is not a text (UTF-8) YAML file: {exc.reason} at byte {exc.start}') from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f'{path} is not valid YAML: {exc}') from exc
     return validate_config(config)

@@ -70,6 +70,16 @@ def test_reference_wait_json_and_dataset_round_trip(started_daemon_client, worke
             b'2\nLattice="5 0 0 0 5 0 0 0 5" Properties=species:S:1:pos:R:3 pbc="T T T"\nCu 0 0 0\nCu 0.2 0 0\n',
             'closer',
         ),
+        (
+            b'2\nLattice="3.6 0 0 0 3.6 0 0 0 3.6" Properties=species:S:1:pos:R:3:forces:R:2 energy=-1.0 pbc="T T T"\n'
+            b'Cu 0 0 0 0.1 0.2\nCu 1.8 1.8 0 0.1 0.2\n',
+            'forces has shape (2, 2), expected (2, 3)',
+        ),
+        (
+            b'2\nLattice="3.6 0 0 0 3.6 0 0 0 3.6" Properties=species:S:1:pos:R:3:forces:R:3 energy=nan pbc="T T T"\n'
+            b'Cu 0 0 0 0.1 0.2 0\nCu 1.8 1.8 0 0.1 0.2 0\n',
+            'energy is not finite',
+        ),
     ],
 )
 def test_dataset_import_refuses_corrupt_files(tmp_path, content, message):

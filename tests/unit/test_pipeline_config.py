@@ -33,6 +33,27 @@ def test_active_learning_example_is_valid():
         ({'elements': ['cu']}, 'elements.0'),
         ({'reference': {}}, "'elements' is a required property"),
         ({'elements': ['Cu'], 'reference': {'calculator': {'name': 'emt', 'params': {}}}}, 'reference.calculator'),
+        # what the schema cannot see, refused before the pipeline's first stage runs
+        ({'elements': ['Cu', 'Xx']}, 'elements: unknown element `Xx`'),
+        ({'elements': ['Cu', 'Fe']}, r"reference.calculator: `emt` cannot treat the elements \['Fe'\]"),
+        ({'elements': ['Cu'], 'reference': {'calculator': {'name': 'nosuch'}}}, 'unknown calculator `nosuch`'),
+        ({'elements': ['Cu'], 'reference': {'calculator': {'name': 'mlmat'}}}, '`mlmat` is a trained potential'),
+        (
+            {'elements': ['Cu'], 'reference': {'overrides': {'nonsense_key': 1}}},
+            r"reference.overrides: <top level>: unknown key\(s\) \['nonsense_key'\]",
+        ),
+        (
+            {'elements': ['Cu'], 'active_learning': {'overrides': {'selection': {'lower': 0.9, 'upper': 0.1}}}},
+            r'active_learning.overrides: selection: the lower trust bound \(0.9 eV/Å\) must be smaller',
+        ),
+        (
+            {'elements': ['Cu'], 'active_learning': {'overrides': {'training': {'training': {'epochs': -5}}}}},
+            'active_learning.overrides: training.training.epochs: -5 is less than the minimum of 1',
+        ),
+        (
+            {'elements': ['Cu'], 'training': {'overrides': {'training': {'epochz': 2}}}},
+            r"training.overrides: training: unknown key\(s\) \['epochz'\]",
+        ),
     ],
 )
 def test_bad_configs_name_the_key(config, message):
@@ -46,4 +67,15 @@ def test_missing_or_broken_file(tmp_path):
     broken = tmp_path / 'broken.yaml'
     broken.write_text('elements: [Cu\n')
     with pytest.raises(ConfigError, match='not valid YAML'):
+        load_config(broken)
+
+
+def test_binary_file_is_refused_as_not_text(tmp_path):
+    binary = tmp_path / 'binary.yaml'
+    binary.write_bytes(b'elements: [Cu]\n\xff\xfe\x00\xd0\x80')
+    with pytest.raises(ConfigError, match=r'not a text \(UTF-8\) YAML file'):
+        load_config(binary)
+    broken = tmp_path / 'broken.yaml'
+    broken.write_text('elements: [Cu\n')
+    with pytest.raises(ConfigError, match=r'in ".*broken\.yaml", line 1'):  # names the file
         load_config(broken)

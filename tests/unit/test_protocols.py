@@ -12,7 +12,7 @@ from ase.build import bulk
 
 from aiida_mlmat.data.configurations import ConfigurationSetData
 from aiida_mlmat.worker.schema import SCHEMA_VERSION, validate_input
-from aiida_mlmat.workflows.protocols import get_protocol_inputs, load_protocols, recursive_merge
+from aiida_mlmat.workflows.protocols import get_protocol_inputs, load_protocols, protocol_inputs_error, recursive_merge
 from aiida_mlmat.workflows.reference import ReferenceWorkChain
 
 pytestmark = pytest.mark.unit
@@ -95,7 +95,6 @@ def test_overrides_merge_recursively():
         overrides={
             'chunk_size': 7,
             'sample': {'rattle': {'count': 1}, 'md': {'temperatures': [500]}, 'supercell': [1, 1, 1]},
-            'extra': {'a': 1},
         },
     )
     assert inputs['chunk_size'] == 7
@@ -110,10 +109,37 @@ def test_overrides_merge_recursively():
     }
     assert inputs['sample']['supercell'] == [1, 1, 1]  # lists are replaced, not merged
     assert inputs['sample']['strain'] == {'count': 5, 'max_strain': 0.04, 'rattle_stdev': 0.03, 'seed': 0}
-    assert inputs['extra'] == {'a': 1}
     assert inputs['max_iterations'] == 5
     # the protocol file itself is untouched
     assert get_protocol_inputs('reference', 'balanced')['sample']['rattle']['count'] == 10
+
+
+@pytest.mark.parametrize(
+    ('name', 'overrides', 'message'),
+    [
+        ('reference', {'nonsense': 1}, "<top level>: unknown key(s) ['nonsense']; allowed: chunk_size, max_iterations"),
+        ('reference', {'sample': {'bogus': 1}}, "sample: unknown key(s) ['bogus']"),
+        ('reference', {'sample': {'rattle': {'count': -5}}}, 'sample.rattle.count: -5 is less than the minimum of 0'),
+        ('reference', {'select': {'m': 3}}, "select: unknown key(s) ['m']"),
+        ('training', {'training': {'epochs': -5}}, 'training.epochs: -5 is less than the minimum of 1'),
+        ('training', {'training': {'epochz': 2}}, "training: unknown key(s) ['epochz']"),
+        ('training', {'model': [16]}, 'model: expected a mapping'),
+        ('active_learning', {'bogus_section': {}}, "<top level>: unknown key(s) ['bogus_section']"),
+        ('active_learning', {'training': {'training': {'epochs': 0}}}, 'training.training.epochs: 0 is less than'),
+        ('active_learning', {'retrain': {'learning_rate': -1}}, 'retrain.learning_rate: -1 is less than or equal'),
+        ('active_learning', {'exploration': {'temp': [300]}}, "exploration: unknown key(s) ['temp']"),
+        ('active_learning', {'selection': {'lower': 0.9, 'upper': 0.1}}, 'must be smaller than the upper one'),
+        ('active_learning', {'selection': {'lower': 'low'}}, "expected numbers (eV/Å), got 'low'"),
+    ],
+)
+def test_overrides_are_checked_before_any_process(name, overrides, message):
+    """A typo or a bad value in the overrides is refused naming the key, instead of being ignored or failing a
+    job later; every protocol as shipped passes."""
+    with pytest.raises(ValueError, match=r'^overrides: ') as info:
+        get_protocol_inputs(name, None, overrides)
+    assert message in str(info.value)
+    for protocol in ('fast', 'balanced', 'precise'):
+        assert protocol_inputs_error(name, get_protocol_inputs(name, protocol)) is None
 
 
 def test_recursive_merge_does_not_mutate():

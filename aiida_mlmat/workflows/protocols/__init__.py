@@ -26,7 +26,108 @@ def get_protocol_inputs(name: str, protocol: str | None = None, overrides: dict 
         raise ValueError(f'unknown protocol `{protocol}`; known: {", ".join(data["protocols"])}')
     inputs = copy.deepcopy(data['protocols'][protocol])
     inputs.pop('description', None)
-    return recursive_merge(inputs, overrides or {})
+    merged = recursive_merge(inputs, overrides or {})
+    error = protocol_inputs_error(name, merged)
+    if error:
+        raise ValueError(f'overrides: {error}')
+    return merged
+
+
+#: The settings each workflow's ``get_builder_from_protocol`` reads, by section.
+_KNOWN_KEYS: dict[str, dict[str, set[str]]] = {
+    'reference': {'': {'sample', 'chunk_size', 'max_iterations', 'select'}, 'select': {'n', 'method', 'descriptor'}},
+    'training': {
+        '': {'ensemble_size', 'model', 'training', 'max_iterations', 'test_fraction', 'validation_fraction', 'seed'},
+    },
+    'active_learning': {
+        '': {'training', 'retrain', 'exploration', 'selection', 'convergence', 'chunk_size', 'label_max_iterations'},
+        'training': {'ensemble_size', 'model', 'training', 'max_iterations', 'test_fraction', 'validation_fraction',
+                     'seed'},
+        'exploration': {'temperatures', 'strains', 'supercell', 'steps', 'interval', 'seed', 'timestep', 'friction',
+                        'stop_disagreement', 'device'},
+        'selection': {'lower', 'upper', 'lower_quantile', 'max_per_iteration', 'fps'},
+        'convergence': {'fraction', 'target_forces_rmse', 'max_iterations'},
+    },
+}  # fmt: skip
+
+
+def _subschema(task: str, key: str) -> dict[str, Any]:
+    """The worker schema of ``key`` in ``task``'s input, its ``required`` lists dropped (filled in later)."""
+    from aiida_mlmat.worker.schema import get_schema
+
+    def loosen(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: loosen(v) for k, v in value.items() if k != 'required'}
+        if isinstance(value, list):
+            return [loosen(v) for v in value]
+        return value
+
+    schema = get_schema(task)
+    if key:
+        return loosen(schema['properties'][key])
+    properties = {k: v for k, v in schema['properties'].items() if k not in ('schema_version', 'task', 'structures')}
+    return loosen({**schema, 'properties': properties})
+
+
+def _schema_error(where: str, value: Any, schema: dict[str, Any]) -> str | None:
+    import jsonschema
+
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.absolute_path))
+    if not errors:
+        return None
+    error = errors[0]
+    path = '.'.join([where, *(str(part) for part in error.absolute_path)])
+    if error.validator == 'additionalProperties':
+        allowed = sorted(error.schema.get('properties', {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        return f'{path}: unknown key(s) {unknown}; allowed: {", ".join(allowed)}'
+    return f'{path}: {error.message}'
+
+
+def protocol_inputs_error(name: str, inputs: dict[str, Any]) -> str | None:
+    """Why the protocol inputs of workflow ``name`` (after the overrides were merged) are invalid, or None.
+
+    Checked here, before any process runs: unknown keys (a typo would otherwise be ignored), the sampling settings
+    and the training parameters against the worker's schema, and the trust bounds of active learning.
+    """
+    known = _KNOWN_KEYS.get(name, {})
+    for section, keys in known.items():
+        value = inputs.get(section) if section else inputs
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            return f'{section}: expected a mapping, got {value!r}'
+        unknown = sorted(set(value) - keys - {'description'})
+        if unknown:
+            return f'{section or "<top level>"}: unknown key(s) {unknown}; allowed: {", ".join(sorted(keys))}'
+    trainings = {'training': inputs} if name == 'training' else {}
+    if name == 'active_learning':
+        trainings = {'training': inputs.get('training') or {}}
+        if inputs.get('retrain') is not None:
+            error = _schema_error('retrain', inputs['retrain'], _subschema('train', 'training'))
+            if error:
+                return error
+        selection = inputs.get('selection') or {}
+        if 'lower' in selection or 'upper' in selection:
+            from aiida_mlmat.ml.active import check_bounds
+
+            try:
+                error = check_bounds(float(selection.get('lower', 0.05)), float(selection.get('upper', 0.5)))
+            except (TypeError, ValueError):
+                error = f'expected numbers (eV/Å), got {selection.get("lower")!r} and {selection.get("upper")!r}'
+            if error:
+                return f'selection: {error}'
+    for where, training in trainings.items():
+        if isinstance(training.get('training'), dict) or 'training' in training:
+            prefix = f'{where}.training' if name == 'active_learning' else 'training'
+            error = _schema_error(prefix, training.get('training'), _subschema('train', 'training'))
+            if error:
+                return error
+        if 'model' in training and not isinstance(training['model'], dict):
+            return f'model: expected a mapping, got {training["model"]!r}'
+    if name == 'reference' and inputs.get('sample') is not None:
+        return _schema_error('sample', inputs['sample'], _subschema('sample', ''))
+    return None
 
 
 def recursive_merge(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
