@@ -9,12 +9,15 @@ import click
 
 from aiida_mlmat.cli.utils import (
     EXIT_INVALID_INPUT,
+    EXIT_NOT_FOUND,
     MlmatCliError,
     echo_json,
     ensure_daemon,
     load_code,
     load_node,
     load_profile,
+    output_file,
+    output_folder,
     parse_json_option,
     read_structures,
     wait_for,
@@ -49,6 +52,8 @@ def reference(profile: str | None, **kwargs: Any) -> None:
         overrides['select'] = {**overrides.get('select', {}), 'n': kwargs['select_n']}
     if not elements and not files:
         raise MlmatCliError('give `--elements` (e.g. --elements Cu Au) or `--structures FILE ...`')
+    if calculator['name'] == 'mlmat':
+        raise MlmatCliError('--calculator: `mlmat` is a trained potential, not a reference method (emt, gpaw, ...)')
 
     from aiida_mlmat.worker.structures import check_element
 
@@ -134,6 +139,7 @@ def dataset_export(profile: str | None, identifier: str, file: str, json_output:
     from aiida_mlmat.data.configurations import ConfigurationSetData
 
     node = load_node(identifier, ConfigurationSetData)
+    output_file(file, 'FILE')
     node.write_extxyz(file)
     if json_output:
         echo_json({'configurations': node.pk, 'file': str(Path(file).resolve()), 'n_configurations': node.count})
@@ -171,8 +177,14 @@ def descriptors(profile: str | None, **kwargs: Any) -> None:
     json_output = bool(kwargs['json_output'])
     descriptor = {'kind': kwargs['kind'], 'rcut': kwargs['rcut']}
     result: dict[str, Any] = {'descriptors': None, 'process': None}
+    # the output paths are checked before anything is computed or stored
+    out_path = output_file(kwargs['out'], '--out', '.npz') if kwargs['out'] else None
+    map_path = output_file(kwargs['map_png'], '--map', '.png') if kwargs['map_png'] else None
     if Path(source).is_file():
         import torch
+
+        if kwargs['device'] == 'cuda' and not torch.cuda.is_available():
+            raise MlmatCliError('--device cuda: no CUDA device is visible here (use --device cpu or auto)')
 
         from aiida_mlmat.calcjobs.descriptors import descriptor_definition
         from aiida_mlmat.data.configurations import CorruptFileError, parse_extxyz_bytes
@@ -206,7 +218,15 @@ def descriptors(profile: str | None, **kwargs: Any) -> None:
         from aiida_mlmat.calcjobs.descriptors import DescriptorsCalculation
         from aiida_mlmat.data.configurations import ConfigurationSetData
 
-        node = load_node(source, ConfigurationSetData)
+        try:
+            node = load_node(source, ConfigurationSetData)
+        except MlmatCliError as exc:
+            if exc.exit_code != EXIT_NOT_FOUND:
+                raise
+            what = 'a folder, not a file' if Path(source).is_dir() else 'neither an existing file'
+            raise MlmatCliError(
+                f'`{source}` is {what} nor the PK or UUID of a stored configuration set', EXIT_NOT_FOUND
+            ) from exc
         frames = node.get_atoms()
         builder = DescriptorsCalculation.get_builder()
         builder.code = load_code('mlmat-worker@localhost')
@@ -232,10 +252,10 @@ def descriptors(profile: str | None, **kwargs: Any) -> None:
 
         spec = DescriptorSpec.from_dict(spec_dict)
     result.update(n_structures=len(arrays), n_atoms=int(n_atoms), n_features=spec.n_features, kind=spec.kind)
-    if kwargs['out']:
-        np.savez(kwargs['out'], means=means, **{f'structure_{i}': array for i, array in enumerate(arrays)})
-        result['out'] = str(Path(kwargs['out']).resolve())
-    if kwargs['map_png']:
+    if out_path is not None:
+        np.savez(out_path, means=means, **{f'structure_{i}': array for i, array in enumerate(arrays)})
+        result['out'] = str(out_path.resolve())
+    if map_path is not None:
         from aiida_mlmat.ml.selection import map_colours, pca_2d, plot_map
 
         try:
@@ -243,7 +263,7 @@ def descriptors(profile: str | None, **kwargs: Any) -> None:
         except ValueError as exc:
             raise MlmatCliError(f'--colour: {exc}') from exc
         coords, _ = pca_2d(means)
-        result['map'] = str(Path(plot_map(coords, values, label, kwargs['map_png'])).resolve())
+        result['map'] = str(Path(plot_map(coords, values, label, str(map_path))).resolve())
     if json_output:
         echo_json(result)
         return
@@ -364,6 +384,7 @@ def potential_export(profile: str | None, identifier: str, directory: str, json_
     from aiida_mlmat.data.potential import PotentialData, PotentialIntegrityError
 
     node = load_node(identifier, PotentialData)
+    output_folder(directory, 'DIRECTORY', empty=True)
     try:
         card = node.export(directory)
     except PotentialIntegrityError as exc:

@@ -16,6 +16,7 @@ from aiida_mlmat.cli.utils import (
     load_code,
     load_node,
     load_profile,
+    output_folder,
     wait_for,
 )
 
@@ -123,6 +124,8 @@ def run_cmd(ctx: click.Context, config_file: str, out: str | None, wait: bool, j
         config = load_config(config_file)
     except ConfigError as exc:
         raise MlmatCliError(str(exc), EXIT_INVALID_INPUT) from exc
+    if out:
+        output_folder(out, '--out')  # before submitting: a report that cannot be written is refused now
     load_profile(ctx.obj.get('profile'))
     from aiida import orm
     from aiida.engine import submit
@@ -171,6 +174,8 @@ def report_cmd(ctx: click.Context, identifier: str, out: str | None, json_output
     load_profile(ctx.obj.get('profile'))
     from aiida import orm
 
+    if out:
+        output_folder(out, '--out')
     node = load_node(identifier, orm.WorkflowNode)
     result = {'process': node.pk, **write_report(node, Path(out or f'mlmat-report-{node.pk}'))}
     if json_output:

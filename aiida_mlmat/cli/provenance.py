@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT, MlmatCliError, echo_json, load_node, load_profile
+from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT, MlmatCliError, echo_json, load_node, load_profile, output_folder
 
 
 def _short(uuid: str | None) -> str:
@@ -89,6 +89,7 @@ def export_cmd(
     from aiida_mlmat.archive import ExportError, export_node
 
     node = load_node(identifier)
+    output_folder(directory, 'DIR')
     try:
         manifest = export_node(node, directory, licence=licence, creator=creator)
     except ExportError as exc:

@@ -16,6 +16,7 @@ from aiida_mlmat.cli.utils import (
     load_code,
     load_node,
     load_profile,
+    output_folder,
     parse_json_option,
     wait_for,
 )
@@ -54,8 +55,12 @@ def build_screen_inputs(**kwargs: Any) -> dict[str, Any]:
     if bool(kwargs['potential']) == bool(kwargs['calculator']):
         raise MlmatCliError('give exactly one energy model: --potential PK or --calculator NAME')
     files = list(kwargs['candidate_files'] or [])
-    if not files and not kwargs['generate']:
-        raise MlmatCliError('give --candidates FILE ... or --generate N (decorations of up to N atoms)')
+    if bool(files) == bool(kwargs['generate']):
+        raise MlmatCliError('give one of --candidates FILE ... or --generate N (decorations of up to N atoms)')
+    if kwargs['calculator'] == 'mlmat':
+        raise MlmatCliError('--calculator: for a trained potential give --potential PK')
+    if kwargs['verify_calculator'] and not kwargs['verify_top']:
+        raise MlmatCliError('--verify-calculator needs --verify-top K (how many of the top candidates to check)')
     if kwargs['calculator']:  # refuse a bad energy model before anything is stored
         from aiida_mlmat.calcjobs.label import calculator_spec_error
         from aiida_mlmat.worker.calculators import unsupported_elements
@@ -72,9 +77,12 @@ def build_screen_inputs(**kwargs: Any) -> dict[str, Any]:
         if missing:
             raise MlmatCliError(f'--candidates: no such file: {", ".join(missing)}')
         try:  # read them here first: a bad file is refused before anything is stored
-            read_candidates(files)
+            candidates = read_candidates(files)
         except CandidateError as exc:
             raise MlmatCliError(f'--candidates: {exc}') from exc
+        system = set(elements)
+        if not any({str(el) for el in structure.composition.elements} <= system for _, structure in candidates):
+            raise MlmatCliError(f'--candidates: no candidate lies in the chemical system {"-".join(elements)}')
         nodes = {f'file_{i}': orm.SinglefileData(str(Path(path).resolve())) for i, path in enumerate(files)}
         inputs['candidates'] = candidates_from_files(**nodes)
     else:
@@ -135,6 +143,8 @@ def screen(profile: str | None, **kwargs: Any) -> None:
 
     from aiida_mlmat.workflows.hull import HullWorkChain
 
+    if kwargs['out']:
+        output_folder(str(kwargs['out']), '--out')  # before submitting: the table would be lost after the run
     inputs = build_screen_inputs(**kwargs)
     error = HullWorkChain.spec().inputs.validate(inputs)
     if error is not None:

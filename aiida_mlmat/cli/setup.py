@@ -192,6 +192,12 @@ def run_setup(
     The SLURM host, user and key are checked first, so a bad one is refused before anything is registered.
     """
     slurm_target = None
+    given = [name for name, value in (('--slurm-user', slurm_user), ('--slurm-key', slurm_key),
+                                      ('--slurm-partition', slurm_partition)) if value is not None]  # fmt: skip
+    if given and not slurm_host:
+        from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT
+
+        raise MlmatCliError(f'{", ".join(given)} need --slurm-host HOST (the SLURM login node)', EXIT_INVALID_INPUT)
     if slurm_host:
         import getpass
 

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -285,6 +286,41 @@ def _poll_until_terminated(node: Any, start: float, quiet: bool, poll: float, ti
             click.echo(line, err=True)
             last = line.split('] ', 1)[1]
         time.sleep(poll)
+
+
+def output_file(path: str, option: str, suffix: str | None = None) -> Path:
+    """Check, before any work, that ``path`` can be written as a file; return the path that will be written.
+
+    :param suffix: appended when ``path`` has none (``np.savez`` adds ``.npz``; plots are written as ``.png``).
+    :raises MlmatCliError: (exit 2) when its folder does not exist or it is an existing folder.
+    """
+    target = Path(path)
+    if suffix and not target.suffix:
+        target = target.with_name(target.name + suffix)
+    if target.is_dir():
+        raise MlmatCliError(f'{option}: `{target}` is a folder; give a file name')
+    if not target.parent.is_dir():
+        raise MlmatCliError(f'{option}: the folder `{target.parent}` of `{target.name}` does not exist')
+    return target
+
+
+def output_folder(path: str, option: str, empty: bool = False) -> Path:
+    """Check, before any work, that ``path`` can be used as an output folder (made if missing); return it.
+
+    :param empty: refuse an existing folder that holds anything (files of an earlier export would mix in).
+    :raises MlmatCliError: (exit 2) when it is a file, or with ``empty`` a folder that is not empty.
+    """
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise MlmatCliError(f'{option}: `{target}` exists and is not a folder')
+    if empty and target.is_dir() and any(target.iterdir()):
+        raise MlmatCliError(f'{option}: the folder `{target}` is not empty; give a new or empty folder')
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise MlmatCliError(f'{option}: `{parent}` is a file, so `{target}` cannot be made')
+            break
+    return target
 
 
 def read_structures(paths: Sequence[str]) -> list[Any]:

@@ -145,7 +145,7 @@ def map_colours(frames: list, key: str) -> tuple[np.ndarray, str]:
     :raises ValueError: for any other key.
     """
     if key == 'energy':
-        values = [f.calc.results['energy'] / len(f) if f.calc is not None else np.nan for f in frames]
+        values = [(f.calc.results.get('energy', np.nan) if f.calc is not None else np.nan) / len(f) for f in frames]
         return np.array(values), 'energy (eV/atom)'
     if key.startswith('composition:'):
         symbol = key.split(':', 1)[1]

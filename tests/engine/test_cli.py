@@ -158,3 +158,142 @@ def test_failed_process_with_wait_json_names_it(started_daemon_client, worker_co
     assert node.is_failed and node.exit_status == status
     assert data['error'].startswith(f'ReferenceWorkChain<{node.pk}> failed at ')
     assert 'exit status' in data['failed_step'] and data['failed_step'] in data['error']
+
+
+def _stored_set(n: int = 4) -> ConfigurationSetData:
+    from tests.unit.test_model import emt_data
+
+    return ConfigurationSetData(emt_data(n, 3)).store()
+
+
+def _refused(result, message: str, code: int = 2) -> dict:
+    """The command exited with ``code``, without a traceback, and its JSON error names ``message``."""
+    assert result.exit_code == code, result.output
+    assert 'Traceback' not in result.output
+    error = last_json(result)
+    assert error['exit_code'] == code and message in error['error'], error
+    return error
+
+
+def n_processes() -> int:
+    return orm.QueryBuilder().append(orm.ProcessNode).count()
+
+
+def test_output_paths_are_checked_before_any_work(worker_code, tmp_path):
+    """An output file in a missing folder, a folder that is a file, or a non-empty export folder is refused with
+    exit 2 before anything runs or is stored; the JSON names the files actually written."""
+    dataset = _stored_set()
+    before = n_processes()
+    _refused(
+        invoke('dataset', 'export', str(dataset.pk), str(tmp_path / 'no' / 'x.extxyz'), '--json'),
+        'of `x.extxyz` does not exist',
+    )
+    _refused(
+        invoke('descriptors', str(dataset.pk), '--kind', 'chebyshev', '--out', str(tmp_path / 'no' / 'd'), '--json'),
+        f'the folder `{tmp_path / "no"}` of `d.npz` does not exist',
+    )
+    assert n_processes() == before  # the descriptors were not computed (and stored) for nothing
+    afile = tmp_path / 'afile'
+    afile.write_text('x')
+    _refused(invoke('report', '1', '--out', str(afile), '--json'), 'exists and is not a folder')
+    config = tmp_path / 'pipeline.yaml'
+    config.write_text('elements: [Cu]\n')
+    _refused(invoke('run', str(config), '--out', str(afile / 'sub'), '--json'), 'is a file, so')
+    assert n_processes() == before
+    # the npz and the map are reported where they are written (np.savez adds .npz, plots are .png)
+    extxyz = tmp_path / 'set.extxyz'
+    dataset.write_extxyz(str(extxyz))
+    out, png = tmp_path / 'desc', tmp_path / 'map'
+    done = invoke('descriptors', str(extxyz), '--kind', 'chebyshev', '--out', str(out), '--map', str(png), '--json')
+    assert done.exit_code == 0, done.output
+    result = last_json(done)
+    assert result['out'] == str(out) + '.npz' and (tmp_path / 'desc.npz').is_file()
+    assert result['map'] == str(png) + '.png' and (tmp_path / 'map.png').is_file()
+    # a mistyped path is named as such
+    _refused(invoke('descriptors', str(tmp_path / 'nofile.extxyz'), '--json'), 'neither an existing file', code=4)
+
+
+def test_option_combinations_are_refused_early(worker_code, tmp_path):
+    """Options that would be ignored or fail later are refused with exit 2 and no process."""
+    from ase.build import bulk as build
+
+    candidate = tmp_path / 'Ag.cif'
+    write(candidate, build('Ag', 'fcc', a=4.09))
+    before = n_processes()
+    screen = ['screen', '--elements', 'Cu', 'Au']
+    _refused(invoke('reference', '--elements', 'Cu', '--calculator', 'mlmat', '--json'), 'not a reference method')
+    _refused(invoke(*screen, '--calculator', 'mlmat', '--generate', '2', '--json'), 'give --potential PK')
+    _refused(
+        invoke(*screen, '--calculator', 'emt', '--generate', '2', '--candidates', str(candidate), '--json'), 'one of'
+    )
+    _refused(
+        invoke(*screen, '--calculator', 'emt', '--generate', '2', '--verify-calculator', 'emt', '--json'),
+        '--verify-calculator needs --verify-top K',
+    )
+    _refused(
+        invoke(*screen, '--calculator', 'emt', '--candidates', str(candidate), '--json'),
+        'no candidate lies in the chemical system Cu-Au',
+    )
+    _refused(invoke('setup', '--slurm-user', 'bob', '--slurm-partition', 'gpu', '--json'), 'need --slurm-host HOST')
+    if not __import__('torch').cuda.is_available():
+        extxyz = tmp_path / 'set.extxyz'
+        _stored_set(2).write_extxyz(str(extxyz))
+        _refused(invoke('descriptors', str(extxyz), '--device', 'cuda', '--json'), 'no CUDA device is visible')
+    assert n_processes() == before
+
+
+def test_potential_export_refuses_a_folder_that_is_not_empty(worker_code, tmp_path):
+    """Member files of an earlier export would mix with the new ones (and fail its sha256 check on loading)."""
+    from aiida_mlmat.data.potential import PotentialData
+    from aiida_mlmat.ml.model import build_model, default_config, save_model
+
+    config = default_config(['Cu', 'Au'])
+    config['hidden'] = [4]
+    save_model(build_model(config), str(tmp_path / 'member.pt'))
+    potential = PotentialData([(tmp_path / 'member.pt').read_bytes()], config=config).store()
+    stale = tmp_path / 'stale'
+    stale.mkdir()
+    (stale / 'member_2.pt').write_bytes(b'old')
+    _refused(invoke('potential', 'export', str(potential.pk), str(stale), '--json'), 'is not empty')
+    fresh = invoke('potential', 'export', str(potential.pk), str(tmp_path / 'fresh'), '--json')
+    assert fresh.exit_code == 0 and last_json(fresh)['files'] == ['member_0.pt']
+
+
+def test_no_traceback_reaches_the_user(worker_code, monkeypatch):
+    """A root-level option error, and an error no check foresaw, still end stdout with the JSON error object; the
+    unforeseen one exits 1 in one line that says how to see the traceback."""
+    _refused(invoke('--json', 'dataset', 'show', '1'), 'No such option: --json')
+    dataset = _stored_set(2)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError('boom')
+
+    monkeypatch.setattr('aiida_mlmat.cli.commands.dataset_show', broken)
+    error = _refused(invoke('dataset', 'show', str(dataset.pk), '--json'), 'unexpected error RuntimeError: boom', 1)
+    assert 'MLMAT_DEBUG=1' in error['error']
+    monkeypatch.setenv('MLMAT_DEBUG', '1')
+    with pytest.raises(RuntimeError, match='boom'):
+        invoke('dataset', 'show', str(dataset.pk), '--json')
+
+
+def test_json_has_no_nan_and_an_excepted_step_shows_its_exception(worker_code):
+    """Non-finite numbers print as null (strict JSON); an excepted process's reason is its exception's last line."""
+    from aiida.engine import calcfunction, run_get_node
+
+    from aiida_mlmat.cli.utils import _finite, process_reason
+
+    assert json.loads(json.dumps(_finite({'a': float('nan'), 'b': [1.0, float('inf')], 'c': (2,)}))) == {
+        'a': None,
+        'b': [1.0, None],
+        'c': [2],
+    }
+
+    @calcfunction
+    def fails(x):
+        raise ValueError(f'calculator `nosuch` is not registered ({x.value})')
+
+    with pytest.raises(ValueError):
+        run_get_node(fails, x=orm.Int(1))
+    node = orm.QueryBuilder().append(orm.CalcFunctionNode).order_by({orm.CalcFunctionNode: {'id': 'desc'}}).first()[0]
+    assert node.is_excepted
+    assert process_reason(node) == 'ValueError: calculator `nosuch` is not registered (1)'
