@@ -17,7 +17,7 @@ from aiida_mlmat.common.constants import (
     STRUCTURES_FILE,
 )
 from aiida_mlmat.data.configurations import ConfigurationSetData
-from aiida_mlmat.worker.calculators import UnknownCalculatorError, check_name
+from aiida_mlmat.worker.calculators import UnknownCalculatorError, check_name, parameters_error
 
 
 def calculator_spec_error(spec: Any) -> str | None:
@@ -35,7 +35,8 @@ def calculator_spec_error(spec: Any) -> str | None:
         return f'calculator: {exc}'
     if not isinstance(spec.get('parameters', {}), dict):
         return 'calculator: `parameters` must be a dictionary of keyword arguments'
-    return None
+    error = parameters_error(spec['name'], spec.get('parameters', {}))
+    return f'calculator: {error}' if error else None
 
 
 def validate_calculator(value: orm.Dict | None, _: Any = None) -> str | None:

@@ -103,6 +103,36 @@ def _mlmat_calculator(cls: Any, kwargs: dict[str, Any]) -> Any:
     return cls.from_directory(directory, device=device)
 
 
+#: Built-in calculators whose keyword arguments are a small, closed set: their ASE class's ``default_parameters``.
+CLOSED_PARAMETERS = ('emt', 'lj')
+
+
+def parameters_error(name: str, parameters: Any) -> str | None:
+    """Why ``parameters`` cannot be given to the calculator ``name``, or None.
+
+    Checked only where the set of keyword arguments is closed (:data:`CLOSED_PARAMETERS`): an unknown key would be
+    recorded in the provenance but ignored (EMT) or fail every job (LJ), and a string where ASE expects a flag or a
+    number would silently change the energies.
+    """
+    if name not in CLOSED_PARAMETERS or not isinstance(parameters, dict):
+        return None
+    module_name, class_name = BUILTIN[name][:2]
+    defaults = getattr(importlib.import_module(module_name), class_name).default_parameters
+    unknown = sorted(set(parameters) - set(defaults))
+    if unknown:
+        return f'calculator `{name}` takes no parameter(s) {unknown}; it takes {", ".join(sorted(defaults))}'
+    for key, value in parameters.items():
+        default = defaults[key]
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                return f'calculator `{name}`: `{key}` must be true or false, got {value!r}'
+        elif (default is None or isinstance(default, int | float)) and (
+            value is not None and (isinstance(value, bool) or not isinstance(value, int | float))
+        ):
+            return f'calculator `{name}`: `{key}` must be a number, got {value!r}'
+    return None
+
+
 def get_factory(name: str) -> Callable[[dict[str, Any]], Any]:
     """Return a factory that builds a fresh calculator from JSON keyword arguments.
 

@@ -103,6 +103,8 @@ def test_dataset_import_refuses_corrupt_files(tmp_path, content, message):
         (['--elements', 'Cu', 'Qq', '--calculator', 'emt'], 'unknown element `Qq`'),
         (['--elements', 'Cu', '--calculator', 'nosuch'], 'unknown calculator `nosuch`'),
         (['--elements', 'Cu', '--calculator', 'emt', '--calculator-params', '{bad'], 'not valid JSON'),
+        (['--elements', 'Cu', '--calculator', 'emt', '--calculator-params', '{"foo": 1}'], "no parameter(s) ['foo']"),
+        (['--elements', 'Cu', '--calculator', 'emt', '--calculator-params', '{"asap_cutoff": "yes"}'], 'true or false'),
         (['--calculator', 'emt'], 'give `--elements`'),
         (['--structures', '/no/such/file.cif', '--calculator', 'emt'], 'does not exist'),
     ],

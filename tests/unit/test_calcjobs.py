@@ -189,10 +189,11 @@ def test_label_without_any_limit_has_no_max_seconds(prepare):
 
 
 def test_worker_input_classmethod():
-    inputs = {'configurations': configurations(1), 'calculator': orm.Dict({'name': 'emt', 'parameters': {'a': 1}})}
+    emt = {'name': 'emt', 'parameters': {'asap_cutoff': True}}
+    inputs = {'configurations': configurations(1), 'calculator': orm.Dict(emt)}
     data = LabelCalculation.worker_input(inputs, max_seconds=7.0)
     assert data['max_seconds'] == 7.0
-    assert data['calculator'] == {'name': 'emt', 'parameters': {'a': 1}}
+    assert data['calculator'] == emt
     assert data['properties'] == ['energy', 'forces', 'stress']
     assert 'max_seconds' not in SampleCalculation.worker_input({'structures': seeds()}, max_seconds=7.0)
 
@@ -277,7 +278,17 @@ def test_label_negative_soft_time_limit_is_refused_before_submission(instantiate
 
 def test_calculator_spec_error():
     assert calculator_spec_error({'name': 'emt'}) is None
-    assert calculator_spec_error({'name': 'emt', 'parameters': {'x': 1}}) is None
+    assert calculator_spec_error({'name': 'emt', 'parameters': {'asap_cutoff': True}}) is None
+    assert calculator_spec_error({'name': 'lj', 'parameters': {'sigma': 2.3, 'epsilon': 1, 'rc': None}}) is None
+    # EMT and LJ take a closed set of keyword arguments: a typo or a wrong type is refused, not ignored
+    assert calculator_spec_error({'name': 'emt', 'parameters': {'x': 1}}) == (
+        "calculator: calculator `emt` takes no parameter(s) ['x']; it takes asap_cutoff"
+    )
+    assert 'must be true or false' in calculator_spec_error({'name': 'emt', 'parameters': {'asap_cutoff': 'yes'}})
+    assert 'must be a number' in calculator_spec_error({'name': 'lj', 'parameters': {'sigma': 'abc'}})
+    assert 'must be a number' in calculator_spec_error({'name': 'lj', 'parameters': {'rc': True}})
+    # other calculators take open-ended arguments, checked by the calculator itself
+    assert calculator_spec_error({'name': 'gpaw', 'parameters': {'anything': 1}}) is None
     assert calculator_spec_error('emt').startswith('calculator: expected a dictionary')
     assert 'registered:' in calculator_spec_error({'name': 'nope'})
 
