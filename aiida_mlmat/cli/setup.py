@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -40,11 +41,18 @@ def ensure_profile(name: str | None) -> Any:
     from aiida.common.exceptions import MissingConfigurationError, ProfileConfigurationError
     from aiida.manage.configuration import get_config
 
+    if name is not None and not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_.-]*', name):
+        from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT
+
+        raise MlmatCliError(
+            f'--profile: {name!r} is not a usable profile name (letters, digits, `_`, `.`, `-`)', EXIT_INVALID_INPUT
+        )
     try:
         config = get_config(create=True)
         names = config.profile_names
+        previous_default = config.default_profile_name
     except MissingConfigurationError:
-        names = []
+        names, previous_default = [], None
     if name is None and names:
         return load_profile(allow_switch=True)
     if name is not None and name in names:
@@ -60,6 +68,14 @@ def ensure_profile(name: str | None) -> Any:
     from aiida.manage.configuration import reset_config
 
     reset_config()
+    if name and previous_default and previous_default != name:  # `verdi presto` made the new profile the default
+        config = get_config()
+        config.set_default_profile(previous_default, overwrite=True).store()
+        click.echo(
+            f'made profile `{name}`; the default profile stays `{previous_default}` '
+            f'(`verdi profile set-default {name}` to change it)',
+            err=True,
+        )
     try:
         return load_profile(name, allow_switch=True)
     except (MissingConfigurationError, ProfileConfigurationError) as exc:  # pragma: no cover - defensive

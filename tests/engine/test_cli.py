@@ -237,6 +237,7 @@ def test_option_combinations_are_refused_early(worker_code, tmp_path):
         'no candidate lies in the chemical system Cu-Au',
     )
     _refused(invoke('setup', '--slurm-user', 'bob', '--slurm-partition', 'gpu', '--json'), 'need --slurm-host HOST')
+    _refused(invoke('setup', '--profile', 'bad name/x', '--json'), "'bad name/x' is not a usable profile name")
     if not __import__('torch').cuda.is_available():
         extxyz = tmp_path / 'set.extxyz'
         _stored_set(2).write_extxyz(str(extxyz))
