@@ -19,6 +19,7 @@ from aiida_mlmat.cli.utils import (
     output_file,
     output_folder,
     parse_json_option,
+    process_reason,
     read_structures,
     wait_for,
 )
@@ -238,7 +239,9 @@ def descriptors(profile: str | None, **kwargs: Any) -> None:
             raise MlmatCliError(f'invalid input: {error.message}')
         outputs, calc = run_get_node(builder)
         if not calc.is_finished_ok:
-            raise MlmatCliError(f'{calc.process_label}<{calc.pk}> failed: {calc.exit_message}', 3)
+            raise MlmatCliError(
+                f'{calc.process_label}<{calc.pk}> failed: {process_reason(calc)}', 3, {'process': calc.pk}
+            )
         data = outputs['descriptors']
         arrays, means = data.get_all(), data.get_means()
         spec_dict = data.definition

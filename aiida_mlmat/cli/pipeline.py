@@ -17,6 +17,7 @@ from aiida_mlmat.cli.utils import (
     load_node,
     load_profile,
     output_folder,
+    process_reason,
     wait_for,
 )
 
@@ -46,7 +47,8 @@ def summary_markdown(node: Any, plots: list[str]) -> str:
     """A Markdown summary of a finished (or failed) mlmat workflow: stages, headline figures, plots."""
     lines = [f'# {node.process_label}<{node.pk}>', '', f'- UUID: `{node.uuid}`']
     state = node.process_state.value if node.process_state else 'unknown'
-    lines.append(f'- state: {state}, exit status {node.exit_status} {node.exit_message or ""}'.rstrip())
+    reason = f': {process_reason(node)}' if node.is_failed or node.is_excepted else ''
+    lines.append(f'- state: {state}, exit status {node.exit_status}{reason}')
     lines += ['', '## Stages', '', '| step | process | state | exit status |', '|---|---|---|---|']
     for child in sorted(node.called, key=lambda n: n.ctime):
         child_state = child.process_state.value if child.process_state else 'unknown'

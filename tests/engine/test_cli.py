@@ -300,3 +300,20 @@ def test_json_has_no_nan_and_an_excepted_step_shows_its_exception(worker_code):
     node = orm.QueryBuilder().append(orm.CalcFunctionNode).order_by({orm.CalcFunctionNode: {'id': 'desc'}}).first()[0]
     assert node.is_excepted
     assert process_reason(node) == 'ValueError: calculator `nosuch` is not registered (1)'
+
+
+def test_report_of_an_excepted_workflow_names_the_exception(worker_code):
+    """`mlmat report` on a workflow that excepted says why, instead of "exit status None"."""
+    from aiida.engine import run_get_node, workfunction
+
+    from aiida_mlmat.cli.pipeline import summary_markdown
+
+    @workfunction
+    def breaks(x):
+        raise RuntimeError(f'the reference stage lost its Code ({x.value})')
+
+    with pytest.raises(RuntimeError):
+        run_get_node(breaks, x=orm.Int(2))
+    node = orm.QueryBuilder().append(orm.WorkFunctionNode).order_by({orm.WorkFunctionNode: {'id': 'desc'}}).first()[0]
+    text = summary_markdown(node, [])
+    assert '- state: excepted, exit status None: RuntimeError: the reference stage lost its Code (2)' in text
