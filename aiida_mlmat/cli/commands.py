@@ -298,6 +298,15 @@ def train(profile: str | None, **kwargs: Any) -> None:
     if kwargs['max_minutes']:
         options['max_wallclock_seconds'] = int(kwargs['max_minutes'] * 60)
     code = load_code(f'mlmat-worker@{kwargs["computer"]}')
+    wants_cuda = kwargs['device'] == 'cuda' or bool(kwargs['gpus'])
+    if wants_cuda and code.computer.transport_type == 'core.local':  # this machine: ask torch now, not the job
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MlmatCliError(
+                f'--device cuda / --gpus: no CUDA device is visible on `{kwargs["computer"]}` (this machine); '
+                'train on a GPU node (--computer) or with --device cpu'
+            )
     try:
         builder = TrainingWorkChain.get_builder_from_protocol(
             code,

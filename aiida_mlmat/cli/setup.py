@@ -146,6 +146,10 @@ def python_has(python: str, modules: str) -> bool:
 def find_gpaw_python(given: str | None) -> str | None:
     """Return a Python interpreter that imports gpaw: the given one (refused if it cannot), else a known place."""
     if given:
+        if not Path(given).is_file() and not shutil.which(given):
+            from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT
+
+            raise MlmatCliError(f'--gpaw-python: `{given}` does not exist', EXIT_INVALID_INPUT)
         if not python_has(given, 'gpaw, ase'):
             raise MlmatCliError(f'`{given}` cannot import gpaw and ase; give a Python that has GPAW', EXIT_SETUP)
         return given

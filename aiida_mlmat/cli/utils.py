@@ -126,8 +126,10 @@ class GreedyOption(click.Option):
 
     def _make_process(self, parser: Any) -> Any:
         def process(value: Any, state: Any) -> None:
-            values = [value]
             prefixes = tuple(parser._opt_prefixes)
+            if str(value).startswith('--'):  # `--elements --calculator emt`: no value was given
+                raise click.BadOptionUsage(self.name or '', f'{self.opts[0]} needs at least one value, got `{value}`')
+            values = [value]
             while state.rargs and not state.rargs[0].startswith(prefixes):
                 values.append(state.rargs.pop(0))
             for item in values:
@@ -336,7 +338,8 @@ def read_structures(paths: Sequence[str]) -> list[Any]:
         except FileNotFoundError as exc:
             raise MlmatCliError(f'structure file `{path}` does not exist') from exc
         except Exception as exc:
-            raise MlmatCliError(f'cannot read structure file `{path}`: {type(exc).__name__}: {exc}') from exc
+            detail = f'{type(exc).__name__}: {exc}' if str(exc) else f'its content is not valid ({type(exc).__name__})'
+            raise MlmatCliError(f'cannot read structure file `{path}`: {detail}') from exc
         read_frames = read_frames if isinstance(read_frames, list) else [read_frames]
         if not read_frames:
             raise MlmatCliError(f'structure file `{path}` holds no structure')

@@ -185,6 +185,25 @@ def _semantic_error(config: dict[str, Any]) -> str | None:
     return None
 
 
+def _unique_keys_loader() -> Any:
+    """A ``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f'the key `{key}` is given twice', key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read and validate a YAML configuration file.
 
@@ -197,7 +216,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f'no such configuration file: {path}')
     try:
         with path.open(encoding='utf-8') as handle:  # the stream's name goes into YAML's error marks
-            config = yaml.safe_load(handle)
+            config = yaml.load(handle, Loader=_unique_keys_loader())  # a SafeLoader subclass
     except UnicodeDecodeError as exc:
         raise ConfigError(f'{path} is not a text (UTF-8) YAML file: {exc.reason} at byte {exc.start}') from exc
     except yaml.YAMLError as exc:

@@ -238,10 +238,16 @@ def test_option_combinations_are_refused_early(worker_code, tmp_path):
     )
     _refused(invoke('setup', '--slurm-user', 'bob', '--slurm-partition', 'gpu', '--json'), 'need --slurm-host HOST')
     _refused(invoke('setup', '--profile', 'bad name/x', '--json'), "'bad name/x' is not a usable profile name")
+    _refused(invoke('setup', '--gpaw-python', '/no/such/python', '--json'), '`/no/such/python` does not exist')
+    _refused(invoke('reference', '--elements', '--calculator', 'emt', '--json'), '--elements needs at least one value')
+    _refused(invoke(*screen, '--calculator', 'emt', '--candidates', '--json'), '--candidates needs at least one value')
     if not __import__('torch').cuda.is_available():
         extxyz = tmp_path / 'set.extxyz'
         _stored_set(2).write_extxyz(str(extxyz))
         _refused(invoke('descriptors', str(extxyz), '--device', 'cuda', '--json'), 'no CUDA device is visible')
+        dataset = _stored_set(2)
+        _refused(invoke('train', str(dataset.pk), '--device', 'cuda', '--json'), 'no CUDA device is visible on')
+        _refused(invoke('train', str(dataset.pk), '--gpus', '1', '--json'), 'no CUDA device is visible on')
     assert n_processes() == before
 
 

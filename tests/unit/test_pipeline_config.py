@@ -79,3 +79,11 @@ def test_binary_file_is_refused_as_not_text(tmp_path):
     broken.write_text('elements: [Cu\n')
     with pytest.raises(ConfigError, match=r'in ".*broken\.yaml", line 1'):  # names the file
         load_config(broken)
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    """PyYAML would keep the last `elements` silently; the configuration names the key and the line instead."""
+    twice = tmp_path / 'twice.yaml'
+    twice.write_text('elements: [Cu, Au]\ntraining: {ensemble: 2}\nelements: [Cu]\n')
+    with pytest.raises(ConfigError, match=r'the key `elements` is given twice\n  in ".*twice\.yaml", line 3'):
+        load_config(twice)
