@@ -293,7 +293,14 @@ def train(profile: str | None, **kwargs: Any) -> None:
     dataset = load_node(kwargs['dataset_identifier'], ConfigurationSetData)
     if kwargs['ensemble']:
         overrides['ensemble_size'] = kwargs['ensemble']
-    overrides.setdefault('training', {})['device'] = kwargs['device']
+    training = overrides.setdefault('training', {})
+    if not isinstance(training, dict):
+        raise MlmatCliError(f'--overrides: `training` must be a mapping of training parameters, got {training!r}')
+    if 'device' in training and kwargs['device'] != 'auto' and training['device'] != kwargs['device']:
+        raise MlmatCliError(
+            f'--device {kwargs["device"]} and --overrides training.device {training["device"]!r} differ'
+        )
+    training.setdefault('device', kwargs['device'])
     options: dict[str, Any] = {}
     if kwargs['max_minutes']:
         options['max_wallclock_seconds'] = int(kwargs['max_minutes'] * 60)

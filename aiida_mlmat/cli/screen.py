@@ -61,11 +61,28 @@ def build_screen_inputs(**kwargs: Any) -> dict[str, Any]:
         raise MlmatCliError('--calculator: for a trained potential give --potential PK')
     if kwargs['verify_calculator'] and not kwargs['verify_top']:
         raise MlmatCliError('--verify-calculator needs --verify-top K (how many of the top candidates to check)')
+    from aiida_mlmat.worker.structures import check_element
+
+    for symbol in elements:
+        try:
+            check_element(symbol)
+        except ValueError as exc:
+            raise MlmatCliError(f'--elements: {exc}') from exc
+    if len(set(elements)) != len(elements):
+        raise MlmatCliError(f'--elements: an element is named twice in {elements}')
+    from aiida_mlmat.calcjobs.label import calculator_spec_error
+
+    potential = load_node(kwargs['potential'], PotentialData) if kwargs['potential'] else None
+    calculator_params = parse_json_option(kwargs['calculator_params'], '--calculator-params')
+    verify_params = parse_json_option(kwargs['verify_params'], '--verify-params')
+    if kwargs['verify_calculator']:
+        error = calculator_spec_error({'name': kwargs['verify_calculator'], 'parameters': verify_params})
+        if error:
+            raise MlmatCliError(f'--verify-{error}')
     if kwargs['calculator']:  # refuse a bad energy model before anything is stored
-        from aiida_mlmat.calcjobs.label import calculator_spec_error
         from aiida_mlmat.worker.calculators import unsupported_elements
 
-        error = calculator_spec_error({'name': kwargs['calculator']})
+        error = calculator_spec_error({'name': kwargs['calculator'], 'parameters': calculator_params})
         if error:
             raise MlmatCliError(f'--{error}')
         unsupported = unsupported_elements(kwargs['calculator'], elements)
@@ -87,11 +104,10 @@ def build_screen_inputs(**kwargs: Any) -> dict[str, Any]:
         inputs['candidates'] = candidates_from_files(**nodes)
     else:
         inputs['generate'] = orm.Dict({'max_atoms': kwargs['generate']})
-    if kwargs['potential']:
-        inputs['potential'] = load_node(kwargs['potential'], PotentialData)
+    if potential is not None:
+        inputs['potential'] = potential
     else:
-        params = parse_json_option(kwargs['calculator_params'], '--calculator-params')
-        inputs['calculator'] = orm.Dict({'name': kwargs['calculator'], 'parameters': params})
+        inputs['calculator'] = orm.Dict({'name': kwargs['calculator'], 'parameters': calculator_params})
     if kwargs['references']:
         try:
             inputs['references'] = _reference_set(kwargs['references'])
@@ -109,10 +125,9 @@ def build_screen_inputs(**kwargs: Any) -> dict[str, Any]:
     if kwargs['verify_top']:
         if not kwargs['verify_calculator']:
             raise MlmatCliError('--verify-top needs --verify-calculator NAME (the reference method)')
-        params = parse_json_option(kwargs['verify_params'], '--verify-params')
         inputs['verify'] = {
             'top': orm.Int(kwargs['verify_top']),
-            'calculator': orm.Dict({'name': kwargs['verify_calculator'], 'parameters': params}),
+            'calculator': orm.Dict({'name': kwargs['verify_calculator'], 'parameters': verify_params}),
             'relax': orm.Bool(kwargs['verify_relax']),
         }
     inputs['code'] = load_code(f'mlmat-worker@{kwargs["computer"]}')

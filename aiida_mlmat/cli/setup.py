@@ -217,7 +217,8 @@ def run_setup(
     if given and not slurm_host:
         from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT
 
-        raise MlmatCliError(f'{", ".join(given)} need --slurm-host HOST (the SLURM login node)', EXIT_INVALID_INPUT)
+        verb = 'need' if len(given) > 1 else 'needs'
+        raise MlmatCliError(f'{", ".join(given)} {verb} --slurm-host HOST (the SLURM login node)', EXIT_INVALID_INPUT)
     if slurm_host:
         import getpass
 

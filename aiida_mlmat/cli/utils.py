@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from aiida_mlmat.common.values import non_finite_path
+
 #: Exit codes of the ``mlmat`` commands (click itself uses 2 for usage errors).
 EXIT_OK = 0
 EXIT_INVALID_INPUT = 2
@@ -90,6 +92,8 @@ def unforeseen_error(exc: Exception) -> MlmatCliError:
     if isinstance(exc, OSError) and exc.filename:
         what = exc.strerror or type(exc).__name__
         return MlmatCliError(f'`{exc.filename}`: {what}', EXIT_INVALID_INPUT)
+    if isinstance(exc, OSError):  # the system, not the input nor a bug: a full disk, a lost connection
+        return MlmatCliError(f'system error {type(exc).__name__}: {exc}', EXIT_UNEXPECTED)
     return MlmatCliError(
         f'unexpected error {type(exc).__name__}: {exc} (a bug in aiida-mlmat; rerun with MLMAT_DEBUG=1 for the '
         'traceback and report it)',
@@ -301,6 +305,8 @@ def output_file(path: str, option: str, suffix: str | None = None) -> Path:
         target = target.with_name(target.name + suffix)
     if target.is_dir():
         raise MlmatCliError(f'{option}: `{target}` is a folder; give a file name')
+    if target.parent.exists() and not target.parent.is_dir():
+        raise MlmatCliError(f'{option}: `{target.parent}` is a file, so `{target}` cannot be written')
     if not target.parent.is_dir():
         raise MlmatCliError(f'{option}: the folder `{target.parent}` of `{target.name}` does not exist')
     return target
@@ -356,12 +362,19 @@ def parse_json_option(value: str | None, name: str) -> dict[str, Any]:
     """Parse a JSON object given on the command line."""
     if not value:
         return {}
+
+    def no_constant(constant: str) -> None:
+        raise MlmatCliError(f'{name}: {constant} is not a number that can be stored; give a finite value')
+
     try:
-        data = json.loads(value)
+        data = json.loads(value, parse_constant=no_constant)
     except json.JSONDecodeError as exc:
         raise MlmatCliError(f'{name}: not valid JSON ({exc})') from exc
     if not isinstance(data, dict):
         raise MlmatCliError(f'{name}: expected a JSON object such as {{"key": value}}')
+    where = non_finite_path(data)
+    if where is not None:
+        raise MlmatCliError(f'{name}: `{where}` is not a finite number (too large?); give a finite value')
     return data
 
 

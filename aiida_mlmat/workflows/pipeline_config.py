@@ -136,6 +136,11 @@ def validate_config(config: Any) -> dict[str, Any]:
             else:
                 messages.append(f'{where}: {error.message}')
         raise ConfigError('invalid pipeline configuration: ' + '; '.join(messages))
+    from aiida_mlmat.common.values import non_finite_path
+
+    where = non_finite_path(config)
+    if where is not None:
+        raise ConfigError(f'invalid pipeline configuration: {where}: not a finite number (.nan, .inf, too large)')
     merged = {'elements': list(config['elements']), 'computer': config.get('computer', DEFAULTS['computer'])}
     for section in ('reference', 'training', 'active_learning', 'screening'):
         merged[section] = {**DEFAULTS[section], **config.get(section, {})}

@@ -36,9 +36,18 @@ def test_reference_wait_json_and_dataset_round_trip(started_daemon_client, worke
     write(seed, bulk('Cu', 'fcc', a=3.6, cubic=True))
     overrides = json.dumps({'sample': {'supercell': [1, 1, 1], 'rattle': {'count': 3, 'stdev': 0.05}}, 'chunk_size': 3})
     result = invoke(
-        'reference', '--structures', str(seed), '--elements', 'Cu', '--calculator', 'emt',
-        '--overrides', overrides, '--wait', '--json',
-    )  # fmt: skip
+        'reference',
+        '--structures',
+        str(seed),
+        '--elements',
+        'Cu',
+        '--calculator',
+        'emt',
+        '--overrides',
+        overrides,
+        '--wait',
+        '--json',
+    )
     assert result.exit_code == 0, result.output
     data = last_json(result)
     assert set(data) == {'process', 'configurations', 'n_configurations', 'n_excluded'}
@@ -148,9 +157,20 @@ def test_failed_process_with_wait_json_names_it(started_daemon_client, worker_co
     write(seed, bulk('Cu', 'fcc', a=3.6, cubic=True))
     overrides = json.dumps({'sample': {'supercell': [1, 1, 1], 'rattle': {'count': 2, 'stdev': 0.05}}, 'chunk_size': 8})
     result = invoke(
-        'reference', '--structures', str(seed), '--elements', 'Cu', '--calculator', 'faulty',
-        '--calculator-params', json.dumps({'raise_for': ['Cu4', 'Cu3']}), '--overrides', overrides, '--wait', '--json',
-    )  # fmt: skip
+        'reference',
+        '--structures',
+        str(seed),
+        '--elements',
+        'Cu',
+        '--calculator',
+        'faulty',
+        '--calculator-params',
+        json.dumps({'raise_for': ['Cu4', 'Cu3']}),
+        '--overrides',
+        overrides,
+        '--wait',
+        '--json',
+    )
     assert result.exit_code == 3, result.output
     assert len(result.stdout.strip().splitlines()) == 1
     data = last_json(result)
@@ -323,3 +343,63 @@ def test_report_of_an_excepted_workflow_names_the_exception(worker_code):
     node = orm.QueryBuilder().append(orm.WorkFunctionNode).order_by({orm.WorkFunctionNode: {'id': 'desc'}}).first()[0]
     text = summary_markdown(node, [])
     assert '- state: excepted, exit status None: RuntimeError: the reference stage lost its Code (2)' in text
+
+
+def test_non_finite_numbers_null_sections_and_conflicts_are_refused(worker_code, tmp_path):
+    """NaN, inf and 1e400 cannot be stored: refused naming the key; a null section, a device given twice
+    differently, and a bad energy model for screening are refused before any node or process is stored."""
+    dataset = _stored_set(2)
+    before = n_processes()
+    train = ['train', str(dataset.pk)]
+    _refused(invoke(*train, '--overrides', '{"training": {"learning_rate": NaN}}', '--json'), 'NaN is not a number')
+    _refused(
+        invoke(*train, '--overrides', '{"training": {"learning_rate": 1e400}}', '--json'), '`training.learning_rate`'
+    )
+    _refused(invoke(*train, '--overrides', '{"training": null}', '--json'), '`training` must be a mapping')
+    _refused(invoke(*train, '--overrides', '{"training": {"device": "tpu"}}', '--json'), "'tpu' is not one of")
+    _refused(invoke(*train, '--device', 'cpu', '--overrides', '{"training": {"device": "cuda"}}', '--json'), 'differ')
+    ref = ['reference', '--elements', 'Cu', '--calculator', 'emt']
+    _refused(invoke(*ref, '--overrides', '{"sample": null}', '--json'), 'sample: expected a mapping, got None')
+    config = tmp_path / 'inf.yaml'
+    config.write_text('elements: [Cu]\nactive_learning: {overrides: {training: {training: {learning_rate: .inf}}}}\n')
+    _refused(invoke('run', str(config), '--json'), 'active_learning.overrides.training.training.learning_rate: not')
+    config.write_text('elements: [Cu]\nactive_learning: {overrides: {training: null}}\n')
+    _refused(invoke('run', str(config), '--json'), 'training: expected a mapping, got None')
+    assert n_processes() == before
+
+    candidate = tmp_path / 'CuAu.cif'
+    atoms = bulk('Cu', 'fcc', a=3.8, cubic=True)
+    atoms.set_chemical_symbols(['Cu', 'Au', 'Cu', 'Au'])
+    write(candidate, atoms)
+    nodes = orm.QueryBuilder().append(orm.Node).count()
+    screen = ['screen', '--candidates', str(candidate), '--elements', 'Cu', 'Au']
+    _refused(invoke(*screen, '--calculator', 'emt', '--calculator-params', '{"foo": 1}', '--json'), "['foo']")
+    _refused(invoke(*screen, '--potential', str(dataset.pk), '--json'), 'not a PotentialData')
+    _refused(
+        invoke(
+            *screen,
+            '--calculator',
+            'emt',
+            '--verify-top',
+            '1',
+            '--verify-calculator',
+            'lj',
+            '--verify-params',
+            '{"sigma": "x"}',
+            '--json',
+        ),
+        '--verify-calculator: calculator `lj`: `sigma` must be a number',
+    )
+    _refused(
+        invoke('screen', '--candidates', str(candidate), '--elements', 'Cu', 'Xx', '--calculator', 'emt', '--json'),
+        'unknown element `Xx`',
+    )
+    _refused(
+        invoke('screen', '--candidates', str(candidate), '--elements', 'Cu', 'Cu', '--calculator', 'emt', '--json'),
+        'named twice',
+    )
+    assert orm.QueryBuilder().append(orm.Node).count() == nodes  # nothing stored for a refused screen
+    afile = tmp_path / 'afile.extxyz'
+    afile.write_text('x')
+    _refused(invoke('dataset', 'export', str(dataset.pk), str(afile / 'x.extxyz'), '--json'), 'is a file, so')
+    _refused(invoke('setup', '--slurm-partition', 'gpu', '--json'), '--slurm-partition needs --slurm-host')

@@ -90,11 +90,17 @@ def protocol_inputs_error(name: str, inputs: dict[str, Any]) -> str | None:
     Checked here, before any process runs: unknown keys (a typo would otherwise be ignored), the sampling settings
     and the training parameters against the worker's schema, and the trust bounds of active learning.
     """
+    mappings = {'reference': ('sample', 'select'), 'training': ('model', 'training')}.get(
+        name, ('training', 'retrain', 'exploration', 'selection', 'convergence')
+    )
+    for section in mappings:
+        if section in inputs and not isinstance(inputs[section], dict):
+            return f'{section}: expected a mapping, got {inputs[section]!r}'
     known = _KNOWN_KEYS.get(name, {})
     for section, keys in known.items():
-        value = inputs.get(section) if section else inputs
-        if value is None:
+        if section and section not in inputs:
             continue
+        value = inputs.get(section) if section else inputs
         if not isinstance(value, dict):
             return f'{section}: expected a mapping, got {value!r}'
         unknown = sorted(set(value) - keys - {'description'})
