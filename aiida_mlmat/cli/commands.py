@@ -50,7 +50,9 @@ def reference(profile: str | None, **kwargs: Any) -> None:
     if kwargs['chunk_size']:
         overrides['chunk_size'] = kwargs['chunk_size']
     if kwargs.get('select_n'):
-        overrides['select'] = {**overrides.get('select', {}), 'n': kwargs['select_n']}
+        if not isinstance(overrides.get('select') or {}, dict):
+            raise MlmatCliError(f'--overrides: `select` must be a mapping, got {overrides["select"]!r}')
+        overrides['select'] = {**(overrides.get('select') or {}), 'n': kwargs['select_n']}
     if not elements and not files:
         raise MlmatCliError('give `--elements` (e.g. --elements Cu Au) or `--structures FILE ...`')
     if calculator['name'] == 'mlmat':
@@ -180,7 +182,8 @@ def descriptors(profile: str | None, **kwargs: Any) -> None:
     result: dict[str, Any] = {'descriptors': None, 'process': None}
     # the output paths are checked before anything is computed or stored
     out_path = output_file(kwargs['out'], '--out', '.npz') if kwargs['out'] else None
-    map_path = output_file(kwargs['map_png'], '--map', '.png') if kwargs['map_png'] else None
+    images = ('.pdf', '.svg', '.jpg', '.jpeg', '.PNG', '.PDF', '.SVG', '.JPG', '.JPEG')
+    map_path = output_file(kwargs['map_png'], '--map', '.png', images) if kwargs['map_png'] else None
     if Path(source).is_file():
         import torch
 
@@ -305,8 +308,9 @@ def train(profile: str | None, **kwargs: Any) -> None:
     if kwargs['max_minutes']:
         options['max_wallclock_seconds'] = int(kwargs['max_minutes'] * 60)
     code = load_code(f'mlmat-worker@{kwargs["computer"]}')
-    wants_cuda = kwargs['device'] == 'cuda' or bool(kwargs['gpus'])
-    if wants_cuda and code.computer.transport_type == 'core.local':  # this machine: ask torch now, not the job
+    wants_cuda = training['device'] == 'cuda' or bool(kwargs['gpus'])
+    here = code.computer.transport_type == 'core.local' and code.computer.scheduler_type == 'core.direct'
+    if wants_cuda and here:  # the job runs on this machine: ask torch now, not the job
         import torch
 
         if not torch.cuda.is_available():

@@ -41,12 +41,6 @@ def ensure_profile(name: str | None) -> Any:
     from aiida.common.exceptions import MissingConfigurationError, ProfileConfigurationError
     from aiida.manage.configuration import get_config
 
-    if name is not None and not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_.-]*', name):
-        from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT
-
-        raise MlmatCliError(
-            f'--profile: {name!r} is not a usable profile name (letters, digits, `_`, `.`, `-`)', EXIT_INVALID_INPUT
-        )
     try:
         config = get_config(create=True)
         names = config.profile_names
@@ -57,6 +51,12 @@ def ensure_profile(name: str | None) -> Any:
         return load_profile(allow_switch=True)
     if name is not None and name in names:
         return load_profile(name, allow_switch=True)
+    if name is not None and not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_.-]*', name):
+        from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT
+
+        raise MlmatCliError(
+            f'--profile: {name!r} is not a usable profile name (letters, digits, `_`, `.`, `-`)', EXIT_INVALID_INPUT
+        )
     command = [str(Path(sys.executable).parent / 'verdi'), 'presto', '--use-zeromq']
     if name:
         command += ['--profile-name', name]
@@ -146,10 +146,6 @@ def python_has(python: str, modules: str) -> bool:
 def find_gpaw_python(given: str | None) -> str | None:
     """Return a Python interpreter that imports gpaw: the given one (refused if it cannot), else a known place."""
     if given:
-        if not Path(given).is_file() and not shutil.which(given):
-            from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT
-
-            raise MlmatCliError(f'--gpaw-python: `{given}` does not exist', EXIT_INVALID_INPUT)
         if not python_has(given, 'gpaw, ase'):
             raise MlmatCliError(f'`{given}` cannot import gpaw and ase; give a Python that has GPAW', EXIT_SETUP)
         return given
@@ -211,6 +207,10 @@ def run_setup(
 
     The SLURM host, user and key are checked first, so a bad one is refused before anything is registered.
     """
+    if gpaw_python and not Path(gpaw_python).is_file() and not shutil.which(gpaw_python):
+        from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT
+
+        raise MlmatCliError(f'--gpaw-python: `{gpaw_python}` does not exist', EXIT_INVALID_INPUT)
     slurm_target = None
     given = [name for name, value in (('--slurm-user', slurm_user), ('--slurm-key', slurm_key),
                                       ('--slurm-partition', slurm_partition)) if value is not None]  # fmt: skip

@@ -61,7 +61,7 @@ def is_known_host(host: str, port: int = 22, known_hosts: Path | None = None) ->
     keys = paramiko.HostKeys()
     try:
         keys.load(str(path))
-    except (OSError, ValueError, paramiko.SSHException):  # ValueError: UnicodeDecodeError of a binary file
+    except (OSError, ValueError, paramiko.SSHException, paramiko.hostkeys.InvalidHostKey):  # ValueError: not UTF-8
         return False
     return keys.lookup(host if port == 22 else f'[{host}]:{port}') is not None
 

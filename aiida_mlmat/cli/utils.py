@@ -70,7 +70,7 @@ class JsonErrorGroup(click.Group):
             self._echo_error(ctx, error)
             raise error from None
         except Exception as exc:
-            if os.environ.get('MLMAT_DEBUG'):
+            if os.environ.get('MLMAT_DEBUG', '').lower() in ('1', 'true', 'yes'):
                 raise
             error = unforeseen_error(exc)
             self._echo_error(ctx, error)
@@ -294,14 +294,15 @@ def _poll_until_terminated(node: Any, start: float, quiet: bool, poll: float, ti
         time.sleep(poll)
 
 
-def output_file(path: str, option: str, suffix: str | None = None) -> Path:
+def output_file(path: str, option: str, suffix: str | None = None, accepted: tuple[str, ...] = ()) -> Path:
     """Check, before any work, that ``path`` can be written as a file; return the path that will be written.
 
-    :param suffix: appended when ``path`` has none (``np.savez`` adds ``.npz``; plots are written as ``.png``).
+    :param suffix: appended when ``path`` does not end in it or in one of ``accepted`` (``np.savez`` appends
+        ``.npz`` to any other name; plots are written as ``.png`` unless another image type is named).
     :raises MlmatCliError: (exit 2) when its folder does not exist or it is an existing folder.
     """
     target = Path(path)
-    if suffix and not target.suffix:
+    if suffix and not target.name.endswith((suffix, *accepted)):
         target = target.with_name(target.name + suffix)
     if target.is_dir():
         raise MlmatCliError(f'{option}: `{target}` is a folder; give a file name')

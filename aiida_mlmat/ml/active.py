@@ -26,6 +26,11 @@ STOP_REASONS = (STOP_TARGET_ERROR, STOP_CONVERGED_FRACTION, STOP_MAX_ITERATIONS,
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
+#: Default trust bounds of the committee force disagreement, eV/Å (the workchain's `selection.lower/upper`).
+DEFAULT_LOWER = 0.05
+DEFAULT_UPPER = 0.5
+
+
 def check_bounds(lower: float, upper: float) -> str | None:
     """Return why trust bounds (eV/Å) are invalid, or None."""
     if not (np.isfinite(lower) and np.isfinite(upper)):

@@ -53,8 +53,10 @@ def _value(namespace: Any, key: str, default: Any = None) -> Any:
 
 def exploration_parameters(value: Any, iteration: int = 1) -> dict[str, Any]:
     """The ``mlmat.sample`` parameters of the exploration of an iteration (MD with the ensemble ``mlmat``)."""
+    from aiida_mlmat.ml.active import DEFAULT_UPPER
+
     exploration = value.get('exploration', {})
-    upper = _value(value.get('selection', {}), 'upper', 0.5)
+    upper = _value(value.get('selection', {}), 'upper', DEFAULT_UPPER)
     md: dict[str, Any] = {
         'calculator': {
             'name': 'mlmat',
@@ -87,7 +89,7 @@ def failure_reason(node: orm.ProcessNode) -> str:
 
 def validate_inputs(value: Any, _: Any = None) -> str | None:
     """Validate everything before the first job: data, bounds, counts, the exploration against the worker schema."""
-    from aiida_mlmat.ml.active import check_bounds, check_quantile
+    from aiida_mlmat.ml.active import DEFAULT_LOWER, DEFAULT_UPPER, check_bounds, check_quantile
     from aiida_mlmat.worker.calculators import unsupported_elements
     from aiida_mlmat.worker.schema import SCHEMA_VERSION, validate_input
 
@@ -127,7 +129,7 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
     if ensemble < 2:
         return f'training.ensemble_size: active learning needs a committee of at least 2 members, got {ensemble}'
     selection = value.get('selection', {})
-    lower, upper = _value(selection, 'lower', 0.05), _value(selection, 'upper', 0.5)
+    lower, upper = _value(selection, 'lower', DEFAULT_LOWER), _value(selection, 'upper', DEFAULT_UPPER)
     error = check_bounds(lower, upper)
     if error:
         return f'selection: {error}'

@@ -198,12 +198,20 @@ def _unique_keys_loader() -> Any:
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
             seen = set()
             for key_node, _ in node.value:
+                if key_node.tag == 'tag:yaml.org,2002:merge':  # `<<: *anchor` merges; its keys may repeat
+                    continue
                 key = self.construct_object(key_node, deep=deep)
-                if key in seen:
+                try:
+                    repeated = key in seen
+                    seen.add(key)
+                except TypeError as exc:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f'a key must be a plain value, got {key!r}', key_node.start_mark
+                    ) from exc
+                if repeated:
                     raise yaml.constructor.ConstructorError(
                         None, None, f'the key `{key}` is given twice', key_node.start_mark
                     )
-                seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
     return UniqueKeyLoader

@@ -87,3 +87,19 @@ def test_a_key_given_twice_is_refused(tmp_path):
     twice.write_text('elements: [Cu, Au]\ntraining: {ensemble: 2}\nelements: [Cu]\n')
     with pytest.raises(ConfigError, match=r'the key `elements` is given twice\n  in ".*twice\.yaml", line 3'):
         load_config(twice)
+
+
+def test_yaml_merge_keys_work_and_unhashable_keys_are_refused(tmp_path):
+    """`<<: *anchor` merges as YAML defines it; a list used as a key is a clear error."""
+    merged = tmp_path / 'merged.yaml'
+    merged.write_text(
+        'elements: [Cu, Au]\n'
+        'training: {ensemble: 2, overrides: {training: &tr {epochs: 5, batch_size: 4}}}\n'
+        'active_learning: {overrides: {retrain: {<<: *tr, epochs: 3}}}\n'
+    )
+    config = load_config(merged)
+    assert config['active_learning']['overrides']['retrain'] == {'epochs': 3, 'batch_size': 4}
+    listed = tmp_path / 'listed.yaml'
+    listed.write_text('elements: [Cu]\n? [a, b]\n: 1\n')
+    with pytest.raises(ConfigError, match='a key must be a plain value'):
+        load_config(listed)

@@ -138,8 +138,21 @@ def test_overrides_are_checked_before_any_process(name, overrides, message):
     with pytest.raises(ValueError, match=r'^overrides: ') as info:
         get_protocol_inputs(name, None, overrides)
     assert message in str(info.value)
-    for protocol in ('fast', 'balanced', 'precise'):
-        assert protocol_inputs_error(name, get_protocol_inputs(name, protocol)) is None
+
+
+def test_shipped_protocols_pass_and_null_means_the_default():
+    """Every protocol as shipped passes the check; null trust bounds and a null `retrain` keep their defaults."""
+    for name in ('reference', 'training', 'active_learning'):
+        for protocol, inputs in load_protocols(name)['protocols'].items():
+            assert protocol_inputs_error(name, inputs) is None, (name, protocol)
+    inputs = get_protocol_inputs(
+        'active_learning', 'fast', {'selection': {'lower': None, 'upper': 0.3}, 'retrain': None}
+    )
+    assert inputs['selection']['lower'] is None and inputs['retrain'] is None
+    with pytest.raises(ValueError, match=r'must be smaller than the upper one \(0.01 eV/Å\)'):
+        get_protocol_inputs('active_learning', 'fast', {'selection': {'lower': None, 'upper': 0.01}})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['1'\]"):
+        get_protocol_inputs('reference', 'fast', {1: 2})
 
 
 def test_recursive_merge_does_not_mutate():

@@ -50,6 +50,9 @@ def test_known_host_lookup_plain_hashed_and_port(tmp_path, host_key):
     garbage = tmp_path / 'garbage'
     garbage.write_bytes(b'\x00\xff not a known_hosts file\n')
     assert not is_known_host('login.cluster.example', known_hosts=garbage)
+    broken_key = tmp_path / 'broken_key'
+    broken_key.write_text('login.cluster.example ssh-rsa AAAA-not-base64\n')
+    assert not is_known_host('login.cluster.example', known_hosts=broken_key)
 
 
 def test_validate_slurm_target_refuses_an_unknown_host(tmp_path, host_key):
@@ -90,3 +93,35 @@ def test_setup_refuses_an_unknown_slurm_host_before_registering_anything(tmp_pat
     assert str(home / '.ssh' / 'known_hosts') in error['error']
     assert called == []
     assert 'Traceback' not in result.output
+
+
+def test_output_file_reports_the_name_numpy_and_matplotlib_write(tmp_path):
+    """np.savez appends .npz to any name not ending in it; plots keep a named image type, else get .png."""
+    from aiida_mlmat.cli.utils import output_file
+
+    assert output_file(str(tmp_path / 'data.v1'), '--out', '.npz') == tmp_path / 'data.v1.npz'
+    assert output_file(str(tmp_path / 'data.NPZ'), '--out', '.npz') == tmp_path / 'data.NPZ.npz'
+    assert output_file(str(tmp_path / 'data.npz'), '--out', '.npz') == tmp_path / 'data.npz'
+    assert output_file(str(tmp_path / 'map.svg'), '--map', '.png', ('.svg',)) == tmp_path / 'map.svg'
+    assert output_file(str(tmp_path / 'map.v1'), '--map', '.png', ('.svg',)) == tmp_path / 'map.v1.png'
+
+
+def test_mlmat_debug_only_when_asked(monkeypatch):
+    """MLMAT_DEBUG=0 keeps the one-line error; MLMAT_DEBUG=1 re-raises for the traceback."""
+    import click
+
+    from aiida_mlmat.cli.utils import JsonErrorGroup
+
+    @click.group(cls=JsonErrorGroup)
+    def group() -> None:
+        pass
+
+    @group.command()
+    def boom() -> None:
+        raise RuntimeError('boom')
+
+    monkeypatch.setenv('MLMAT_DEBUG', '0')
+    result = CliRunner().invoke(group, ['boom'])
+    assert result.exit_code == 1 and 'unexpected error RuntimeError: boom' in result.output
+    monkeypatch.setenv('MLMAT_DEBUG', '1')
+    assert isinstance(CliRunner().invoke(group, ['boom']).exception, RuntimeError)

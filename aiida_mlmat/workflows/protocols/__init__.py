@@ -94,16 +94,18 @@ def protocol_inputs_error(name: str, inputs: dict[str, Any]) -> str | None:
         name, ('training', 'retrain', 'exploration', 'selection', 'convergence')
     )
     for section in mappings:
+        if section == 'retrain' and inputs.get(section) is None:  # no retraining settings: train from scratch
+            continue
         if section in inputs and not isinstance(inputs[section], dict):
             return f'{section}: expected a mapping, got {inputs[section]!r}'
     known = _KNOWN_KEYS.get(name, {})
     for section, keys in known.items():
-        if section and section not in inputs:
+        if section and inputs.get(section) is None:  # absent, or null for the default (checked above)
             continue
         value = inputs.get(section) if section else inputs
         if not isinstance(value, dict):
             return f'{section}: expected a mapping, got {value!r}'
-        unknown = sorted(set(value) - keys - {'description'})
+        unknown = sorted(map(str, set(value) - keys - {'description'}))
         if unknown:
             return f'{section or "<top level>"}: unknown key(s) {unknown}; allowed: {", ".join(sorted(keys))}'
     trainings = {'training': inputs} if name == 'training' else {}
@@ -114,11 +116,13 @@ def protocol_inputs_error(name: str, inputs: dict[str, Any]) -> str | None:
             if error:
                 return error
         selection = inputs.get('selection') or {}
-        if 'lower' in selection or 'upper' in selection:
-            from aiida_mlmat.ml.active import check_bounds
+        if selection.get('lower') is not None or selection.get('upper') is not None:  # None: the default
+            from aiida_mlmat.ml.active import DEFAULT_LOWER, DEFAULT_UPPER, check_bounds
 
+            lower = selection['lower'] if selection.get('lower') is not None else DEFAULT_LOWER
+            upper = selection['upper'] if selection.get('upper') is not None else DEFAULT_UPPER
             try:
-                error = check_bounds(float(selection.get('lower', 0.05)), float(selection.get('upper', 0.5)))
+                error = check_bounds(float(lower), float(upper))
             except (TypeError, ValueError):
                 error = f'expected numbers (eV/Å), got {selection.get("lower")!r} and {selection.get("upper")!r}'
             if error:
