@@ -11,6 +11,7 @@ from aiida_mlmat.cli.utils import (
     EXIT_INVALID_INPUT,
     EXIT_NOT_FOUND,
     MlmatCliError,
+    check_elements_option,
     echo_json,
     ensure_daemon,
     load_code,
@@ -58,13 +59,7 @@ def reference(profile: str | None, **kwargs: Any) -> None:
     if calculator['name'] == 'mlmat':
         raise MlmatCliError('--calculator: `mlmat` is a trained potential, not a reference method (emt, gpaw, ...)')
 
-    from aiida_mlmat.worker.structures import check_element
-
-    for symbol in elements:
-        try:
-            check_element(symbol)
-        except ValueError as exc:
-            raise MlmatCliError(f'--elements: {exc}') from exc
+    check_elements_option(elements)
     frames = read_structures(files) if files else []
 
     load_profile(profile)

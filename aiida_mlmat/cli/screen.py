@@ -11,6 +11,7 @@ from aiida_mlmat.cli.utils import (
     EXIT_INVALID_INPUT,
     GreedyOption,
     MlmatCliError,
+    check_elements_option,
     echo_json,
     ensure_daemon,
     load_code,
@@ -61,13 +62,7 @@ def build_screen_inputs(**kwargs: Any) -> dict[str, Any]:
         raise MlmatCliError('--calculator: for a trained potential give --potential PK')
     if kwargs['verify_calculator'] and not kwargs['verify_top']:
         raise MlmatCliError('--verify-calculator needs --verify-top K (how many of the top candidates to check)')
-    from aiida_mlmat.worker.structures import check_element
-
-    for symbol in elements:
-        try:
-            check_element(symbol)
-        except ValueError as exc:
-            raise MlmatCliError(f'--elements: {exc}') from exc
+    check_elements_option(elements)
     if len(set(elements)) != len(elements):
         raise MlmatCliError(f'--elements: an element is named twice in {elements}')
     from aiida_mlmat.calcjobs.label import calculator_spec_error

@@ -332,6 +332,17 @@ def output_folder(path: str, option: str, empty: bool = False) -> Path:
     return target
 
 
+def check_elements_option(elements: Sequence[str], option: str = '--elements') -> None:
+    """Refuse an unknown chemical symbol given to ``option`` (exit 2), naming it."""
+    from aiida_mlmat.worker.structures import check_element
+
+    for symbol in elements:
+        try:
+            check_element(symbol)
+        except ValueError as exc:
+            raise MlmatCliError(f'{option}: {exc}') from exc
+
+
 def read_structures(paths: Sequence[str]) -> list[Any]:
     """Read structures from files (CIF, POSCAR, extxyz, ... as ASE reads them), with clear errors."""
     from ase.io import read
