@@ -17,7 +17,7 @@ from aiida_mlmat.common.constants import (
     STRUCTURES_FILE,
 )
 from aiida_mlmat.data.configurations import ConfigurationSetData
-from aiida_mlmat.worker.calculators import UnknownCalculatorError, check_name, parameters_error
+from aiida_mlmat.worker.calculators import UnknownCalculatorError, check_name, parameters_error, unsupported_elements
 
 
 def calculator_spec_error(spec: Any) -> str | None:
@@ -37,6 +37,24 @@ def calculator_spec_error(spec: Any) -> str | None:
         return 'calculator: `parameters` must be a dictionary of keyword arguments'
     error = parameters_error(spec['name'], spec.get('parameters', {}))
     return f'calculator: {error}' if error else None
+
+
+def reference_calculator_error(spec: Any, species: Any = ()) -> str | None:
+    """Return why ``spec`` cannot label reference data for the elements ``species``, or None.
+
+    On top of :func:`calculator_spec_error`: a trained potential (``mlmat``) is a model, not a reference method,
+    and a calculator with a known set of elements (EMT) must treat all of ``species``. Every message starts with
+    ``calculator:``.
+    """
+    error = calculator_spec_error(spec)
+    if error:
+        return error
+    if spec['name'] == 'mlmat':
+        return 'calculator: `mlmat` is a trained potential, not a reference method; use emt, gpaw, ...'
+    missing = unsupported_elements(spec['name'], list(species))
+    if missing:
+        return f'calculator: `{spec["name"]}` cannot treat the elements {missing}'
+    return None
 
 
 def validate_calculator(value: orm.Dict | None, _: Any = None) -> str | None:

@@ -65,13 +65,13 @@ def build_screen_inputs(**kwargs: Any) -> dict[str, Any]:
     check_elements_option(elements)
     if len(set(elements)) != len(elements):
         raise MlmatCliError(f'--elements: an element is named twice in {elements}')
-    from aiida_mlmat.calcjobs.label import calculator_spec_error
+    from aiida_mlmat.calcjobs.label import calculator_spec_error, reference_calculator_error
 
     potential = load_node(kwargs['potential'], PotentialData) if kwargs['potential'] else None
     calculator_params = parse_json_option(kwargs['calculator_params'], '--calculator-params')
     verify_params = parse_json_option(kwargs['verify_params'], '--verify-params')
     if kwargs['verify_calculator']:
-        error = calculator_spec_error({'name': kwargs['verify_calculator'], 'parameters': verify_params})
+        error = reference_calculator_error({'name': kwargs['verify_calculator'], 'parameters': verify_params}, elements)
         if error:
             raise MlmatCliError(f'--verify-{error}')
     if kwargs['calculator']:  # refuse a bad energy model before anything is stored

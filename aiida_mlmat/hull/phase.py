@@ -376,7 +376,8 @@ def ensemble_hull(
     :return: per candidate name the keys of :func:`hull_results` (without ``decomposition``) where
         ``e_above_hull``, ``e_form_per_atom`` and ``energy_per_atom`` are member means, ``e_above_hull_std`` and
         ``e_form_per_atom_std`` the population standard deviations (ddof 0; 0 for one member), ``p_stable`` the
-        fraction of members that put the candidate on the hull, ``stable`` whether ``p_stable >= 0.5``,
+        fraction of members that put the candidate on the hull, ``stable`` whether more than half of them do
+        (``p_stable > 0.5``: a tie, one of two members, is uncertain, not stable),
         ``members`` the per-member ``e_above_hull`` and ``n_members``. A candidate whose member list has the
         wrong length or a non-finite energy fails, as do candidates outside the references' system.
     :raises MissingReferenceError: when an element of the references has no elemental entry.
@@ -448,7 +449,7 @@ def ensemble_hull(
             'e_above_hull': float(e_hull[i].mean()),
             'e_above_hull_std': float(e_hull[i].std()),
             'p_stable': p_stable,
-            'stable': p_stable >= 0.5,
+            'stable': p_stable > 0.5,
             'members': [float(v) for v in e_hull[i]],
             'n_members': n_members,
         }

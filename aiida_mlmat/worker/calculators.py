@@ -66,9 +66,17 @@ def _entry_points() -> dict[str, metadata.EntryPoint]:
     return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def available_names() -> list[str]:
-    """Return every registered calculator name (built-in and from entry points), sorted."""
-    return sorted(set(BUILTIN) | set(_entry_points()))
+#: Built-in calculators for the project's own fault-handling tests: they run when named, but are not listed.
+TESTING = frozenset({'faulty'})
+
+
+def available_names(testing: bool = False) -> list[str]:
+    """Return the registered calculator names (built-in and from entry points), sorted.
+
+    :param testing: also list the calculators of :data:`TESTING`, which exist for fault-handling tests.
+    """
+    names = set(BUILTIN) | set(_entry_points())
+    return sorted(names if testing else names - TESTING)
 
 
 def check_name(name: str) -> None:
@@ -130,6 +138,27 @@ def parameters_error(name: str, parameters: Any) -> str | None:
             value is not None and (isinstance(value, bool) or not isinstance(value, int | float))
         ):
             return f'calculator `{name}`: `{key}` must be a number, got {value!r}'
+    return _bounds_error(name, parameters)
+
+
+#: Keyword arguments that must be positive (a length in Å or an energy in eV), where given and not null.
+POSITIVE_PARAMETERS: dict[str, tuple[str, ...]] = {'lj': ('epsilon', 'sigma', 'rc')}
+
+
+def _bounds_error(name: str, parameters: dict[str, Any]) -> str | None:
+    """Why numbers of the right type are still not physical: LJ with sigma <= 0 gives NaN or a repulsive well."""
+    for key in POSITIVE_PARAMETERS.get(name, ()):
+        value = parameters.get(key)
+        if value is not None and not value > 0:
+            return f'calculator `{name}`: `{key}` must be positive, got {value!r}'
+    if name == 'lj':
+        ro, rc = parameters.get('ro'), parameters.get('rc')
+        if ro is not None and not ro >= 0:
+            return f'calculator `lj`: `ro` (Å, where the smoothing starts) must be zero or positive, got {ro!r}'
+        if rc is None:  # ASE's default cut-off
+            rc = 3 * (parameters.get('sigma') or 1.0)
+        if ro is not None and not ro < rc:
+            return f'calculator `lj`: `ro` ({ro} Å) must be smaller than the cut-off `rc` ({rc} Å)'
     return None
 
 

@@ -22,7 +22,7 @@ from aiida import orm
 from aiida.common import AttributeDict
 from aiida.engine import ToContext, WorkChain, if_, while_
 
-from aiida_mlmat.calcjobs.label import calculator_spec_error
+from aiida_mlmat.calcjobs.label import reference_calculator_error
 from aiida_mlmat.calcjobs.sample import SampleCalculation
 from aiida_mlmat.data.configurations import ConfigurationSetData
 from aiida_mlmat.data.potential import PotentialData
@@ -90,7 +90,6 @@ def failure_reason(node: orm.ProcessNode) -> str:
 def validate_inputs(value: Any, _: Any = None) -> str | None:
     """Validate everything before the first job: data, bounds, counts, the exploration against the worker schema."""
     from aiida_mlmat.ml.active import DEFAULT_LOWER, DEFAULT_UPPER, check_bounds, check_quantile
-    from aiida_mlmat.worker.calculators import unsupported_elements
     from aiida_mlmat.worker.schema import SCHEMA_VERSION, validate_input
 
     training_set = value.get('training_set')
@@ -115,16 +114,10 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
     if test_set is not None and not {'energy', 'forces'} <= set(test_set.label_keys):
         return 'test_set: every configuration needs energy and forces labels'
     if 'calculator' in value:
-        calculator = value['calculator'].get_dict()
-        error = calculator_spec_error(calculator)
+        species = training_set.species if training_set is not None else ()
+        error = reference_calculator_error(value['calculator'].get_dict(), species)
         if error:
             return error
-        if calculator['name'] == 'mlmat':
-            return 'calculator: the reference cannot be a trained potential (`mlmat`)'
-        if training_set is not None:
-            missing = unsupported_elements(calculator['name'], training_set.species)
-            if missing:
-                return f'calculator `{calculator["name"]}` cannot treat the elements {missing}'
     ensemble = _value(value.get('training', {}), 'ensemble_size', 3)
     if ensemble < 2:
         return f'training.ensemble_size: active learning needs a committee of at least 2 members, got {ensemble}'

@@ -8,7 +8,7 @@ from aiida import orm
 from aiida.common import AttributeDict
 from aiida.engine import ToContext, WorkChain, if_
 
-from aiida_mlmat.calcjobs.label import calculator_spec_error
+from aiida_mlmat.calcjobs.label import calculator_spec_error, reference_calculator_error
 from aiida_mlmat.calcjobs.relax import PARAMETER_KEYS, RelaxCalculation
 from aiida_mlmat.data.configurations import ConfigurationSetData
 from aiida_mlmat.data.potential import PotentialData
@@ -66,7 +66,7 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
     if top is not None and top.value > 0 and 'calculator' not in value.get('verify', {}):
         return 'verify.calculator: the reference calculator is needed to verify the top candidates'
     if 'verify' in value and 'calculator' in value['verify']:
-        error = calculator_spec_error(value['verify']['calculator'].get_dict())
+        error = reference_calculator_error(value['verify']['calculator'].get_dict(), elements)
         if error:
             return f'verify.{error}'
     return None

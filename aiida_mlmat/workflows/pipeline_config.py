@@ -105,7 +105,7 @@ DEFAULTS: dict[str, Any] = {
     'reference': {'calculator': {'name': 'emt', 'parameters': {}}, 'protocol': 'fast', 'labeller': 'batch'},
     'training': {'protocol': 'fast', 'ensemble': 2, 'gpus': 0},
     'active_learning': {'enabled': True, 'protocol': 'fast', 'max_iterations': 2, 'hull_aware': False},
-    'screening': {'enabled': True, 'generate': {'max_atoms': 4}, 'verify_top': 3, 'verify_relax': False},
+    'screening': {'enabled': True, 'generate': {'max_atoms': 4}, 'verify_top': 3, 'verify_relax': True},
 }
 
 
@@ -157,8 +157,7 @@ def _semantic_error(config: dict[str, Any]) -> str | None:
     elements, and each stage's protocol with its overrides (unknown settings, training parameters, trust bounds),
     checked as the stage will build them, so that the pipeline fails here and not after its first stages ran.
     """
-    from aiida_mlmat.calcjobs.label import calculator_spec_error
-    from aiida_mlmat.worker.calculators import unsupported_elements
+    from aiida_mlmat.calcjobs.label import reference_calculator_error
     from aiida_mlmat.worker.structures import check_element
     from aiida_mlmat.workflows.protocols import get_protocol_inputs
 
@@ -167,15 +166,9 @@ def _semantic_error(config: dict[str, Any]) -> str | None:
             check_element(symbol)
         except ValueError as exc:
             return f'elements: {exc}'
-    calculator = config['reference']['calculator']
-    error = calculator_spec_error(calculator)
+    error = reference_calculator_error(config['reference']['calculator'], config['elements'])
     if error:
         return f'reference.{error}'
-    if calculator['name'] == 'mlmat':
-        return 'reference.calculator: `mlmat` is a trained potential, not a reference method; use emt, gpaw, ...'
-    missing = unsupported_elements(calculator['name'], config['elements'])
-    if missing:
-        return f'reference.calculator: `{calculator["name"]}` cannot treat the elements {missing}'
     stages = {
         'reference': ('reference', config['reference'].get('overrides', {})),
         'training': ('training', config['training'].get('overrides', {})),

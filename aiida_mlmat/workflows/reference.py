@@ -9,10 +9,9 @@ from aiida.common import AttributeDict
 from aiida.engine import ToContext, WorkChain, calcfunction, if_
 from aiida.plugins import CalculationFactory
 
-from aiida_mlmat.calcjobs.label import calculator_spec_error
+from aiida_mlmat.calcjobs.label import reference_calculator_error
 from aiida_mlmat.calcjobs.sample import SampleCalculation
 from aiida_mlmat.data.configurations import ConfigurationSetData
-from aiida_mlmat.worker.calculators import unsupported_elements
 from aiida_mlmat.worker.structures import InvalidConfigurationError, check_configuration, check_element
 from aiida_mlmat.workflows.functions import (
     ase_results_to_set,
@@ -102,12 +101,9 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
             return f'structures: elements {extra} are not in the chemical system {elements}'
         species |= set(structures.species)
     calculator = value['calculator'].get_dict()
-    error = calculator_spec_error(calculator)
+    error = reference_calculator_error(calculator, species)
     if error:
         return error
-    missing = unsupported_elements(calculator['name'], species)
-    if missing:
-        return f'calculator `{calculator["name"]}` cannot treat the elements {missing}'
     labeller = value['labeller'].value if 'labeller' in value else 'batch'
     if labeller not in LABELLERS:
         return f'labeller: `{labeller}` is not one of {LABELLERS}'

@@ -390,6 +390,9 @@ def test_non_finite_numbers_null_sections_and_conflicts_are_refused(worker_code,
         ),
         '--verify-calculator: calculator `lj`: `sigma` must be a number',
     )
+    # verification needs a reference method, not a trained potential
+    verify = ['--calculator', 'emt', '--verify-top', '1', '--verify-calculator', 'mlmat', '--json']
+    _refused(invoke(*screen, *verify), '--verify-calculator: `mlmat` is a trained potential, not a reference method')
     _refused(
         invoke('screen', '--candidates', str(candidate), '--elements', 'Cu', 'Xx', '--calculator', 'emt', '--json'),
         'unknown element `Xx`',

@@ -55,6 +55,13 @@ def test_registry_names():
     assert set(names) >= EXPECTED_BUILTIN
     assert names == sorted(names)
     assert set(BUILTIN) >= EXPECTED_BUILTIN
+    # the fault-injecting test calculator runs when named but is not offered to users
+    assert 'faulty' not in names
+    assert 'faulty' in available_names(testing=True)
+    assert check_name('faulty') is None
+    with pytest.raises(UnknownCalculatorError, match=r'registered: .*emt') as excinfo:
+        check_name('nope')
+    assert 'faulty' not in str(excinfo.value)
 
 
 @pytest.mark.parametrize('name', sorted(EXPECTED_BUILTIN))

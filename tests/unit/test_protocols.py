@@ -233,7 +233,7 @@ def test_builder_is_valid_for_the_workchain(worker_code):
 
 def test_builder_refuses_elements_emt_cannot_treat(worker_code):
     builder = ReferenceWorkChain.get_builder_from_protocol(worker_code, calculator=EMT, elements=['Cu', 'Fe'])
-    with pytest.raises(ValueError, match=r"calculator `emt` cannot treat the elements \['Fe'\]"):
+    with pytest.raises(ValueError, match=r"calculator: `emt` cannot treat the elements \['Fe'\]"):
         instantiate_process(get_manager().get_runner(), builder)
 
 
