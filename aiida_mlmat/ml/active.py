@@ -246,8 +246,11 @@ def calibration(predicted_std: Sequence[float], true_error: Sequence[float], n_b
     """How well the ensemble's predicted force spread tracks its true force error (both eV/Å, one value per atom).
 
     ``predicted_std`` is the norm of the per-component standard deviation of the members' forces and
-    ``true_error`` the norm of the ensemble-mean force error; for a calibrated Gaussian committee the mean of
-    ``error^2 / std^2`` is 1.
+    ``true_error`` the norm of the ensemble-mean force error; calibrated here means the truth is distributed
+    as N(ensemble mean, std^2), where the mean of ``error^2 / std^2`` is 1. The std is the population one
+    (ddof 0, as :class:`~aiida_mlmat.ml.calculator.MLMatCalculator` reports it): a committee of K members that
+    are exchangeable with the truth (independent draws from the same distribution) has ``scale``
+    sqrt((K + 1) / (K - 1)), 1.73 for 2 members, 1.41 for 3, 1.13 for 8, not 1.
 
     :return: ``n``; ``pearson`` and ``spearman`` correlations; ``scale`` = sqrt(mean err^2 / mean std^2) (1 when
         calibrated on average, > 1 over-confident); ``ence``, the expected normalised calibration error

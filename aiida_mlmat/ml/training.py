@@ -173,7 +173,7 @@ def make_batches(
     return batches
 
 
-def check_labels(frames: Sequence[Atoms], config: TrainingConfig, name: str) -> None:
+def check_split_labels(frames: Sequence[Atoms], config: TrainingConfig, name: str) -> None:
     """Refuse data that lack the labels the loss weights."""
     if not frames:
         raise TrainingError('EMPTY_SPLIT', f'the {name} split is empty')
@@ -334,8 +334,8 @@ def train(
     start = time.monotonic()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    check_labels(train_frames, config, 'training')
-    check_labels(validation_frames, config, 'validation')
+    check_split_labels(train_frames, config, 'training')
+    check_split_labels(validation_frames, config, 'validation')
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     dtype = torch.float32 if config.dtype == 'float32' else torch.float64
@@ -450,9 +450,11 @@ def train(
             batch.graph.positions.requires_grad_(False)
             train_loss += float(loss.detach()) / len(order)
         model.train(False)  # inference mode
-        metrics = errors(model, val_batches)
-        val_loss = config.energy_weight * metrics['energy_rmse_per_atom'] ** 2 + (
-            config.forces_weight * metrics.get('forces_rmse', 0.0) ** 2
+        metrics = errors(model, val_batches, stress=need_stress)
+        val_loss = (  # the training loss's terms on the validation split: what picks the best model and stops early
+            config.energy_weight * metrics['energy_rmse_per_atom'] ** 2
+            + config.forces_weight * metrics.get('forces_rmse', 0.0) ** 2
+            + config.stress_weight * metrics.get('stress_rmse', 0.0) ** 2
         )
         scheduler.step(val_loss)
         state['epoch'] += 1
@@ -477,7 +479,7 @@ def train(
         'stopped': stopped,
         'epochs': state['epoch'],
         'best_epoch': state['best_epoch'],
-        'validation': errors(model, val_batches),
+        'validation': errors(model, val_batches, stress=need_stress),
         'learning_curve': state['curve'],
         'hyperparameters_sha256': hyper,
         'data_sha256': data,

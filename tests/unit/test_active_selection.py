@@ -203,3 +203,12 @@ def test_force_spread_and_error_by_hand():
     spread, error = force_spread_and_error(members, reference)
     np.testing.assert_allclose(spread, [1.0, 0.0])
     np.testing.assert_allclose(error, [0.0, 1.0])
+
+
+@pytest.mark.parametrize('members', [2, 3, 8])
+def test_calibration_scale_of_a_committee_exchangeable_with_the_truth(members):
+    """Members and truth drawn from one distribution: with the population std the scale is sqrt((K+1)/(K-1))."""
+    rng = np.random.default_rng(members)
+    draws = rng.normal(0.0, 0.1, size=(members + 1, 20000, 3))  # eV/Å; the last draw plays the reference
+    spread, error = force_spread_and_error(draws[:-1], draws[-1])
+    assert calibration(spread, error)['scale'] == pytest.approx(np.sqrt((members + 1) / (members - 1)), rel=0.02)

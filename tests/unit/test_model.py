@@ -266,6 +266,30 @@ def test_precomputed_descriptors_give_the_same_energy_forces_stress_and_paramete
             assert torch.allclose(left, right, rtol=1e-9, atol=1e-12)
 
 
+def test_validation_loss_has_the_training_losss_stress_term(data, tmp_path):
+    """With a stress weight the validation loss (best model, early stopping, schedule) includes stress, and the
+    validation metrics report it (eV/Å^3), recomputed here from the saved model."""
+    config = TrainingConfig(**{**FAST, 'epochs': 3, 'stress_weight': 10.0})
+    summary = train(small_config(), *data, config, tmp_path)
+    for row in summary['learning_curve']:
+        assert row['validation_loss'] == pytest.approx(
+            config.energy_weight * row['energy_rmse_per_atom'] ** 2
+            + config.forces_weight * row['forces_rmse'] ** 2
+            + 10.0 * row['stress_rmse'] ** 2,
+            rel=1e-12,
+        )
+    calculator = MLMatCalculator.from_files([str(tmp_path / MODEL)])
+    errors = []
+    for frame in data[1]:
+        atoms = frame.copy()
+        atoms.calc = calculator
+        errors.append(atoms.get_stress() - frame.calc.results['stress'])
+    assert summary['validation']['stress_rmse'] == pytest.approx(np.sqrt(np.mean(np.square(errors))), rel=1e-6)
+    # without a stress weight stress is neither in the loss nor reported
+    plain = train(small_config(), *data, TrainingConfig(**{**FAST, 'epochs': 1}), tmp_path / 'plain')
+    assert 'stress_rmse' not in plain['validation'] and 'stress_rmse' not in plain['learning_curve'][-1]
+
+
 def test_training_on_precomputed_descriptors_equals_recomputing_them_and_resumes_across(data, tmp_path):
     config = {**FAST, 'epochs': 4, 'stress_weight': 1.0}
     fast = train(small_config(), *data, TrainingConfig(**config), tmp_path / 'fast')
