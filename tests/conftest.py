@@ -22,6 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from aiida_mlmat.cli.utils import put_own_bin_on_path
+
+put_own_bin_on_path()  # the daemon is started as `verdi` from PATH: pytest run without an activated environment works
 pytest_plugins = ['aiida.tools.pytest_fixtures']
 
 IN_CI = os.environ.get('CI', '').lower() in ('1', 'true', 'yes')

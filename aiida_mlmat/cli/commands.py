@@ -56,13 +56,12 @@ def reference(profile: str | None, **kwargs: Any) -> None:
         overrides['select'] = {**(overrides.get('select') or {}), 'n': kwargs['select_n']}
     if not elements and not files:
         raise MlmatCliError('give `--elements` (e.g. --elements Cu Au) or `--structures FILE ...`')
+    check_elements_option(elements)
     from aiida_mlmat.calcjobs.label import reference_calculator_error
 
     error = reference_calculator_error(calculator, elements)  # before a profile or a Code is needed
     if error:
         raise MlmatCliError(f'--{error}')
-
-    check_elements_option(elements)
     frames = read_structures(files) if files else []
 
     load_profile(profile)

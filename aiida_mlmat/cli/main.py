@@ -13,6 +13,7 @@ from aiida_mlmat.cli.utils import (
     JsonErrorGroup,
     MlmatCliError,
     echo_json,
+    put_own_bin_on_path,
 )
 
 PROTOCOLS = ('fast', 'balanced', 'precise')
@@ -24,6 +25,7 @@ PROTOCOLS = ('fast', 'balanced', 'precise')
 @click.pass_context
 def cli(ctx: click.Context, profile: str | None) -> None:
     """aiida-mlmat: machine-learning-potential workflows with full provenance."""
+    put_own_bin_on_path()
     ctx.ensure_object(dict)
     ctx.obj['profile'] = profile
 

@@ -214,12 +214,11 @@ def _finished(node: Any, kwargs: dict[str, Any], json_output: bool) -> dict[str,
                 f'{row["e_above_hull_std"]:8.4f} {row["p_stable"]:9.2f}{"  stable" if row["stable"] else ""}'
             )
         if 'verification' in result:
+            from aiida_mlmat.cli.pipeline import verification_line
+
             metrics = result['verification']
-            click.echo(
-                f'verification of the top candidates: MAE {metrics.get("mae")} eV/atom, precision '
-                f'{metrics.get("precision")}, recall {metrics.get("recall")}, F1 {metrics.get("f1")}, DAF '
-                f'{metrics.get("daf")}'
-            )
+            daf = metrics.get('daf')
+            click.echo(verification_line(metrics) + (f'; DAF {daf:.3g}' if daf is not None else ''))
         click.echo(f'table: {result["table"]}\nplot: {result["plot"]}')
     return result
 

@@ -61,7 +61,14 @@ def ensure_profile(name: str | None) -> Any:
     if name:
         command += ['--profile-name', name]
     if not Path(command[0]).exists():
-        command[0] = shutil.which('verdi') or 'verdi'
+        found = shutil.which('verdi')
+        if found is None:
+            raise MlmatCliError(
+                'no profile yet, and no `verdi` to make one with: install aiida-core in this Python or put its '
+                '`verdi` on PATH',
+                EXIT_SETUP,
+            )
+        command[0] = found
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise MlmatCliError(f'`verdi presto` failed:\n{result.stdout}\n{result.stderr}', EXIT_SETUP)

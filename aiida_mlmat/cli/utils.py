@@ -214,15 +214,32 @@ def load_code(label: str) -> Any:
         raise MlmatCliError(f'code `{label}` not found: run `mlmat setup` first ({exc})', EXIT_SETUP) from exc
 
 
+def put_own_bin_on_path() -> None:
+    """Put the folder of the running Python's scripts on ``PATH`` when ``verdi`` is not found there.
+
+    AiiDA starts its daemon as ``verdi`` found on ``PATH``; ``.venv/bin/mlmat`` run without activating the virtual
+    environment would otherwise fail to start it. Called before aiida is imported (it looks ``verdi`` up once).
+    """
+    import shutil
+
+    own_bin = Path(sys.executable).parent
+    if shutil.which('verdi') is None and (own_bin / 'verdi').exists():
+        os.environ['PATH'] = os.pathsep.join([str(own_bin), os.environ.get('PATH', '')])
+
+
 def ensure_daemon(workers: int = 1, quiet: bool = False) -> None:
     """Start the daemon of the loaded profile if it is not running."""
+    from aiida.common.exceptions import ConfigurationError
     from aiida.engine.daemon.client import get_daemon_client
 
     client = get_daemon_client()
     if not client.is_daemon_running:
         if not quiet:
             click.echo(f'starting the AiiDA daemon ({workers} worker(s)) for profile `{client.profile.name}`', err=True)
-        client.start_daemon(number_workers=workers)
+        try:
+            client.start_daemon(number_workers=workers)
+        except ConfigurationError as exc:  # no `verdi` to run the daemon with
+            raise MlmatCliError(f'cannot start the AiiDA daemon: {exc}', EXIT_SETUP) from exc
 
 
 def failing_step(node: Any) -> str:

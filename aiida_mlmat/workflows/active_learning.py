@@ -366,20 +366,13 @@ class ActiveLearningWorkChain(IdempotentLaunchMixin, WorkChain):
         builder.training.member.trainer.model = orm.Dict(training.get('model', {}))
         builder.training.member.trainer.training = orm.Dict(training.get('training', {}))
         builder.training.member.max_iterations = orm.Int(training.get('max_iterations', 5))
-        types = {
-            'temperatures': orm.List, 'strains': orm.List, 'supercell': orm.List, 'steps': orm.Int,
-            'interval': orm.Int, 'seed': orm.Int, 'timestep': orm.Float, 'friction': orm.Float,
-            'stop_disagreement': orm.Float, 'device': orm.Str, 'lower': orm.Float, 'upper': orm.Float,
-            'lower_quantile': orm.Float, 'max_per_iteration': orm.Int, 'fps': orm.Bool, 'fraction': orm.Float,
-            'target_forces_rmse': orm.Float, 'max_iterations': orm.Int,
-        }  # fmt: skip
+        ports = cls.spec().inputs  # the settings' node types come from the ports (keys checked by the protocol)
         for namespace in ('exploration', 'selection', 'convergence'):
             for key, value in (inputs.get(namespace) or {}).items():
                 if value is None:
                     continue
-                if key not in types:
-                    raise ValueError(f'{namespace}.{key}: unknown setting; known: {", ".join(sorted(types))}')
-                node_type = types[key]
+                valid_type = ports[namespace][key].valid_type
+                node_type = valid_type[0] if isinstance(valid_type, tuple) else valid_type
                 builder[namespace][key] = node_type(list(value)) if node_type is orm.List else node_type(value)
         builder.sample.code = code
         builder.label.label.code = code

@@ -52,7 +52,8 @@ def pipeline_summary(config: orm.Dict, **nodes: orm.Data) -> orm.Dict:
     if 'screening' in nodes:
         screening = nodes['screening'].get_dict()
         summary['screening'] = {
-            key: screening.get(key) for key in ('n_candidates', 'n_screened', 'n_failed', 'n_stable', 'verification')
+            key: screening.get(key)
+            for key in ('n_candidates', 'n_screened', 'n_failed', 'n_stable', 'n_uncertain', 'verification')
         }
     return orm.Dict(summary)
 

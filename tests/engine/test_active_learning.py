@@ -250,7 +250,7 @@ def test_bad_data_is_refused_before_anything_runs(worker_code, emt, near_equilib
         ({'seeds': gold}, "seeds: elements ['Au'] are not in the training set"),
         ({'hull_candidates': gold}, "hull_candidates: elements ['Au']"),
         ({'test_set': unlabelled}, 'test_set: every configuration needs energy and forces'),
-        ({'calculator': orm.Dict({'name': 'mlmat'})}, 'cannot be a trained potential'),
+        ({'calculator': orm.Dict({'name': 'mlmat'})}, '`mlmat` is a trained potential, not a reference method'),
         ({'calculator': orm.Dict({'name': 'no-such-code'})}, 'calculator'),
     ]
     for replacement, message in cases:

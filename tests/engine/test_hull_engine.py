@@ -207,6 +207,9 @@ def test_ensemble_of_identical_members_gives_certain_verdicts(submit_and_await, 
         assert attributes['p_stable'] in (0.0, 1.0)
         assert attributes['e_above_hull_std'] == pytest.approx(0.0, abs=1e-12)
     assert node.outputs.hull['n_members'] == 2
+    summary = node.outputs.summary.get_dict()
+    assert summary['n_uncertain'] == 0  # agreeing members leave nothing uncertain
+    assert summary['n_stable'] == sum(r['p_stable'] == 1.0 for r in ok)
 
 
 def test_screen_command_json_contract_and_bad_files(started_daemon_client, worker_code, tmp_path):

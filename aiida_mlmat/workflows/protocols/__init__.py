@@ -43,12 +43,22 @@ _KNOWN_KEYS: dict[str, dict[str, set[str]]] = {
         '': {'training', 'retrain', 'exploration', 'selection', 'convergence', 'chunk_size', 'label_max_iterations'},
         'training': {'ensemble_size', 'model', 'training', 'max_iterations', 'test_fraction', 'validation_fraction',
                      'seed'},
-        'exploration': {'temperatures', 'strains', 'supercell', 'steps', 'interval', 'seed', 'timestep', 'friction',
-                        'stop_disagreement', 'device'},
-        'selection': {'lower', 'upper', 'lower_quantile', 'max_per_iteration', 'fps'},
-        'convergence': {'fraction', 'target_forces_rmse', 'max_iterations'},
+        # `exploration`, `selection` and `convergence`: the input ports of those namespaces (see _known_keys)
     },
 }  # fmt: skip
+#: Sections of active learning's protocol whose keys are the input ports of the workchain's namespace of that name.
+_AL_PORT_SECTIONS = ('exploration', 'selection', 'convergence')
+
+
+def _known_keys(name: str) -> dict[str, set[str]]:
+    """The keys allowed in each section of workflow ``name``'s protocol inputs ('' for the top level)."""
+    known = dict(_KNOWN_KEYS.get(name, {}))
+    if name == 'active_learning':
+        from aiida_mlmat.workflows.active_learning import ActiveLearningWorkChain
+
+        ports = ActiveLearningWorkChain.spec().inputs
+        known.update({section: set(ports[section]) for section in _AL_PORT_SECTIONS})
+    return known
 
 
 def _subschema(task: str, key: str) -> dict[str, Any]:
@@ -98,7 +108,7 @@ def protocol_inputs_error(name: str, inputs: dict[str, Any]) -> str | None:
             continue
         if section in inputs and not isinstance(inputs[section], dict):
             return f'{section}: expected a mapping, got {inputs[section]!r}'
-    known = _KNOWN_KEYS.get(name, {})
+    known = _known_keys(name)
     for section, keys in known.items():
         if section and inputs.get(section) is None:  # absent, or null for the default (checked above)
             continue

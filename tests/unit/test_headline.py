@@ -1,0 +1,42 @@
+"""The headline figures `mlmat run` prints (what the README's main job shows a scientist first)."""
+
+from aiida_mlmat.cli.pipeline import headline, verification_line
+from aiida_mlmat.hull.metrics import discovery_metrics
+
+
+def test_headline_names_every_stage_with_units():
+    summary = {
+        'reference': {'n_configurations': 80, 'n_excluded': 1},
+        'active_learning': {'n_iterations': 2, 'stop_reason': 'max_iterations'},
+        'potential_metrics': {'forces_rmse': 0.091891, 'energy_rmse_per_atom': 0.0412137},
+        'screening': {'n_screened': 58, 'n_stable': 1, 'n_uncertain': 4, 'n_failed': 0},
+    }
+    assert headline(summary) == [
+        'reference set: 80 configurations, 1 excluded',
+        'active learning: 2 iterations, stopped by max_iterations',
+        'potential (test split): force RMSE 0.09189 eV/Å, energy RMSE 0.04121 eV/atom',
+        'screening: 58 candidates, 1 stable, 4 uncertain (the members disagree), 0 failed',
+    ]
+    summary['screening']['n_uncertain'] = 0
+    assert headline(summary)[-1] == 'screening: 58 candidates, 1 stable, 0 failed'
+
+
+def test_verification_line_counts_what_was_confirmed():
+    # model: a and b on the hull, c above; reference: a on it, b and c above
+    metrics = discovery_metrics({'a': 0.0, 'b': 0.0, 'c': 0.03}, {'a': 0.0, 'b': 0.02, 'c': 0.05}, threshold=1e-6)
+    assert verification_line(metrics) == (
+        'verification of the top 3 by the reference: e_above_hull MAE 0.01333 eV/atom; '
+        '1 of 2 predicted stable confirmed (precision 0.5); recall 1, F1 0.6667'
+    )
+    # nothing stable by the reference among them: recall is undefined, and said so instead of "None"
+    none_stable = discovery_metrics([0.0, 0.01], [0.02, 0.03], threshold=1e-6)
+    line = verification_line(none_stable)
+    assert '0 of 1 predicted stable confirmed (precision 0)' in line and line.endswith('none stable by the reference')
+    assert 'None' not in line
+    # nothing predicted stable on the hull of the checked entries
+    assert 'none predicted stable on their own hull' in verification_line(
+        discovery_metrics([0.01, 0.02], [0.0, 0.03], threshold=1e-6)
+    )
+    assert headline({'screening': {'n_screened': 2, 'n_stable': 0, 'n_failed': 0, 'verification': metrics}})[1] == (
+        verification_line(metrics)
+    )
