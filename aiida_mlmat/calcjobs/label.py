@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from aiida import orm
@@ -36,20 +37,23 @@ def calculator_spec_error(spec: Any) -> str | None:
     if not isinstance(spec.get('parameters', {}), dict):
         return 'calculator: `parameters` must be a dictionary of keyword arguments'
     error = parameters_error(spec['name'], spec.get('parameters', {}))
-    return f'calculator: {error}' if error else None
+    return f'calculator.parameters: {error}' if error else None
 
 
-def reference_calculator_error(spec: Any, species: Any = ()) -> str | None:
-    """Return why ``spec`` cannot label reference data for the elements ``species``, or None.
+def calculator_error(spec: Any, species: Iterable[str] = (), reference: bool = True) -> str | None:
+    """Return why ``spec`` cannot compute energies for the elements ``species``, or None.
 
-    On top of :func:`calculator_spec_error`: a trained potential (``mlmat``) is a model, not a reference method,
-    and a calculator with a known set of elements (EMT) must treat all of ``species``. Every message starts with
-    ``calculator:``.
+    On top of :func:`calculator_spec_error`: a calculator with a known set of elements (EMT) must treat all of
+    ``species``, and with ``reference`` (labelling, verification) a trained potential (``mlmat``) is refused: it is a
+    model, not a reference method. Messages start with ``calculator:`` or, for a bad keyword argument,
+    ``calculator.parameters:``; :func:`aiida_mlmat.cli.utils.calculator_option_error` names the CLI options instead.
     """
+    if isinstance(species, str):
+        raise TypeError(f'species: expected element symbols, got the string {species!r}')
     error = calculator_spec_error(spec)
     if error:
         return error
-    if spec['name'] == 'mlmat':
+    if reference and spec['name'] == 'mlmat':
         return 'calculator: `mlmat` is a trained potential, not a reference method; use emt, gpaw, ...'
     missing = unsupported_elements(spec['name'], list(species))
     if missing:

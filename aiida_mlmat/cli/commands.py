@@ -11,6 +11,7 @@ from aiida_mlmat.cli.utils import (
     EXIT_INVALID_INPUT,
     EXIT_NOT_FOUND,
     MlmatCliError,
+    calculator_option_error,
     check_elements_option,
     echo_json,
     ensure_daemon,
@@ -57,12 +58,13 @@ def reference(profile: str | None, **kwargs: Any) -> None:
     if not elements and not files:
         raise MlmatCliError('give `--elements` (e.g. --elements Cu Au) or `--structures FILE ...`')
     check_elements_option(elements)
-    from aiida_mlmat.calcjobs.label import reference_calculator_error
+    from aiida_mlmat.calcjobs.label import calculator_error
 
-    error = reference_calculator_error(calculator, elements)  # before a profile or a Code is needed
-    if error:
-        raise MlmatCliError(f'--{error}')
+    calculator_option_error(calculator_error(calculator, elements), '--calculator', '--calculator-params')
     frames = read_structures(files) if files else []
+    if frames:  # the seeds' elements too, before a profile or a Code is needed
+        species = {symbol for frame in frames for symbol in frame.get_chemical_symbols()}
+        calculator_option_error(calculator_error(calculator, species), '--calculator', '--calculator-params')
 
     load_profile(profile)
     from aiida.engine import submit

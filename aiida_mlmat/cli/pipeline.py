@@ -20,6 +20,7 @@ from aiida_mlmat.cli.utils import (
     process_reason,
     wait_for,
 )
+from aiida_mlmat.hull.metrics import describe_verification
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -79,22 +80,6 @@ def write_report(node: Any, out: Path) -> dict[str, Any]:
     return {'report': str(out), 'summary_md': str(out / 'summary.md'), 'plots': [str(out / n) for n in names]}
 
 
-def verification_line(metrics: dict[str, Any]) -> str:
-    """One line on how the top candidates fared against the reference (metrics of ``discovery_metrics``)."""
-    predicted = (metrics.get('tp') or 0) + (metrics.get('fp') or 0)
-    confirmed = (
-        f'{metrics.get("tp")} of {predicted} predicted stable confirmed (precision {_fmt(metrics.get("precision"))})'
-        if predicted
-        else 'none predicted stable on their own hull'
-    )
-    recall = metrics.get('recall')
-    found = 'none stable by the reference' if recall is None else f'recall {_fmt(recall)}, F1 {_fmt(metrics.get("f1"))}'
-    return (
-        f'verification of the top {metrics.get("n")} by the reference: e_above_hull MAE {_fmt(metrics.get("mae"))} '
-        f'eV/atom; {confirmed}; {found}'
-    )
-
-
 def headline(summary: dict[str, Any]) -> list[str]:
     """The few numbers a scientist looks at first."""
     lines = []
@@ -117,12 +102,12 @@ def headline(summary: dict[str, Any]) -> list[str]:
         uncertain = screening.get('n_uncertain')
         lines.append(
             f'screening: {screening.get("n_screened")} candidates, {screening.get("n_stable")} stable'
-            + (f', {uncertain} uncertain (the members disagree)' if uncertain else '')
+            + (f', {uncertain} uncertain (on the hull for some members, not most)' if uncertain else '')
             + f', {screening.get("n_failed")} failed'
         )
         verification = screening.get('verification') or {}
         if verification:
-            lines.append(verification_line(verification))
+            lines.append(describe_verification(verification))
     return lines
 
 

@@ -11,6 +11,7 @@ from aiida_mlmat.cli.utils import (
     EXIT_INVALID_INPUT,
     GreedyOption,
     MlmatCliError,
+    calculator_option_error,
     check_elements_option,
     echo_json,
     ensure_daemon,
@@ -65,24 +66,18 @@ def build_screen_inputs(**kwargs: Any) -> dict[str, Any]:
     check_elements_option(elements)
     if len(set(elements)) != len(elements):
         raise MlmatCliError(f'--elements: an element is named twice in {elements}')
-    from aiida_mlmat.calcjobs.label import calculator_spec_error, reference_calculator_error
+    from aiida_mlmat.calcjobs.label import calculator_error
 
     potential = load_node(kwargs['potential'], PotentialData) if kwargs['potential'] else None
     calculator_params = parse_json_option(kwargs['calculator_params'], '--calculator-params')
     verify_params = parse_json_option(kwargs['verify_params'], '--verify-params')
-    if kwargs['verify_calculator']:
-        error = reference_calculator_error({'name': kwargs['verify_calculator'], 'parameters': verify_params}, elements)
-        if error:
-            raise MlmatCliError(f'--verify-{error}')
+    if kwargs['verify_calculator']:  # a reference method that treats the elements
+        verify = {'name': kwargs['verify_calculator'], 'parameters': verify_params}
+        calculator_option_error(calculator_error(verify, elements), '--verify-calculator', '--verify-params')
     if kwargs['calculator']:  # refuse a bad energy model before anything is stored
-        from aiida_mlmat.worker.calculators import unsupported_elements
-
-        error = calculator_spec_error({'name': kwargs['calculator'], 'parameters': calculator_params})
-        if error:
-            raise MlmatCliError(f'--{error}')
-        unsupported = unsupported_elements(kwargs['calculator'], elements)
-        if unsupported:
-            raise MlmatCliError(f'--calculator: `{kwargs["calculator"]}` cannot treat {unsupported}')
+        model = {'name': kwargs['calculator'], 'parameters': calculator_params}
+        error = calculator_error(model, elements, reference=False)
+        calculator_option_error(error, '--calculator', '--calculator-params')
     inputs: dict[str, Any] = {'elements': orm.List(elements)}
     if files:
         missing = [path for path in files if not Path(path).is_file()]
@@ -211,16 +206,23 @@ def _finished(node: Any, kwargs: dict[str, Any], json_output: bool) -> dict[str,
                 continue
             click.echo(
                 f'{row["name"]:<24} {row["formula"]:<10} {row["e_form_per_atom"]:9.4f} {_ev(row["e_above_hull"])} '
-                f'{row["e_above_hull_std"]:8.4f} {row["p_stable"]:9.2f}{"  stable" if row["stable"] else ""}'
+                f'{row["e_above_hull_std"]:8.4f} {row["p_stable"]:9.2f}{_stability_tag(row)}'
             )
         if 'verification' in result:
-            from aiida_mlmat.cli.pipeline import verification_line
+            from aiida_mlmat.hull.metrics import describe_verification
 
             metrics = result['verification']
             daf = metrics.get('daf')
-            click.echo(verification_line(metrics) + (f'; DAF {daf:.3g}' if daf is not None else ''))
+            click.echo(describe_verification(metrics) + (f'; DAF {daf:.3g}' if daf is not None else ''))
         click.echo(f'table: {result["table"]}\nplot: {result["plot"]}')
     return result
+
+
+def _stability_tag(row: dict[str, Any]) -> str:
+    from aiida_mlmat.hull.plot import stability_class
+
+    kind = stability_class(row)
+    return '' if kind == 'above hull' else f'  {kind}'
 
 
 @click.command('screen')

@@ -214,17 +214,34 @@ def load_code(label: str) -> Any:
         raise MlmatCliError(f'code `{label}` not found: run `mlmat setup` first ({exc})', EXIT_SETUP) from exc
 
 
-def put_own_bin_on_path() -> None:
-    """Put the folder of the running Python's scripts on ``PATH`` when ``verdi`` is not found there.
+def calculator_option_error(error: str | None, name_option: str, params_option: str) -> None:
+    """Raise a refusal naming the CLI option for a message of :func:`aiida_mlmat.calcjobs.label.calculator_error`.
 
-    AiiDA starts its daemon as ``verdi`` found on ``PATH``; ``.venv/bin/mlmat`` run without activating the virtual
-    environment would otherwise fail to start it. Called before aiida is imported (it looks ``verdi`` up once).
+    ``calculator.parameters: ...`` is about ``params_option`` (e.g. ``--calculator-params``), ``calculator: ...``
+    about ``name_option`` (e.g. ``--calculator``).
+    """
+    if not error:
+        return
+    for prefix, option in (('calculator.parameters: ', params_option), ('calculator: ', name_option)):
+        if error.startswith(prefix):
+            raise MlmatCliError(f'{option}: {error[len(prefix) :]}', EXIT_INVALID_INPUT)
+    raise MlmatCliError(f'{name_option}: {error}', EXIT_INVALID_INPUT)
+
+
+def put_own_bin_on_path() -> None:
+    """Put the folder of the running Python's scripts first on ``PATH`` when it holds a ``verdi`` that ``PATH`` misses.
+
+    AiiDA starts its daemon as the ``verdi`` found on ``PATH``. ``.venv/bin/mlmat`` run without activating the
+    virtual environment would otherwise fail to start it, or start it with another environment's ``verdi`` (a pipx
+    install, another venv) that may lack this package or have another aiida-core. Called before aiida is imported
+    (it looks ``verdi`` up once).
     """
     import shutil
 
-    own_bin = Path(sys.executable).parent
-    if shutil.which('verdi') is None and (own_bin / 'verdi').exists():
-        os.environ['PATH'] = os.pathsep.join([str(own_bin), os.environ.get('PATH', '')])
+    own_verdi = Path(sys.executable).parent / 'verdi'
+    found = shutil.which('verdi')
+    if own_verdi.exists() and (found is None or Path(found).resolve() != own_verdi.resolve()):
+        os.environ['PATH'] = os.pathsep.join([str(own_verdi.parent), os.environ.get('PATH', '')])
 
 
 def ensure_daemon(workers: int = 1, quiet: bool = False) -> None:

@@ -136,3 +136,32 @@ def select_top(results: Mapping[str, Mapping[str, Any]], k: int) -> list[str]:
     ]
     ok.sort(key=lambda item: (-p_stable(item[1]), float(item[1]['e_above_hull']), str(item[0])))
     return [name for name, _ in ok[: max(0, int(k))]]
+
+
+def describe_verification(metrics: Mapping[str, Any]) -> str:
+    """One line on how the checked candidates fared against the reference (the metrics of :func:`discovery_metrics`).
+
+    Both sides are hulls of the checked candidates and the elements alone: the model's (its mean energies) and the
+    reference's, so "on the model's hull" is not the ensemble vote that a candidate's ``stable`` counts.
+    """
+
+    def fmt(value: Any) -> str:
+        return 'n/a' if value is None else f'{value:.4g}' if isinstance(value, float) else str(value)
+
+    predicted = (metrics.get('tp') or 0) + (metrics.get('fp') or 0)
+    confirmed = (
+        f'the model puts {predicted} on their hull, the reference confirms {metrics.get("tp")} '
+        f'(precision {fmt(metrics.get("precision"))})'
+        if predicted
+        else 'the model puts none on their hull'
+    )
+    recall = metrics.get('recall')
+    if recall is None:
+        found = 'none stable by the reference'
+    else:
+        f1 = metrics.get('f1')
+        found = f'recall {fmt(recall)}' + (f', F1 {fmt(f1)}' if f1 is not None else '')
+    return (
+        f'verification of the top {metrics.get("n")} by the reference: e_above_hull MAE {fmt(metrics.get("mae"))} '
+        f'eV/atom; {confirmed}; {found}'
+    )

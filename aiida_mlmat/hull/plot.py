@@ -184,7 +184,8 @@ def plot_hull(
     if len(elements) == 3:
         _ternary(ok, references or {}, elements, path)
         return
-    n_stable = sum(bool(entry.get('stable')) for entry in ok.values())
+    kinds = [stability_class(entry) for entry in ok.values()]
+    n_stable, n_uncertain = kinds.count('stable'), kinds.count('uncertain')
     fig, ax = plt.subplots(figsize=(7.0, 4.8))
     if len(elements) == 2:
         _binary(ax, ok, references or {}, elements)
@@ -195,15 +196,24 @@ def plot_hull(
         ax.bar(range(len(names)), values, yerr=errors, color='tab:grey')
         ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
         ax.set_ylabel('energy above hull (eV/atom)')
-    ax.set_title(f'{"-".join(elements)}: {n_stable} stable of {len(ok)} candidates')
+    uncertain = f', {n_uncertain} uncertain' if n_uncertain else ''
+    ax.set_title(f'{"-".join(elements)}: {n_stable} stable{uncertain} of {len(ok)} candidates')
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def stability_class(entry: Mapping[str, Any]) -> str:
+    """``stable`` (most members put it on the hull), ``uncertain`` (some, not most) or ``above hull`` (none)."""
+    if entry.get('stable'):
+        return 'stable'
+    p_stable = entry.get('p_stable')
+    return 'uncertain' if p_stable is not None and float(p_stable) > 0.0 else 'above hull'
+
+
 def _binary(ax: Any, ok: Mapping[str, Mapping[str, Any]], references: Mapping[str, Any], elements: list[str]) -> None:
     first, second = elements
-    xs, ys, errors, stable, labels = [], [], [], [], []
+    xs, ys, errors, kinds, labels = [], [], [], [], []
     for name, entry in ok.items():
         composition = _composition(entry)
         if composition is None:
@@ -211,33 +221,28 @@ def _binary(ax: Any, ok: Mapping[str, Mapping[str, Any]], references: Mapping[st
         xs.append(_fraction(composition, second))
         ys.append(float(entry['e_form_per_atom']))
         errors.append(float(entry.get('e_form_per_atom_std') or 0.0))
-        stable.append(bool(entry.get('stable')))
+        kinds.append(stability_class(entry))
         labels.append(entry.get('formula') or name)
-    unstable_idx = [i for i, s in enumerate(stable) if not s]
-    stable_idx = [i for i, s in enumerate(stable) if s]
-    if unstable_idx:
+    styles = {  # drawn in this order; labels of the stable and uncertain points are written beside them
+        'above hull': {'ms': 4, 'color': 'tab:grey', 'alpha': 0.7},
+        'uncertain': {'ms': 5, 'color': 'tab:orange', 'label': 'uncertain (some members: on the hull)'},
+        'stable': {'ms': 6, 'color': 'tab:red'},
+    }
+    for kind, style in styles.items():
+        chosen = [i for i, k in enumerate(kinds) if k == kind]
+        if not chosen:
+            continue
         ax.errorbar(
-            [xs[i] for i in unstable_idx],
-            [ys[i] for i in unstable_idx],
-            yerr=[errors[i] for i in unstable_idx],
+            [xs[i] for i in chosen],
+            [ys[i] for i in chosen],
+            yerr=[errors[i] for i in chosen],
             fmt='o',
-            ms=4,
-            color='tab:grey',
-            alpha=0.7,
-            label='above hull',
+            **{'label': kind, **style},
         )
-    if stable_idx:
-        ax.errorbar(
-            [xs[i] for i in stable_idx],
-            [ys[i] for i in stable_idx],
-            yerr=[errors[i] for i in stable_idx],
-            fmt='o',
-            ms=6,
-            color='tab:red',
-            label='stable',
-        )
-        for i in stable_idx:
-            ax.annotate(labels[i], (xs[i], ys[i]), textcoords='offset points', xytext=(4, -10), fontsize=7)
+        if kind != 'above hull':
+            for i in chosen:
+                ax.annotate(labels[i], (xs[i], ys[i]), textcoords='offset points', xytext=(4, -10), fontsize=7)
+    stable_idx = [i for i, k in enumerate(kinds) if k == 'stable']
     compounds = [(name, comp, e) for name, comp, e in _reference_points(references) if len(comp) > 1]
     if compounds:
         ax.plot(

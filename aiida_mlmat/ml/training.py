@@ -302,6 +302,19 @@ def errors(model: torch.nn.Module, batches: Sequence[Batch], stress: bool = Fals
     return metrics
 
 
+#: Checkpoint format. 2: the validation loss has the stress term when stress is weighted (1 left it out).
+CHECKPOINT_FORMAT = 'aiida-mlmat-checkpoint/2'
+
+
+def validation_loss(metrics: dict[str, float], config: TrainingConfig) -> float:
+    """The training loss's terms on the validation split (what picks the best model and stops early)."""
+    return (
+        config.energy_weight * metrics['energy_rmse_per_atom'] ** 2
+        + config.forces_weight * metrics.get('forces_rmse', 0.0) ** 2
+        + config.stress_weight * metrics.get('stress_rmse', 0.0) ** 2
+    )
+
+
 def _atomic_save(payload: dict[str, Any], path: Path) -> None:
     """Write with os.replace so that a kill at any instant leaves the previous file or the new one, whole."""
     temporary = path.with_suffix(path.suffix + '.tmp')
@@ -383,6 +396,15 @@ def train(
             for group in optimizer.param_groups:
                 group['lr'] *= config.lr_scale
         best_state = checkpoint['best_model']
+        if checkpoint.get('format') != CHECKPOINT_FORMAT and need_stress:
+            # an older checkpoint's best validation loss left the stress term out: measure its best model again, so
+            # that the new epochs (which include it) are compared like for like
+            current = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(best_state)
+            model.train(False)
+            state['best'] = validation_loss(errors(model, val_batches, stress=True), config)
+            model.load_state_dict(current)
+            scheduler.best, scheduler.num_bad_epochs = state['best'], 0
     elif init_from is not None:
         load_initial_weights(model, init_from, model_config, device)
         with torch.no_grad():
@@ -401,7 +423,7 @@ def train(
     def save_checkpoint() -> None:
         _atomic_save(
             {
-                'format': 'aiida-mlmat-checkpoint/1',
+                'format': CHECKPOINT_FORMAT,
                 'model': model.state_dict(),
                 'optimizer': optimizer.state_dict(),
                 'scheduler': scheduler.state_dict(),
@@ -451,11 +473,7 @@ def train(
             train_loss += float(loss.detach()) / len(order)
         model.train(False)  # inference mode
         metrics = errors(model, val_batches, stress=need_stress)
-        val_loss = (  # the training loss's terms on the validation split: what picks the best model and stops early
-            config.energy_weight * metrics['energy_rmse_per_atom'] ** 2
-            + config.forces_weight * metrics.get('forces_rmse', 0.0) ** 2
-            + config.stress_weight * metrics.get('stress_rmse', 0.0) ** 2
-        )
+        val_loss = validation_loss(metrics, config)
         scheduler.step(val_loss)
         state['epoch'] += 1
         state['curve'].append(

@@ -120,7 +120,7 @@ def parameters_error(name: str, parameters: Any) -> str | None:
 
     Checked only where the set of keyword arguments is closed (:data:`CLOSED_PARAMETERS`): an unknown key would be
     recorded in the provenance but ignored (EMT) or fail every job (LJ), and a string where ASE expects a flag or a
-    number would silently change the energies.
+    number would silently change the energies. The message names the parameter, not the calculator.
     """
     if name not in CLOSED_PARAMETERS or not isinstance(parameters, dict):
         return None
@@ -128,37 +128,44 @@ def parameters_error(name: str, parameters: Any) -> str | None:
     defaults = getattr(importlib.import_module(module_name), class_name).default_parameters
     unknown = sorted(set(parameters) - set(defaults))
     if unknown:
-        return f'calculator `{name}` takes no parameter(s) {unknown}; it takes {", ".join(sorted(defaults))}'
+        return f'`{name}` takes no parameter(s) {unknown}; it takes {", ".join(sorted(defaults))}'
     for key, value in parameters.items():
         default = defaults[key]
         if isinstance(default, bool):
             if not isinstance(value, bool):
-                return f'calculator `{name}`: `{key}` must be true or false, got {value!r}'
+                return f'`{key}` must be true or false, got {value!r}'
         elif (default is None or isinstance(default, int | float)) and (
             value is not None and (isinstance(value, bool) or not isinstance(value, int | float))
         ):
-            return f'calculator `{name}`: `{key}` must be a number, got {value!r}'
+            return f'`{key}` must be a number, got {value!r}'
     return _bounds_error(name, parameters)
 
 
-#: Keyword arguments that must be positive (a length in Å or an energy in eV), where given and not null.
+#: Keyword arguments that must be positive numbers (a length in Å or an energy in eV); those in
+#: :data:`NULL_MEANS_DEFAULT` may also be null.
 POSITIVE_PARAMETERS: dict[str, tuple[str, ...]] = {'lj': ('epsilon', 'sigma', 'rc')}
+#: Keyword arguments for which null means "ASE's default" (LJ: rc = 3 sigma, ro = 0.66 rc).
+NULL_MEANS_DEFAULT: dict[str, tuple[str, ...]] = {'lj': ('rc', 'ro')}
 
 
 def _bounds_error(name: str, parameters: dict[str, Any]) -> str | None:
     """Why numbers of the right type are still not physical: LJ with sigma <= 0 gives NaN or a repulsive well."""
     for key in POSITIVE_PARAMETERS.get(name, ()):
-        value = parameters.get(key)
-        if value is not None and not value > 0:
-            return f'calculator `{name}`: `{key}` must be positive, got {value!r}'
+        if key not in parameters:
+            continue
+        value = parameters[key]
+        if value is None and key in NULL_MEANS_DEFAULT.get(name, ()):
+            continue
+        if value is None or not value > 0:
+            return f'`{key}` must be a positive number, got {"null" if value is None else repr(value)}'
     if name == 'lj':
         ro, rc = parameters.get('ro'), parameters.get('rc')
         if ro is not None and not ro >= 0:
-            return f'calculator `lj`: `ro` (Å, where the smoothing starts) must be zero or positive, got {ro!r}'
+            return f'`ro` (Å, where the smoothing starts) must be zero or positive, got {ro!r}'
         if rc is None:  # ASE's default cut-off
-            rc = 3 * (parameters.get('sigma') or 1.0)
-        if ro is not None and not ro < rc:
-            return f'calculator `lj`: `ro` ({ro} Å) must be smaller than the cut-off `rc` ({rc} Å)'
+            rc = 3 * parameters.get('sigma', 1.0)
+        if ro is not None and parameters.get('smooth', False) and not ro < rc:  # ro is used only when smoothing
+            return f'`ro` ({ro} Å) must be smaller than the cut-off `rc` ({rc} Å)'
     return None
 
 

@@ -22,7 +22,7 @@ from aiida import orm
 from aiida.common import AttributeDict
 from aiida.engine import ToContext, WorkChain, if_, while_
 
-from aiida_mlmat.calcjobs.label import reference_calculator_error
+from aiida_mlmat.calcjobs.label import calculator_error
 from aiida_mlmat.calcjobs.sample import SampleCalculation
 from aiida_mlmat.data.configurations import ConfigurationSetData
 from aiida_mlmat.data.potential import PotentialData
@@ -115,7 +115,7 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
         return 'test_set: every configuration needs energy and forces labels'
     if 'calculator' in value:
         species = training_set.species if training_set is not None else ()
-        error = reference_calculator_error(value['calculator'].get_dict(), species)
+        error = calculator_error(value['calculator'].get_dict(), species)
         if error:
             return error
     ensemble = _value(value.get('training', {}), 'ensemble_size', 3)

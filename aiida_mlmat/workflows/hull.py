@@ -8,12 +8,12 @@ from aiida import orm
 from aiida.common import AttributeDict
 from aiida.engine import ToContext, WorkChain, if_
 
-from aiida_mlmat.calcjobs.label import calculator_spec_error, reference_calculator_error
+from aiida_mlmat.calcjobs.label import calculator_error
 from aiida_mlmat.calcjobs.relax import PARAMETER_KEYS, RelaxCalculation
 from aiida_mlmat.data.configurations import ConfigurationSetData
 from aiida_mlmat.data.potential import PotentialData
 from aiida_mlmat.data.screening import ScreenedCandidateData
-from aiida_mlmat.worker.calculators import unsupported_elements
+from aiida_mlmat.hull.metrics import describe_verification
 from aiida_mlmat.workflows.functions import split_configurations
 from aiida_mlmat.workflows.hull_functions import (
     compute_hull,
@@ -45,12 +45,11 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
             return f'potential: it was not trained on {missing} (its species: {value["potential"].species})'
     if 'calculator' in value:
         spec = value['calculator'].get_dict()
-        error = calculator_spec_error(spec)
+        if spec.get('name') == 'mlmat':
+            return 'calculator: for a trained potential give the input `potential`, not the calculator `mlmat`'
+        error = calculator_error(spec, elements, reference=False)
         if error:
             return error
-        unsupported = unsupported_elements(spec['name'], elements)
-        if unsupported:
-            return f'calculator `{spec["name"]}` cannot treat {unsupported}'
     if 'relax' in value:
         unknown = set(value['relax'].get_dict()) - set(PARAMETER_KEYS)
         if unknown:
@@ -66,7 +65,7 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
     if top is not None and top.value > 0 and 'calculator' not in value.get('verify', {}):
         return 'verify.calculator: the reference calculator is needed to verify the top candidates'
     if 'verify' in value and 'calculator' in value['verify']:
-        error = reference_calculator_error(value['verify']['calculator'].get_dict(), elements)
+        error = calculator_error(value['verify']['calculator'].get_dict(), elements)
         if error:
             return f'verify.{error}'
     return None
@@ -280,10 +279,7 @@ class HullWorkChain(IdempotentLaunchMixin, WorkChain):
             self.ctx.verification = verify_screening(self.ctx.hull, node.outputs[output])
             self.out('verification', self.ctx.verification)
             metrics = self.ctx.verification['metrics']
-            self.report(
-                f'verification: MAE {metrics.get("mae")} eV/atom, precision {metrics.get("precision")}, '
-                f'recall {metrics.get("recall")}, F1 {metrics.get("f1")}, DAF {metrics.get("daf")}'
-            )
+            self.report(describe_verification(metrics))
         else:
             self.ctx.verification_error = f'{node.process_label}<{node.pk}>: {node.exit_status} {node.exit_message}'
             self.report(f'verification failed: {self.ctx.verification_error}')
@@ -300,7 +296,8 @@ class HullWorkChain(IdempotentLaunchMixin, WorkChain):
             self.out(key, outputs[key])
         summary = outputs['summary']
         self.report(
-            f'{summary["n_screened"]} candidates screened, {summary["n_stable"]} stable, {summary["n_failed"]} failed'
+            f'{summary["n_screened"]} candidates screened, {summary["n_stable"]} stable, {summary["n_uncertain"]} '
+            f'uncertain (on the hull for some members, not most), {summary["n_failed"]} failed'
         )
         if 'verification_error' in self.ctx:
             return self.exit_codes.ERROR_VERIFICATION_FAILED.format(message=self.ctx.verification_error)

@@ -385,7 +385,7 @@ def screening_results(hull: orm.Dict, **verification: orm.Dict) -> dict[str, orm
         'n_screened': len(ok),
         'n_failed': len(rows) - len(ok),
         'n_stable': sum(bool(row.get('stable')) for row in ok),
-        'n_uncertain': sum(0.0 < float(row.get('p_stable') or 0.0) < 1.0 for row in ok),
+        'n_uncertain': sum(0.0 < float(row.get('p_stable') or 0.0) <= 0.5 for row in ok),  # not stable, not out
         'n_unconverged': sum(not row.get('converged', True) for row in ok),
         'n_members': data['n_members'],
         'references': data['references'],

@@ -157,7 +157,7 @@ def _semantic_error(config: dict[str, Any]) -> str | None:
     elements, and each stage's protocol with its overrides (unknown settings, training parameters, trust bounds),
     checked as the stage will build them, so that the pipeline fails here and not after its first stages ran.
     """
-    from aiida_mlmat.calcjobs.label import reference_calculator_error
+    from aiida_mlmat.calcjobs.label import calculator_error
     from aiida_mlmat.worker.structures import check_element
     from aiida_mlmat.workflows.protocols import get_protocol_inputs
 
@@ -166,7 +166,7 @@ def _semantic_error(config: dict[str, Any]) -> str | None:
             check_element(symbol)
         except ValueError as exc:
             return f'elements: {exc}'
-    error = reference_calculator_error(config['reference']['calculator'], config['elements'])
+    error = calculator_error(config['reference']['calculator'], config['elements'])
     if error:
         return f'reference.{error}'
     stages = {

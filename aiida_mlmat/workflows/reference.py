@@ -9,7 +9,7 @@ from aiida.common import AttributeDict
 from aiida.engine import ToContext, WorkChain, calcfunction, if_
 from aiida.plugins import CalculationFactory
 
-from aiida_mlmat.calcjobs.label import reference_calculator_error
+from aiida_mlmat.calcjobs.label import calculator_error
 from aiida_mlmat.calcjobs.sample import SampleCalculation
 from aiida_mlmat.data.configurations import ConfigurationSetData
 from aiida_mlmat.worker.structures import InvalidConfigurationError, check_configuration, check_element
@@ -101,7 +101,7 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
             return f'structures: elements {extra} are not in the chemical system {elements}'
         species |= set(structures.species)
     calculator = value['calculator'].get_dict()
-    error = reference_calculator_error(calculator, species)
+    error = calculator_error(calculator, species)
     if error:
         return error
     labeller = value['labeller'].value if 'labeller' in value else 'batch'

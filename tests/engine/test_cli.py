@@ -115,6 +115,11 @@ def test_dataset_import_refuses_corrupt_files(tmp_path, content, message):
         (['--elements', 'Cu', '--calculator', 'emt', '--calculator-params', '{"foo": 1}'], "no parameter(s) ['foo']"),
         (['--elements', 'Cu', '--calculator', 'emt', '--calculator-params', '{"asap_cutoff": "yes"}'], 'true or false'),
         (['--calculator', 'emt'], 'give `--elements`'),
+        (
+            ['--elements', 'Ar', '--calculator', 'lj', '--calculator-params', '{"sigma": -1}'],
+            '--calculator-params: `sigma` must be a positive number, got -1',
+        ),
+        (['--elements', 'Fe', '--calculator', 'emt'], "--calculator: `emt` cannot treat the elements ['Fe']"),
         (['--structures', '/no/such/file.cif', '--calculator', 'emt'], 'does not exist'),
     ],
 )
@@ -125,6 +130,19 @@ def test_reference_refuses_bad_input(worker_code, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert orm.QueryBuilder().append(orm.ProcessNode).count() == before
+
+
+def test_reference_checks_the_elements_of_structure_files_early(worker_code, tmp_path):
+    from ase.build import bulk
+    from ase.io import write
+
+    seed = tmp_path / 'Fe.cif'
+    write(seed, bulk('Fe', 'bcc', a=2.87))
+    before = orm.QueryBuilder().append(orm.Node).count()
+    result = invoke('reference', '--structures', str(seed), '--calculator', 'emt', '--json')
+    assert result.exit_code == 2, result.output
+    assert last_json(result)['error'].startswith("--calculator: `emt` cannot treat the elements ['Fe']")
+    assert orm.QueryBuilder().append(orm.Node).count() == before
 
 
 def test_elements_option_accepts_spaces_commas_and_repeats(worker_code):
@@ -388,7 +406,7 @@ def test_non_finite_numbers_null_sections_and_conflicts_are_refused(worker_code,
             '{"sigma": "x"}',
             '--json',
         ),
-        '--verify-calculator: calculator `lj`: `sigma` must be a number',
+        '--verify-params: `sigma` must be a number',
     )
     # verification needs a reference method, not a trained potential
     verify = ['--calculator', 'emt', '--verify-top', '1', '--verify-calculator', 'mlmat', '--json']

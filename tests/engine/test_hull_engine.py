@@ -179,7 +179,7 @@ def test_missing_references_and_bad_input_are_refused_early(worker_code):
         )
     with pytest.raises(ValueError, match='exactly one energy model'):
         run_get_node(HullWorkChain, **base)
-    with pytest.raises(ValueError, match=r"cannot treat \['U'\]"):
+    with pytest.raises(ValueError, match=r"calculator: `emt` cannot treat the elements \['U'\]"):
         run_get_node(HullWorkChain, calculator=orm.Dict({'name': 'emt'}), **{**base, 'elements': orm.List(['Cu', 'U'])})
 
 

@@ -13,7 +13,7 @@ from aiida.plugins import CalculationFactory
 from ase.build import bulk
 
 from aiida_mlmat.calcjobs.base import SOFT_WALLTIME_FRACTION
-from aiida_mlmat.calcjobs.label import LabelCalculation, calculator_spec_error, reference_calculator_error
+from aiida_mlmat.calcjobs.label import LabelCalculation, calculator_error, calculator_spec_error
 from aiida_mlmat.calcjobs.sample import SampleCalculation
 from aiida_mlmat.common.constants import INDEX_KEY
 from aiida_mlmat.data.configurations import ConfigurationSetData
@@ -282,33 +282,46 @@ def test_calculator_spec_error():
     assert calculator_spec_error({'name': 'lj', 'parameters': {'sigma': 2.3, 'epsilon': 1, 'rc': None}}) is None
     # EMT and LJ take a closed set of keyword arguments: a typo or a wrong type is refused, not ignored
     assert calculator_spec_error({'name': 'emt', 'parameters': {'x': 1}}) == (
-        "calculator: calculator `emt` takes no parameter(s) ['x']; it takes asap_cutoff"
+        "calculator.parameters: `emt` takes no parameter(s) ['x']; it takes asap_cutoff"
     )
     assert 'must be true or false' in calculator_spec_error({'name': 'emt', 'parameters': {'asap_cutoff': 'yes'}})
     assert 'must be a number' in calculator_spec_error({'name': 'lj', 'parameters': {'sigma': 'abc'}})
     assert 'must be a number' in calculator_spec_error({'name': 'lj', 'parameters': {'rc': True}})
     # ... and numbers that are not physical: LJ lengths (Å) and well depth (eV) must be positive
     assert calculator_spec_error({'name': 'lj', 'parameters': {'sigma': -1}}) == (
-        'calculator: calculator `lj`: `sigma` must be positive, got -1'
+        'calculator.parameters: `sigma` must be a positive number, got -1'
     )
-    assert 'must be positive' in calculator_spec_error({'name': 'lj', 'parameters': {'epsilon': 0}})
-    assert 'must be positive' in calculator_spec_error({'name': 'lj', 'parameters': {'rc': -2.0}})
+    assert 'must be a positive number' in calculator_spec_error({'name': 'lj', 'parameters': {'epsilon': 0}})
+    assert 'must be a positive number' in calculator_spec_error({'name': 'lj', 'parameters': {'rc': -2.0}})
+    # null is ASE's default only for the cut-offs; a null sigma or epsilon fails in ASE, so it is refused here
+    assert calculator_spec_error({'name': 'lj', 'parameters': {'sigma': None}}) == (
+        'calculator.parameters: `sigma` must be a positive number, got null'
+    )
+    assert calculator_spec_error({'name': 'lj', 'parameters': {'rc': None, 'ro': None}}) is None
     assert 'zero or positive' in calculator_spec_error({'name': 'lj', 'parameters': {'ro': -0.5}})
     assert '`ro` (3 Å) must be smaller than the cut-off `rc` (2 Å)' in calculator_spec_error(
-        {'name': 'lj', 'parameters': {'ro': 3, 'rc': 2}}
+        {'name': 'lj', 'parameters': {'ro': 3, 'rc': 2, 'smooth': True}}
     )
-    # without rc ASE cuts off at 3 sigma
-    assert 'cut-off `rc` (6.0 Å)' in calculator_spec_error({'name': 'lj', 'parameters': {'sigma': 2.0, 'ro': 6.5}})
+    # without rc ASE cuts off at 3 sigma; without smoothing ASE ignores ro
+    smooth = {'sigma': 2.0, 'ro': 6.5, 'smooth': True}
+    assert 'cut-off `rc` (6.0 Å)' in calculator_spec_error({'name': 'lj', 'parameters': smooth})
+    assert calculator_spec_error({'name': 'lj', 'parameters': {'sigma': 2.0, 'ro': 6.5}}) is None
     assert calculator_spec_error({'name': 'lj', 'parameters': {'sigma': 2.0, 'ro': 5.5, 'smooth': True}}) is None
     # a reference method labels data: a trained potential is refused, and EMT must treat every element
-    assert reference_calculator_error({'name': 'emt'}, ['Cu', 'Au']) is None
-    assert reference_calculator_error({'name': 'mlmat'}, ['Cu']) == (
+    assert calculator_error({'name': 'emt'}, ['Cu', 'Au']) is None
+    assert calculator_error({'name': 'mlmat'}, ['Cu']) == (
         'calculator: `mlmat` is a trained potential, not a reference method; use emt, gpaw, ...'
     )
-    assert reference_calculator_error({'name': 'emt'}, ['Cu', 'Fe', 'U']) == (
+    assert calculator_error({'name': 'emt'}, ['Cu', 'Fe', 'U']) == (
         "calculator: `emt` cannot treat the elements ['Fe', 'U']"
     )
-    assert reference_calculator_error({'name': 'lj', 'parameters': {'sigma': 0}}, ['Ar']).endswith('positive, got 0')
+    assert calculator_error({'name': 'lj', 'parameters': {'sigma': 0}}, ['Ar']).endswith('positive number, got 0')
+    # as an energy model (screening) a calculator must treat the elements too, and `mlmat` is not refused there
+    as_model = calculator_error({'name': 'emt'}, ['Fe'], reference=False)
+    assert as_model == "calculator: `emt` cannot treat the elements ['Fe']"
+    assert calculator_error({'name': 'mlmat'}, ['Cu'], reference=False) is None
+    with pytest.raises(TypeError, match='element symbols'):
+        calculator_error({'name': 'emt'}, 'Cu')
     # other calculators take open-ended arguments, checked by the calculator itself
     assert calculator_spec_error({'name': 'gpaw', 'parameters': {'anything': 1}}) is None
     assert calculator_spec_error('emt').startswith('calculator: expected a dictionary')

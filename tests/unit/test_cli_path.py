@@ -24,13 +24,21 @@ def test_own_bin_put_on_path_when_verdi_is_missing(monkeypatch, tmp_path):
     assert os.environ['PATH'].split(os.pathsep) == [str(OWN_BIN), str(tmp_path)]
 
 
-def test_path_left_alone_when_verdi_is_found(monkeypatch, tmp_path):
-    fake = tmp_path / 'verdi'
-    fake.write_text('#!/bin/sh\n')
-    fake.chmod(0o755)
+@pytest.mark.skipif(not (OWN_BIN / 'verdi').exists(), reason='verdi is not installed beside this Python')
+def test_another_environments_verdi_is_not_used(monkeypatch, tmp_path):
+    other = tmp_path / 'verdi'
+    other.write_text('#!/bin/sh\n')
+    other.chmod(0o755)
     monkeypatch.setenv('PATH', str(tmp_path))
     put_own_bin_on_path()
-    assert os.environ['PATH'] == str(tmp_path)
+    assert Path(shutil.which('verdi')).parent == OWN_BIN
+
+
+def test_path_left_alone_when_this_environment_has_no_verdi(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, 'executable', str(tmp_path / 'python'))  # a Python with no verdi beside it
+    monkeypatch.setenv('PATH', '/usr/bin')
+    put_own_bin_on_path()
+    assert os.environ['PATH'] == '/usr/bin'
 
 
 @pytest.mark.skipif(not (OWN_BIN / 'mlmat').exists(), reason='mlmat is not installed beside this Python')

@@ -1,7 +1,7 @@
 """The headline figures `mlmat run` prints (what the README's main job shows a scientist first)."""
 
-from aiida_mlmat.cli.pipeline import headline, verification_line
-from aiida_mlmat.hull.metrics import discovery_metrics
+from aiida_mlmat.cli.pipeline import headline
+from aiida_mlmat.hull.metrics import describe_verification, discovery_metrics
 
 
 def test_headline_names_every_stage_with_units():
@@ -15,28 +15,30 @@ def test_headline_names_every_stage_with_units():
         'reference set: 80 configurations, 1 excluded',
         'active learning: 2 iterations, stopped by max_iterations',
         'potential (test split): force RMSE 0.09189 eV/Å, energy RMSE 0.04121 eV/atom',
-        'screening: 58 candidates, 1 stable, 4 uncertain (the members disagree), 0 failed',
+        'screening: 58 candidates, 1 stable, 4 uncertain (on the hull for some members, not most), 0 failed',
     ]
     summary['screening']['n_uncertain'] = 0
     assert headline(summary)[-1] == 'screening: 58 candidates, 1 stable, 0 failed'
 
 
-def test_verification_line_counts_what_was_confirmed():
+def test_describe_verification_counts_what_was_confirmed():
     # model: a and b on the hull, c above; reference: a on it, b and c above
     metrics = discovery_metrics({'a': 0.0, 'b': 0.0, 'c': 0.03}, {'a': 0.0, 'b': 0.02, 'c': 0.05}, threshold=1e-6)
-    assert verification_line(metrics) == (
+    assert describe_verification(metrics) == (
         'verification of the top 3 by the reference: e_above_hull MAE 0.01333 eV/atom; '
-        '1 of 2 predicted stable confirmed (precision 0.5); recall 1, F1 0.6667'
+        'the model puts 2 on their hull, the reference confirms 1 (precision 0.5); recall 1, F1 0.6667'
     )
     # nothing stable by the reference among them: recall is undefined, and said so instead of "None"
     none_stable = discovery_metrics([0.0, 0.01], [0.02, 0.03], threshold=1e-6)
-    line = verification_line(none_stable)
-    assert '0 of 1 predicted stable confirmed (precision 0)' in line and line.endswith('none stable by the reference')
+    line = describe_verification(none_stable)
+    assert 'the model puts 1 on their hull, the reference confirms 0 (precision 0)' in line
+    assert line.endswith('none stable by the reference')
     assert 'None' not in line
-    # nothing predicted stable on the hull of the checked entries
-    assert 'none predicted stable on their own hull' in verification_line(
-        discovery_metrics([0.01, 0.02], [0.0, 0.03], threshold=1e-6)
-    )
+    # nothing on the model's hull of the checked entries, one stable by the reference: recall 0, F1 undefined
+    missed = describe_verification(discovery_metrics([0.01, 0.02], [0.0, 0.03], threshold=1e-6))
+    assert missed.endswith('the model puts none on their hull; recall 0')
+    assert 'None' not in missed
+    assert 'MAE n/a eV/atom' in describe_verification({'n': 0, 'mae': None, 'tp': 0, 'fp': 0, 'recall': None})
     assert headline({'screening': {'n_screened': 2, 'n_stable': 0, 'n_failed': 0, 'verification': metrics}})[1] == (
-        verification_line(metrics)
+        describe_verification(metrics)
     )

@@ -112,3 +112,22 @@ def test_table_with_reference_columns(tmp_path, binary_results):
     assert {'reference_e_above_hull', 'reference_e_form_per_atom', 'converged'} <= set(reader.fieldnames)
     assert records[0]['reference_e_form_per_atom'] == '-0.48'
     assert records[1]['reference_e_above_hull'] == ''
+
+
+def test_binary_plot_tells_stable_uncertain_and_above_hull_apart(binary_results):
+    """A 2-member tie (Cu3Au: one member puts it on the hull) is drawn and tagged as uncertain, not as stable."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    from aiida_mlmat.hull.plot import _binary, stability_class
+
+    kinds = {name: stability_class(entry) for name, entry in binary_results.items() if entry.get('status') == 'ok'}
+    assert binary_results['fcc-Cu3Au-0']['p_stable'] == 0.5
+    assert kinds == {'fcc-CuAu-0': 'stable', 'fcc-Cu3Au-0': 'uncertain', 'fcc-CuAu3-0': 'above hull'}
+    fig, ax = plt.subplots()
+    _binary(ax, {name: binary_results[name] for name in kinds}, REFERENCES, ['Cu', 'Au'])
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    plt.close(fig)
+    assert sorted(labels) == ['above hull', 'hull', 'references', 'stable', 'uncertain (some members: on the hull)']

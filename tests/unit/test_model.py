@@ -21,6 +21,7 @@ from aiida_mlmat.ml.model import build_model, default_config, edge_jacobian, loa
 from aiida_mlmat.ml.neighbours import build_graph
 from aiida_mlmat.ml.training import (
     CHECKPOINT,
+    CHECKPOINT_FORMAT,
     MODEL,
     TrainingConfig,
     TrainingError,
@@ -288,6 +289,25 @@ def test_validation_loss_has_the_training_losss_stress_term(data, tmp_path):
     # without a stress weight stress is neither in the loss nor reported
     plain = train(small_config(), *data, TrainingConfig(**{**FAST, 'epochs': 1}), tmp_path / 'plain')
     assert 'stress_rmse' not in plain['validation'] and 'stress_rmse' not in plain['learning_curve'][-1]
+
+
+def test_resuming_an_older_checkpoint_measures_its_best_model_with_the_stress_term(data, tmp_path):
+    """A format-1 checkpoint's best validation loss left stress out: on resume its best model is measured again."""
+    config = TrainingConfig(**{**FAST, 'epochs': 2, 'stress_weight': 10.0})
+    train(small_config(), *data, config, tmp_path)
+    checkpoint = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert checkpoint['format'] == CHECKPOINT_FORMAT
+    best_row = min(checkpoint['state']['curve'], key=lambda row: row['validation_loss'])
+    # format 1 recorded the loss without its stress term, lower than any new epoch's can be: 0 stands for it here,
+    # so that kept, it would keep the old model for good (and stop early after `patience` epochs)
+    checkpoint['format'], checkpoint['state']['best'] = 'aiida-mlmat-checkpoint/1', 0.0
+    torch.save(checkpoint, tmp_path / CHECKPOINT)
+    more = TrainingConfig(**{**FAST, 'epochs': 3, 'stress_weight': 10.0})
+    summary = train(small_config(), *data, more, tmp_path / 'resumed', resume_from=tmp_path / CHECKPOINT)
+    resumed = torch.load(tmp_path / 'resumed' / CHECKPOINT, weights_only=True)
+    new_row = summary['learning_curve'][-1]
+    # the best is the smaller of the old best model measured with stress and the new epoch, never the stale figure
+    assert resumed['state']['best'] == pytest.approx(min(best_row['validation_loss'], new_row['validation_loss']))
 
 
 def test_training_on_precomputed_descriptors_equals_recomputing_them_and_resumes_across(data, tmp_path):

@@ -129,7 +129,12 @@ def test_overrides_merge_recursively():
         ('active_learning', {'retrain': {'learning_rate': -1}}, 'retrain.learning_rate: -1 is less than or equal'),
         ('active_learning', {'exploration': {'temp': [300]}}, "exploration: unknown key(s) ['temp']"),
         ('active_learning', {'selection': {'lower': 0.9, 'upper': 0.1}}, 'must be smaller than the upper one'),
-        ('active_learning', {'selection': {'lower': 'low'}}, "expected numbers (eV/Å), got 'low'"),
+        ('active_learning', {'selection': {'lower': 'low'}}, "selection.lower: expected a number, got 'low'"),
+        # settings typed by their ports are checked strictly: the node types would convert silently
+        ('active_learning', {'selection': {'fps': 'false'}}, "selection.fps: expected true or false, got 'false'"),
+        ('active_learning', {'exploration': {'steps': 2.7}}, 'exploration.steps: expected an integer, got 2.7'),
+        ('active_learning', {'exploration': {'temperatures': 300}}, 'exploration.temperatures: expected a list'),
+        ('active_learning', {'convergence': {'fraction': True}}, 'convergence.fraction: expected a number, got True'),
     ],
 )
 def test_overrides_are_checked_before_any_process(name, overrides, message):

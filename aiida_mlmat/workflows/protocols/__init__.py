@@ -94,6 +94,35 @@ def _schema_error(where: str, value: Any, schema: dict[str, Any]) -> str | None:
     return f'{path}: {error.message}'
 
 
+def _port_values_error(inputs: dict[str, Any]) -> str | None:
+    """Why a value of active learning's port sections does not fit its port's node type (null: the default).
+
+    Strict, since the node types would convert silently: ``Bool("false")`` is true, ``Int(2.7)`` is 2.
+    """
+    from aiida import orm
+
+    from aiida_mlmat.workflows.active_learning import ActiveLearningWorkChain
+
+    ports = ActiveLearningWorkChain.spec().inputs
+    accepted = {
+        orm.Bool: (lambda v: isinstance(v, bool), 'true or false'),
+        orm.Int: (lambda v: isinstance(v, int) and not isinstance(v, bool), 'an integer'),
+        orm.Float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), 'a number'),
+        orm.List: (lambda v: isinstance(v, list | tuple), 'a list'),
+        orm.Str: (lambda v: isinstance(v, str), 'a string'),
+    }
+    for section in _AL_PORT_SECTIONS:
+        for key, value in (inputs.get(section) or {}).items():
+            if value is None:
+                continue
+            valid_type = ports[section][key].valid_type
+            node_type = valid_type[0] if isinstance(valid_type, tuple) else valid_type
+            check, expected = accepted[node_type]
+            if not check(value):
+                return f'{section}.{key}: expected {expected}, got {value!r}'
+    return None
+
+
 def protocol_inputs_error(name: str, inputs: dict[str, Any]) -> str | None:
     """Why the protocol inputs of workflow ``name`` (after the overrides were merged) are invalid, or None.
 
@@ -120,6 +149,9 @@ def protocol_inputs_error(name: str, inputs: dict[str, Any]) -> str | None:
             return f'{section or "<top level>"}: unknown key(s) {unknown}; allowed: {", ".join(sorted(keys))}'
     trainings = {'training': inputs} if name == 'training' else {}
     if name == 'active_learning':
+        error = _port_values_error(inputs)
+        if error:
+            return error
         trainings = {'training': inputs.get('training') or {}}
         if inputs.get('retrain') is not None:
             error = _schema_error('retrain', inputs['retrain'], _subschema('train', 'training'))
@@ -131,10 +163,7 @@ def protocol_inputs_error(name: str, inputs: dict[str, Any]) -> str | None:
 
             lower = selection['lower'] if selection.get('lower') is not None else DEFAULT_LOWER
             upper = selection['upper'] if selection.get('upper') is not None else DEFAULT_UPPER
-            try:
-                error = check_bounds(float(lower), float(upper))
-            except (TypeError, ValueError):
-                error = f'expected numbers (eV/Å), got {selection.get("lower")!r} and {selection.get("upper")!r}'
+            error = check_bounds(float(lower), float(upper))  # numbers: the port values were checked above
             if error:
                 return f'selection: {error}'
     for where, training in trainings.items():
