@@ -31,6 +31,7 @@ from ase.io import read, write
 from aiida_mlmat.common.constants import NAME_KEY, RELAXED_FILE
 from aiida_mlmat.hull.candidates import generate_candidates
 from aiida_mlmat.hull.phase import ensemble_hull, hull_results
+from aiida_mlmat.hull.plot import stability_class
 from aiida_mlmat.ml.model import default_config
 from aiida_mlmat.ml.training import MODEL, TrainingConfig, train
 from aiida_mlmat.worker.__main__ import execute
@@ -161,8 +162,8 @@ def main() -> None:
         'n_candidates': n_candidates,
         'n_excluded': results['n_excluded'],
         'n_unconverged': results['n_unconverged'],
-        'n_stable_p_ge_0.5': sum(1 for r in screened.values() if r.get('stable')),
-        'n_uncertain': sum(1 for r in screened.values() if 0 < r.get('p_stable', 0) < 1),
+        'n_stable': sum(1 for r in screened.values() if stability_class(r) == 'stable'),  # P(stable) > 0.5
+        'n_uncertain': sum(1 for r in screened.values() if stability_class(r) == 'uncertain'),  # 0 < P <= 0.5
         'candidates_per_s_end_to_end': n_candidates / end_to_end_s,
         'relax_s': relax_s,
         'hull_ensemble_s': hull_ensemble_s,

@@ -35,7 +35,7 @@ def calculator_spec_error(spec: Any) -> str | None:
     except UnknownCalculatorError as exc:
         return f'calculator: {exc}'
     if not isinstance(spec.get('parameters', {}), dict):
-        return 'calculator: `parameters` must be a dictionary of keyword arguments'
+        return 'calculator.parameters: must be a dictionary of keyword arguments'
     error = parameters_error(spec['name'], spec.get('parameters', {}))
     return f'calculator.parameters: {error}' if error else None
 

@@ -64,7 +64,13 @@ def reference(profile: str | None, **kwargs: Any) -> None:
     frames = read_structures(files) if files else []
     if frames:  # the seeds' elements too, before a profile or a Code is needed
         species = {symbol for frame in frames for symbol in frame.get_chemical_symbols()}
-        calculator_option_error(calculator_error(calculator, species), '--calculator', '--calculator-params')
+        if elements and not species <= set(elements):
+            raise MlmatCliError(
+                f'--structures: elements {sorted(species - set(elements))} are not in the chemical system '
+                f'{elements} (--elements)'
+            )
+        error = calculator_error(calculator, species)  # the name and parameters passed above: the elements
+        calculator_option_error(error and f'{error} (in --structures)', '--calculator', '--calculator-params')
 
     load_profile(profile)
     from aiida.engine import submit

@@ -241,7 +241,8 @@ def put_own_bin_on_path() -> None:
     own_verdi = Path(sys.executable).parent / 'verdi'
     found = shutil.which('verdi')
     if own_verdi.exists() and (found is None or Path(found).resolve() != own_verdi.resolve()):
-        os.environ['PATH'] = os.pathsep.join([str(own_verdi.parent), os.environ.get('PATH', '')])
+        rest = [part for part in os.environ.get('PATH', '').split(os.pathsep) if part]  # '' would mean `.`
+        os.environ['PATH'] = os.pathsep.join([str(own_verdi.parent), *rest])
 
 
 def ensure_daemon(workers: int = 1, quiet: bool = False) -> None:

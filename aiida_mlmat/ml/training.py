@@ -404,7 +404,7 @@ def train(
             model.train(False)
             state['best'] = validation_loss(errors(model, val_batches, stress=True), config)
             model.load_state_dict(current)
-            scheduler.best, scheduler.num_bad_epochs = state['best'], 0
+            scheduler.best = state['best']  # the epochs since the best model still count towards a cut
     elif init_from is not None:
         load_initial_weights(model, init_from, model_config, device)
         with torch.no_grad():

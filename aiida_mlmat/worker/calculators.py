@@ -133,12 +133,22 @@ def parameters_error(name: str, parameters: Any) -> str | None:
         default = defaults[key]
         if isinstance(default, bool):
             if not isinstance(value, bool):
-                return f'`{key}` must be true or false, got {value!r}'
+                return f'`{key}` must be true or false, got {_shown(value)}'
         elif (default is None or isinstance(default, int | float)) and (
             value is not None and (isinstance(value, bool) or not isinstance(value, int | float))
         ):
-            return f'`{key}` must be a number, got {value!r}'
+            return f'`{key}` must be a number, got {_shown(value)}'
     return _bounds_error(name, parameters)
+
+
+def _shown(value: Any) -> str:
+    """A value as it was written in JSON or YAML: null, true, false, numbers and quoted strings."""
+    import json
+
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 #: Keyword arguments that must be positive numbers (a length in Å or an energy in eV); those in
@@ -157,14 +167,16 @@ def _bounds_error(name: str, parameters: dict[str, Any]) -> str | None:
         if value is None and key in NULL_MEANS_DEFAULT.get(name, ()):
             continue
         if value is None or not value > 0:
-            return f'`{key}` must be a positive number, got {"null" if value is None else repr(value)}'
+            return f'`{key}` must be a positive number, got {_shown(value)}'
     if name == 'lj':
         ro, rc = parameters.get('ro'), parameters.get('rc')
-        if ro is not None and not ro >= 0:
+        if ro is None or not parameters.get('smooth', False):  # ASE uses ro only when smoothing
+            return None
+        if not ro >= 0:
             return f'`ro` (Å, where the smoothing starts) must be zero or positive, got {ro!r}'
         if rc is None:  # ASE's default cut-off
             rc = 3 * parameters.get('sigma', 1.0)
-        if ro is not None and parameters.get('smooth', False) and not ro < rc:  # ro is used only when smoothing
+        if not ro < rc:
             return f'`ro` ({ro} Å) must be smaller than the cut-off `rc` ({rc} Å)'
     return None
 

@@ -37,7 +37,7 @@ from aiida_mlmat.workflows.active_functions import (
 from aiida_mlmat.workflows.functions import split_configurations
 from aiida_mlmat.workflows.idempotent import IdempotentLaunchMixin
 from aiida_mlmat.workflows.label import LabelBaseWorkChain
-from aiida_mlmat.workflows.protocols import get_protocol_inputs
+from aiida_mlmat.workflows.protocols import get_protocol_inputs, port_node_type
 from aiida_mlmat.workflows.training import TrainingWorkChain
 
 #: Stop reason of a loop whose last labelling produced no label at all (it also exits with a non-zero status).
@@ -45,10 +45,18 @@ STOP_ALL_LABELS_FAILED = 'all_labels_failed'
 
 
 def _value(namespace: Any, key: str, default: Any = None) -> Any:
+    """The value at ``key`` of a namespace of nodes, or of the plain protocol dictionary it is built from."""
     node = namespace.get(key) if namespace is not None else None
     if node is None:
         return default
-    return node.get_list() if isinstance(node, orm.List) else node.value
+    if isinstance(node, orm.List):
+        return node.get_list()
+    return node.value if isinstance(node, orm.Data) else node
+
+
+def _number(value: Any) -> Any:
+    """A number as a float; anything else unchanged, for the worker schema to refuse (``'300'`` is no temperature)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
 def exploration_parameters(value: Any, iteration: int = 1) -> dict[str, Any]:
@@ -62,8 +70,8 @@ def exploration_parameters(value: Any, iteration: int = 1) -> dict[str, Any]:
             'name': 'mlmat',
             'parameters': {'directory': 'potential', 'device': _value(exploration, 'device', 'cpu')},
         },
-        'temperatures': [float(t) for t in _value(exploration, 'temperatures', [300.0, 900.0])],
-        'strains': [float(s) for s in _value(exploration, 'strains', [0.0])],
+        'temperatures': [_number(t) for t in _value(exploration, 'temperatures', [300.0, 900.0])],
+        'strains': [_number(s) for s in _value(exploration, 'strains', [0.0])],
         'steps': _value(exploration, 'steps', 100),
         'interval': _value(exploration, 'interval', 10),
         'timestep': _value(exploration, 'timestep', 2.0),
@@ -89,8 +97,6 @@ def failure_reason(node: orm.ProcessNode) -> str:
 
 def validate_inputs(value: Any, _: Any = None) -> str | None:
     """Validate everything before the first job: data, bounds, counts, the exploration against the worker schema."""
-    from aiida_mlmat.ml.active import DEFAULT_LOWER, DEFAULT_UPPER, check_bounds, check_quantile
-    from aiida_mlmat.worker.schema import SCHEMA_VERSION, validate_input
 
     training_set = value.get('training_set')
     if training_set is not None:
@@ -118,10 +124,22 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
         error = calculator_error(value['calculator'].get_dict(), species)
         if error:
             return error
-    ensemble = _value(value.get('training', {}), 'ensemble_size', 3)
+    return settings_error(value)
+
+
+def settings_error(value: Any) -> str | None:
+    """Why the loop's settings (committee size, trust bounds, counts, convergence, exploration) are invalid, or None.
+
+    ``value`` is the workchain's input namespace or the plain protocol dictionary it is built from, so that
+    ``get_protocol_inputs`` refuses bad overrides before any process runs (a pipeline's reference stage included).
+    """
+    from aiida_mlmat.ml.active import DEFAULT_LOWER, DEFAULT_UPPER, check_bounds, check_quantile
+    from aiida_mlmat.worker.schema import SCHEMA_VERSION, validate_input
+
+    ensemble = _value(value.get('training') or {}, 'ensemble_size', 3)
     if ensemble < 2:
         return f'training.ensemble_size: active learning needs a committee of at least 2 members, got {ensemble}'
-    selection = value.get('selection', {})
+    selection = value.get('selection') or {}
     lower, upper = _value(selection, 'lower', DEFAULT_LOWER), _value(selection, 'upper', DEFAULT_UPPER)
     error = check_bounds(lower, upper)
     if error:
@@ -132,7 +150,7 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
         return f'selection.lower_quantile: {error}'
     if _value(selection, 'max_per_iteration', 20) < 1:
         return 'selection.max_per_iteration: must be at least 1'
-    convergence = value.get('convergence', {})
+    convergence = value.get('convergence') or {}
     if _value(convergence, 'max_iterations', 5) < 1:
         return 'convergence.max_iterations: must be at least 1'
     fraction = _value(convergence, 'fraction', 0.05)
@@ -143,7 +161,7 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
         return f'convergence.target_forces_rmse: must be positive (eV/Å), got {target}'
     if _value(value, 'chunk_size', 50) < 1:
         return 'chunk_size: must be at least 1'
-    exploration = value.get('exploration', {})
+    exploration = value.get('exploration') or {}
     steps, interval = _value(exploration, 'steps', 100), _value(exploration, 'interval', 10)
     if interval < 1 or steps < interval:
         return f'exploration: need 1 <= interval <= steps, got interval {interval} and steps {steps}'
@@ -369,10 +387,9 @@ class ActiveLearningWorkChain(IdempotentLaunchMixin, WorkChain):
         ports = cls.spec().inputs  # the settings' node types come from the ports (keys checked by the protocol)
         for namespace in ('exploration', 'selection', 'convergence'):
             for key, value in (inputs.get(namespace) or {}).items():
-                if value is None:
+                if value is None or key not in ports[namespace]:  # null: the default; `description`: a comment
                     continue
-                valid_type = ports[namespace][key].valid_type
-                node_type = valid_type[0] if isinstance(valid_type, tuple) else valid_type
+                node_type = port_node_type(ports[namespace][key])
                 builder[namespace][key] = node_type(list(value)) if node_type is orm.List else node_type(value)
         builder.sample.code = code
         builder.label.label.code = code

@@ -146,7 +146,8 @@ class HullWorkChain(IdempotentLaunchMixin, WorkChain):
             'uncertain_candidates',
             valid_type=ConfigurationSetData,
             required=False,
-            help='Relaxed candidates with 0 < P(stable) < 1 (for active learning).',
+            help='Relaxed candidates the members disagree on, 0 < P(stable) < 1, stable by the majority or not (what '
+            "hull-aware active learning labels; the summary's `n_uncertain` counts only 0 < P(stable) <= 0.5).",
         )
         spec.output('verification', valid_type=orm.Dict, required=False, help='Reference hull and agreement metrics.')
         spec.exit_code(301, 'ERROR_NO_CANDIDATES', message='No candidate lies in the chemical system: {message}')
@@ -279,7 +280,8 @@ class HullWorkChain(IdempotentLaunchMixin, WorkChain):
             self.ctx.verification = verify_screening(self.ctx.hull, node.outputs[output])
             self.out('verification', self.ctx.verification)
             metrics = self.ctx.verification['metrics']
-            self.report(describe_verification(metrics))
+            daf = metrics.get('daf')
+            self.report(describe_verification(metrics) + (f'; DAF {daf:.3g}' if daf is not None else ''))
         else:
             self.ctx.verification_error = f'{node.process_label}<{node.pk}>: {node.exit_status} {node.exit_message}'
             self.report(f'verification failed: {self.ctx.verification_error}')

@@ -168,7 +168,9 @@ def compute_hull(
     :param nodes: ``relaxed_*`` sets, ``failed_*`` chunks (every structure failed with the job's reason) and an
         optional ``references`` set of labelled reference entries given by the user.
     :return: ``hull`` (Dict: per-candidate results, references used, settings) and, when some candidates have
-        0 < P(stable) < 1, ``uncertain_candidates`` (their relaxed structures, unlabelled).
+        0 < P(stable) < 1, ``uncertain_candidates`` (their relaxed structures, unlabelled): every candidate the
+        members disagree on, stable by the majority or not, which is more than the summary's ``n_uncertain``
+        (some members, not most: :func:`aiida_mlmat.hull.plot.stability_class`).
     """
     from aiida_mlmat.hull.phase import ensemble_hull
 
@@ -355,7 +357,7 @@ def verify_screening(hull: orm.Dict, labelled: ConfigurationSetData) -> orm.Dict
 @calcfunction
 def screening_results(hull: orm.Dict, **verification: orm.Dict) -> dict[str, orm.Data]:
     """One queryable node per candidate, the CSV table and the hull plot (PNG)."""
-    from aiida_mlmat.hull.plot import plot_hull, write_table
+    from aiida_mlmat.hull.plot import plot_hull, stability_class, write_table
 
     data = hull.get_dict()
     checked = verification['verification'].get_dict()['candidates'] if 'verification' in verification else {}
@@ -385,7 +387,7 @@ def screening_results(hull: orm.Dict, **verification: orm.Dict) -> dict[str, orm
         'n_screened': len(ok),
         'n_failed': len(rows) - len(ok),
         'n_stable': sum(bool(row.get('stable')) for row in ok),
-        'n_uncertain': sum(0.0 < float(row.get('p_stable') or 0.0) <= 0.5 for row in ok),  # not stable, not out
+        'n_uncertain': sum(stability_class(row) == 'uncertain' for row in ok),  # some members, not most
         'n_unconverged': sum(not row.get('converged', True) for row in ok),
         'n_members': data['n_members'],
         'references': data['references'],

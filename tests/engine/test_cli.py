@@ -141,7 +141,11 @@ def test_reference_checks_the_elements_of_structure_files_early(worker_code, tmp
     before = orm.QueryBuilder().append(orm.Node).count()
     result = invoke('reference', '--structures', str(seed), '--calculator', 'emt', '--json')
     assert result.exit_code == 2, result.output
-    assert last_json(result)['error'].startswith("--calculator: `emt` cannot treat the elements ['Fe']")
+    error = last_json(result)['error']
+    assert error.startswith("--calculator: `emt` cannot treat the elements ['Fe'] (in --structures)")
+    result = invoke('reference', '--elements', 'Cu', '--structures', str(seed), '--calculator', 'emt', '--json')
+    assert result.exit_code == 2, result.output
+    assert "--structures: elements ['Fe'] are not in the chemical system ['Cu']" in last_json(result)['error']
     assert orm.QueryBuilder().append(orm.Node).count() == before
 
 

@@ -220,7 +220,7 @@ def test_label_unknown_calculator_lists_known_names(instantiate):
     [
         ({'parameters': {}}, '`name` is required'),
         ({'name': 'emt', 'kwargs': {}}, "unknown keys ['kwargs']"),
-        ({'name': 'emt', 'parameters': [1, 2]}, '`parameters` must be a dictionary'),
+        ({'name': 'emt', 'parameters': [1, 2]}, 'calculator.parameters: must be a dictionary'),
     ],
 )
 def test_label_bad_calculator_spec(instantiate, calculator, phrase):
@@ -285,7 +285,13 @@ def test_calculator_spec_error():
         "calculator.parameters: `emt` takes no parameter(s) ['x']; it takes asap_cutoff"
     )
     assert 'must be true or false' in calculator_spec_error({'name': 'emt', 'parameters': {'asap_cutoff': 'yes'}})
-    assert 'must be a number' in calculator_spec_error({'name': 'lj', 'parameters': {'sigma': 'abc'}})
+    assert calculator_spec_error({'name': 'lj', 'parameters': {'sigma': 'abc'}}) == (
+        'calculator.parameters: `sigma` must be a number, got "abc"'  # as written in JSON or YAML
+    )
+    assert calculator_spec_error({'name': 'lj', 'parameters': {'smooth': None}}).endswith('true or false, got null')
+    assert calculator_spec_error({'name': 'lj', 'parameters': []}) == (
+        'calculator.parameters: must be a dictionary of keyword arguments'
+    )
     assert 'must be a number' in calculator_spec_error({'name': 'lj', 'parameters': {'rc': True}})
     # ... and numbers that are not physical: LJ lengths (Å) and well depth (eV) must be positive
     assert calculator_spec_error({'name': 'lj', 'parameters': {'sigma': -1}}) == (
@@ -298,7 +304,7 @@ def test_calculator_spec_error():
         'calculator.parameters: `sigma` must be a positive number, got null'
     )
     assert calculator_spec_error({'name': 'lj', 'parameters': {'rc': None, 'ro': None}}) is None
-    assert 'zero or positive' in calculator_spec_error({'name': 'lj', 'parameters': {'ro': -0.5}})
+    assert 'zero or positive' in calculator_spec_error({'name': 'lj', 'parameters': {'ro': -0.5, 'smooth': True}})
     assert '`ro` (3 Å) must be smaller than the cut-off `rc` (2 Å)' in calculator_spec_error(
         {'name': 'lj', 'parameters': {'ro': 3, 'rc': 2, 'smooth': True}}
     )
@@ -306,6 +312,7 @@ def test_calculator_spec_error():
     smooth = {'sigma': 2.0, 'ro': 6.5, 'smooth': True}
     assert 'cut-off `rc` (6.0 Å)' in calculator_spec_error({'name': 'lj', 'parameters': smooth})
     assert calculator_spec_error({'name': 'lj', 'parameters': {'sigma': 2.0, 'ro': 6.5}}) is None
+    assert calculator_spec_error({'name': 'lj', 'parameters': {'ro': -1.0}}) is None  # ignored without smoothing
     assert calculator_spec_error({'name': 'lj', 'parameters': {'sigma': 2.0, 'ro': 5.5, 'smooth': True}}) is None
     # a reference method labels data: a trained potential is refused, and EMT must treat every element
     assert calculator_error({'name': 'emt'}, ['Cu', 'Au']) is None

@@ -51,3 +51,10 @@ def test_cli_puts_its_bin_on_path_for_the_daemon(tmp_path):
     env = {**os.environ, 'PATH': str(tmp_path)}
     result = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True, env=env, check=True)
     assert f'VERDI {OWN_BIN / "verdi"}' in result.stdout
+
+
+@pytest.mark.skipif(not (OWN_BIN / 'verdi').exists(), reason='verdi is not installed beside this Python')
+def test_an_empty_path_does_not_put_the_working_directory_on_it(monkeypatch):
+    monkeypatch.setenv('PATH', '')
+    put_own_bin_on_path()
+    assert os.environ['PATH'] == str(OWN_BIN)

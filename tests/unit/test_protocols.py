@@ -135,6 +135,13 @@ def test_overrides_merge_recursively():
         ('active_learning', {'exploration': {'steps': 2.7}}, 'exploration.steps: expected an integer, got 2.7'),
         ('active_learning', {'exploration': {'temperatures': 300}}, 'exploration.temperatures: expected a list'),
         ('active_learning', {'convergence': {'fraction': True}}, 'convergence.fraction: expected a number, got True'),
+        ('active_learning', {'convergence': {'fraction': 10**400}}, 'convergence.fraction: expected a number'),
+        # ... and the loop's own checks (ranges, the worker schema of the exploration) run on the overrides too
+        ('active_learning', {'exploration': {'temperatures': ['300']}}, "md.temperatures.0: '300' is not of type"),
+        ('active_learning', {'exploration': {'supercell': [0, 1, 1]}}, 'supercell.0: 0 is less than the minimum'),
+        ('active_learning', {'exploration': {'steps': 5, 'interval': 10}}, 'need 1 <= interval <= steps'),
+        ('active_learning', {'training': {'ensemble_size': 1}}, 'a committee of at least 2 members, got 1'),
+        ('active_learning', {'convergence': {'fraction': 2.0}}, 'convergence.fraction: must be in [0, 1], got 2.0'),
     ],
 )
 def test_overrides_are_checked_before_any_process(name, overrides, message):
@@ -143,6 +150,11 @@ def test_overrides_are_checked_before_any_process(name, overrides, message):
     with pytest.raises(ValueError, match=r'^overrides: ') as info:
         get_protocol_inputs(name, None, overrides)
     assert message in str(info.value)
+
+
+def test_a_description_in_a_settings_section_is_a_comment():
+    inputs = get_protocol_inputs('active_learning', 'fast', {'exploration': {'description': 'hot runs', 'steps': 40}})
+    assert inputs['exploration']['steps'] == 40
 
 
 def test_shipped_protocols_pass_and_null_means_the_default():

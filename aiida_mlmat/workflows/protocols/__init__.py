@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import pathlib
 from typing import Any
 
@@ -107,20 +108,37 @@ def _port_values_error(inputs: dict[str, Any]) -> str | None:
     accepted = {
         orm.Bool: (lambda v: isinstance(v, bool), 'true or false'),
         orm.Int: (lambda v: isinstance(v, int) and not isinstance(v, bool), 'an integer'),
-        orm.Float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), 'a number'),
+        orm.Float: (_is_finite_number, 'a number'),
         orm.List: (lambda v: isinstance(v, list | tuple), 'a list'),
         orm.Str: (lambda v: isinstance(v, str), 'a string'),
     }
     for section in _AL_PORT_SECTIONS:
         for key, value in (inputs.get(section) or {}).items():
-            if value is None:
+            if value is None or key not in ports[section]:  # null: the default; `description`: a comment
                 continue
-            valid_type = ports[section][key].valid_type
-            node_type = valid_type[0] if isinstance(valid_type, tuple) else valid_type
-            check, expected = accepted[node_type]
+            node_type = port_node_type(ports[section][key])
+            check, expected = accepted.get(node_type, (lambda v: True, ''))
             if not check(value):
                 return f'{section}.{key}: expected {expected}, got {value!r}'
     return None
+
+
+def _is_finite_number(value: Any) -> bool:
+    """A finite int or float that converts to a float (10**400 does not), and not a bool."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def port_node_type(port: Any) -> Any:
+    """The node type a port's value is built as: its valid type, the first that is not ``NoneType`` of several."""
+    valid_type = port.valid_type
+    if isinstance(valid_type, tuple):
+        return next(t for t in valid_type if t is not type(None))
+    return valid_type
 
 
 def protocol_inputs_error(name: str, inputs: dict[str, Any]) -> str | None:
@@ -149,7 +167,9 @@ def protocol_inputs_error(name: str, inputs: dict[str, Any]) -> str | None:
             return f'{section or "<top level>"}: unknown key(s) {unknown}; allowed: {", ".join(sorted(keys))}'
     trainings = {'training': inputs} if name == 'training' else {}
     if name == 'active_learning':
-        error = _port_values_error(inputs)
+        from aiida_mlmat.workflows.active_learning import settings_error
+
+        error = _port_values_error(inputs) or settings_error(inputs)  # types first, then ranges and the schema
         if error:
             return error
         trainings = {'training': inputs.get('training') or {}}
@@ -157,15 +177,6 @@ def protocol_inputs_error(name: str, inputs: dict[str, Any]) -> str | None:
             error = _schema_error('retrain', inputs['retrain'], _subschema('train', 'training'))
             if error:
                 return error
-        selection = inputs.get('selection') or {}
-        if selection.get('lower') is not None or selection.get('upper') is not None:  # None: the default
-            from aiida_mlmat.ml.active import DEFAULT_LOWER, DEFAULT_UPPER, check_bounds
-
-            lower = selection['lower'] if selection.get('lower') is not None else DEFAULT_LOWER
-            upper = selection['upper'] if selection.get('upper') is not None else DEFAULT_UPPER
-            error = check_bounds(float(lower), float(upper))  # numbers: the port values were checked above
-            if error:
-                return f'selection: {error}'
     for where, training in trainings.items():
         if isinstance(training.get('training'), dict) or 'training' in training:
             prefix = f'{where}.training' if name == 'active_learning' else 'training'
