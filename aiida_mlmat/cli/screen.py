@@ -211,9 +211,7 @@ def _finished(node: Any, kwargs: dict[str, Any], json_output: bool) -> dict[str,
         if 'verification' in result:
             from aiida_mlmat.hull.metrics import describe_verification
 
-            metrics = result['verification']
-            daf = metrics.get('daf')
-            click.echo(describe_verification(metrics) + (f'; DAF {daf:.3g}' if daf is not None else ''))
+            click.echo(describe_verification(result['verification'], daf=True))
         click.echo(f'table: {result["table"]}\nplot: {result["plot"]}')
     return result
 

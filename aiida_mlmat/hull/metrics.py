@@ -138,11 +138,13 @@ def select_top(results: Mapping[str, Mapping[str, Any]], k: int) -> list[str]:
     return [name for name, _ in ok[: max(0, int(k))]]
 
 
-def describe_verification(metrics: Mapping[str, Any]) -> str:
+def describe_verification(metrics: Mapping[str, Any], daf: bool = False) -> str:
     """One line on how the checked candidates fared against the reference (the metrics of :func:`discovery_metrics`).
 
     Both sides are hulls of the checked candidates and the elements alone: the model's (its mean energies) and the
     reference's, so "on the model's hull" is not the ensemble vote that a candidate's ``stable`` counts.
+
+    :param daf: also give the discovery acceleration factor, where it is defined.
     """
 
     def fmt(value: Any) -> str:
@@ -161,7 +163,8 @@ def describe_verification(metrics: Mapping[str, Any]) -> str:
     else:
         f1 = metrics.get('f1')
         found = f'recall {fmt(recall)}' + (f', F1 {fmt(f1)}' if f1 is not None else '')
+    factor = metrics.get('daf') if daf else None
     return (
         f'verification of the top {metrics.get("n")} by the reference: e_above_hull MAE {fmt(metrics.get("mae"))} '
-        f'eV/atom; {confirmed}; {found}'
+        f'eV/atom; {confirmed}; {found}' + (f'; DAF {factor:.3g}' if factor is not None else '')
     )

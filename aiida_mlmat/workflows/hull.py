@@ -280,8 +280,7 @@ class HullWorkChain(IdempotentLaunchMixin, WorkChain):
             self.ctx.verification = verify_screening(self.ctx.hull, node.outputs[output])
             self.out('verification', self.ctx.verification)
             metrics = self.ctx.verification['metrics']
-            daf = metrics.get('daf')
-            self.report(describe_verification(metrics) + (f'; DAF {daf:.3g}' if daf is not None else ''))
+            self.report(describe_verification(metrics, daf=True))
         else:
             self.ctx.verification_error = f'{node.process_label}<{node.pk}>: {node.exit_status} {node.exit_message}'
             self.report(f'verification failed: {self.ctx.verification_error}')

@@ -34,16 +34,23 @@ def get_protocol_inputs(name: str, protocol: str | None = None, overrides: dict 
     return merged
 
 
+#: The settings of an ensemble's training: the training protocol's top level and active learning's `training`.
+_TRAINING_KEYS = {
+    'ensemble_size',
+    'model',
+    'training',
+    'max_iterations',
+    'test_fraction',
+    'validation_fraction',
+    'seed',
+}
 #: The settings each workflow's ``get_builder_from_protocol`` reads, by section.
 _KNOWN_KEYS: dict[str, dict[str, set[str]]] = {
     'reference': {'': {'sample', 'chunk_size', 'max_iterations', 'select'}, 'select': {'n', 'method', 'descriptor'}},
-    'training': {
-        '': {'ensemble_size', 'model', 'training', 'max_iterations', 'test_fraction', 'validation_fraction', 'seed'},
-    },
+    'training': {'': _TRAINING_KEYS},
     'active_learning': {
         '': {'training', 'retrain', 'exploration', 'selection', 'convergence', 'chunk_size', 'label_max_iterations'},
-        'training': {'ensemble_size', 'model', 'training', 'max_iterations', 'test_fraction', 'validation_fraction',
-                     'seed'},
+        'training': _TRAINING_KEYS,
         # `exploration`, `selection` and `convergence`: the input ports of those namespaces (see _known_keys)
     },
 }  # fmt: skip
