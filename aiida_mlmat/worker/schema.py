@@ -263,18 +263,24 @@ def validate_input(task: str, data: Any) -> None:
     :param data: the decoded JSON.
     :raises ValueError: with a message naming the offending key when the input does not validate.
     """
+    errors = input_errors(task, data)
+    if errors:
+        messages = [f'{".".join(str(part) for part in path) or "<root>"}: {message}' for path, message in errors]
+        raise ValueError(f'invalid {task} input (schema version {SCHEMA_VERSION}): ' + '; '.join(messages))
+
+
+def input_errors(task: str, data: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """Every schema error of an ``input.json`` for a task, as (path of the offending value, message), by path.
+
+    :raises ValueError: for an unknown task.
+    """
     import jsonschema
 
     if task not in SCHEMAS:
         raise ValueError(f'unknown worker task `{task}`; known: {", ".join(sorted(SCHEMAS))}')
     validator = jsonschema.Draft202012Validator(SCHEMAS[task])
-    errors = sorted(validator.iter_errors(data), key=lambda error: list(error.absolute_path))
-    if errors:
-        messages = []
-        for error in errors:
-            where = '.'.join(str(part) for part in error.absolute_path) or '<root>'
-            messages.append(f'{where}: {error.message}')
-        raise ValueError(f'invalid {task} input (schema version {SCHEMA_VERSION}): ' + '; '.join(messages))
+    errors = sorted(validator.iter_errors(data), key=lambda error: [str(part) for part in error.absolute_path])
+    return [(tuple(error.absolute_path), error.message) for error in errors]
 
 
 def get_schema(task: str) -> dict[str, Any]:

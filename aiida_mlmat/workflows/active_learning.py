@@ -40,6 +40,8 @@ from aiida_mlmat.workflows.label import LabelBaseWorkChain
 from aiida_mlmat.workflows.protocols import get_protocol_inputs, port_node_type
 from aiida_mlmat.workflows.training import TrainingWorkChain
 
+#: Where the exploration MD runs the ensemble (``auto``: CUDA when the machine has it).
+EXPLORATION_DEVICES = ('cpu', 'cuda', 'auto')
 #: Stop reason of a loop whose last labelling produced no label at all (it also exits with a non-zero status).
 STOP_ALL_LABELS_FAILED = 'all_labels_failed'
 
@@ -134,7 +136,7 @@ def settings_error(value: Any) -> str | None:
     ``get_protocol_inputs`` refuses bad overrides before any process runs (a pipeline's reference stage included).
     """
     from aiida_mlmat.ml.active import DEFAULT_LOWER, DEFAULT_UPPER, check_bounds, check_quantile
-    from aiida_mlmat.worker.schema import SCHEMA_VERSION, validate_input
+    from aiida_mlmat.worker.schema import SCHEMA_VERSION, input_errors
 
     ensemble = _value(value.get('training') or {}, 'ensemble_size', 3)
     if ensemble < 2:
@@ -168,12 +170,43 @@ def settings_error(value: Any) -> str | None:
     stop = _value(exploration, 'stop_disagreement', None)
     if stop is not None and stop < upper:
         return f'exploration.stop_disagreement ({stop} eV/Å) must not be below the upper trust bound ({upper} eV/Å)'
+    device = _value(exploration, 'device', 'cpu')
+    if device not in EXPLORATION_DEVICES:
+        return f'exploration.device: expected one of {", ".join(EXPLORATION_DEVICES)}, got {device!r}'
     data = {'schema_version': SCHEMA_VERSION, 'task': 'sample', 'structures': 'structures.extxyz'}
-    try:
-        validate_input('sample', {**data, **exploration_parameters(value)})
-    except ValueError as exc:
-        return f'exploration: {exc}'
+    errors = input_errors('sample', {**data, **exploration_parameters(value)})
+    if errors:
+        return '; '.join(f'{exploration_key(path)}: {message}' for path, message in errors)
     return None
+
+
+#: Where each setting of the exploration MD comes from: the worker's ``md`` key -> the loop's setting.
+_EXPLORATION_SOURCES = {
+    'temperatures': 'exploration.temperatures',
+    'strains': 'exploration.strains',
+    'steps': 'exploration.steps',
+    'interval': 'exploration.interval',
+    'timestep': 'exploration.timestep',
+    'friction': 'exploration.friction',
+    'seed': 'exploration.seed',
+    'stop_disagreement': 'exploration.stop_disagreement (default: selection.upper)',
+}
+
+
+def exploration_key(path: tuple[str | int, ...]) -> str:
+    """The loop's setting (``exploration.temperatures[0]``) behind a path of the worker's sample input.
+
+    The exploration is checked against the worker's ``mlmat.sample`` schema, whose keys (``md.temperatures.0``)
+    are not what a user wrote in a protocol, a YAML file or the builder.
+    """
+    parts = list(path)
+    if parts[:1] == ['supercell']:
+        key, rest = 'exploration.supercell', parts[1:]
+    elif parts[:1] == ['md'] and len(parts) > 1 and parts[1] in _EXPLORATION_SOURCES:
+        key, rest = _EXPLORATION_SOURCES[str(parts[1])], parts[2:]
+    else:
+        return 'exploration' + ''.join(f'.{part}' for part in parts)
+    return key + ''.join(f'[{part}]' if isinstance(part, int) else f'.{part}' for part in rest)
 
 
 class ActiveLearningWorkChain(IdempotentLaunchMixin, WorkChain):

@@ -226,7 +226,7 @@ def test_loop_stops_on_target_error_and_on_converged_fraction(submit_and_await, 
         ({'convergence': {'max_iterations': 0}}, 'max_iterations: must be at least 1'),
         ({'convergence': {'target_forces_rmse': -1.0}}, 'must be positive'),
         ({'exploration': {'steps': 5, 'interval': 10}}, 'interval <= steps'),
-        ({'exploration': {'strains': [0.9]}}, 'exploration: invalid sample input'),
+        ({'exploration': {'strains': [0.9]}}, 'exploration.strains[0]: 0.9 is greater than the maximum of 0.3'),
         ({'exploration': {'stop_disagreement': 0.1}}, 'must not be below the upper trust bound'),
     ],
 )

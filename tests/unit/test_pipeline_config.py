@@ -51,6 +51,10 @@ def test_active_learning_example_is_valid():
             'active_learning.overrides: training.training.epochs: -5 is less than the minimum of 1',
         ),
         (
+            {'elements': ['Cu'], 'active_learning': {'overrides': {'exploration': {'temperatures': [300, '900']}}}},
+            r"active_learning.overrides: exploration.temperatures\[1\]: '900' is not of type 'number'",
+        ),
+        (
             {'elements': ['Cu'], 'training': {'overrides': {'training': {'epochz': 2}}}},
             r"training.overrides: training: unknown key\(s\) \['epochz'\]",
         ),

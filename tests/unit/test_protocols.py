@@ -137,8 +137,13 @@ def test_overrides_merge_recursively():
         ('active_learning', {'convergence': {'fraction': True}}, 'convergence.fraction: expected a number, got True'),
         ('active_learning', {'convergence': {'fraction': 10**400}}, 'convergence.fraction: expected a number'),
         # ... and the loop's own checks (ranges, the worker schema of the exploration) run on the overrides too
-        ('active_learning', {'exploration': {'temperatures': ['300']}}, "md.temperatures.0: '300' is not of type"),
-        ('active_learning', {'exploration': {'supercell': [0, 1, 1]}}, 'supercell.0: 0 is less than the minimum'),
+        # the worker schema's paths are said as the loop's settings (not `md.temperatures.0`)
+        ('active_learning', {'exploration': {'temperatures': ['300']}}, "ation.temperatures[0]: '300' is not of type"),
+        ('active_learning', {'exploration': {'temperatures': [300, -5]}}, 'exploration.temperatures[1]: -5.0 is less'),
+        ('active_learning', {'exploration': {'strains': [0.9]}}, 'exploration.strains[0]: 0.9 is greater than the max'),
+        ('active_learning', {'exploration': {'timestep': 0}}, 'exploration.timestep: 0 is less than or equal to the'),
+        ('active_learning', {'exploration': {'supercell': [0, 1, 1]}}, 'exploration.supercell[0]: 0 is less than the'),
+        ('active_learning', {'exploration': {'device': 'tpu'}}, 'exploration.device: expected one of cpu, cuda, auto'),
         ('active_learning', {'exploration': {'steps': 5, 'interval': 10}}, 'need 1 <= interval <= steps'),
         ('active_learning', {'training': {'ensemble_size': 1}}, 'a committee of at least 2 members, got 1'),
         ('active_learning', {'convergence': {'fraction': 2.0}}, 'convergence.fraction: must be in [0, 1], got 2.0'),
