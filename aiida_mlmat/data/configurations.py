@@ -47,6 +47,19 @@ def _composition_range(frames: Sequence[Atoms], species: list[str]) -> dict[str,
     return ranges
 
 
+def _unreadable_frame(text: str) -> str:
+    """``', configuration N'``: the first frame of ``text`` that ASE cannot read (counted from 0), or ``''``."""
+    from ase.io import iread
+
+    position = 0
+    try:
+        for _ in iread(io.StringIO(text), index=':', format='extxyz'):
+            position += 1
+    except Exception:
+        return f', configuration {position}'
+    return ''
+
+
 def parse_extxyz_bytes(content: bytes, name: str = 'file', validate: bool = True) -> list[Atoms]:
     """Parse extxyz bytes into frames, with a clear error for anything unreadable or unphysical.
 
@@ -63,7 +76,9 @@ def parse_extxyz_bytes(content: bytes, name: str = 'file', validate: bool = True
     try:
         frames = read_extxyz(io.StringIO(text))
     except Exception as exc:
-        raise CorruptFileError(f'{name} cannot be read as extxyz: {type(exc).__name__}: {exc}') from exc
+        where = _unreadable_frame(text)
+        reason = f'unknown element {exc.args[0]!r}' if isinstance(exc, KeyError) else f'{type(exc).__name__}: {exc}'
+        raise CorruptFileError(f'{name}{where}: cannot be read as extxyz: {reason}') from exc
     if not frames:
         raise CorruptFileError(f'{name} holds no configuration')
     if validate:

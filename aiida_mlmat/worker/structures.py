@@ -130,7 +130,8 @@ def build_seeds(elements: Sequence[str], crystals: Iterable[str] = ('fcc', 'bcc'
 
     For every element: its fcc, bcc and hcp phases at the ground-state volume per atom. For every pair of
     elements: ordered alloys on the fcc lattice (L1_2 A3B and AB3, L1_0 AB) and on the bcc lattice (B2 AB),
-    at the mean (Vegard) volume per atom. Each seed carries its name in ``info['mlmat_method']``.
+    each at its Vegard volume per atom (the elements' volumes weighted by the composition). Each seed carries its
+    name in ``info['mlmat_method']``.
 
     :raises ValueError: for an empty list or an unknown element.
     """
@@ -153,22 +154,19 @@ def build_seeds(elements: Sequence[str], crystals: Iterable[str] = ('fcc', 'bcc'
             atoms.info[METHOD_KEY] = f'seed:{crystal}'
             seeds.append(atoms)
     for first, second in itertools.combinations(elements, 2):
-        volume = (atomic_volume(first) + atomic_volume(second)) / 2
-        a_fcc = lattice_constant(volume, 'fcc')
-        cube = bulk(first, 'fcc', a=a_fcc, cubic=True)  # 4 atoms: corner + 3 face centres
-        for name, symbols in (
-            ('L12', [first, second, second, second]),
-            ('L12', [second, first, first, first]),
-            ('L10', [first, first, second, second]),
+        for name, crystal, symbols in (
+            ('L12', 'fcc', [first, second, second, second]),
+            ('L12', 'fcc', [second, first, first, first]),
+            ('L10', 'fcc', [first, first, second, second]),
+            ('B2', 'bcc', [first, second]),
         ):
-            atoms = cube.copy()
+            # Vegard: the composition-weighted mean of the elements' volumes per atom
+            volume = sum(atomic_volume(symbol) for symbol in symbols) / len(symbols)
+            # fcc cube: corner + 3 face centres; bcc cube: corner + body centre
+            atoms = bulk(first, crystal, a=lattice_constant(volume, crystal), cubic=True)
             atoms.set_chemical_symbols(symbols)
             atoms.info[METHOD_KEY] = f'seed:{name}'
             seeds.append(atoms)
-        atoms = bulk(first, 'bcc', a=lattice_constant(volume, 'bcc'), cubic=True)
-        atoms.set_chemical_symbols([first, second])
-        atoms.info[METHOD_KEY] = 'seed:B2'
-        seeds.append(atoms)
     return seeds
 
 

@@ -134,7 +134,9 @@ def select_configurations(
         frame.info.setdefault(INDEX_KEY, position)
     picked = select(descriptors.get_array('means'), n.value, method.value)
     return {
-        'selected': ConfigurationSetData([frames[index] for index in sorted(picked)]),
+        'selected': ConfigurationSetData(
+            [frames[index] for index in sorted(picked)], calculator=configurations.calculator
+        ),
         'indices': orm.List(sorted(int(index) for index in picked)),
     }
 

@@ -43,7 +43,10 @@ def stratified_split(compositions: list[str], fractions: tuple[float, float], se
 def split_dataset(
     configurations: ConfigurationSetData, test_fraction: orm.Float, validation_fraction: orm.Float, seed: orm.Int
 ) -> dict[str, ConfigurationSetData]:
-    """Deterministic train/validation/test split, stratified by composition (reduced formula)."""
+    """Deterministic train/validation/test split, stratified by composition (reduced formula).
+
+    Each split records the calculator of the whole set's labels (``calculator``), as every subset here does.
+    """
     from ase.formula import Formula
 
     frames = configurations.get_atoms()
@@ -54,7 +57,7 @@ def split_dataset(
         subset = [frame for frame, label in zip(frames, labels, strict=True) if label == name]
         if not subset:
             raise ValueError(f'the {name} split is empty: {len(frames)} configurations are too few for the fractions')
-        out[name] = ConfigurationSetData(subset)
+        out[name] = ConfigurationSetData(subset, calculator=configurations.calculator)  # labels made by it
     return out
 
 
@@ -63,7 +66,7 @@ def bootstrap_sample(configurations: ConfigurationSetData, seed: orm.Int) -> Con
     """A bootstrap resample (with replacement, same size) of a set, for an ensemble member."""
     frames = configurations.get_atoms()
     picks = np.random.default_rng(seed.value).integers(0, len(frames), size=len(frames))
-    return ConfigurationSetData([frames[i] for i in sorted(picks)])
+    return ConfigurationSetData([frames[i] for i in sorted(picks)], calculator=configurations.calculator)
 
 
 def _parity_plot(reference: np.ndarray, predicted: np.ndarray, std: np.ndarray | None, label: str, path: str) -> None:

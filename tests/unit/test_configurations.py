@@ -200,7 +200,7 @@ def test_from_file_refuses_corrupt_files(tmp_path, kind):
     with pytest.raises(CorruptFileError) as excinfo:
         ConfigurationSetData.from_file(path)
     message = str(excinfo.value)
-    assert message.startswith('broken.extxyz ')
+    assert message.startswith(('broken.extxyz ', 'broken.extxyz, configuration '))
     assert any(phrase in message for phrase in ('cannot be read as extxyz', 'not a text extxyz', 'no configuration'))
     assert count_sets() == before
     assert orm.QueryBuilder().append(orm.Node).count() == nodes_before
@@ -211,13 +211,33 @@ def test_from_file_refuses_corrupt_files(tmp_path, kind):
     [
         (b'', 'holds no configuration (empty file)'),
         (b'\xff\xfe\x00garbage', 'is not a text extxyz file'),
-        (b'hello\nworld\n', 'cannot be read as extxyz: XYZError'),
+        (b'hello\nworld\n', 'data.extxyz, configuration 0: cannot be read as extxyz: XYZError'),
     ],
 )
 def test_corrupt_messages_are_clear(content, phrase):
     with pytest.raises(CorruptFileError, match=re.escape(phrase)) as excinfo:
         parse_extxyz_bytes(content, name='data.extxyz')
-    assert str(excinfo.value).startswith('data.extxyz ')
+    assert str(excinfo.value).startswith('data.extxyz')
+
+
+def test_an_unreadable_frame_is_named():
+    """A file cut off in its third frame, or with an unknown element there, is refused naming that frame."""
+    text = good_text()
+    n_frames = len(labelled_frames())
+    assert n_frames >= 3
+    lines = text.splitlines(keepends=True)
+    starts = [0]  # the atom-count line of each frame
+    while starts[-1] + int(lines[starts[-1]]) + 2 < len(lines):
+        starts.append(starts[-1] + int(lines[starts[-1]]) + 2)
+    cut = ''.join(lines[: starts[2] + 3])  # frame 2's count, comment and one atom line
+    with pytest.raises(CorruptFileError, match=r'^data\.extxyz, configuration 2: cannot be read as extxyz: XYZError'):
+        parse_extxyz_bytes(cut.encode(), name='data.extxyz')
+    atom = starts[1] + 2  # the first atom line of frame 1
+    unknown = ''.join([*lines[:atom], 'Xx' + lines[atom][2:], *lines[atom + 1 :]])
+    with pytest.raises(
+        CorruptFileError, match=r'^data\.extxyz, configuration 1: cannot be read as extxyz: unknown ele'
+    ):
+        parse_extxyz_bytes(unknown.encode(), name='data.extxyz')
 
 
 def test_from_file_refuses_unphysical_configurations(tmp_path):

@@ -148,3 +148,28 @@ def test_ase_results_to_set():
         np.testing.assert_allclose(atoms.get_stress(), reference[index].get_stress(), atol=1e-8)
     assert result.excluded == [{'index': 1, 'formula': 'Cu4', 'reason': 'CalcJob<5> failed with exit status 300'}]
     assert result.label_keys == ['energy', 'forces', 'stress']
+
+
+def test_subsets_of_a_labelled_set_keep_its_calculator():
+    """The splits, bootstrap samples and selections that a potential is trained on say which calculator made their
+    labels (their cards and `mlmat provenance` read it), as the whole set does."""
+    from aiida_mlmat.workflows.functions import select_configurations
+    from aiida_mlmat.workflows.training_functions import bootstrap_sample, split_dataset
+
+    whole = ConfigurationSetData(labelled(rattled(12)), calculator=EMT_SPEC).store()
+    splits = split_dataset(whole, orm.Float(0.25), orm.Float(0.25), orm.Int(0))
+    assert sorted(splits) == ['test', 'train', 'validation']
+    assert sum(split.count for split in splits.values()) == 12
+    assert all(split.calculator == EMT_SPEC for split in splits.values())
+    sample = bootstrap_sample(splits['train'], orm.Int(1))
+    assert sample.count == splits['train'].count and sample.calculator == EMT_SPEC
+    descriptors = orm.ArrayData()
+    descriptors.set_array('means', np.random.default_rng(0).normal(size=(12, 4)))
+    descriptors.base.attributes.set('n_structures', 12)
+    selected = select_configurations(whole, descriptors, orm.Int(5), orm.Str('fps'))['selected']
+    assert selected.count == 5 and selected.calculator == EMT_SPEC
+    # an unlabelled set's subsets stay without one
+    assert (
+        split_dataset(ConfigurationSetData(rattled(8)), orm.Float(0.25), orm.Float(0.25), orm.Int(0))['test'].calculator
+        is None
+    )
