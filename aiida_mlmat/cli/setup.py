@@ -35,8 +35,16 @@ def worker_executable() -> str:
     return found
 
 
+#: Seconds ``verdi daemon stop|restart|status`` wait for the daemon of a profile made here (aiida-core's default,
+#: 2 s, times out on a busy 2-core machine and leaves ``daemon restart`` with the daemon stopped).
+DAEMON_TIMEOUT = 20
+
+
 def ensure_profile(name: str | None) -> Any:
-    """Load the named (or default) profile; make an embedded one (SQLite + ZeroMQ) with ``verdi presto`` if none."""
+    """Load the named (or default) profile; make an embedded one (SQLite + ZeroMQ) with ``verdi presto`` if none.
+
+    A profile made here gets ``daemon.timeout`` :data:`DAEMON_TIMEOUT`; an existing profile is left as it is.
+    """
     from aiida import load_profile
     from aiida.common.exceptions import MissingConfigurationError, ProfileConfigurationError
     from aiida.manage.configuration import get_config
@@ -84,9 +92,13 @@ def ensure_profile(name: str | None) -> Any:
             err=True,
         )
     try:
-        return load_profile(name, allow_switch=True)
+        profile = load_profile(name, allow_switch=True)
     except (MissingConfigurationError, ProfileConfigurationError) as exc:  # pragma: no cover - defensive
         raise MlmatCliError(f'profile not loadable after `verdi presto`: {exc}', EXIT_SETUP) from exc
+    config = get_config()
+    config.set_option('daemon.timeout', DAEMON_TIMEOUT, scope=profile.name)
+    config.store()
+    return profile
 
 
 def ensure_localhost(poll_interval: float = 0.2) -> Any:

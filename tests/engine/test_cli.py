@@ -428,3 +428,27 @@ def test_non_finite_numbers_null_sections_and_conflicts_are_refused(worker_code,
     afile.write_text('x')
     _refused(invoke('dataset', 'export', str(dataset.pk), str(afile / 'x.extxyz'), '--json'), 'is a file, so')
     _refused(invoke('setup', '--slurm-partition', 'gpu', '--json'), '--slurm-partition needs --slurm-host')
+
+
+def test_setup_on_a_fresh_machine_makes_a_profile_with_a_patient_daemon_client(tmp_path):
+    """`mlmat setup` with no AiiDA configuration makes the embedded profile (SQLite + ZeroMQ) and registers the
+    worker Code; that profile's `daemon.timeout` is 20 s (aiida-core's 2 s times out on a busy machine), and a
+    second run changes nothing. Runs in its own AIIDA_PATH, as a user would, in a subprocess."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, 'AIIDA_PATH': str(tmp_path)}
+    mlmat = [str(Path(sys.executable).parent / 'mlmat')]
+    first = subprocess.run([*mlmat, 'setup', '--json'], env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    config = json.loads((tmp_path / '.aiida' / 'config.json').read_text())
+    profile = config['default_profile']
+    assert config['profiles'][profile]['options']['daemon.timeout'] == 20
+    assert config['profiles'][profile]['process_control']['backend'] == 'core.zeromq'
+    assert 'mlmat-worker@localhost' in json.dumps(summary)
+    second = subprocess.run([*mlmat, 'setup', '--json'], env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert json.loads((tmp_path / '.aiida' / 'config.json').read_text())['profiles'] == config['profiles']
