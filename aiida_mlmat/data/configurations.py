@@ -48,9 +48,33 @@ def _composition_range(frames: Sequence[Atoms], species: list[str]) -> dict[str,
 
 
 def _unreadable_frame(text: str) -> str:
-    """``', configuration N'``: the first frame of ``text`` that ASE cannot read (counted from 0), or ``''``."""
+    """``', configuration N, line L'``: where ``text`` stops being readable extxyz (frames counted from 0), or ``''``.
+
+    First the layout (an atom-count line, a comment line, that many atom lines of at least four fields, per frame),
+    since ASE checks every frame's count line before it returns any frame; then, for a file laid out right, the
+    first frame ASE cannot read (an unknown element, a malformed comment or value).
+    """
     from ase.io import iread
 
+    lines = text.splitlines()
+    start = position = 0
+    while start < len(lines):
+        if not lines[start].strip():
+            if any(line.strip() for line in lines[start:]):
+                return f', configuration {position}, line {start + 1} (blank where its atom count should be)'
+            break
+        try:
+            count = int(lines[start].strip())
+        except ValueError:
+            return f', configuration {position}, line {start + 1} (expected its atom count, got {lines[start][:40]!r})'
+        atom_lines = lines[start + 2 : start + 2 + count]
+        for offset, line in enumerate(atom_lines):
+            if len(line.split()) < 4:
+                return f', configuration {position}, line {start + 3 + offset} (an atom line with too few fields)'
+        if len(atom_lines) < count:
+            return f', configuration {position} (cut off: {len(atom_lines)} of its {count} atom lines)'
+        start += count + 2
+        position += 1
     position = 0
     try:
         for _ in iread(io.StringIO(text), index=':', format='extxyz'):
@@ -77,7 +101,8 @@ def parse_extxyz_bytes(content: bytes, name: str = 'file', validate: bool = True
         frames = read_extxyz(io.StringIO(text))
     except Exception as exc:
         where = _unreadable_frame(text)
-        reason = f'unknown element {exc.args[0]!r}' if isinstance(exc, KeyError) else f'{type(exc).__name__}: {exc}'
+        unknown = isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str)  # ASE's symbol lookup
+        reason = f'unknown element {exc.args[0]!r}' if unknown else f'{type(exc).__name__}: {exc}'
         raise CorruptFileError(f'{name}{where}: cannot be read as extxyz: {reason}') from exc
     if not frames:
         raise CorruptFileError(f'{name} holds no configuration')

@@ -279,7 +279,11 @@ def input_errors(task: str, data: Any) -> list[tuple[tuple[str | int, ...], str]
     if task not in SCHEMAS:
         raise ValueError(f'unknown worker task `{task}`; known: {", ".join(sorted(SCHEMAS))}')
     validator = jsonschema.Draft202012Validator(SCHEMAS[task])
-    errors = sorted(validator.iter_errors(data), key=lambda error: [str(part) for part in error.absolute_path])
+
+    def where(error: Any) -> list[tuple[int, int | str]]:  # list indices in numeric order, before keys
+        return [(0, part) if isinstance(part, int) else (1, str(part)) for part in error.absolute_path]
+
+    errors = sorted(validator.iter_errors(data), key=where)
     return [(tuple(error.absolute_path), error.message) for error in errors]
 
 

@@ -176,7 +176,8 @@ def settings_error(value: Any) -> str | None:
     data = {'schema_version': SCHEMA_VERSION, 'task': 'sample', 'structures': 'structures.extxyz'}
     errors = input_errors('sample', {**data, **exploration_parameters(value)})
     if errors:
-        return '; '.join(f'{exploration_key(path)}: {message}' for path, message in errors)
+        given = exploration.get('stop_disagreement') is not None
+        return '; '.join(f'{exploration_key(path, given)}: {message}' for path, message in errors)
     return None
 
 
@@ -189,23 +190,28 @@ _EXPLORATION_SOURCES = {
     'timestep': 'exploration.timestep',
     'friction': 'exploration.friction',
     'seed': 'exploration.seed',
-    'stop_disagreement': 'exploration.stop_disagreement (default: selection.upper)',
+    'stop_disagreement': 'exploration.stop_disagreement',
 }
 
 
-def exploration_key(path: tuple[str | int, ...]) -> str:
+def exploration_key(path: tuple[str | int, ...], stop_given: bool = True) -> str:
     """The loop's setting (``exploration.temperatures[0]``) behind a path of the worker's sample input.
 
     The exploration is checked against the worker's ``mlmat.sample`` schema, whose keys (``md.temperatures.0``)
     are not what a user wrote in a protocol, a YAML file or the builder.
+
+    :param stop_given: whether ``exploration.stop_disagreement`` was given; if not, the MD stops at
+        ``selection.upper``, which is then the setting named.
     """
     parts = list(path)
     if parts[:1] == ['supercell']:
         key, rest = 'exploration.supercell', parts[1:]
     elif parts[:1] == ['md'] and len(parts) > 1 and parts[1] in _EXPLORATION_SOURCES:
         key, rest = _EXPLORATION_SOURCES[str(parts[1])], parts[2:]
+        if parts[1] == 'stop_disagreement' and not stop_given:
+            key = 'selection.upper (where exploration.stop_disagreement is not given)'
     else:
-        return 'exploration' + ''.join(f'.{part}' for part in parts)
+        key, rest = 'exploration', parts
     return key + ''.join(f'[{part}]' if isinstance(part, int) else f'.{part}' for part in rest)
 
 

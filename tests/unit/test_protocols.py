@@ -287,3 +287,24 @@ def test_builder_with_a_walltime_only(worker_code):
     )
     assert builder.sample.metadata.options.max_wallclock_seconds == 600
     assert builder.sample.metadata.options.resources == {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
+
+
+def test_exploration_keys_name_what_the_user_wrote():
+    """The worker schema's paths said as the loop's settings; list items numerically; the MD's stop threshold named
+    as the setting it came from."""
+    from aiida_mlmat.worker.schema import SCHEMA_VERSION, input_errors
+    from aiida_mlmat.workflows.active_learning import exploration_key, settings_error
+
+    assert exploration_key(('md', 'temperatures', 3)) == 'exploration.temperatures[3]'
+    assert exploration_key(('supercell', 0)) == 'exploration.supercell[0]'
+    assert exploration_key(('md', 'stop_disagreement')) == 'exploration.stop_disagreement'
+    assert exploration_key(('md', 'stop_disagreement'), stop_given=False).startswith('selection.upper')
+    assert exploration_key(('include_seeds',)) == 'exploration.include_seeds'
+    assert exploration_key(('md', 'calculator', 'parameters', 0)) == 'exploration.md.calculator.parameters[0]'
+    data = {'schema_version': SCHEMA_VERSION, 'task': 'sample', 'structures': 's.extxyz'}
+    temperatures = [300.0] * 12
+    temperatures[2] = temperatures[10] = -1.0
+    errors = input_errors('sample', {**data, 'md': {'calculator': {'name': 'emt'}, 'temperatures': temperatures}})
+    assert [path for path, _ in errors if len(path) == 3] == [('md', 'temperatures', 2), ('md', 'temperatures', 10)]
+    error = settings_error({'exploration': {'temperatures': [300.0, 900.0, -5.0]}})
+    assert error.startswith('exploration.temperatures[2]: -5.0 is less than or equal to the minimum of 0')

@@ -178,7 +178,7 @@ def test_build_seeds_copper_gold():
     for seed in seeds[3:6]:
         assert volume_per_atom(seed) == pytest.approx(v_au, rel=1e-9)
         assert volume_per_atom(seed) == pytest.approx(16.98, abs=0.05)
-    # Vegard's law: each alloy at the composition-weighted mean volume (Au3Cu 15.68, AuCu3 13.07, AuCu 14.37 Å^3)
+    # Vegard's law: each alloy at the composition-weighted mean volume (Au3Cu 15.67, AuCu3 13.07, AuCu 14.37 Å^3)
     for seed, x_au in zip(seeds[6:], (0.75, 0.25, 0.5, 0.5), strict=True):
         assert volume_per_atom(seed) == pytest.approx(x_au * v_au + (1 - x_au) * v_cu, rel=1e-9)
     assert volume_per_atom(seeds[6]) == pytest.approx(15.68, abs=0.05)
