@@ -511,9 +511,20 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (``timeout``, ``kill``) into SystemExit, so that ``finally`` stops the daemon and cleans up."""
+    import signal
+
+    def handle(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handle)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the JSON summary as the last line."""
     args = parse_args(argv)
+    exit_on_sigterm()
     chunk_size = args.chunk_size or math.ceil(args.n / args.workers)
 
     log(f'building {args.n} rattled Cu32 cells (sigma {RATTLE_STDDEV} Å, seed {SEED})')

@@ -145,8 +145,19 @@ def run_round(code: Any, workers: int, n_workflows: int, timeout: float) -> dict
     }
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (``timeout``, ``kill``) into SystemExit, so that ``finally`` stops the daemon and cleans up."""
+    import signal
+
+    def handle(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handle)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    exit_on_sigterm()
     tmpdir = tempfile.mkdtemp(prefix='mlmat-sqlite-bench-')
     os.environ['AIIDA_PATH'] = tmpdir
     rounds: list[dict[str, Any]] = []
