@@ -181,17 +181,10 @@ def settings_error(value: Any) -> str | None:
     return None
 
 
-#: Where each setting of the exploration MD comes from: the worker's ``md`` key -> the loop's setting.
-_EXPLORATION_SOURCES = {
-    'temperatures': 'exploration.temperatures',
-    'strains': 'exploration.strains',
-    'steps': 'exploration.steps',
-    'interval': 'exploration.interval',
-    'timestep': 'exploration.timestep',
-    'friction': 'exploration.friction',
-    'seed': 'exploration.seed',
-    'stop_disagreement': 'exploration.stop_disagreement',
-}
+#: The worker's ``md`` settings that are the loop's ``exploration`` settings of the same name.
+_EXPLORATION_MD_KEYS = frozenset(
+    {'temperatures', 'strains', 'steps', 'interval', 'timestep', 'friction', 'seed', 'stop_disagreement'}
+)
 
 
 def exploration_key(path: tuple[str | int, ...], stop_given: bool = True) -> str:
@@ -204,15 +197,12 @@ def exploration_key(path: tuple[str | int, ...], stop_given: bool = True) -> str
         ``selection.upper``, which is then the setting named.
     """
     parts = list(path)
-    if parts[:1] == ['supercell']:
-        key, rest = 'exploration.supercell', parts[1:]
-    elif parts[:1] == ['md'] and len(parts) > 1 and parts[1] in _EXPLORATION_SOURCES:
-        key, rest = _EXPLORATION_SOURCES[str(parts[1])], parts[2:]
-        if parts[1] == 'stop_disagreement' and not stop_given:
-            key = 'selection.upper (where exploration.stop_disagreement is not given)'
-    else:
-        key, rest = 'exploration', parts
-    return key + ''.join(f'[{part}]' if isinstance(part, int) else f'.{part}' for part in rest)
+    if len(parts) > 1 and parts[0] == 'md' and parts[1] in _EXPLORATION_MD_KEYS:
+        parts = parts[1:]  # the worker's md.X is the loop's exploration.X
+    key = 'exploration'
+    if parts[:1] == ['stop_disagreement'] and not stop_given:
+        key, parts = 'selection.upper (where exploration.stop_disagreement is not given)', parts[1:]
+    return key + ''.join(f'[{part}]' if isinstance(part, int) else f'.{part}' for part in parts)
 
 
 class ActiveLearningWorkChain(IdempotentLaunchMixin, WorkChain):
