@@ -61,9 +61,15 @@ def _number(value: Any) -> Any:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
-def exploration_parameters(value: Any, iteration: int = 1) -> dict[str, Any]:
-    """The ``mlmat.sample`` parameters of the exploration of an iteration (MD with the ensemble ``mlmat``)."""
+def exploration_parameters(value: Any, iteration: int = 1, as_given: bool = False) -> dict[str, Any]:
+    """The ``mlmat.sample`` parameters of the exploration of an iteration (MD with the ensemble ``mlmat``).
+
+    :param as_given: keep the temperatures (K) and strains as the user wrote them (``-5``, not ``-5.0``), for the
+        schema's messages to quote them; the worker's input has them as floats.
+    """
     from aiida_mlmat.ml.active import DEFAULT_UPPER
+
+    number = (lambda item: item) if as_given else _number
 
     exploration = value.get('exploration', {})
     upper = _value(value.get('selection', {}), 'upper', DEFAULT_UPPER)
@@ -72,8 +78,8 @@ def exploration_parameters(value: Any, iteration: int = 1) -> dict[str, Any]:
             'name': 'mlmat',
             'parameters': {'directory': 'potential', 'device': _value(exploration, 'device', 'cpu')},
         },
-        'temperatures': [_number(t) for t in _value(exploration, 'temperatures', [300.0, 900.0])],
-        'strains': [_number(s) for s in _value(exploration, 'strains', [0.0])],
+        'temperatures': [number(t) for t in _value(exploration, 'temperatures', [300.0, 900.0])],
+        'strains': [number(s) for s in _value(exploration, 'strains', [0.0])],
         'steps': _value(exploration, 'steps', 100),
         'interval': _value(exploration, 'interval', 10),
         'timestep': _value(exploration, 'timestep', 2.0),
@@ -174,7 +180,7 @@ def settings_error(value: Any) -> str | None:
     if device not in EXPLORATION_DEVICES:
         return f'exploration.device: expected one of {", ".join(EXPLORATION_DEVICES)}, got {device!r}'
     data = {'schema_version': SCHEMA_VERSION, 'task': 'sample', 'structures': 'structures.extxyz'}
-    errors = input_errors('sample', {**data, **exploration_parameters(value)})
+    errors = input_errors('sample', {**data, **exploration_parameters(value, as_given=True)})
     if errors:
         given = exploration.get('stop_disagreement') is not None
         return '; '.join(f'{exploration_key(path, given)}: {message}' for path, message in errors)

@@ -139,7 +139,7 @@ def test_overrides_merge_recursively():
         # ... and the loop's own checks (ranges, the worker schema of the exploration) run on the overrides too
         # the worker schema's paths are said as the loop's settings (not `md.temperatures.0`)
         ('active_learning', {'exploration': {'temperatures': ['300']}}, "ation.temperatures[0]: '300' is not of type"),
-        ('active_learning', {'exploration': {'temperatures': [300, -5]}}, 'exploration.temperatures[1]: -5.0 is less'),
+        ('active_learning', {'exploration': {'temperatures': [300, -5]}}, 'exploration.temperatures[1]: -5 is less'),
         ('active_learning', {'exploration': {'strains': [0.9]}}, 'exploration.strains[0]: 0.9 is greater than the max'),
         ('active_learning', {'exploration': {'timestep': 0}}, 'exploration.timestep: 0 is less than or equal to the'),
         ('active_learning', {'exploration': {'supercell': [0, 1, 1]}}, 'exploration.supercell[0]: 0 is less than the'),
