@@ -39,6 +39,12 @@ def cli(ctx: click.Context, profile: str | None) -> None:
 @click.option('--slurm-user', default=None, help='User name on the SLURM host (default: the current user).')
 @click.option('--slurm-key', default=None, help='Private ssh key for the SLURM host (default: ~/.ssh/id_ed25519).')
 @click.option('--slurm-partition', default=None, help='SLURM partition to store on the Computer.')
+@click.option(
+    '--slurm-port',
+    type=click.IntRange(1, 65535),
+    default=None,
+    help='ssh port of the SLURM host (default 22); its key must be in known_hosts as [HOST]:PORT.',
+)
 @click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
 @click.pass_context
 def setup_cmd(
@@ -49,6 +55,7 @@ def setup_cmd(
     slurm_user: str | None,
     slurm_key: str | None,
     slurm_partition: str | None,
+    slurm_port: int | None,
     json_output: bool,
 ) -> None:
     """Set up a profile, the localhost Computer and the Codes, and optionally a SLURM Computer (idempotent)."""
@@ -61,6 +68,7 @@ def setup_cmd(
         slurm_user=slurm_user,
         slurm_key=slurm_key,
         slurm_partition=slurm_partition,
+        slurm_port=slurm_port,
     )
     if json_output:
         echo_json(result)

@@ -221,6 +221,7 @@ def run_setup(
     slurm_user: str | None = None,
     slurm_key: str | None = None,
     slurm_partition: str | None = None,
+    slurm_port: int | None = None,
 ) -> dict[str, Any]:
     """Do the whole set-up and return the labels and pks made or found.
 
@@ -231,8 +232,9 @@ def run_setup(
 
         raise MlmatCliError(f'--gpaw-python: `{gpaw_python}` does not exist', EXIT_INVALID_INPUT)
     slurm_target = None
-    given = [name for name, value in (('--slurm-user', slurm_user), ('--slurm-key', slurm_key),
-                                      ('--slurm-partition', slurm_partition)) if value is not None]  # fmt: skip
+    options = {'--slurm-user': slurm_user, '--slurm-key': slurm_key, '--slurm-partition': slurm_partition,
+               '--slurm-port': slurm_port}  # fmt: skip
+    given = [name for name, value in options.items() if value is not None]
     if given and not slurm_host:
         from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT
 
@@ -241,7 +243,7 @@ def run_setup(
     if slurm_host:
         import getpass
 
-        from aiida_mlmat.cli.slurm import validate_slurm_target
+        from aiida_mlmat.cli.slurm import DEFAULT_PORT, validate_slurm_target
         from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT
 
         try:
@@ -249,6 +251,7 @@ def run_setup(
                 slurm_host,
                 slurm_user or getpass.getuser(),
                 slurm_key or str(Path.home() / '.ssh' / 'id_ed25519'),
+                port=slurm_port or DEFAULT_PORT,
             )
         except ValueError as exc:
             raise MlmatCliError(f'--slurm-*: {exc}', EXIT_INVALID_INPUT) from exc
@@ -280,11 +283,11 @@ def run_setup(
         )
     slurm = None
     if slurm_target:
-        from aiida_mlmat.cli.slurm import setup_slurm
+        from aiida_mlmat.cli.slurm import DEFAULT_PORT, setup_slurm
         from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT
 
         try:
-            slurm = setup_slurm(*slurm_target, partition=slurm_partition)
+            slurm = setup_slurm(*slurm_target, partition=slurm_partition, port=slurm_port or DEFAULT_PORT)
         except ValueError as exc:
             raise MlmatCliError(f'--slurm-*: {exc}', EXIT_INVALID_INPUT) from exc
     return {

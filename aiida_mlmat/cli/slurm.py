@@ -1,8 +1,9 @@
 """A SLURM Computer reached over ssh (``core.ssh`` + ``core.slurm``) and its Codes, registered idempotently.
 
-``mlmat setup --slurm-host HOST --slurm-user USER --slurm-key KEY`` calls :func:`setup_slurm`. On a cluster the
-host is the login node; for the integration tests it is ``127.0.0.1`` (``scripts/start-integration-services.sh``
-starts sshd and a one-node SLURM there), and the worker Code points at the same ``mlmat-worker`` as on localhost.
+``mlmat setup --slurm-host HOST --slurm-user USER --slurm-key KEY [--slurm-port PORT]`` calls :func:`setup_slurm`.
+On a cluster the host is the login node; for the integration tests it is ``127.0.0.1``
+(``scripts/start-integration-services.sh`` starts sshd and a one-node SLURM there), and the worker Code points at
+the same ``mlmat-worker`` as on localhost.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ SAFE_INTERVAL = 0.5
 POLL_INTERVAL = 1.0
 #: Computer property holding the partition to pass as ``metadata.options.queue_name`` (AiiDA has no default queue).
 PARTITION_PROPERTY = 'mlmat_queue_name'
+#: The ssh port of a login node unless told otherwise.
+DEFAULT_PORT = 22
 
 _FORBIDDEN = re.compile(r'[\s\'"`\\;$|&<>(){}*?!#]|[\x00-\x1f\x7f]')
 
@@ -66,16 +69,30 @@ def is_known_host(host: str, port: int = 22, known_hosts: Path | None = None) ->
     return keys.lookup(host if port == 22 else f'[{host}]:{port}') is not None
 
 
-def validate_slurm_target(host: str, user: str, key: str, known_hosts: Path | None = None) -> tuple[str, str, str]:
-    """Check the host, user and private-key path; return them with the key path made absolute.
+def check_port(port: Any) -> int:
+    """Return ``port`` if it is a TCP port number (1-65535).
 
-    The host's key must already be in ``known_hosts`` (default ``~/.ssh/known_hosts``): the Computer is configured to
-    refuse unknown hosts, so without it every job would fail at its first connection instead of here.
+    :raises ValueError: otherwise.
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f'port: expected a whole number from 1 to 65535, got {port!r}')
+    return port
+
+
+def validate_slurm_target(
+    host: str, user: str, key: str, known_hosts: Path | None = None, port: int = DEFAULT_PORT
+) -> tuple[str, str, str]:
+    """Check the host, user, private-key path and ssh port; return them with the key path made absolute.
+
+    The host's key must already be in ``known_hosts`` (default ``~/.ssh/known_hosts``) for that port (``[host]:port``
+    when it is not 22): the Computer is configured to refuse unknown hosts, so without it every job would fail at
+    its first connection instead of here.
 
     :raises ValueError: with the reason when a value is malformed, the key file does not exist or the host is not
         a known host.
     """
     _check_word('host', host)
+    check_port(port)
     _check_word('user', user)
     if not re.fullmatch(r'[A-Za-z0-9_.][A-Za-z0-9_.-]*', user):
         raise ValueError(f'user: {user!r} is not a valid user name (letters, digits, `_`, `.`, `-`)')
@@ -86,10 +103,11 @@ def validate_slurm_target(host: str, user: str, key: str, known_hosts: Path | No
     resolved = str(path.resolve())
     _check_word('key', resolved)
     hosts_file = known_hosts if known_hosts is not None else default_known_hosts()
-    if not is_known_host(host, known_hosts=hosts_file):
+    if not is_known_host(host, port=port, known_hosts=hosts_file):
+        where, scan = (f'{host!r}', host) if port == DEFAULT_PORT else (f"'[{host}]:{port}'", f'-p {port} {host}')
         raise ValueError(
-            f'host: {host!r} has no key in {str(hosts_file)!r}, and the Computer refuses unknown hosts; check the '
-            f"host's fingerprint with your cluster's documentation, then `ssh-keyscan -H {host} >> {hosts_file}`"
+            f'host: {where} has no key in {str(hosts_file)!r}, and the Computer refuses unknown hosts; check the '
+            f"host's fingerprint with your cluster's documentation, then `ssh-keyscan -H {scan} >> {hosts_file}`"
         )
     return host, user, resolved
 
@@ -101,10 +119,11 @@ def ensure_slurm_computer(
     label: str = SLURM_COMPUTER,
     workdir: str | None = None,
     partition: str | None = None,
+    port: int = DEFAULT_PORT,
 ) -> Any:
     """Return the Computer ``label`` (``core.ssh`` + ``core.slurm`` on ``host``), creating and configuring it.
 
-    The Computer is configured for the current AiiDA user with ``username``, ``key_filename`` and
+    The Computer is configured for the current AiiDA user with ``username``, ``key_filename``, ``port``,
     ``look_for_keys=False``, the host keys of ``~/.ssh/known_hosts`` (an unknown host is refused), a short
     ``safe_interval`` and no login shell; the minimum poll interval is 1 s.
     An existing Computer of that label is reused (and re-configured); one on another host or with another
@@ -115,7 +134,7 @@ def ensure_slurm_computer(
     from aiida import orm
     from aiida.common.exceptions import NotExistent
 
-    host, user, key = validate_slurm_target(host, user, key)
+    host, user, key = validate_slurm_target(host, user, key, port=port)
     _check_word('label', label)
     if workdir is not None and (
         not isinstance(workdir, str) or not workdir.startswith('/') or re.search(r'[\s\'"`\\;]', workdir)
@@ -150,6 +169,7 @@ def ensure_slurm_computer(
             )
     computer.configure(
         username=user,
+        port=port,
         key_filename=key,
         look_for_keys=False,
         allow_agent=False,
@@ -206,6 +226,7 @@ def describe_slurm(computer: Any, codes: dict[str, Any]) -> dict[str, Any]:
             'scheduler': computer.scheduler_type,
             'workdir': computer.get_workdir(),
             'username': auth.get('username'),
+            'port': auth.get('port', DEFAULT_PORT),
             'key_filename': auth.get('key_filename'),
             'partition': computer.get_property(PARTITION_PROPERTY, None),
             'poll_interval': computer.get_minimum_job_poll_interval(),
@@ -221,9 +242,10 @@ def setup_slurm(
     label: str = SLURM_COMPUTER,
     workdir: str | None = None,
     partition: str | None = None,
+    port: int = DEFAULT_PORT,
 ) -> dict[str, Any]:
     """Register the SLURM Computer and its Codes (idempotent) and return :func:`describe_slurm`'s summary."""
-    computer = ensure_slurm_computer(host, user, key, label=label, workdir=workdir, partition=partition)
+    computer = ensure_slurm_computer(host, user, key, label=label, workdir=workdir, partition=partition, port=port)
     return describe_slurm(computer, ensure_slurm_codes(computer))
 
 

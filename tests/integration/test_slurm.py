@@ -33,6 +33,8 @@ pytestmark = pytest.mark.integration
 HOST = '127.0.0.1'
 KEY = Path.home() / '.ssh' / 'id_ed25519'
 HINT = 'run `scripts/start-integration-services.sh` as root'
+#: The port of the second sshd that script starts.
+OTHER_PORT = 2222
 #: Configurations of the interrupted jobs: 500-atom Cu cells, 0.2 s (idle machine) to 1 s (loaded) of EMT each,
 #: so the test, polling every 0.2 s, catches the job with at least 14 configurations still to do.
 N_LARGE = 16
@@ -176,6 +178,30 @@ def test_setup_is_idempotent(slurm_computer, slurm_worker):
         ensure_slurm_computer(HOST, getpass.getuser(), '/nonexistent/id_ed25519')
     with pytest.raises(ValueError, match='exists with hostname'):
         ensure_slurm_computer('localhost', getpass.getuser(), str(KEY))
+
+
+def test_computer_on_another_ssh_port(slurm_computer):
+    """`mlmat setup --slurm-port 2222`: the Computer's transport connects on that port (the second sshd that
+    `scripts/start-integration-services.sh` starts there), and SLURM answers through it; an unused port is refused
+    before anything is registered, because known_hosts has no `[127.0.0.1]:PORT` key for it."""
+    require_or_skip(
+        _succeeds(['ssh', '-p', str(OTHER_PORT), '-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10', HOST, 'true']),
+        f'`ssh -p {OTHER_PORT} -o BatchMode=yes {HOST} true` fails ({HINT})',
+    )
+    summary = setup_slurm(HOST, getpass.getuser(), str(KEY), label='slurm-ssh-2222', port=OTHER_PORT)
+    assert summary['computer']['port'] == OTHER_PORT
+    computer = orm.load_computer('slurm-ssh-2222')
+    assert computer.pk != slurm_computer.pk
+    assert computer.get_authinfo(orm.User.collection.get_default()).get_auth_params()['port'] == OTHER_PORT
+    with computer.get_transport() as transport:
+        # the connection is the one sshd accepted on port 2222: the remote side sees it in SSH_CONNECTION
+        retval, stdout, stderr = transport.exec_command_wait('echo $SSH_CONNECTION')
+    assert retval == 0, stderr
+    assert stdout.split()[-1] == str(OTHER_PORT)
+    assert check_slurm(computer).strip()
+    with pytest.raises(ValueError, match=r"'\[127\.0\.0\.1\]:2223' has no key in .*ssh-keyscan -H -p 2223 127"):
+        setup_slurm(HOST, getpass.getuser(), str(KEY), label='slurm-ssh-2223', port=2223)
+    assert not orm.Computer.collection.find(filters={'label': 'slurm-ssh-2223'})
 
 
 def test_label_through_slurm_over_ssh(submit_and_await, slurm_worker, emt):

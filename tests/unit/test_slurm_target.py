@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from aiida_mlmat.cli.main import cli
-from aiida_mlmat.cli.slurm import is_known_host, validate_slurm_target
+from aiida_mlmat.cli.slurm import check_port, is_known_host, validate_slurm_target
 
 pytestmark = pytest.mark.unit
 
@@ -72,6 +72,51 @@ def test_validate_slurm_target_refuses_an_unknown_host(tmp_path, host_key):
         validate_slurm_target('other.example', 'alice', str(tmp_path / 'nokey'), known_hosts=known)
     with pytest.raises(ValueError, match='shell characters'):
         validate_slurm_target('other.example;id', 'alice', str(key), known_hosts=known)
+
+
+def test_validate_slurm_target_looks_the_host_up_on_its_port(tmp_path, host_key):
+    """A login node on port 2222 is known as `[host]:2222`: its entry for port 22 does not count, and the refusal
+    names the port and the `ssh-keyscan -p` that fetches its key; a port outside 1-65535 is refused first."""
+    known = write_known_hosts(tmp_path / 'known_hosts', host_key, ['[gate.example]:2222', 'login.example'])
+    key = tmp_path / 'id_ed25519'
+    key.write_text('not read here\n')
+    assert validate_slurm_target('gate.example', 'alice', str(key), known_hosts=known, port=2222)[0] == 'gate.example'
+    with pytest.raises(
+        ValueError, match=r"'\[login\.example\]:2222' has no key .*ssh-keyscan -H -p 2222 login\.example"
+    ):
+        validate_slurm_target('login.example', 'alice', str(key), known_hosts=known, port=2222)
+    with pytest.raises(ValueError, match=r"'gate\.example' has no key .*`ssh-keyscan -H gate\.example >> "):
+        validate_slurm_target('gate.example', 'alice', str(key), known_hosts=known)
+    for port in (0, 65536, -22, True, '22', 22.0, None):
+        with pytest.raises(ValueError, match=r'port: expected a whole number from 1 to 65535, got '):
+            validate_slurm_target('gate.example', 'alice', str(key), known_hosts=known, port=port)
+    assert check_port(1) == 1 and check_port(65535) == 65535
+
+
+def test_setup_slurm_port_is_checked_and_needs_a_host(tmp_path, monkeypatch):
+    """`--slurm-port` outside 1-65535 is a usage error (exit 2) and, like the other `--slurm-*`, needs
+    `--slurm-host`; the host is then looked up on that port. Nothing is registered in either case."""
+    home = tmp_path / 'home'
+    (home / '.ssh').mkdir(parents=True)
+    key = home / '.ssh' / 'id_ed25519'
+    key.write_text('not read here\n')
+    monkeypatch.setenv('HOME', str(home))
+    called = []
+    monkeypatch.setattr('aiida_mlmat.cli.setup.ensure_profile', lambda *args: called.append(args))
+    result = CliRunner().invoke(cli, ['setup', '--slurm-host', 'gate.example', '--slurm-port', '0'])
+    assert result.exit_code == 2
+    assert "Invalid value for '--slurm-port': 0 is not in the range 1<=x<=65535" in result.output
+    result = CliRunner().invoke(cli, ['setup', '--slurm-port', '2222', '--json'])
+    assert result.exit_code == 2, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])['error'] == (
+        '--slurm-port needs --slurm-host HOST (the SLURM login node)'
+    )
+    write_known_hosts(home / '.ssh' / 'known_hosts', paramiko.RSAKey.generate(1024), ['gate.example'])
+    args = ['setup', '--slurm-host', 'gate.example', '--slurm-key', str(key), '--slurm-port', '2222', '--json']
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert "host: '[gate.example]:2222' has no key in " in json.loads(result.stdout.strip().splitlines()[-1])['error']
+    assert called == []
 
 
 def test_setup_refuses_an_unknown_slurm_host_before_registering_anything(tmp_path, monkeypatch):
