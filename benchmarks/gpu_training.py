@@ -10,7 +10,8 @@ a ``mlmat.train`` CalcJob runs on a cluster node) is run as a subprocess with ``
 Needs a CUDA GPU for the CUDA variants (they are skipped, and say so, without one). Not part of CI.
 
 Run: python benchmarks/gpu_training.py [--epochs 60] [--n-train 150] [--threads 16] [--md-repeats 4 8 12]
-The last line of stdout is one JSON object with ``variants``, ``md``, ``worker`` and ``ratios`` (bigger is better).
+The last line of stdout is one JSON object with ``variants``, ``md``, ``worker``, ``ratios`` (bigger is better),
+``targets`` (what each ratio is measured against; see :func:`targets_for`) and ``met``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,35 @@ VARIANTS = {
     'cuda_float32_b32': ('cuda', 'float32', False, 32),
     'cuda_amp_b32': ('cuda', 'float32', True, 32),
 }
+
+#: The variant every ratio is taken against.
+CPU_VARIANT = 'cpu_float32_b8'
+#: Targets: a CUDA variant trains at least as many epochs per second as this machine's CPU, and MD with the model
+#: runs at least as many atom-steps per second on CUDA as on the CPU.
+SPEED_TARGET = 1.0
+#: Target of ``forces_rmse_cpu_over_<variant>`` for a CUDA variant with the CPU's batch size (the same
+#: hyperparameters and seed): its test force RMSE (eV/Å) is at most 1/0.95 (about 5 %) above the CPU's.
+ACCURACY_TARGET = 0.95
+
+
+def targets_for(variants: list[str], md_repeats: list[int]) -> dict[str, float]:
+    """The target of every ratio that a run of ``variants`` and MD cells of ``md_repeats`` can produce.
+
+    A ratio meets its target when it is at least the target. A variant with another batch size than the CPU's has
+    no accuracy target: in the same number of epochs it takes fewer optimizer steps, so its force error measures
+    the batch size, not the device.
+    """
+    cpu_batch = VARIANTS[CPU_VARIANT][3]
+    targets: dict[str, float] = {}
+    for name in variants:
+        if name == CPU_VARIANT:
+            continue
+        targets[f'epochs_per_s_{name}_over_cpu'] = SPEED_TARGET
+        if VARIANTS[name][3] == cpu_batch:
+            targets[f'forces_rmse_cpu_over_{name}'] = ACCURACY_TARGET
+    for repeat in md_repeats:
+        targets[f'md_speed_cuda_over_cpu_{4 * repeat**3}_atoms'] = SPEED_TARGET
+    return targets
 
 
 def sync(device: str) -> None:
@@ -202,7 +232,7 @@ def main() -> None:
                 continue
             variants[name] = train_variant(name, spec, frames, args, root)
             print(name, json.dumps(variants[name]), flush=True)
-        reference = root / 'cpu_float32_b8' / 'model.pt'
+        reference = root / CPU_VARIANT / 'model.pt'
         if reference.is_file():
             for repeat in args.md_repeats:
                 for device in ('cpu', 'cuda') if cuda else ('cpu',):
@@ -214,9 +244,9 @@ def main() -> None:
     out['variants'] = variants
     out['md'] = md
     ratios: dict[str, float] = {}
-    cpu = variants.get('cpu_float32_b8', {})
+    cpu = variants.get(CPU_VARIANT, {})
     for name, figures in variants.items():
-        if name != 'cpu_float32_b8' and 'epochs_per_s' in figures and 'epochs_per_s' in cpu:
+        if name != CPU_VARIANT and 'epochs_per_s' in figures and 'epochs_per_s' in cpu:
             ratios[f'epochs_per_s_{name}_over_cpu'] = figures['epochs_per_s'] / cpu['epochs_per_s']
             ratios[f'forces_rmse_cpu_over_{name}'] = cpu['test_forces_rmse'] / figures['test_forces_rmse']
     for repeat in args.md_repeats:
@@ -225,7 +255,15 @@ def main() -> None:
             ratios[f'md_speed_cuda_over_cpu_{n}_atoms'] = (
                 md[f'cuda_{n}']['atom_steps_per_s'] / md[f'cpu_{n}']['atom_steps_per_s']
             )
+    targets = targets_for(args.variants, args.md_repeats)
+    met = {key: ratios[key] >= value for key, value in targets.items() if key in ratios}
+    for key, value in targets.items():
+        verdict = ('met' if met[key] else 'NOT met') if key in met else 'not measured'
+        shown = f'{ratios[key]:.3f}' if key in ratios else 'n/a'
+        print(f'{key}: {shown} (target >= {value}): {verdict}', flush=True)
     out['ratios'] = ratios
+    out['targets'] = targets
+    out['met'] = met
     out['wall_s'] = time.perf_counter() - started
     out['machine'] = {
         'cores': os.cpu_count(), 'threads': args.threads, 'python': platform.python_version(),

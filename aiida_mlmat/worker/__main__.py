@@ -1,7 +1,8 @@
 """Entry point of the remote worker: ``mlmat-worker TASK input.json`` (or ``python -m aiida_mlmat.worker``).
 
 Writes ``results.json`` beside the input in every case: ``status`` is ``ok``, ``incomplete`` (soft time limit
-reached; recoverable) or ``error`` with ``error: {code, message}``. Exit status: 0 ok, 2 incomplete, 1 error.
+reached; recoverable; with ``error: {code: "WALLTIME", message}``) or ``error`` with ``error: {code, message}``.
+Exit status: 0 ok, 2 incomplete, 1 error.
 """
 
 from __future__ import annotations
