@@ -134,6 +134,11 @@ def run_cmd(ctx: click.Context, config_file: str, out: str | None, wait: bool, j
     from aiida_mlmat.workflows.pipeline import PipelineWorkChain
 
     inputs = {'config': orm.Dict(config), 'code': load_code(f'mlmat-worker@{config["computer"]}')}
+    reference = config['reference']
+    if reference.get('labeller') == 'aiida-ase':  # one aiida-ase job per configuration: the Code `mlmat setup` made
+        from aiida_mlmat.cli.commands import _ase_code_label
+
+        inputs['ase_code'] = load_code(_ase_code_label(reference['calculator']['name'], config['computer']))
     ensure_daemon(workers=2, quiet=json_output)
     node = submit(PipelineWorkChain, **inputs)
     if not json_output:

@@ -38,7 +38,7 @@ class ScreenedCandidateData(orm.Dict):
     @property
     def e_above_hull(self) -> float | None:
         """Energy above the convex hull in eV/atom (ensemble mean), None where the candidate failed."""
-        return self.base.attributes.get('e_above_hull')
+        return self.base.attributes.get('e_above_hull', None)
 
     @property
     def stable(self) -> bool:

@@ -58,6 +58,15 @@ def pipeline_summary(config: orm.Dict, **nodes: orm.Data) -> orm.Dict:
     return orm.Dict(summary)
 
 
+def validate_inputs(value: Any, _: Any = None) -> str | None:
+    """The aiida-ase labeller needs its Code, given before anything runs (not found missing after the sampling)."""
+    config = value.get('config')
+    reference = (config.get_dict().get('reference') or {}) if config is not None else {}
+    if isinstance(reference, dict) and reference.get('labeller') == 'aiida-ase' and value.get('ase_code') is None:
+        return 'ase_code: the reference labeller `aiida-ase` needs the Code of a Python with ASE (ase.ase)'
+    return None
+
+
 class PipelineWorkChain(IdempotentLaunchMixin, WorkChain):
     """Reference data -> (active learning | training) -> hull screening with verification, from one configuration."""
 
@@ -73,6 +82,7 @@ class PipelineWorkChain(IdempotentLaunchMixin, WorkChain):
         )
         spec.input('code', valid_type=orm.AbstractCode, help='The mlmat-worker Code for every job.')
         spec.input('ase_code', valid_type=orm.AbstractCode, required=False, help='Code for the aiida-ase labeller.')
+        spec.inputs.validator = validate_inputs
         spec.outline(
             cls.setup,
             cls.run_reference,

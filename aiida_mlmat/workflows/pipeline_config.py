@@ -41,7 +41,11 @@ SCHEMA: dict[str, Any] = {
                 'calculator': _CALCULATOR,
                 'protocol': _PROTOCOL,
                 'labeller': {'enum': ['batch', 'aiida-ase']},
-                'select': {'type': 'integer', 'minimum': 1, 'description': 'label only the N most diverse (FPS)'},
+                'select': {
+                    'type': 'integer',
+                    'minimum': 3,  # the labelled set is split into train, validation and test
+                    'description': 'label only the N most diverse (FPS); at least 3',
+                },
                 'overrides': {'type': 'object'},
             },
             'additionalProperties': False,
@@ -180,6 +184,11 @@ def _semantic_error(config: dict[str, Any]) -> str | None:
             get_protocol_inputs(name, config[section]['protocol'], overrides)
         except ValueError as exc:
             return f'{section}.{exc}'
+    if config['screening']['enabled'] and len(set(config['elements'])) < 2:
+        return (
+            'screening: the generated candidates are decorations of two or more elements; for one element set '
+            '`screening: {enabled: false}`'
+        )
     return None
 
 

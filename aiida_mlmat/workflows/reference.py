@@ -87,6 +87,9 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
             check_element(symbol)
         except ValueError as exc:
             return f'elements: {exc}'
+    repeated = sorted({symbol for symbol in elements if elements.count(symbol) > 1})
+    if repeated:
+        return f'elements: {", ".join(repeated)} given more than once'
     species = set(elements)
     if structures is not None:
         if structures.count == 0:
@@ -233,6 +236,10 @@ class ReferenceWorkChain(IdempotentLaunchMixin, WorkChain):
         :param overrides: nested dictionary merged into the protocol (keys ``sample``, ``chunk_size``, ...).
         :param options: ``metadata.options`` for every CalcJob (resources, walltime, queue).
         """
+        if isinstance(elements, str):  # 'CuAu' would be read letter by letter
+            raise ValueError(f'elements: expected a list of element symbols such as ["Cu", "Au"], got {elements!r}')
+        if not isinstance(calculator, dict):
+            raise ValueError(f'calculator: expected a mapping such as {{"name": "emt"}}, got {calculator!r}')
         inputs = get_protocol_inputs('reference', protocol, overrides)
         builder = cls.get_builder()
         if structures is not None:

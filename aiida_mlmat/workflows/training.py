@@ -34,8 +34,15 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
     def number(key: str, default: float) -> float:
         return value[key].value if key in value else default
 
-    if number('ensemble_size', 3) < 1:
-        return 'ensemble_size: must be at least 1'
+    from aiida_mlmat.workflows.protocols import training_settings_error
+
+    trainer = value.get('member', {}).get('trainer', {})
+    error = training_settings_error({key: value[key].value for key in ('ensemble_size', 'seed') if key in value})
+    error = error or training_settings_error(
+        {key: trainer[key].get_dict() for key in ('model', 'training') if key in trainer}, 'member.trainer.'
+    )
+    if error:
+        return error
     initial = value.get('initial_potential')
     if initial is not None and data is not None:
         extra = sorted(set(data.species) - set(initial.species))

@@ -237,3 +237,40 @@ def test_deduplicate_keeps_first():
     other = Structure(Lattice.cubic(3.75), ['Cu', 'Au'], [[0, 0, 0], [0.5, 0.5, 0.5]])
     items = [('a', structure), ('b', rotated), ('c', supercell), ('d', other)]
     assert [name for name, _ in deduplicate(items)] == ['a', 'd']
+
+
+def test_screened_candidate_properties_of_a_failed_candidate(aiida_profile):
+    """A failed candidate has no energy above the hull: its property is None (as its docstring says), not an error;
+    an ok one gives the value (eV/atom) and its verdict."""
+    from aiida_mlmat.data.screening import ScreenedCandidateData
+
+    failed = ScreenedCandidateData({'name': 'B2-CuAu', 'formula': 'AuCu', 'status': 'failed', 'reason': 'diverged'})
+    assert failed.e_above_hull is None and failed.stable is False and failed.name == 'B2-CuAu'
+    ok = ScreenedCandidateData({'name': 'L10', 'formula': 'AuCu', 'status': 'ok', 'e_above_hull': 0.0, 'stable': True})
+    assert ok.e_above_hull == 0.0 and ok.stable is True
+
+
+def test_hull_inputs_refuse_bad_generate_settings_and_counts(aiida_profile):
+    """The hull workchain's validator (the Python builder path) refuses what `mlmat screen` and a pipeline YAML
+    refuse: unknown or out-of-range `generate` settings, candidates and generate together, a unary system to
+    decorate and a negative number of candidates to verify, each naming the input."""
+    from aiida import orm
+
+    from aiida_mlmat.data.configurations import ConfigurationSetData
+    from aiida_mlmat.workflows.hull import validate_inputs
+
+    base = {'elements': orm.List(['Cu', 'Au']), 'calculator': orm.Dict({'name': 'emt'})}
+    assert validate_inputs({**base, 'generate': orm.Dict({'max_atoms': 4})}) is None
+    assert validate_inputs({**base, 'generate': orm.Dict({'max_atomz': 4})}) == (
+        "generate: unknown key(s) ['max_atomz']; allowed: lattices, max_atoms, max_candidates"
+    )
+    assert validate_inputs({**base, 'generate': orm.Dict({'max_atoms': 100})}) == (
+        'generate.max_atoms: 100 is greater than the maximum of 8'
+    )
+    both = {**base, 'generate': orm.Dict({'max_atoms': 4}), 'candidates': ConfigurationSetData([bulk('Cu')])}
+    assert validate_inputs(both).startswith('give either `candidates` (a configuration set) or `generate`')
+    assert validate_inputs({**base, 'elements': orm.List(['Cu']), 'generate': orm.Dict({})}).startswith(
+        "generate: decorations need at least two elements, got ['Cu']"
+    )
+    verify = {**base, 'generate': orm.Dict({}), 'verify': {'top': orm.Int(-1), 'calculator': orm.Dict({'name': 'emt'})}}
+    assert validate_inputs(verify) == 'verify.top: the number of candidates to verify cannot be negative, got -1'

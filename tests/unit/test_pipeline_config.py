@@ -13,8 +13,12 @@ def test_example_config_is_valid_and_defaults_fill_the_rest():
     config = load_config('examples/pipeline-cuau-emt.yaml')
     assert config['elements'] == ['Cu', 'Au']
     assert config['reference']['calculator'] == {'name': 'emt', 'parameters': {}}
-    minimal = validate_config({'elements': ['Cu']})
+    minimal = validate_config({'elements': ['Cu', 'Au']})
     assert minimal['training'] == DEFAULTS['training'] and minimal['screening']['verify_top'] == 3
+    # one element: no alloy decorations to screen, so screening (on by default) must be switched off
+    with pytest.raises(ConfigError, match=r'screening: the generated candidates are decorations of two or more'):
+        validate_config({'elements': ['Cu']})
+    assert validate_config({'elements': ['Cu'], 'screening': {'enabled': False}})['elements'] == ['Cu']
 
 
 def test_active_learning_example_is_valid():
@@ -57,6 +61,16 @@ def test_active_learning_example_is_valid():
         (
             {'elements': ['Cu'], 'training': {'overrides': {'training': {'epochz': 2}}}},
             r"training.overrides: training: unknown key\(s\) \['epochz'\]",
+        ),
+        # a labelled set too small to split, and a model the worker would refuse, both before the first stage
+        ({'elements': ['Cu'], 'reference': {'select': 2}}, 'reference.select: 2 is less than the minimum of 3'),
+        (
+            {'elements': ['Cu'], 'training': {'overrides': {'model': {'hidden': []}}}},
+            r'training.overrides: model.hidden: \[\] should be non-empty',
+        ),
+        (
+            {'elements': ['Cu'], 'active_learning': {'overrides': {'training': {'ensemble_size': 10**9}}}},
+            'active_learning.overrides: training.ensemble_size: must be from 1 to 64',
         ),
     ],
 )
@@ -107,3 +121,18 @@ def test_yaml_merge_keys_work_and_unhashable_keys_are_refused(tmp_path):
     listed.write_text('elements: [Cu]\n? [a, b]\n: 1\n')
     with pytest.raises(ConfigError, match='a key must be a plain value'):
         load_config(listed)
+
+
+def test_the_aiida_ase_labeller_needs_its_code(aiida_profile):
+    """A pipeline whose reference labels with aiida-ase is refused at submission without the aiida-ase Code (before,
+    it failed after the sampling); `mlmat run` passes the Code `mlmat setup` registers."""
+    from aiida import orm
+
+    from aiida_mlmat.workflows.pipeline import validate_inputs
+
+    config = orm.Dict(validate_config({'elements': ['Cu', 'Au'], 'reference': {'labeller': 'aiida-ase'}}))
+    assert validate_inputs({'config': config}) == (
+        'ase_code: the reference labeller `aiida-ase` needs the Code of a Python with ASE (ase.ase)'
+    )
+    assert validate_inputs({'config': config, 'ase_code': object()}) is None
+    assert validate_inputs({'config': orm.Dict(validate_config({'elements': ['Cu', 'Au']}))}) is None

@@ -124,6 +124,21 @@ def test_overrides_merge_recursively():
         ('training', {'training': {'epochs': -5}}, 'training.epochs: -5 is less than the minimum of 1'),
         ('training', {'training': {'epochz': 2}}, "training: unknown key(s) ['epochz']"),
         ('training', {'model': [16]}, 'model: expected a mapping'),
+        # the model against the worker's schema, and the committee's whole numbers, before any job runs
+        ('training', {'model': {'hidden': [-1]}}, 'model.hidden.0: -1 is less than the minimum of 1'),
+        ('training', {'model': {'hidden': []}}, 'model.hidden: [] should be non-empty'),
+        ('training', {'model': {'descriptor': {'kind': 'soap'}}}, "model.descriptor.kind: 'soap' is not one of"),
+        ('training', {'model': {'descriptor': {'rcut': 50}}}, 'model.descriptor.rcut: 50 is greater than the max'),
+        ('training', {'model': {'foo': 1}}, "model: unknown key(s) ['foo']; allowed: activation, architecture"),
+        ('training', {'ensemble_size': 10**9}, 'ensemble_size: must be from 1 to 64, got 1000000000'),
+        ('training', {'ensemble_size': 2.5}, 'ensemble_size: expected a whole number, got 2.5'),
+        ('training', {'ensemble_size': True}, 'ensemble_size: expected a whole number, got True'),
+        ('training', {'ensemble_size': 'x'}, "ensemble_size: expected a whole number, got 'x'"),
+        ('training', {'seed': -1}, 'seed: must be from 0 to'),
+        ('training', {'max_iterations': 0}, 'max_iterations: must be from 1 to 100, got 0'),
+        ('training', {'test_fraction': 1.5}, 'test_fraction: expected a number between 0 and 1, got 1.5'),
+        ('active_learning', {'training': {'model': {'hidden': []}}}, 'training.model.hidden: [] should be non-empty'),
+        ('active_learning', {'training': {'ensemble_size': 65}}, 'training.ensemble_size: must be from 1 to 64'),
         ('active_learning', {'bogus_section': {}}, "<top level>: unknown key(s) ['bogus_section']"),
         ('active_learning', {'training': {'training': {'epochs': 0}}}, 'training.training.epochs: 0 is less than'),
         ('active_learning', {'retrain': {'learning_rate': -1}}, 'retrain.learning_rate: -1 is less than or equal'),
@@ -265,6 +280,22 @@ def test_builder_refuses_an_unknown_element(worker_code):
         instantiate_process(get_manager().get_runner(), builder)
 
 
+def test_builder_refuses_wrong_argument_types_naming_them(worker_code):
+    """Arguments of the wrong kind are refused with the argument named, not an AttributeError from inside aiida: a
+    string of elements (read letter by letter), a calculator given by name only, overrides that are not a mapping,
+    and an element given twice."""
+    build = ReferenceWorkChain.get_builder_from_protocol
+    with pytest.raises(ValueError, match=r"elements: expected a list of element symbols .*, got 'CuAu'"):
+        build(worker_code, calculator=EMT, elements='CuAu')
+    with pytest.raises(ValueError, match=r"calculator: expected a mapping such as \{\"name\": \"emt\"\}, got 'emt'"):
+        build(worker_code, calculator='emt', elements=['Cu'])
+    with pytest.raises(ValueError, match=r'overrides: expected a mapping of settings, got \[1\]'):
+        build(worker_code, calculator=EMT, elements=['Cu'], overrides=[1])
+    builder = build(worker_code, calculator=EMT, elements=['Cu', 'Cu'])
+    with pytest.raises(ValueError, match='elements: Cu given more than once'):
+        instantiate_process(get_manager().get_runner(), builder)
+
+
 def test_builder_unknown_protocol(worker_code):
     with pytest.raises(ValueError, match='unknown protocol `turbo`; known: fast, balanced, precise'):
         ReferenceWorkChain.get_builder_from_protocol(worker_code, calculator=EMT, elements=['Cu'], protocol='turbo')
@@ -308,3 +339,18 @@ def test_exploration_keys_name_what_the_user_wrote():
     assert [path for path, _ in errors if len(path) == 3] == [('md', 'temperatures', 2), ('md', 'temperatures', 10)]
     error = settings_error({'exploration': {'temperatures': [300.0, 900.0, -5.0]}})
     assert error.startswith('exploration.temperatures[2]: -5.0 is less than or equal to the minimum of 0')
+
+
+def test_training_builder_inputs_are_checked_like_the_protocol(aiida_profile):
+    """A builder filled by hand (not from a protocol) is refused by the workchain's validator with the port named:
+    the committee size and seed in range, the model and training settings against the worker's schema."""
+    from aiida_mlmat.workflows.training import validate_inputs
+
+    assert validate_inputs({'ensemble_size': orm.Int(65)}) == 'ensemble_size: must be from 1 to 64, got 65'
+    assert validate_inputs({'seed': orm.Int(-1)}).startswith('seed: must be from 0 to')
+    model = {'member': {'trainer': {'model': orm.Dict({'hidden': []})}}}
+    assert validate_inputs(model) == 'member.trainer.model.hidden: [] should be non-empty'
+    training = {'member': {'trainer': {'training': orm.Dict({'epochs': 0})}}}
+    assert validate_inputs(training) == 'member.trainer.training.epochs: 0 is less than the minimum of 1'
+    good = {'ensemble_size': orm.Int(2), 'member': {'trainer': {'model': orm.Dict({'hidden': [8]})}}}
+    assert validate_inputs(good) is None

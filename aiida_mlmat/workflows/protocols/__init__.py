@@ -21,6 +21,8 @@ def get_protocol_inputs(name: str, protocol: str | None = None, overrides: dict 
 
     :raises ValueError: for an unknown protocol, naming the known ones.
     """
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ValueError(f'overrides: expected a mapping of settings, got {overrides!r}')
     data = load_protocols(name)
     protocol = protocol or data['default_protocol']
     if protocol not in data['protocols']:
@@ -148,6 +150,47 @@ def port_node_type(port: Any) -> Any:
     return valid_type
 
 
+#: The largest committee an ensemble workflow trains (each member is a training job).
+MAX_ENSEMBLE_SIZE = 64
+#: Seeds of the split and the members are numpy seeds: whole numbers from 0 to 2**32 - 1 (member k adds k).
+MAX_SEED = 2**32 - 1 - MAX_ENSEMBLE_SIZE
+#: The most restarts of one training job (``max_iterations`` of its restart wrapper).
+MAX_RESTARTS = 100
+#: Whole-number settings of an ensemble's training and their ranges.
+_TRAINING_RANGES = {'ensemble_size': (1, MAX_ENSEMBLE_SIZE), 'seed': (0, MAX_SEED), 'max_iterations': (1, MAX_RESTARTS)}
+
+
+def training_settings_error(settings: dict[str, Any], where: str = '') -> str | None:
+    """Why an ensemble's training settings are invalid, or None: the committee size, seed and restart count (whole
+    numbers in range), the split fractions, and ``model`` and ``training`` against the worker's ``train`` schema.
+
+    The same check serves the protocols (``mlmat train --overrides``, a pipeline YAML) and the builder's inputs, so
+    a bad model never reaches a training job. ``where`` prefixes the key in the message (``training.``).
+    """
+    for key, (low, high) in _TRAINING_RANGES.items():
+        value = settings.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f'{where}{key}: expected a whole number, got {value!r}'
+        if not low <= value <= high:
+            return f'{where}{key}: must be from {low} to {high}, got {value}'
+    for key in ('test_fraction', 'validation_fraction'):
+        value = settings.get(key)
+        if value is not None and not (_is_finite_number(value) and 0 < value < 1):
+            return f'{where}{key}: expected a number between 0 and 1, got {value!r}'
+    for key in ('model', 'training'):
+        value = settings.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            return f'{where}{key}: expected a mapping, got {value!r}'
+        error = _schema_error(f'{where}{key}', value, _subschema('train', key))
+        if error:
+            return error
+    return None
+
+
 def protocol_inputs_error(name: str, inputs: dict[str, Any]) -> str | None:
     """Why the protocol inputs of workflow ``name`` (after the overrides were merged) are invalid, or None.
 
@@ -185,13 +228,12 @@ def protocol_inputs_error(name: str, inputs: dict[str, Any]) -> str | None:
             if error:
                 return error
     for where, training in trainings.items():
-        if isinstance(training.get('training'), dict) or 'training' in training:
-            prefix = f'{where}.training' if name == 'active_learning' else 'training'
-            error = _schema_error(prefix, training.get('training'), _subschema('train', 'training'))
-            if error:
-                return error
-        if 'model' in training and not isinstance(training['model'], dict):
-            return f'model: expected a mapping, got {training["model"]!r}'
+        prefix = f'{where}.' if name == 'active_learning' else ''
+        if 'training' in training and training['training'] is None:
+            return f'{prefix}training: expected a mapping, got None'
+        error = training_settings_error(training, prefix)
+        if error:
+            return error
     if name == 'reference' and inputs.get('sample') is not None:
         return _schema_error('sample', inputs['sample'], _subschema('sample', ''))
     return None
