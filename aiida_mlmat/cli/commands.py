@@ -237,6 +237,13 @@ def descriptors(profile: str | None, **kwargs: Any) -> None:
                 f'`{source}` is {what} nor the PK or UUID of a stored configuration set', EXIT_NOT_FOUND
             ) from exc
         frames = node.get_atoms()
+        from aiida_mlmat.ml.neighbours import CutoffError, check_cutoff
+
+        try:  # refused here, before the job and its nodes are stored, as the worker would refuse it
+            for index, frame in enumerate(frames):
+                check_cutoff(frame, kwargs['rcut'], index)
+        except CutoffError as exc:
+            raise MlmatCliError(f'--rcut: {exc}') from exc
         builder = DescriptorsCalculation.get_builder()
         builder.code = load_code('mlmat-worker@localhost')
         builder.configurations = node

@@ -9,14 +9,20 @@ import click
 from aiida_mlmat.cli.utils import (
     EXIT_INTERRUPTED,
     EXIT_INVALID_INPUT,
+    FiniteFloatRange,
     GreedyOption,
     JsonErrorGroup,
     MlmatCliError,
     echo_json,
     put_own_bin_on_path,
 )
+from aiida_mlmat.common.constants import MIN_INTERATOMIC_DISTANCE
+from aiida_mlmat.workflows.protocols import MAX_ENSEMBLE_SIZE
 
 PROTOCOLS = ('fast', 'balanced', 'precise')
+#: The longest walltime of a training job that ``--max-minutes`` takes: one year (a larger value is a typo, and
+#: its seconds would overflow the scheduler's and the database's integers).
+MAX_JOB_MINUTES = 365 * 24 * 60
 
 
 @click.group(cls=JsonErrorGroup, context_settings={'help_option_names': ['-h', '--help']})
@@ -109,7 +115,13 @@ def reference_cmd(ctx: click.Context, **kwargs: object) -> None:
 @cli.command('descriptors')
 @click.argument('source')
 @click.option('--kind', type=click.Choice(['chebyshev', 'acsf']), default='chebyshev', show_default=True)
-@click.option('--rcut', type=float, default=5.0, show_default=True, help='Cutoff radius in Å.')
+@click.option(
+    '--rcut',
+    type=FiniteFloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help=f'Cutoff radius in Å (at least {MIN_INTERATOMIC_DISTANCE:g} Å).',
+)
 @click.option('--out', 'out', type=click.Path(dir_okay=False), default=None, help='Write the arrays to FILE.npz.')
 @click.option('--map', 'map_png', type=click.Path(dir_okay=False), default=None, help='Write a PCA map PNG.')
 @click.option('--colour', default=None, help='Map colour: `energy` or `composition:EL` (default: first element).')
@@ -126,12 +138,22 @@ def descriptors_cmd(ctx: click.Context, **kwargs: object) -> None:
 
 @cli.command('train')
 @click.argument('dataset_identifier')
-@click.option('--ensemble', type=click.IntRange(min=1), default=None, help='Number of ensemble members K.')
+@click.option(
+    '--ensemble',
+    type=click.IntRange(min=1, max=MAX_ENSEMBLE_SIZE),  # each member is a training job: bounded as the protocols are
+    default=None,
+    help=f'Number of ensemble members K (1 to {MAX_ENSEMBLE_SIZE}).',
+)
 @click.option('--protocol', type=click.Choice(PROTOCOLS), default='fast', show_default=True)
 @click.option('--computer', default='localhost', show_default=True, help='Computer whose worker Code trains.')
 @click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto', show_default=True)
 @click.option('--gpus', type=click.IntRange(min=0), default=0, help='GPUs per job (SLURM --gres=gpu:N).')
-@click.option('--max-minutes', type=click.FloatRange(min=0.1), default=None, help='Walltime of each training job.')
+@click.option(
+    '--max-minutes',
+    type=FiniteFloatRange(min=0.1, max=MAX_JOB_MINUTES),
+    default=None,
+    help='Walltime of each training job in minutes.',
+)
 @click.option('--overrides', default=None, help='JSON object merged into the protocol inputs.')
 @click.option('--wait', is_flag=True, help='Block until the workflow ends, showing progress.')
 @click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')

@@ -9,6 +9,7 @@ import click
 
 from aiida_mlmat.cli.utils import (
     EXIT_INVALID_INPUT,
+    FiniteFloatRange,
     GreedyOption,
     MlmatCliError,
     calculator_option_error,
@@ -43,13 +44,21 @@ def candidate_rows(node: Any) -> list[dict[str, Any]]:
 
 
 def build_screen_inputs(**kwargs: Any) -> dict[str, Any]:
-    """Turn the command's options into ``mlmat.hull`` inputs (stored nodes for files), with clear errors."""
+    """Turn the command's options into validated ``mlmat.hull`` inputs, with clear errors.
+
+    Every check, the workflow's own input validation included, runs before anything is stored: the candidate files
+    are validated as an unstored set built from the structures read here, and only then stored (with the
+    ``candidates_from_files`` calcfunction that records where the candidates came from).
+
+    :raises MlmatCliError: (exit 2) for invalid input, with nothing stored.
+    """
     from aiida import orm
 
     from aiida_mlmat.data.configurations import CorruptFileError
     from aiida_mlmat.data.potential import PotentialData
     from aiida_mlmat.hull.candidates import CandidateError, read_candidates
-    from aiida_mlmat.workflows.hull_functions import candidates_from_files
+    from aiida_mlmat.workflows.hull import HullWorkChain
+    from aiida_mlmat.workflows.hull_functions import candidate_set, candidates_from_files
 
     elements = list(kwargs['elements'] or [])
     if not elements:
@@ -63,6 +72,8 @@ def build_screen_inputs(**kwargs: Any) -> dict[str, Any]:
         raise MlmatCliError('--calculator: for a trained potential give --potential PK')
     if kwargs['verify_calculator'] and not kwargs['verify_top']:
         raise MlmatCliError('--verify-calculator needs --verify-top K (how many of the top candidates to check)')
+    if kwargs['verify_top'] and not kwargs['verify_calculator']:
+        raise MlmatCliError('--verify-top needs --verify-calculator NAME (the reference method)')
     check_elements_option(elements)
     if len(set(elements)) != len(elements):
         raise MlmatCliError(f'--elements: an element is named twice in {elements}')
@@ -90,8 +101,7 @@ def build_screen_inputs(**kwargs: Any) -> dict[str, Any]:
         system = set(elements)
         if not any({str(el) for el in structure.composition.elements} <= system for _, structure in candidates):
             raise MlmatCliError(f'--candidates: no candidate lies in the chemical system {"-".join(elements)}')
-        nodes = {f'file_{i}': orm.SinglefileData(str(Path(path).resolve())) for i, path in enumerate(files)}
-        inputs['candidates'] = candidates_from_files(**nodes)
+        inputs['candidates'] = candidate_set(candidates)  # unstored: validated below, stored only after
     else:
         inputs['generate'] = orm.Dict({'max_atoms': kwargs['generate']})
     if potential is not None:
@@ -113,14 +123,18 @@ def build_screen_inputs(**kwargs: Any) -> dict[str, Any]:
     if kwargs['chunk_size']:
         inputs['chunk_size'] = orm.Int(kwargs['chunk_size'])
     if kwargs['verify_top']:
-        if not kwargs['verify_calculator']:
-            raise MlmatCliError('--verify-top needs --verify-calculator NAME (the reference method)')
         inputs['verify'] = {
             'top': orm.Int(kwargs['verify_top']),
             'calculator': orm.Dict({'name': kwargs['verify_calculator'], 'parameters': verify_params}),
             'relax': orm.Bool(kwargs['verify_relax']),
         }
     inputs['code'] = load_code(f'mlmat-worker@{kwargs["computer"]}')
+    error = HullWorkChain.spec().inputs.validate(inputs)
+    if error is not None:
+        raise MlmatCliError(f'invalid input: {error.message}', EXIT_INVALID_INPUT)
+    if files:  # valid: now store the files and the set read from them, with their provenance
+        nodes = {f'file_{i}': orm.SinglefileData(str(Path(path).resolve())) for i, path in enumerate(files)}
+        inputs['candidates'] = candidates_from_files(**nodes)
     return inputs
 
 
@@ -150,10 +164,7 @@ def screen(profile: str | None, **kwargs: Any) -> None:
 
     if kwargs['out']:
         output_folder(str(kwargs['out']), '--out')  # before submitting: the table would be lost after the run
-    inputs = build_screen_inputs(**kwargs)
-    error = HullWorkChain.spec().inputs.validate(inputs)
-    if error is not None:
-        raise MlmatCliError(f'invalid input: {error.message}', EXIT_INVALID_INPUT)
+    inputs = build_screen_inputs(**kwargs)  # validated, nothing stored when it is refused
     ensure_daemon(quiet=json_output)
     node = submit(HullWorkChain, **inputs)
     if not json_output:
@@ -236,7 +247,7 @@ def _stability_tag(row: dict[str, Any]) -> str:
 @click.option('--verify-calculator', default=None, help='Reference calculator for the verification.')
 @click.option('--verify-params', default=None, help='Keyword arguments of the reference calculator (JSON).')
 @click.option('--verify-relax', is_flag=True, help='Relax with the reference (default: single point).')
-@click.option('--fmax', type=click.FloatRange(min=0, min_open=True), default=None, help='Relaxation fmax, eV/Å.')
+@click.option('--fmax', type=FiniteFloatRange(min=0, min_open=True), default=None, help='Relaxation fmax, eV/Å.')
 @click.option('--max-steps', type=click.IntRange(min=1), default=None, help='Relaxation step limit.')
 @click.option('--chunk-size', type=click.IntRange(min=1), default=None, help='Structures per relaxation job.')
 @click.option('--computer', default='localhost', show_default=True, help='Computer whose worker Code runs the jobs.')

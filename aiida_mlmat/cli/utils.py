@@ -107,6 +107,21 @@ def error_object(exc: click.ClickException) -> dict[str, Any]:
     return {'error': exc.format_message(), 'exit_code': code, **getattr(exc, 'data', {})}
 
 
+class FiniteFloatRange(click.FloatRange):
+    """A ``click.FloatRange`` that refuses NaN and infinities, which ``FloatRange`` lets through (NaN compares false
+    with any bound, and an unbounded side takes ``inf``): a usage error (exit 2) naming the option.
+    """
+
+    name = 'finite float range'
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Convert as ``FloatRange`` does, then refuse a value that is not finite."""
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f'{value!r} is not a finite number', param, ctx)
+        return number
+
+
 class GreedyOption(click.Option):
     """An option that takes every following word up to the next option: ``--elements Cu Au``.
 
@@ -187,14 +202,26 @@ def load_profile(profile: str | None = None) -> Any:
         raise MlmatCliError(f'no AiiDA profile to use ({exc}); run `mlmat setup` first', EXIT_SETUP) from exc
 
 
+#: The largest PK a storage backend holds (a signed 64-bit integer, in SQLite as in PostgreSQL).
+MAX_PK = 2**63 - 1
+
+
 def load_node(identifier: str | int, expected: type | None = None) -> Any:
-    """Load a node by PK or UUID (prefix), with a clear error for a missing or wrong-typed node."""
+    """Load a node by PK or UUID (prefix), with a clear error for a missing or wrong-typed node.
+
+    A PK beyond what a database integer holds (``MAX_PK``) is not found (exit 4), not a database overflow.
+    """
     from aiida import orm
     from aiida.common.exceptions import MultipleObjectsError, NotExistent
 
+    text = str(identifier).strip()
+    if text.lstrip('+-').isdigit() and not 0 < int(text) <= MAX_PK:
+        raise MlmatCliError(
+            f'no node with PK `{identifier}`: a PK is a whole number from 1 to {MAX_PK}', EXIT_NOT_FOUND
+        )
     try:
         node = orm.load_node(identifier)
-    except (NotExistent, MultipleObjectsError, ValueError) as exc:
+    except (NotExistent, MultipleObjectsError, ValueError, OverflowError) as exc:
         raise MlmatCliError(f'no unique node with PK or UUID `{identifier}`: {exc}', EXIT_NOT_FOUND) from exc
     if expected is not None and not isinstance(node, expected):
         raise MlmatCliError(

@@ -39,6 +39,33 @@ def _label_keys(frames: Sequence[Atoms]) -> list[str]:
     return keys
 
 
+def partial_label_error(frames: Sequence[Atoms], name: str = 'file') -> str | None:
+    """Why ``frames`` cannot be stored as one set: a label that some configurations carry and others lack.
+
+    A set's ``label_keys`` are the labels every configuration carries, and training fits a label on every
+    configuration or on none (its loss has no mask for missing ones), so such a label would be dropped without a
+    word. Energy and forces are refused when partial. Stress only counts on periodic configurations: a cluster or a
+    slab has none, and a set that mixes them with bulk is stored without the ``stress`` label key.
+
+    :return: the message naming the label, the first configuration (counted from 0) without it and how many carry
+        it; ``None`` when every label is on all or none of the configurations that can have it.
+    """
+    for key in LABEL_KEYS:
+        concerned = [
+            (position, frame) for position, frame in enumerate(frames) if key != 'stress' or bool(frame.pbc.all())
+        ]
+        carrying = [frame.calc is not None and key in frame.calc.results for _, frame in concerned]
+        if any(carrying) and not all(carrying):
+            first = next(position for (position, _), has in zip(concerned, carrying, strict=True) if not has)
+            what = 'periodic configurations' if key == 'stress' else 'configurations'
+            return (
+                f'{name}: only {sum(carrying)} of the {len(concerned)} {what} carry `{key}`; configuration {first} '
+                f'is the first without it. A set is labelled with `{key}` on every configuration or on none: '
+                f'label the rest, or remove `{key}` from every configuration to store the set without it'
+            )
+    return None
+
+
 def _composition_range(frames: Sequence[Atoms], species: list[str]) -> dict[str, list[float]]:
     ranges: dict[str, list[float]] = {}
     for symbol in species:
@@ -173,10 +200,18 @@ class ConfigurationSetData(orm.Data):
 
     @classmethod
     def from_file(cls, path: str | pathlib.Path, validate: bool = True, **kwargs: Any) -> ConfigurationSetData:
-        """Read an extxyz file; refuse (``CorruptFileError``) one that is unreadable, empty or unphysical."""
+        """Read an extxyz file; refuse (``CorruptFileError``) one that is unreadable, empty or unphysical.
+
+        With ``validate``, a file whose configurations carry a label only in part (forces on some, not on others)
+        is refused too (see :func:`partial_label_error`): the set would silently lose that label.
+        """
         path = pathlib.Path(path)
         content = path.read_bytes()
-        parse_extxyz_bytes(content, name=path.name, validate=validate)
+        frames = parse_extxyz_bytes(content, name=path.name, validate=validate)
+        if validate:
+            error = partial_label_error(frames, path.name)
+            if error:
+                raise CorruptFileError(error)
         return cls(content=content, **kwargs)
 
     @property

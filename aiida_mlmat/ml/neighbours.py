@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from ase import Atoms
+
+from aiida_mlmat.common.constants import MIN_INTERATOMIC_DISTANCE
+
+#: The smallest cutoff (Å) a neighbour list is built with: the shortest interatomic distance a configuration may
+#: have (closer atoms are refused as unphysical), so a smaller cutoff would find no neighbour in any accepted
+#: structure and give all-zero descriptors; vesin also fails on tiny cutoffs (``cutoff is too small``).
+MIN_CUTOFF = MIN_INTERATOMIC_DISTANCE
 
 #: A periodic cell may be narrower than the cutoff (periodic images are summed), but not by more than this
 #: factor: beyond it the number of images explodes and a supercell is the right tool.
@@ -25,9 +33,26 @@ def perpendicular_widths(cell: np.ndarray) -> np.ndarray:
 
 
 def check_cutoff(atoms: Atoms, cutoff: float, index: int = 0) -> None:
-    """Refuse a cutoff that is not positive or too large for the periodic directions of the cell."""
+    """Refuse a cutoff that is not positive, smaller than :data:`MIN_CUTOFF` or too large for the periodic directions
+    of the cell.
+
+    The minimum, :data:`MIN_CUTOFF` = 0.5 Å, is the shortest interatomic distance a configuration may have: below it
+    no accepted structure has a neighbour within the cutoff (every descriptor would be zero), and vesin itself fails
+    on such cutoffs with an unclear ``cutoff is too small``.
+
+    :param cutoff: the cutoff radius in Å.
+    :param index: the position of ``atoms`` in its set, for the message.
+    :raises CutoffError: naming the cutoff (and the structure when the cell is the reason).
+    """
     if not cutoff > 0:
         raise CutoffError(f'the cutoff must be positive, got {cutoff} Å')
+    if not math.isfinite(cutoff):
+        raise CutoffError(f'the cutoff must be a finite number of Å, got {cutoff}')
+    if cutoff < MIN_CUTOFF:
+        raise CutoffError(
+            f'the cutoff {cutoff:g} Å is below the minimum of {MIN_CUTOFF:g} Å (the shortest interatomic distance a '
+            'configuration may have: no atom would have a neighbour); give a cutoff of a few Å, e.g. 5'
+        )
     pbc = atoms.pbc
     if not pbc.any():
         return

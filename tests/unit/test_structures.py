@@ -281,3 +281,34 @@ def test_read_extxyz_of_a_single_frame_is_a_list():
     frames = read_extxyz(io.StringIO(extxyz_string([copper()])))
     assert isinstance(frames, list)
     assert len(frames) == 1
+
+
+@pytest.mark.parametrize(
+    ('labels', 'message'),
+    [
+        ({'energy': 1e300}, r'energy of magnitude 2\.5e\+299 eV/atom is beyond any physical value \(1e\+06 eV/atom\)'),
+        ({'energy': -4.0, 'forces': np.full((4, 3), 2e4)}, r'forces of magnitude 2e\+04 eV/Å is beyond any physical'),
+        ({'energy': -4.0, 'stress': np.full(6, -5e3)}, r'stress of magnitude 5e\+03 eV/Å\^3 is beyond any physical'),
+        ({'energy': float('nan')}, r'energy is not finite \(NaN or inf\)'),
+        ({'energy': -4.0, 'forces': np.zeros((3, 3))}, r'forces has shape \(3, 3\), expected \(4, 3\)'),
+    ],
+)
+def test_check_labels_refuses_what_cannot_be_trained_on(labels, message):
+    """Labels that are not finite, of the wrong shape, or far beyond any physical value (a unit or parsing error,
+    which would otherwise end training with a non-finite loss) are refused with the label and its unit named;
+    large but physical labels (an all-electron total energy, a hard contact) pass."""
+    from aiida_mlmat.worker.structures import InvalidConfigurationError, check_labels
+
+    atoms = bulk('Au', 'fcc', a=4.08, cubic=True)
+    atoms.calc = SinglePointCalculator(atoms, **labels)
+    with pytest.raises(InvalidConfigurationError, match=message):
+        check_labels(atoms)
+
+
+def test_check_labels_accepts_large_physical_labels():
+    from aiida_mlmat.worker.structures import check_labels
+
+    atoms = bulk('Au', 'fcc', a=4.08, cubic=True)
+    # Au all-electron total energy is about -5.1e5 eV/atom; a hard contact can give hundreds of eV/Å
+    atoms.calc = SinglePointCalculator(atoms, energy=-5.1e5 * 4, forces=np.full((4, 3), 500.0), stress=np.ones(6))
+    check_labels(atoms)
