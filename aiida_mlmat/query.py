@@ -282,11 +282,20 @@ def _nearest_ancestors(node: orm.Node, predicate: Any) -> list[Any]:
 
 
 def _candidate_energy_model(candidate: ScreenedCandidateData) -> tuple[PotentialData | None, dict[str, Any] | None]:
-    """The nearest potential upstream of a candidate, or else the nearest calculator a process ran with."""
-    potentials = _nearest_ancestors(candidate, lambda n: isinstance(n, PotentialData))
+    """The potential that screened a candidate, or else the calculator its screening relaxations ran with.
+
+    A candidate of ``mlmat.hull`` is made from the screening hull (input ``hull`` of its creator) and from the
+    verification of the top candidates, which ran with another calculator at the same distance upstream. The search
+    starts from the hull so that the verification's calculator is never taken for the screening's energy model;
+    a candidate made otherwise is searched from itself: the nearest potential, else the nearest calculator.
+    """
+    creator = candidate.creator
+    hull = _input(creator, 'hull') if creator is not None else None
+    start = hull if hull is not None else candidate
+    potentials = _nearest_ancestors(start, lambda n: isinstance(n, PotentialData))
     if potentials:
         return potentials[0], None
-    processes = _nearest_ancestors(candidate, lambda n: isinstance(n, orm.ProcessNode) and calculator_of(n))
+    processes = _nearest_ancestors(start, lambda n: isinstance(n, orm.ProcessNode) and calculator_of(n))
     return None, (calculator_of(processes[0]) if processes else None)
 
 

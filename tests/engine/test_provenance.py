@@ -255,6 +255,51 @@ def test_stable_candidates_with_their_potential_and_data(graph):
     assert record['potential'] == graph['pot_a'].uuid and record['dataset'] == graph['set_a'].uuid
 
 
+#: The screening calculator and the verification calculator of the real hull runs below (LJ marked by parameters).
+SCREEN_EMT = {'name': 'emt', 'parameters': {}}
+VERIFY_LJ = {'name': 'lj', 'parameters': {'sigma': 2.35, 'epsilon': 0.39, 'rc': 6.0}}
+
+
+def test_stable_candidates_of_real_hull_runs_name_the_screening_model(graph, worker_code):
+    """Candidates of real ``mlmat.hull`` runs, screened by one energy model and verified by another: the query names
+    the screening model (the potential and the data set it was trained on, or the calculator), never the
+    verification's calculator, which sits as far upstream of a candidate as the screening relaxations do."""
+    from aiida.engine import run_get_node
+
+    from aiida_mlmat.workflows.hull import HullWorkChain
+    from tests.engine.test_hull_engine import cuau_candidates
+
+    runs = {}
+    for key, model in (
+        ('calculator', {'calculator': orm.Dict(SCREEN_EMT)}),
+        ('potential', {'potential': graph['pot_a']}),  # 2 epochs: some relaxations may fail, and are recorded so
+    ):
+        _, node = run_get_node(
+            HullWorkChain,
+            elements=orm.List(['Cu', 'Au']),
+            candidates=ConfigurationSetData(cuau_candidates()[:2]),
+            code=worker_code,
+            relax=orm.Dict({'max_steps': 60}),
+            verify={'top': orm.Int(2), 'calculator': orm.Dict(VERIFY_LJ)},
+            **model,
+        )
+        assert node.is_finished_ok, f'{node.exit_status} {node.exit_message}'
+        verification = [child for child in node.called_descendants if query.calculator_of(child) == VERIFY_LJ]
+        assert verification, 'the top candidates were verified with the LJ calculator'
+        runs[key] = {c.uuid for c in node.outputs.candidates.values() if c.e_above_hull is not None}
+    assert len(runs['calculator']) == 2 and runs['potential']
+
+    hits = query.stable_candidates(100.0)
+    by_run = {key: [hit for hit in hits if hit.node.uuid in uuids] for key, uuids in runs.items()}
+    assert {hit.node.uuid for hit in by_run['calculator']} == runs['calculator']
+    assert all(hit.potential is None and hit.dataset is None for hit in by_run['calculator'])
+    assert [hit.calculator for hit in by_run['calculator']] == [SCREEN_EMT] * len(runs['calculator'])
+    assert {hit.node.uuid for hit in by_run['potential']} == runs['potential']
+    assert all(hit.calculator is None for hit in by_run['potential'])
+    assert {hit.potential.uuid for hit in by_run['potential']} == {graph['pot_a'].uuid}
+    assert {hit.dataset.uuid for hit in by_run['potential']} == {graph['set_a'].uuid}
+
+
 def _all_keys(data: Any) -> set[str]:
     if isinstance(data, dict):
         return set(data) | {key for item in data.values() for key in _all_keys(item)}
