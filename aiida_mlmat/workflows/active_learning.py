@@ -36,7 +36,7 @@ from aiida_mlmat.workflows.active_functions import (
 )
 from aiida_mlmat.workflows.functions import split_configurations
 from aiida_mlmat.workflows.idempotent import IdempotentLaunchMixin
-from aiida_mlmat.workflows.label import LabelBaseWorkChain
+from aiida_mlmat.workflows.label import LabelBaseWorkChain, failure_reason
 from aiida_mlmat.workflows.protocols import get_protocol_inputs, port_node_type
 from aiida_mlmat.workflows.training import TrainingWorkChain
 
@@ -88,19 +88,6 @@ def exploration_parameters(value: Any, iteration: int = 1, as_given: bool = Fals
         'stop_disagreement': _value(exploration, 'stop_disagreement', None) or float(upper),
     }
     return {'include_seeds': False, 'supercell': _value(exploration, 'supercell', [1, 1, 1]), 'md': md}
-
-
-def failure_reason(node: orm.ProcessNode) -> str:
-    """Why a label restart wrapper failed: its exit, its last calculation's, and the first configuration's reason."""
-    reason = f'{node.process_label}<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}'
-    calcs = sorted((child for child in node.called if isinstance(child, orm.CalcJobNode)), key=lambda n: n.ctime)
-    if calcs:
-        last = calcs[-1]
-        reason += f'; last calculation {last.process_label}<{last.pk}>: {last.exit_message}'
-        records = last.outputs.results.get('excluded', []) if 'results' in last.outputs else []
-        if records:
-            reason += f'; first configuration: {records[0]["reason"]}'
-    return reason
 
 
 def validate_inputs(value: Any, _: Any = None) -> str | None:

@@ -18,6 +18,23 @@ def report_error_handled(workchain: BaseRestartWorkChain, node: orm.CalcJobNode,
     workchain.report(f'Action taken: {action}')
 
 
+def failure_reason(node: orm.ProcessNode) -> str:
+    """Why a job or its restart wrapper failed, for a record or a report: its exit, the exit message of its last
+    calculation (a wrapper's own message is often only "maximum number of iterations exceeded"), and the first
+    excluded configuration's reason where the calculation labelled."""
+    reason = f'{node.process_label}<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}'
+    calcs = sorted((child for child in node.called if isinstance(child, orm.CalcJobNode)), key=lambda n: n.ctime)
+    last = calcs[-1] if calcs else node if isinstance(node, orm.CalcJobNode) else None
+    if last is None:
+        return reason
+    if last is not node:
+        reason += f'; last calculation {last.process_label}<{last.pk}> exit {last.exit_status}: {last.exit_message}'
+    records = last.outputs.results.get('excluded', []) if 'results' in last.outputs else []
+    if records:
+        reason += f'; first configuration: {records[0]["reason"]}'
+    return reason
+
+
 class LabelBaseWorkChain(IdempotentLaunchMixin, BaseRestartWorkChain):
     """Run ``mlmat.label`` and restart it after a soft time limit, walltime, memory or node failure.
 

@@ -22,7 +22,7 @@ from aiida_mlmat.workflows.functions import (
     structures_to_set,
 )
 from aiida_mlmat.workflows.idempotent import IdempotentLaunchMixin
-from aiida_mlmat.workflows.label import LabelBaseWorkChain
+from aiida_mlmat.workflows.label import LabelBaseWorkChain, failure_reason
 from aiida_mlmat.workflows.protocols import get_protocol_inputs
 
 LABELLERS = ('batch', 'aiida-ase')
@@ -381,18 +381,6 @@ class ReferenceWorkChain(IdempotentLaunchMixin, WorkChain):
         self.report(f'labelling {len(structures)} configurations with one aiida-ase job each')
         return ToContext(**futures)
 
-    def _failure_reason(self, node: orm.ProcessNode) -> str:
-        reason = f'{node.process_label}<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}'
-        calcs = sorted((child for child in node.called if isinstance(child, orm.CalcJobNode)), key=lambda n: n.ctime)
-        if calcs:
-            last = calcs[-1]
-            if last is not node:
-                reason += f'; last calculation {last.process_label}<{last.pk}>: {last.exit_message}'
-            records = last.outputs.results.get('excluded', []) if 'results' in last.outputs else []
-            if records:
-                reason += f'; first configuration: {records[0]["reason"]}'
-        return reason
-
     def collect(self) -> Any:
         """Merge the labels into one set; a failed job's configurations are excluded with its reason."""
         calculator = self.inputs.calculator
@@ -405,7 +393,7 @@ class ReferenceWorkChain(IdempotentLaunchMixin, WorkChain):
                     nodes[f'labelled_{key}'] = workchain.outputs.configurations
                 else:
                     nodes[f'failed_{key}'] = chunk
-                    failures[f'failed_{key}'] = self._failure_reason(workchain)
+                    failures[f'failed_{key}'] = failure_reason(workchain)
                     self.report(f'chunk {key} failed: {failures[f"failed_{key}"]}')
             n_labelled = sum(node.count for name, node in nodes.items() if name.startswith('labelled_'))
             function = collect_labels
@@ -419,7 +407,7 @@ class ReferenceWorkChain(IdempotentLaunchMixin, WorkChain):
                     if 'array' in calc.outputs:
                         nodes[f'array_{index}'] = calc.outputs.array
                 else:
-                    failures[key] = self._failure_reason(calc)
+                    failures[key] = failure_reason(calc)
             n_labelled = sum(1 for name in nodes if name.startswith('parameters_'))
             function = ase_results_to_set
         if n_labelled == 0:

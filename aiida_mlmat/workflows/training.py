@@ -11,6 +11,7 @@ from aiida.engine import ToContext, WorkChain
 from aiida_mlmat.data.configurations import ConfigurationSetData
 from aiida_mlmat.data.potential import PotentialData
 from aiida_mlmat.workflows.idempotent import IdempotentLaunchMixin
+from aiida_mlmat.workflows.label import failure_reason
 from aiida_mlmat.workflows.protocols import get_protocol_inputs
 from aiida_mlmat.workflows.train import TrainBaseWorkChain
 from aiida_mlmat.workflows.training_functions import (
@@ -196,9 +197,7 @@ class TrainingWorkChain(IdempotentLaunchMixin, WorkChain):
         for k in range(self.inputs.ensemble_size.value):
             node = self.ctx[f'member_{k}']
             if not node.is_finished_ok:
-                return self.exit_codes.ERROR_MEMBER_FAILED.format(
-                    member=k, message=f'{node.process_label}<{node.pk}> exit {node.exit_status}: {node.exit_message}'
-                )
+                return self.exit_codes.ERROR_MEMBER_FAILED.format(member=k, message=failure_reason(node))
         return None
 
     def evaluate(self) -> None:
