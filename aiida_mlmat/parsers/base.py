@@ -17,6 +17,10 @@ from aiida_mlmat.common.constants import RESULTS_JSON
 SCHEDULER_KILLED = (110, 120, 140)
 
 
+#: The statuses a worker writes in ``results.json``; anything else is a corrupt result, never taken as a success.
+RESULT_STATUSES = ('ok', 'incomplete', 'error')
+
+
 class MlmatParser(Parser):
     """Shared parsing of the worker protocol."""
 
@@ -30,6 +34,11 @@ class MlmatParser(Parser):
             return None, self.exit_codes.ERROR_CORRUPT_RESULTS.format(error=str(exc))
         if not isinstance(results, dict) or 'status' not in results:
             return None, self.exit_codes.ERROR_CORRUPT_RESULTS.format(error='no `status` key')
+        if results['status'] not in RESULT_STATUSES:
+            expected = ', '.join(RESULT_STATUSES)
+            return None, self.exit_codes.ERROR_CORRUPT_RESULTS.format(
+                error=f'`status` is {results["status"]!r}, not one of {expected}'
+            )
         return results, None
 
     def scheduler_killed(self) -> bool:

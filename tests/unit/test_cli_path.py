@@ -10,6 +10,8 @@ import pytest
 
 from aiida_mlmat.cli.utils import put_own_bin_on_path
 
+pytestmark = pytest.mark.unit
+
 OWN_BIN = Path(sys.executable).parent
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 from aiida import orm
@@ -19,6 +21,7 @@ from aiida_mlmat.workflows.functions import (
     split_configurations,
     structures_to_set,
 )
+from aiida_mlmat.workflows.training_functions import stratified_split
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures('aiida_profile')]
 
@@ -173,3 +176,56 @@ def test_subsets_of_a_labelled_set_keep_its_calculator():
         split_dataset(ConfigurationSetData(rattled(8)), orm.Float(0.25), orm.Float(0.25), orm.Int(0))['test'].calculator
         is None
     )
+
+
+#: 40 items of five compositions in a scrambled order: 20 Cu, 10 Au, 5 AuCu, 4 AuCu3 and a single Au3Cu.
+COMPOSITIONS = [['Cu', 'Au', 'AuCu', 'AuCu3', 'Au3Cu'][k] for k in np.random.default_rng(3).permutation(
+    [0] * 20 + [1] * 10 + [2] * 5 + [3] * 4 + [4])]  # fmt: skip
+
+
+def test_stratified_split_gives_every_composition_its_share_of_each_split():
+    """``stratified_split`` of 40 items (20 Cu, 10 Au, 5 AuCu, 4 AuCu3, 1 Au3Cu) with test 0.2 and validation 0.1.
+
+    Totals: round(0.2 * 40) = 8 test, round(0.1 * 40) = 4 validation, 28 train. Within a composition of n members
+    the k-th of its shuffled members ranks at k / n, and the lowest ranks go to test, the next to validation (ties
+    by composition name). So the rank-0 member of each of the five compositions goes to test, then Cu 1/20, Au and
+    Cu at 0.1: test = {Au 2, Au3Cu 1, AuCu 1, AuCu3 1, Cu 3}; then Cu 0.15, Au, AuCu and Cu at 0.2: validation =
+    {Au 1, AuCu 1, Cu 2}. Each composition's count in each split is within one of fraction * n, the compositions
+    with at least 1 / 0.1 = 10 members (Cu, Au) are in all three splits, these counts are the same for every seed,
+    and a seed always gives the same labels while another seed picks other members.
+    """
+    fractions = {'test': 0.2, 'validation': 0.1, 'train': 0.7}
+    labels = stratified_split(COMPOSITIONS, (fractions['test'], fractions['validation']), seed=7)
+    assert len(labels) == 40
+    assert Counter(labels) == {'train': 28, 'test': 8, 'validation': 4}
+    counts = Counter(zip(COMPOSITIONS, labels, strict=True))
+    expected = {
+        'test': {'Au': 2, 'Au3Cu': 1, 'AuCu': 1, 'AuCu3': 1, 'Cu': 3},
+        'validation': {'Au': 1, 'Au3Cu': 0, 'AuCu': 1, 'AuCu3': 0, 'Cu': 2},
+        'train': {'Au': 7, 'Au3Cu': 0, 'AuCu': 3, 'AuCu3': 3, 'Cu': 15},
+    }
+    sizes = Counter(COMPOSITIONS)
+    for split, shares in expected.items():
+        assert {key: counts[key, split] for key in sizes} == shares, split
+        for key, size in sizes.items():
+            assert abs(counts[key, split] - fractions[split] * size) <= 1, (key, split)
+    for key in ('Cu', 'Au'):
+        assert all(counts[key, split] > 0 for split in fractions), key
+
+    assert stratified_split(COMPOSITIONS, (0.2, 0.1), seed=7) == labels
+    others = [stratified_split(COMPOSITIONS, (0.2, 0.1), seed=seed) for seed in (8, 9)]
+    for other in others:
+        assert other != labels
+        assert Counter(zip(COMPOSITIONS, other, strict=True)) == counts
+    test_members = {frozenset(i for i, label in enumerate(run) if label == 'test') for run in [labels, *others]}
+    assert len(test_members) == 3
+
+
+def test_stratified_split_sizes_at_the_edges():
+    """A positive fraction gives at least one item (0.01 of 10 items: 1 test, 1 validation) and a zero fraction
+    none (no test, round(0.25 * 12) = 3 validation); labels are one per item, in input order."""
+    labels = stratified_split(['Cu'] * 6 + ['Au'] * 4, (0.01, 0.01), seed=0)
+    assert Counter(labels) == {'train': 8, 'test': 1, 'validation': 1}
+    labels = stratified_split(['Cu'] * 8 + ['Au'] * 4, (0.0, 0.25), seed=0)
+    assert Counter(labels) == {'train': 9, 'validation': 3}
+    assert Counter(zip(['Cu'] * 8 + ['Au'] * 4, labels, strict=True))['Au', 'validation'] == 1

@@ -1,7 +1,11 @@
 """The headline figures `mlmat run` prints (what the README's main job shows a scientist first)."""
 
+import pytest
+
 from aiida_mlmat.cli.pipeline import headline
 from aiida_mlmat.hull.metrics import describe_verification, discovery_metrics
+
+pytestmark = pytest.mark.unit
 
 
 def test_headline_names_every_stage_with_units():

@@ -271,11 +271,18 @@ def test_ensemble_failures(binary):
 
 
 def test_hull_results_speed_is_reported(binary):
-    """500 binary candidates in well under a second (the benchmark compares with a bare pymatgen loop)."""
+    """``hull_results`` on 500 random binary Cu-Au candidates: every one ``ok`` with a finite ``e_above_hull`` >= 0
+    (eV/atom), within 5 s. That bound is a coarse guard against a pathological slowdown (the call takes about
+    0.1 s on a developer machine, 50 times less), not a speed measurement: ``benchmarks/screening.py`` measures the
+    speed against a bare pymatgen loop."""
     import time
 
     candidates, references = random_system(np.random.default_rng(0), ('Cu', 'Au'), 500)
     start = time.perf_counter()
     results = hull_results(candidates, references)
-    assert time.perf_counter() - start < 5.0
+    elapsed = time.perf_counter() - start  # s
     assert len(results) == 500
+    assert all(entry['status'] == 'ok' for entry in results.values())
+    above = np.array([entry['e_above_hull'] for entry in results.values()])
+    assert np.all(np.isfinite(above)) and above.min() >= -1e-12
+    assert elapsed < 5.0, elapsed

@@ -1,7 +1,9 @@
-"""Parsers ``mlmat.label`` and ``mlmat.sample`` on hand-made retrieved folders (no daemon, no worker run)."""
+"""Parsers ``mlmat.label``, ``mlmat.sample``, ``mlmat.train`` and ``mlmat.relax`` and the SLURM message mapping of
+the base parser, on hand-made retrieved folders (no daemon, no worker run)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -14,10 +16,16 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from aiida_mlmat.calcjobs.label import LabelCalculation
+from aiida_mlmat.calcjobs.relax import RelaxCalculation
+from aiida_mlmat.calcjobs.train import TrainCalculation
 from aiida_mlmat.common.constants import INDEX_KEY
 from aiida_mlmat.data.configurations import ConfigurationSetData
+from aiida_mlmat.data.potential import PotentialData
 from aiida_mlmat.parsers.label import LabelParser
+from aiida_mlmat.parsers.relax import RelaxParser
 from aiida_mlmat.parsers.sample import SampleParser
+from aiida_mlmat.parsers.train import TrainParser
 from aiida_mlmat.worker.structures import extxyz_string
 
 pytestmark = pytest.mark.unit
@@ -109,6 +117,8 @@ EXCLUDED = {'index': 3, 'formula': 'Cu2', 'reason': 'invalid configuration: atom
 def test_entry_points():
     assert ParserFactory('mlmat.label') is LabelParser
     assert ParserFactory('mlmat.sample') is SampleParser
+    assert ParserFactory('mlmat.train') is TrainParser
+    assert ParserFactory('mlmat.relax') is RelaxParser
 
 
 # --- label ----------------------------------------------------------------------------------------------------
@@ -277,6 +287,7 @@ def test_label_killed_mid_write_keeps_the_complete_frames(label_node, broken):
         (b'\xff\xfe\x00\x01', 'decode'),
         ('[1, 2, 3]', 'no `status` key'),
         ('{"n_labelled": 3}', 'no `status` key'),
+        ('{"status": "done", "n_labelled": 3}', "`status` is 'done', not one of ok, incomplete, error"),
     ],
 )
 def test_label_corrupt_results_gives_301(label_node, content, phrase):
@@ -354,3 +365,236 @@ def test_sample_scheduler_killed(sample_node):
     outputs, calcfunction = parse_sample(node, temporary)
     assert calcfunction.exit_status == 0
     assert outputs == {}
+
+
+# --- SLURM's words in the scheduler's stderr --------------------------------------------------------------------
+
+#: What ``slurmstepd`` writes when it ends a job at its time limit, and when ``scancel`` ends it.
+SLURM_TIME_LIMIT = 'slurmstepd: error: *** JOB 4242 ON node01 CANCELLED AT 2024-05-01T12:00:00 DUE TO TIME LIMIT ***\n'
+SLURM_SCANCEL = 'slurmstepd: error: *** JOB 4242 ON node01 CANCELLED AT 2024-05-01T12:00:00 ***\n'
+#: aiida-core's scheduler parser reads only the first line: these put SLURM's line after another one.
+PREAMBLE = 'srun: warning: can not set the memory limit\nworker: starting\n'
+
+
+@pytest.mark.parametrize(
+    ('stderr', 'expected'),
+    [
+        (SLURM_TIME_LIMIT, (120, 'ERROR_SCHEDULER_OUT_OF_WALLTIME')),
+        (PREAMBLE + SLURM_TIME_LIMIT, (120, 'ERROR_SCHEDULER_OUT_OF_WALLTIME')),
+        (SLURM_SCANCEL, (430, 'ERROR_JOB_CANCELLED')),
+        (PREAMBLE + SLURM_SCANCEL, (430, 'ERROR_JOB_CANCELLED')),
+        (PREAMBLE, None),
+        ('', None),
+        (None, None),
+    ],
+    ids=[
+        'time limit',
+        'time limit after other lines',
+        'scancel',
+        'scancel after other lines',
+        'other',
+        'empty',
+        'none',
+    ],
+)
+def test_scheduler_message_exit_code_reads_slurm_anywhere_in_stderr(label_node, stderr, expected):
+    """``scheduler_message_exit_code`` called on a parser of a label job: SLURM's ``DUE TO TIME LIMIT`` line gives
+    120 ERROR_SCHEDULER_OUT_OF_WALLTIME (although it also holds ``CANCELLED AT``), a plain ``CANCELLED AT`` line
+    430 ERROR_JOB_CANCELLED, on the first line or after others; other text, an empty file or no
+    ``_scheduler-stderr.txt`` at all give None."""
+    retrieved = {} if stderr is None else {'_scheduler-stderr.txt': stderr}
+    node, _ = label_node(retrieved, {})
+    exit_code = LabelParser(node).scheduler_message_exit_code()
+    if expected is None:
+        assert exit_code is None
+        return
+    status, name = expected
+    assert exit_code == getattr(LabelCalculation.exit_codes, name)
+    assert exit_code.status == status
+
+
+@pytest.mark.parametrize(
+    ('stderr', 'status', 'name'),
+    [
+        (PREAMBLE + SLURM_TIME_LIMIT, 120, 'ERROR_SCHEDULER_OUT_OF_WALLTIME'),
+        (PREAMBLE + SLURM_SCANCEL, 430, 'ERROR_JOB_CANCELLED'),
+        (PREAMBLE, 300, 'ERROR_MISSING_RESULTS'),
+    ],
+    ids=['time limit', 'scancel', 'other'],
+)
+def test_label_job_without_results_takes_its_exit_code_from_slurms_message(label_node, stderr, status, name):
+    """A label job that left no ``results.json`` but one complete labelled frame: the parser ends with the exit code
+    SLURM's stderr names (120 time limit, 430 scancel) or 300 ERROR_MISSING_RESULTS when it names none, and keeps
+    the frame as ``partial_configurations`` (count 1) for the restart."""
+    node, temporary = label_node(
+        {'_scheduler-stderr.txt': stderr}, {'labelled.extxyz': extxyz_string(labelled_frames(1))}
+    )
+    outputs, calcfunction = parse_label(node, temporary)
+    assert calcfunction.exit_status == status == getattr(LabelCalculation.exit_codes, name).status
+    assert calcfunction.exit_message == getattr(LabelCalculation.exit_codes, name).message
+    assert outputs['partial_configurations'].count == 1
+    assert 'results' not in outputs
+
+
+# --- train ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def model_bytes(tmp_path_factory):
+    """The bytes of a small saved (untrained) Cu-Au model, as the worker writes ``model.pt``."""
+    import torch
+
+    from aiida_mlmat.ml.model import build_model, default_config, save_model
+
+    torch.manual_seed(0)
+    config = {**default_config(['Cu', 'Au']), 'hidden': [4]}
+    path = tmp_path_factory.mktemp('model') / 'model.pt'
+    save_model(build_model(config), str(path))
+    return path.read_bytes()
+
+
+def train_results(model_sha256: str | None, **extra) -> str:
+    """A train ``results.json`` with the validation metrics (eV/atom, eV/Å) and the recorded model digest."""
+    data = {
+        'status': 'ok',
+        'schema_version': 1,
+        'task': 'train',
+        'epochs': 12,
+        'best_epoch': 9,
+        'data_sha256': 'd' * 64,
+        'validation': {'energy_rmse_per_atom': 0.012, 'forces_rmse': 0.085},
+        'traceback': 'never stored',
+        **extra,
+    }
+    if model_sha256 is not None:
+        data['model_sha256'] = model_sha256
+    return json.dumps(data)
+
+
+@pytest.fixture
+def train_node(calc_job_node):
+    def _make(retrieved, temporary):
+        return calc_job_node('mlmat.train', retrieved, temporary)
+
+    return _make
+
+
+def parse_train(node, temporary):
+    return TrainParser.parse_from_node(node, store_provenance=False, retrieved_temporary_folder=temporary)
+
+
+def test_train_ok_gives_the_potential_of_the_recorded_model(train_node, model_bytes):
+    """``model.pt`` whose sha256 is the recorded ``model_sha256``: exit 0 with ``results`` (without the traceback),
+    ``checkpoint`` (its bytes) and a one-member ``potential`` whose member bytes are ``model.pt``'s, species
+    [Cu, Au], validation metrics 0.012 eV/atom and 0.085 eV/Å, the data digest and 12 epochs (best 9)."""
+    digest = hashlib.sha256(model_bytes).hexdigest()
+    node, temporary = train_node(
+        {'results.json': train_results(digest)}, {'model.pt': model_bytes, 'checkpoint.pt': b'checkpoint bytes'}
+    )
+    outputs, calcfunction = parse_train(node, temporary)
+    assert calcfunction.exit_status == 0, calcfunction.exit_message
+    assert set(outputs) == {'results', 'checkpoint', 'potential'}
+    assert 'traceback' not in outputs['results'].get_dict()
+    assert outputs['results']['model_sha256'] == digest
+    assert outputs['checkpoint'].get_content(mode='rb') == b'checkpoint bytes'
+    potential = outputs['potential']
+    assert isinstance(potential, PotentialData)
+    assert potential.n_members == 1
+    assert potential.member_bytes(0) == model_bytes
+    assert potential.base.attributes.get('sha256') == [digest]
+    assert potential.species == ['Cu', 'Au']
+    assert potential.metrics == {'validation_energy_rmse_per_atom': 0.012, 'validation_forces_rmse': 0.085}
+    assert potential.base.attributes.get('data_sha256') == 'd' * 64
+    training = potential.base.attributes.get('training')
+    assert (training['epochs'], training['best_epoch']) == (12, 9)
+
+
+@pytest.mark.parametrize('case', ['tampered', 'other digest', 'no digest'])
+def test_train_model_not_matching_its_recorded_sha256_is_corrupt(train_node, model_bytes, case):
+    """A ``model.pt`` whose sha256 is not ``results.json``'s ``model_sha256`` (one byte changed after the digest,
+    the digest of another file, or no digest at all) gives 301 ERROR_CORRUPT_RESULTS naming the mismatch and no
+    ``potential``; ``results`` and the ``checkpoint`` are still attached."""
+    content = model_bytes
+    digest = hashlib.sha256(model_bytes).hexdigest()
+    if case == 'tampered':
+        content = model_bytes[:-1] + bytes([model_bytes[-1] ^ 0xFF])
+    elif case == 'other digest':
+        digest = hashlib.sha256(b'another model').hexdigest()
+    else:
+        digest = None
+    node, temporary = train_node(
+        {'results.json': train_results(digest)}, {'model.pt': content, 'checkpoint.pt': b'checkpoint bytes'}
+    )
+    outputs, calcfunction = parse_train(node, temporary)
+    expected = TrainCalculation.exit_codes.ERROR_CORRUPT_RESULTS
+    assert calcfunction.exit_status == expected.status == 301
+    assert calcfunction.exit_message == expected.format(error='model.pt does not match its recorded sha256').message
+    assert set(outputs) == {'results', 'checkpoint'}
+
+
+def test_train_without_results_takes_the_exit_code_of_slurms_message(train_node):
+    """A train job ended by SLURM's time limit before ``results.json``: 120 ERROR_SCHEDULER_OUT_OF_WALLTIME from
+    the stderr's second line, with the checkpoint kept for the restart."""
+    node, temporary = train_node(
+        {'_scheduler-stderr.txt': PREAMBLE + SLURM_TIME_LIMIT}, {'checkpoint.pt': b'checkpoint bytes'}
+    )
+    outputs, calcfunction = parse_train(node, temporary)
+    expected = TrainCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME
+    assert calcfunction.exit_status == expected.status == 120
+    assert set(outputs) == {'checkpoint'}
+
+
+# --- relax ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def relax_inputs(aiida_profile):
+    inputs = {'structures': ConfigurationSetData(labelled_frames(2)), 'calculator': orm.Dict(CALCULATOR)}
+    return {label: value.store() for label, value in inputs.items()}
+
+
+@pytest.fixture
+def relax_node(calc_job_node, relax_inputs):
+    def _make(retrieved, temporary):
+        return calc_job_node('mlmat.relax', retrieved, temporary, relax_inputs)
+
+    return _make
+
+
+def relaxed_frames(converged: list[bool]) -> list[Atoms]:
+    frames = labelled_frames(len(converged))
+    for atoms, flag in zip(frames, converged, strict=True):
+        atoms.info['mlmat_converged'] = flag
+    return frames
+
+
+@pytest.mark.parametrize(('converged', 'status'), [([True, False], 510), ([False, False], 510), ([True, True], 0)])
+def test_relax_unconverged_is_a_warning_with_every_output(relax_node, converged, status):
+    """A relax job whose ``results.json`` counts ``n_unconverged`` relaxations (flagged ``mlmat_converged =
+    False`` in ``relaxed.extxyz``) ends with 510 WARNING_UNCONVERGED naming the count, and still attaches
+    ``results`` and the whole ``relaxed`` set (2 structures, flags and energies (eV) as written); with every
+    relaxation converged it ends with 0."""
+    frames = relaxed_frames(converged)
+    unconverged = converged.count(False)
+    results = results_json(
+        task='relax', n_relaxed=2, n_converged=2 - unconverged, n_unconverged=unconverged, n_reused=0
+    )
+    node, temporary = relax_node({'results.json': results}, {'relaxed.extxyz': extxyz_string(frames)})
+    outputs, calcfunction = RelaxParser.parse_from_node(
+        node, store_provenance=False, retrieved_temporary_folder=temporary
+    )
+    assert calcfunction.exit_status == status
+    if status:
+        expected = RelaxCalculation.exit_codes.WARNING_UNCONVERGED
+        assert status == expected.status
+        assert calcfunction.exit_message == expected.format(count=unconverged).message
+        assert calcfunction.exit_message.startswith(f'{unconverged} relaxations did not reach fmax')
+    assert set(outputs) == {'results', 'relaxed'}
+    assert outputs['results']['n_unconverged'] == unconverged
+    relaxed = outputs['relaxed']
+    assert relaxed.count == 2
+    assert relaxed.calculator == CALCULATOR
+    atoms = relaxed.get_atoms()
+    assert [frame.info['mlmat_converged'] for frame in atoms] == converged
+    for original, frame in zip(frames, atoms, strict=True):
+        assert frame.get_potential_energy() == pytest.approx(original.get_potential_energy(), abs=1e-8, rel=0)
