@@ -49,13 +49,18 @@ def cuau_candidates() -> list[Atoms]:
     return frames
 
 
+#: Relaxation settings of the EMT screen and of its independent check: tight enough (eV/Å) that the two
+#: relaxations' energies agree to about 1e-6 eV/atom, so the comparison can be strict.
+TIGHT_RELAX = {'fmax': 0.001, 'max_steps': 3000}
+
+
 def independent_e_above_hull(prepared: ConfigurationSetData) -> dict[str, float]:
     """ASE relaxation (FIRE, FrechetCellFilter, same fmax) + a pymatgen PhaseDiagram, nothing from aiida-mlmat."""
     entries = {}
     for frame in prepared.get_atoms():
         atoms = Atoms(frame.numbers, positions=frame.positions, cell=frame.cell, pbc=True)
         atoms.calc = EMT()
-        FIRE(FrechetCellFilter(atoms), logfile=None).run(fmax=0.05, steps=300)
+        FIRE(FrechetCellFilter(atoms), logfile=None).run(fmax=TIGHT_RELAX['fmax'], steps=TIGHT_RELAX['max_steps'])
         entries[frame.info[NAME_KEY]] = PDEntry(Composition(atoms.get_chemical_formula()), atoms.get_potential_energy())
     diagram = PhaseDiagram(list(entries.values()))
     return {name: diagram.get_e_above_hull(entry) for name, entry in entries.items() if not name.startswith('ref-')}
@@ -76,6 +81,7 @@ def emt_screen(submit_and_await, worker_code):
         candidates=candidates,
         calculator=orm.Dict({'name': 'emt'}),
         code=worker_code,
+        relax=orm.Dict(TIGHT_RELAX),
         chunk_size=orm.Int(6),
         verify={'top': orm.Int(3), 'calculator': orm.Dict({'name': 'emt'})},
         timeout=600,
@@ -98,7 +104,7 @@ def test_emt_screen_equals_independent_relaxation_and_pymatgen(emt_screen):
     for name, value in expected.items():
         attributes = candidates[name].get_dict()
         assert attributes['status'] == 'ok' and attributes['converged']
-        assert abs(attributes['e_above_hull'] - value) < 1e-3, (name, attributes['e_above_hull'], value)
+        assert abs(attributes['e_above_hull'] - value) < 2e-5, (name, attributes['e_above_hull'], value)  # eV/atom
         # one energy model: a single member, so no spread and a certain verdict
         assert attributes['e_above_hull_std'] == 0.0 and attributes['p_stable'] in (0.0, 1.0)
         assert attributes['stable'] == (value < 1e-6)

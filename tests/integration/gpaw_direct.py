@@ -1,7 +1,8 @@
 """Direct GPAW evaluation for the integration test, run by the Python that has GPAW.
 
 Usage: ``python gpaw_direct.py structures.extxyz parameters.json`` -> prints a JSON list of
-``{"energy": eV, "forces": [[eV/Å]]}``, one per frame. No aiida, no aiida-mlmat: an independent reference.
+``{"energy": eV, "forces": [[eV/Å]], "stress": [eV/Å^3, Voigt]}``, one per frame. No aiida, no aiida-mlmat: an
+independent reference.
 """
 
 import json
@@ -19,7 +20,13 @@ def main() -> None:
     results = []
     for atoms in frames:
         atoms.calc = GPAW(mode=PW(mode['ecut']), txt=None, **params)
-        results.append({'energy': atoms.get_potential_energy(), 'forces': atoms.get_forces().tolist()})
+        results.append(
+            {
+                'energy': atoms.get_potential_energy(),
+                'forces': atoms.get_forces().tolist(),
+                'stress': atoms.get_stress(voigt=True).tolist(),
+            }
+        )
     print(json.dumps(results))
 
 

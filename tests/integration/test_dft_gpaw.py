@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from aiida import orm
 from ase.build import bulk
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from aiida_mlmat.cli.setup import ISOLATE_PYTHON, find_gpaw_python, gpaw_worker_wrapper, python_has
 from aiida_mlmat.common.constants import INDEX_KEY
@@ -52,7 +53,8 @@ def gpaw_codes(gpaw_python, aiida_localhost, tmp_path_factory):
 
 
 def test_gpaw_labels_match_direct_gpaw_and_aiida_ase(submit_and_await, gpaw_codes, gpaw_python, tmp_path):
-    """A 2-configuration Al set labelled with GPAW: batched == direct GPAW (1e-6 eV) == aiida-ase path."""
+    """A 2-configuration Al set labelled with GPAW: batched == direct GPAW (energy 1e-6 eV, forces 1e-6 eV/Å, stress
+    1e-6 eV/Å^3) == aiida-ase path."""
     seed = ConfigurationSetData([bulk('Al', 'fcc', a=4.05, cubic=True)])
     calculator = {'name': 'gpaw', 'parameters': GPAW_PARAMETERS}
     labelled = {}
@@ -85,7 +87,9 @@ def test_gpaw_labels_match_direct_gpaw_and_aiida_ase(submit_and_await, gpaw_code
     for frame, reference in zip(batch, direct, strict=True):
         assert abs(frame.calc.results['energy'] - reference['energy']) < 1e-6
         np.testing.assert_allclose(frame.calc.results['forces'], reference['forces'], rtol=0, atol=1e-6)
-        assert np.isfinite(frame.calc.results['stress']).all()
+        stress = np.asarray(frame.calc.results['stress'])
+        stress = full_3x3_to_voigt_6_stress(stress) if stress.shape == (3, 3) else stress
+        np.testing.assert_allclose(stress, reference['stress'], rtol=0, atol=1e-6)  # eV/Å^3
 
     ase_frames = labelled['aiida-ase'].get_atoms()
     assert [f.info[INDEX_KEY] for f in ase_frames] == [f.info[INDEX_KEY] for f in batch]
