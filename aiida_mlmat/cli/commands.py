@@ -175,6 +175,17 @@ def dataset_show(profile: str | None, identifier: str, json_output: bool) -> Non
     click.echo(f'{"sha256":>18}: {summary["sha256"]}')
 
 
+def _check_map_colour(colour: str | None, species: list[str]) -> None:
+    """Refuse a bad ``--colour`` before anything is computed or stored."""
+    from aiida_mlmat.ml.selection import check_colour
+
+    if colour is not None:
+        try:
+            check_colour(colour, species)
+        except ValueError as exc:
+            raise MlmatCliError(f'--colour: {exc}') from exc
+
+
 def descriptors(profile: str | None, **kwargs: Any) -> None:
     """``mlmat descriptors``: from a file (direct computation) or a stored set (a recorded CalcJob run here)."""
     import time
@@ -189,6 +200,8 @@ def descriptors(profile: str | None, **kwargs: Any) -> None:
     out_path = output_file(kwargs['out'], '--out', '.npz') if kwargs['out'] else None
     images = ('.pdf', '.svg', '.jpg', '.jpeg', '.PNG', '.PDF', '.SVG', '.JPG', '.JPEG')
     map_path = output_file(kwargs['map_png'], '--map', '.png', images) if kwargs['map_png'] else None
+    if kwargs['colour'] is not None and map_path is None:
+        raise MlmatCliError('--colour colours the data-set map: give --map FILE.png too')
     if Path(source).is_file():
         import torch
 
@@ -205,6 +218,7 @@ def descriptors(profile: str | None, **kwargs: Any) -> None:
         except CorruptFileError as exc:
             raise MlmatCliError(str(exc)) from exc
         species = sorted({symbol for frame in frames for symbol in frame.get_chemical_symbols()})
+        _check_map_colour(kwargs['colour'] if map_path is not None else None, species)
         try:
             spec = DescriptorSpec.from_dict(descriptor_definition(descriptor, species))
             device = (
@@ -237,6 +251,7 @@ def descriptors(profile: str | None, **kwargs: Any) -> None:
                 f'`{source}` is {what} nor the PK or UUID of a stored configuration set', EXIT_NOT_FOUND
             ) from exc
         frames = node.get_atoms()
+        _check_map_colour(kwargs['colour'] if map_path is not None else None, node.species)
         from aiida_mlmat.ml.neighbours import CutoffError, check_cutoff
 
         try:  # refused here, before the job and its nodes are stored, as the worker would refuse it

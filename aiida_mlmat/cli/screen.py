@@ -74,6 +74,12 @@ def build_screen_inputs(**kwargs: Any) -> dict[str, Any]:
         raise MlmatCliError('--verify-calculator needs --verify-top K (how many of the top candidates to check)')
     if kwargs['verify_top'] and not kwargs['verify_calculator']:
         raise MlmatCliError('--verify-top needs --verify-calculator NAME (the reference method)')
+    ignored = [name for name, given in (('--verify-params', kwargs['verify_params'] is not None),
+                                        ('--verify-relax', bool(kwargs['verify_relax']))) if given]  # fmt: skip
+    if ignored and not kwargs['verify_top']:
+        raise MlmatCliError(f'{" and ".join(ignored)} only apply to a verification: give --verify-top K too')
+    if kwargs['calculator_params'] is not None and not kwargs['calculator']:
+        raise MlmatCliError('--calculator-params are the parameters of --calculator NAME; a --potential takes none')
     check_elements_option(elements)
     if len(set(elements)) != len(elements):
         raise MlmatCliError(f'--elements: an element is named twice in {elements}')

@@ -138,19 +138,37 @@ def pca_2d(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return coords, np.pad(variance[:2], (0, max(0, 2 - len(variance[:2]))))
 
 
+def check_colour(key: str, species: list[str] | set[str]) -> None:
+    """Refuse a map colour that is neither ``energy`` nor ``composition:EL`` for an element EL of ``species``.
+
+    :raises ValueError: naming the key (and the elements there are, for an element that is in no configuration:
+        its map would be one flat colour).
+    """
+    if key == 'energy':
+        return
+    if not key.startswith('composition:'):
+        raise ValueError(f'colour must be `energy` or `composition:<element>`, got `{key}`')
+    symbol = key.split(':', 1)[1]
+    if symbol not in species:
+        raise ValueError(
+            f'`{key}`: {symbol!r} is in none of the configurations (elements: {", ".join(sorted(species))})'
+        )
+
+
 def map_colours(frames: list, key: str) -> tuple[np.ndarray, str]:
     """Per-configuration colour values of a data-set map and their axis label.
 
     ``energy``: energy per atom (eV/atom, NaN where unlabelled); ``composition:EL``: the fraction of element EL.
-    :raises ValueError: for any other key.
+    :raises ValueError: for any other key, or an element in none of the frames (see :func:`check_colour`).
     """
+    check_colour(key, {symbol for frame in frames for symbol in frame.get_chemical_symbols()})
     if key == 'energy':
         values = [(f.calc.results.get('energy', np.nan) if f.calc is not None else np.nan) / len(f) for f in frames]
         return np.array(values), 'energy (eV/atom)'
     if key.startswith('composition:'):
         symbol = key.split(':', 1)[1]
         return np.array([f.get_chemical_symbols().count(symbol) / len(f) for f in frames]), f'x({symbol})'
-    raise ValueError(f'colour must be `energy` or `composition:<element>`, got `{key}`')
+    raise AssertionError(key)  # check_colour refused every other key
 
 
 def plot_map(coords: np.ndarray, colour: np.ndarray, colour_label: str, path: str, title: str = 'data-set map') -> str:

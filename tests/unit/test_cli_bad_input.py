@@ -329,3 +329,58 @@ def test_partial_stress_on_periodic_frames_is_refused(aiida_profile, tmp_path):
     with pytest.raises(CorruptFileError, match='only 1 of the 2 periodic configurations carry `stress`'):
         ConfigurationSetData.from_file(path)
     assert ConfigurationSetData.from_file(path, validate=False).label_keys == ['energy', 'forces']
+
+
+# --- options that would be ignored or colour a flat map ---------------------------------------------------------
+
+
+def test_descriptors_colour_is_checked_before_anything_is_computed(aiida_profile, tmp_path):
+    """`--colour` without `--map` would be ignored; `composition:Ni` for a Cu set would draw one flat colour; both
+    are refused (exit 2) before the descriptors are computed or a job is stored."""
+    from aiida_mlmat.data.configurations import ConfigurationSetData
+
+    path = write_frames(tmp_path / 'in.xyz', copper_frames(3))
+    result = invoke(['descriptors', path, '--colour', 'energy', '--json'])
+    assert result.exit_code == 2
+    assert json_error(result)['error'] == '--colour colours the data-set map: give --map FILE.png too'
+    result = invoke(['descriptors', path, '--map', str(tmp_path / 'map.png'), '--colour', 'composition:Ni', '--json'])
+    assert result.exit_code == 2
+    assert (
+        "--colour: `composition:Ni`: 'Ni' is in none of the configurations (elements: Cu)"
+        in json_error(result)['error']
+    )
+    assert not (tmp_path / 'map.png').exists()
+    stored = ConfigurationSetData([labelled(frame) for frame in copper_frames(3)]).store()
+    before = node_count()
+    args = ['descriptors', str(stored.pk), '--map', str(tmp_path / 'map.png'), '--colour', 'size', '--json']
+    result = invoke(args)
+    assert result.exit_code == 2
+    assert 'colour must be `energy` or `composition:<element>`, got `size`' in json_error(result)['error']
+    assert node_count() == before
+
+
+@pytest.mark.parametrize(
+    ('extra', 'message'),
+    [
+        (['--verify-params', '{}'], '--verify-params only apply to a verification: give --verify-top K too'),
+        (['--verify-relax'], '--verify-relax only apply to a verification: give --verify-top K too'),
+    ],
+)
+def test_screen_verification_options_without_a_verification(aiida_profile, tmp_path, extra, message):
+    path = write_frames(tmp_path / 'cand.xyz', copper_frames(1))
+    args = ['screen', '--elements', 'Cu', '--calculator', 'emt', '--candidates', path, *extra, '--json']
+    before = node_count()
+    result = invoke(args)
+    assert result.exit_code == 2
+    assert json_error(result)['error'] == message
+    assert node_count() == before
+
+
+def test_screen_calculator_params_with_a_potential(aiida_profile, tmp_path):
+    path = write_frames(tmp_path / 'cand.xyz', copper_frames(1))
+    args = ['screen', '--elements', 'Cu', '--potential', '1', '--calculator-params', '{}', '--candidates', path]
+    result = invoke([*args, '--json'])
+    assert result.exit_code == 2
+    assert json_error(result)['error'] == (
+        '--calculator-params are the parameters of --calculator NAME; a --potential takes none'
+    )
