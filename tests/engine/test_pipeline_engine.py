@@ -48,7 +48,9 @@ def test_pipeline_runs_every_stage_and_reports(submit_and_await, worker_code, tm
     screening = summary['screening']
     assert screening['n_screened'] > 0 and screening['verification']['n'] == 2
     assert node.outputs.potential.n_members == 2
-    assert node.outputs.training_set.count >= node.outputs.dataset.count
+    # One iteration stops at max_iterations before labelling: the loop's set is the reference data, exactly.
+    assert summary['active_learning']['labels_added'] == 0
+    assert node.outputs.training_set.count == node.outputs.dataset.count + summary['active_learning']['labels_added']
 
     result = CliRunner().invoke(cli, ['report', node.uuid, '--out', str(tmp_path / 'report'), '--json'])
     assert result.exit_code == 0, result.output
