@@ -215,7 +215,7 @@ def load_node(identifier: str | int, expected: type | None = None) -> Any:
     from aiida.common.exceptions import MultipleObjectsError, NotExistent
 
     text = str(identifier).strip()
-    if text.lstrip('+-').isdigit() and not 0 < int(text) <= MAX_PK:
+    if text.lstrip('+-').isdecimal() and not 0 < int(text) <= MAX_PK:  # isdigit() also takes '²', which int() refuses
         raise MlmatCliError(
             f'no node with PK `{identifier}`: a PK is a whole number from 1 to {MAX_PK}', EXIT_NOT_FOUND
         )

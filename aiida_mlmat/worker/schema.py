@@ -130,7 +130,7 @@ DESCRIPTOR_SPEC_SCHEMA: dict[str, Any] = {
     'properties': {
         'kind': {'enum': ['chebyshev', 'acsf']},
         'species': {'type': 'array', 'items': {'type': 'string', 'pattern': r'^[A-Z][a-z]?\Z'}, 'minItems': 1},
-        'rcut': {'type': 'number', 'exclusiveMinimum': 0, 'maximum': 20, 'description': 'Å'},
+        'rcut': {'type': 'number', 'minimum': 0.5, 'maximum': 20, 'description': 'Å (at least the shortest distance)'},
         'rcut_angular': {'type': ['number', 'null'], 'exclusiveMinimum': 0, 'maximum': 20, 'description': 'Å'},
         'n_radial': {'type': 'integer', 'minimum': 1, 'maximum': 40},
         'n_angular': {'type': 'integer', 'minimum': 0, 'maximum': 12},

@@ -32,8 +32,10 @@ USABLE_RELAX_STATUSES = (0, 510)
 
 def validate_inputs(value: Any, _: Any = None) -> str | None:
     """Validate the whole namespace before anything runs."""
-    if ('candidates' in value) == ('generate' in value):
-        return 'give either `candidates` (a configuration set) or `generate` (settings to generate them), not both'
+    if 'candidates' not in value and 'generate' not in value:
+        return 'give `candidates` (a configuration set) or `generate` (settings to generate them)'
+    if 'candidates' in value and 'generate' in value:
+        return 'give either `candidates` or `generate`, not both: `generate` would be ignored'
     if ('potential' in value) == ('calculator' in value):
         return 'give exactly one energy model: `potential` (a trained potential) or `calculator` (a registry name)'
     elements = value['elements'].get_list() if 'elements' in value else []
@@ -82,20 +84,10 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
 def generate_error(settings: dict[str, Any]) -> str | None:
     """Why the ``generate`` settings are invalid, or None: the keys and ranges of a pipeline's
     ``screening.generate`` (``max_atoms`` 2-8: 8 already gives about 1300 Cu-Au candidates)."""
-    import jsonschema
-
     from aiida_mlmat.workflows.pipeline_config import SCHEMA
+    from aiida_mlmat.workflows.protocols import schema_error
 
-    schema = SCHEMA['properties']['screening']['properties']['generate']
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(settings), key=lambda e: list(e.absolute_path))
-    if not errors:
-        return None
-    error = errors[0]
-    where = '.'.join(['generate', *(str(part) for part in error.absolute_path)])
-    if error.validator == 'additionalProperties':
-        allowed = sorted(schema['properties'])
-        return f'{where}: unknown key(s) {sorted(set(error.instance) - set(allowed))}; allowed: {", ".join(allowed)}'
-    return f'{where}: {error.message}'
+    return schema_error('generate', settings, SCHEMA['properties']['screening']['properties']['generate'])
 
 
 def _elemental(references: ConfigurationSetData) -> set[str]:

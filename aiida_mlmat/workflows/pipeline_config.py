@@ -54,7 +54,7 @@ SCHEMA: dict[str, Any] = {
             'type': 'object',
             'properties': {
                 'protocol': _PROTOCOL,
-                'ensemble': {'type': 'integer', 'minimum': 2},
+                'ensemble': {'type': 'integer', 'minimum': 2, 'maximum': 64},  # MAX_ENSEMBLE_SIZE of the protocols
                 'gpus': {'type': 'integer', 'minimum': 0},
                 'overrides': {'type': 'object'},
             },
@@ -184,6 +184,11 @@ def _semantic_error(config: dict[str, Any]) -> str | None:
             get_protocol_inputs(name, config[section]['protocol'], overrides)
         except ValueError as exc:
             return f'{section}.{exc}'
+    select = config['reference'].get('select') or (
+        (config['reference'].get('overrides') or {}).get('select') or {}
+    ).get('n')
+    if select is not None and select < 3:
+        return f'reference: selecting {select} configurations leaves too few to split into train, validation and test'
     if config['screening']['enabled'] and len(set(config['elements'])) < 2:
         return (
             'screening: the generated candidates are decorations of two or more elements; for one element set '

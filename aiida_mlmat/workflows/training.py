@@ -38,7 +38,11 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
     from aiida_mlmat.workflows.protocols import training_settings_error
 
     trainer = value.get('member', {}).get('trainer', {})
+    member = value.get('member', {})
     error = training_settings_error({key: value[key].value for key in ('ensemble_size', 'seed') if key in value})
+    error = error or training_settings_error(
+        {'max_iterations': member['max_iterations'].value} if 'max_iterations' in member else {}, 'member.'
+    )
     error = error or training_settings_error(
         {key: trainer[key].get_dict() for key in ('model', 'training') if key in trainer}, 'member.trainer.'
     )

@@ -241,7 +241,7 @@ def test_output_paths_are_checked_before_any_work(worker_code, tmp_path):
     afile.write_text('x')
     _refused(invoke('report', '1', '--out', str(afile), '--json'), 'exists and is not a folder')
     config = tmp_path / 'pipeline.yaml'
-    config.write_text('elements: [Cu]\n')
+    config.write_text('elements: [Cu, Au]\n')
     _refused(invoke('run', str(config), '--out', str(afile / 'sub'), '--json'), 'is a file, so')
     assert n_processes() == before
     # the npz and the map are reported where they are written (np.savez adds .npz, plots are .png)

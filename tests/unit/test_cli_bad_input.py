@@ -97,6 +97,9 @@ def test_load_node_refuses_a_pk_beyond_the_database_integer(aiida_profile):
     with pytest.raises(MlmatCliError) as info:  # the largest PK is looked up: not there
         load_node(MAX_PK)
     assert info.value.exit_code == EXIT_NOT_FOUND
+    with pytest.raises(MlmatCliError) as info:  # a superscript is a digit to str.isdigit, but no number to int()
+        load_node('²')
+    assert info.value.exit_code == EXIT_NOT_FOUND
 
 
 # --- 2. NaN and infinities are refused by every float option (exit 2, naming it) ----------------------------------

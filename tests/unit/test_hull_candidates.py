@@ -268,7 +268,8 @@ def test_hull_inputs_refuse_bad_generate_settings_and_counts(aiida_profile):
         'generate.max_atoms: 100 is greater than the maximum of 8'
     )
     both = {**base, 'generate': orm.Dict({'max_atoms': 4}), 'candidates': ConfigurationSetData([bulk('Cu')])}
-    assert validate_inputs(both).startswith('give either `candidates` (a configuration set) or `generate`')
+    assert validate_inputs(both) == 'give either `candidates` or `generate`, not both: `generate` would be ignored'
+    assert validate_inputs(base) == 'give `candidates` (a configuration set) or `generate` (settings to generate them)'
     assert validate_inputs({**base, 'elements': orm.List(['Cu']), 'generate': orm.Dict({})}).startswith(
         "generate: decorations need at least two elements, got ['Cu']"
     )

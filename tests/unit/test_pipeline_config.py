@@ -65,6 +65,14 @@ def test_active_learning_example_is_valid():
         # a labelled set too small to split, and a model the worker would refuse, both before the first stage
         ({'elements': ['Cu'], 'reference': {'select': 2}}, 'reference.select: 2 is less than the minimum of 3'),
         (
+            {'elements': ['Cu'], 'reference': {'overrides': {'select': {'n': 1}}}},
+            'reference: selecting 1 configurations leaves too few to split into train, validation and test',
+        ),
+        (
+            {'elements': ['Cu'], 'training': {'ensemble': 1000}},
+            'training.ensemble: 1000 is greater than the maximum of 64',
+        ),
+        (
             {'elements': ['Cu'], 'training': {'overrides': {'model': {'hidden': []}}}},
             r'training.overrides: model.hidden: \[\] should be non-empty',
         ),

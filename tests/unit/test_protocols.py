@@ -129,6 +129,11 @@ def test_overrides_merge_recursively():
         ('training', {'model': {'hidden': []}}, 'model.hidden: [] should be non-empty'),
         ('training', {'model': {'descriptor': {'kind': 'soap'}}}, "model.descriptor.kind: 'soap' is not one of"),
         ('training', {'model': {'descriptor': {'rcut': 50}}}, 'model.descriptor.rcut: 50 is greater than the max'),
+        (
+            'training',
+            {'model': {'descriptor': {'rcut': 0.3}}},
+            'model.descriptor.rcut: 0.3 is less than the minimum of 0.5',
+        ),
         ('training', {'model': {'foo': 1}}, "model: unknown key(s) ['foo']; allowed: activation, architecture"),
         ('training', {'ensemble_size': 10**9}, 'ensemble_size: must be from 1 to 64, got 1000000000'),
         ('training', {'ensemble_size': 2.5}, 'ensemble_size: expected a whole number, got 2.5'),
@@ -350,6 +355,9 @@ def test_training_builder_inputs_are_checked_like_the_protocol(aiida_profile):
     assert validate_inputs({'seed': orm.Int(-1)}).startswith('seed: must be from 0 to')
     model = {'member': {'trainer': {'model': orm.Dict({'hidden': []})}}}
     assert validate_inputs(model) == 'member.trainer.model.hidden: [] should be non-empty'
+    assert validate_inputs({'member': {'max_iterations': orm.Int(0)}}) == (
+        'member.max_iterations: must be from 1 to 100, got 0'
+    )
     training = {'member': {'trainer': {'training': orm.Dict({'epochs': 0})}}}
     assert validate_inputs(training) == 'member.trainer.training.epochs: 0 is less than the minimum of 1'
     good = {'ensemble_size': orm.Int(2), 'member': {'trainer': {'model': orm.Dict({'hidden': [8]})}}}

@@ -89,7 +89,9 @@ def _subschema(task: str, key: str) -> dict[str, Any]:
     return loosen({**schema, 'properties': properties})
 
 
-def _schema_error(where: str, value: Any, schema: dict[str, Any]) -> str | None:
+def schema_error(where: str, value: Any, schema: dict[str, Any]) -> str | None:
+    """The first error of ``value`` against a JSON ``schema`` as ``where.path: message`` (unknown keys listed with
+    the allowed ones), or None."""
     import jsonschema
 
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.absolute_path))
@@ -185,7 +187,7 @@ def training_settings_error(settings: dict[str, Any], where: str = '') -> str | 
             continue
         if not isinstance(value, dict):
             return f'{where}{key}: expected a mapping, got {value!r}'
-        error = _schema_error(f'{where}{key}', value, _subschema('train', key))
+        error = schema_error(f'{where}{key}', value, _subschema('train', key))
         if error:
             return error
     return None
@@ -224,7 +226,7 @@ def protocol_inputs_error(name: str, inputs: dict[str, Any]) -> str | None:
             return error
         trainings = {'training': inputs.get('training') or {}}
         if inputs.get('retrain') is not None:
-            error = _schema_error('retrain', inputs['retrain'], _subschema('train', 'training'))
+            error = schema_error('retrain', inputs['retrain'], _subschema('train', 'training'))
             if error:
                 return error
     for where, training in trainings.items():
@@ -235,7 +237,7 @@ def protocol_inputs_error(name: str, inputs: dict[str, Any]) -> str | None:
         if error:
             return error
     if name == 'reference' and inputs.get('sample') is not None:
-        return _schema_error('sample', inputs['sample'], _subschema('sample', ''))
+        return schema_error('sample', inputs['sample'], _subschema('sample', ''))
     return None
 
 
