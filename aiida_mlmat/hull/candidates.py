@@ -86,7 +86,9 @@ def _check_structure(path: Path, name: str, structure: Structure) -> None:
         raise CandidateError(f'{path}: `{name}` has no atoms')
     if not structure.is_ordered:
         raise CandidateError(f'{path}: `{name}` has partial occupancies; give an ordered structure')
-    if structure.volume <= 1e-8:
+    if not (np.isfinite(structure.lattice.matrix).all() and np.isfinite(structure.cart_coords).all()):
+        raise CandidateError(f'{path}: `{name}` has a cell or positions that are not finite numbers (NaN or inf)')
+    if not structure.volume > 1e-8:  # NaN too
         raise CandidateError(f'{path}: `{name}` has a degenerate cell')
 
 

@@ -74,6 +74,17 @@ def test_corrupt_file_names_it(tmp_path):
     assert issubclass(CandidateError, ValueError)
 
 
+def test_non_finite_positions_are_refused_with_the_file(tmp_path):
+    """A candidate with an infinite coordinate is refused on reading (the screen would have relaxed the references
+    first and then recorded it as failed)."""
+    atoms = bulk('Cu', 'fcc', a=3.6, cubic=True)
+    atoms.positions[1, 0] = np.inf
+    path = tmp_path / 'infpos.xyz'
+    write(str(path), atoms, format='extxyz')
+    with pytest.raises(CandidateError, match=r'infpos\.xyz: `infpos` has a cell or positions that are not finite'):
+        read_candidates([str(path)])
+
+
 def test_molecule_without_cell_is_refused(tmp_path):
     path = tmp_path / 'molecule.xyz'
     write(path, Atoms('Cu2', positions=[[0, 0, 0], [0, 0, 2.3]]))
