@@ -471,7 +471,7 @@ class ActiveLearningWorkChain(IdempotentLaunchMixin, WorkChain):
         node = self.ctx.training
         if not node.is_finished_ok:
             return self.exit_codes.ERROR_TRAINING_FAILED.format(
-                iteration=self.ctx.iteration, message=f'{node.process_label}<{node.pk}> exit {node.exit_status}'
+                iteration=self.ctx.iteration, message=failure_reason(node)
             )
         self.ctx.potential = node.outputs.potential
         self._record('potential', node.outputs.potential)

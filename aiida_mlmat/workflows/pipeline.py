@@ -111,7 +111,9 @@ class PipelineWorkChain(IdempotentLaunchMixin, WorkChain):
 
     @staticmethod
     def _failure(node: orm.ProcessNode) -> str:
-        return f'{node.process_label}<{node.pk}> exit status {node.exit_status}: {node.exit_message}'
+        from aiida_mlmat.workflows.label import failure_reason
+
+        return failure_reason(node)
 
     def run_reference(self) -> Any:
         """Stage 1: sample, (select), label."""
