@@ -93,9 +93,12 @@ def test_validate_slurm_target_looks_the_host_up_on_its_port(tmp_path, host_key)
     assert check_port(1) == 1 and check_port(65535) == 65535
 
 
-def test_setup_slurm_port_is_checked_and_needs_a_host(tmp_path, monkeypatch):
-    """`--slurm-port` outside 1-65535 is a usage error (exit 2) and, like the other `--slurm-*`, needs
-    `--slurm-host`; the host is then looked up on that port. Nothing is registered in either case."""
+@pytest.fixture
+def fake_home(tmp_path, monkeypatch):
+    """A HOME with an ssh key and no known hosts; profile creation is recorded instead of done (it must not be).
+
+    :return: the home folder, the key path and the list of calls to ``ensure_profile``.
+    """
     home = tmp_path / 'home'
     (home / '.ssh').mkdir(parents=True)
     key = home / '.ssh' / 'id_ed25519'
@@ -103,6 +106,13 @@ def test_setup_slurm_port_is_checked_and_needs_a_host(tmp_path, monkeypatch):
     monkeypatch.setenv('HOME', str(home))
     called = []
     monkeypatch.setattr('aiida_mlmat.cli.setup.ensure_profile', lambda *args: called.append(args))
+    return home, key, called
+
+
+def test_setup_slurm_port_is_checked_and_needs_a_host(fake_home):
+    """`--slurm-port` outside 1-65535 is a usage error (exit 2) and, like the other `--slurm-*`, needs
+    `--slurm-host`; the host is then looked up on that port. Nothing is registered in either case."""
+    home, key, called = fake_home
     result = CliRunner().invoke(cli, ['setup', '--slurm-host', 'gate.example', '--slurm-port', '0'])
     assert result.exit_code == 2
     assert "Invalid value for '--slurm-port': 0 is not in the range 1<=x<=65535" in result.output
@@ -119,16 +129,10 @@ def test_setup_slurm_port_is_checked_and_needs_a_host(tmp_path, monkeypatch):
     assert called == []
 
 
-def test_setup_refuses_an_unknown_slurm_host_before_registering_anything(tmp_path, monkeypatch):
+def test_setup_refuses_an_unknown_slurm_host_before_registering_anything(fake_home):
     """`mlmat setup --slurm-host` with a host missing from ~/.ssh/known_hosts: exit 2, one JSON error object, and
     no profile was loaded or made (the check runs before any registration)."""
-    home = tmp_path / 'home'
-    (home / '.ssh').mkdir(parents=True)
-    key = home / '.ssh' / 'id_ed25519'
-    key.write_text('not read here\n')
-    monkeypatch.setenv('HOME', str(home))
-    called = []
-    monkeypatch.setattr('aiida_mlmat.cli.setup.ensure_profile', lambda *args: called.append(args))
+    home, key, called = fake_home
     args = ['setup', '--slurm-host', 'login.cluster.example', '--slurm-user', 'alice', '--slurm-key', str(key)]
     result = CliRunner().invoke(cli, [*args, '--json'])
     assert result.exit_code == 2, result.output
