@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start the services of the integration tier on this machine, idempotently (run as root):
-#   - sshd on 127.0.0.1:22 and :2222 with root's ed25519 key authorised (the `core.ssh` transport to localhost),
+#   - sshd on 127.0.0.1:22 and :2200 with root's ed25519 key authorised (the `core.ssh` transport to localhost),
 #   - munge, slurmctld and slurmd: a one-node SLURM cluster (the `core.slurm` scheduler),
 #   - PostgreSQL and RabbitMQ started where installed but not listening (the production test tier),
 #   - RabbitMQ's consumer_timeout lifted at run time, where RabbitMQ runs.
@@ -60,18 +60,18 @@ else
   say 'started sshd on 127.0.0.1:22'
 fi
 
-# A second sshd on port 2222 (same host keys): the integration tier checks that a SLURM Computer on a port
+# A second sshd on port 2200 (same host keys): the integration tier checks that a SLURM Computer on a port
 # other than 22 is reached there (`mlmat setup --slurm-port`).
-if port_open 127.0.0.1 2222; then
-  say 'sshd already listening on 127.0.0.1:2222'
+if port_open 127.0.0.1 2200; then
+  say 'sshd already listening on 127.0.0.1:2200'
 else
-  /usr/sbin/sshd -o ListenAddress=127.0.0.1:2222 -o PidFile=/run/sshd-2222.pid
+  /usr/sbin/sshd -o ListenAddress=127.0.0.1:2200 -o PidFile=/run/sshd-2200.pid
   for _ in $(seq 50); do
-    port_open 127.0.0.1 2222 && break
+    port_open 127.0.0.1 2200 && break
     sleep 0.1
   done
-  port_open 127.0.0.1 2222 || die 'sshd did not start listening on 127.0.0.1:2222'
-  say 'started sshd on 127.0.0.1:2222'
+  port_open 127.0.0.1 2200 || die 'sshd did not start listening on 127.0.0.1:2200'
+  say 'started sshd on 127.0.0.1:2200'
 fi
 
 touch "$ssh_dir/known_hosts"
@@ -86,13 +86,13 @@ for host in 127.0.0.1 localhost; do
     say "added $host to known_hosts"
   fi
 done
-if ssh-keygen -F '[127.0.0.1]:2222' -f "$ssh_dir/known_hosts" >/dev/null 2>&1; then
-  say '[127.0.0.1]:2222 already in known_hosts'
+if ssh-keygen -F '[127.0.0.1]:2200' -f "$ssh_dir/known_hosts" >/dev/null 2>&1; then
+  say '[127.0.0.1]:2200 already in known_hosts'
 else
-  scanned="$(ssh-keyscan -T 10 -H -p 2222 127.0.0.1 2>/dev/null || true)"
-  [ -n "$scanned" ] || die 'ssh-keyscan -p 2222 127.0.0.1 returned no key'
+  scanned="$(ssh-keyscan -T 10 -H -p 2200 127.0.0.1 2>/dev/null || true)"
+  [ -n "$scanned" ] || die 'ssh-keyscan -p 2200 127.0.0.1 returned no key'
   printf '%s\n' "$scanned" >>"$ssh_dir/known_hosts"
-  say 'added [127.0.0.1]:2222 to known_hosts'
+  say 'added [127.0.0.1]:2200 to known_hosts'
 fi
 ssh -o BatchMode=yes -o ConnectTimeout=10 127.0.0.1 true || die 'ssh -o BatchMode=yes 127.0.0.1 true failed'
 say 'ssh -o BatchMode=yes 127.0.0.1 works'

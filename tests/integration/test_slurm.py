@@ -34,7 +34,7 @@ HOST = '127.0.0.1'
 KEY = Path.home() / '.ssh' / 'id_ed25519'
 HINT = 'run `scripts/start-integration-services.sh` as root'
 #: The port of the second sshd that script starts.
-OTHER_PORT = 2222
+OTHER_PORT = 2200
 #: Configurations of the interrupted jobs: 500-atom Cu cells, 0.2 s (idle machine) to 1 s (loaded) of EMT each,
 #: so the test, polling every 0.2 s, catches the job with at least 14 configurations still to do.
 N_LARGE = 16
@@ -181,20 +181,20 @@ def test_setup_is_idempotent(slurm_computer, slurm_worker):
 
 
 def test_computer_on_another_ssh_port(slurm_computer):
-    """`mlmat setup --slurm-port 2222`: the Computer's transport connects on that port (the second sshd that
+    """`mlmat setup --slurm-port 2200`: the Computer's transport connects on that port (the second sshd that
     `scripts/start-integration-services.sh` starts there), and SLURM answers through it; an unused port is refused
     before anything is registered, because known_hosts has no `[127.0.0.1]:PORT` key for it."""
     require_or_skip(
         _succeeds(['ssh', '-p', str(OTHER_PORT), '-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10', HOST, 'true']),
         f'`ssh -p {OTHER_PORT} -o BatchMode=yes {HOST} true` fails ({HINT})',
     )
-    summary = setup_slurm(HOST, getpass.getuser(), str(KEY), label='slurm-ssh-2222', port=OTHER_PORT)
+    summary = setup_slurm(HOST, getpass.getuser(), str(KEY), label='slurm-ssh-2200', port=OTHER_PORT)
     assert summary['computer']['port'] == OTHER_PORT
-    computer = orm.load_computer('slurm-ssh-2222')
+    computer = orm.load_computer('slurm-ssh-2200')
     assert computer.pk != slurm_computer.pk
     assert computer.get_authinfo(orm.User.collection.get_default()).get_auth_params()['port'] == OTHER_PORT
     with computer.get_transport() as transport:
-        # the connection is the one sshd accepted on port 2222: the remote side sees it in SSH_CONNECTION
+        # the connection is the one sshd accepted on port 2200: the remote side sees it in SSH_CONNECTION
         retval, stdout, stderr = transport.exec_command_wait('echo $SSH_CONNECTION')
     assert retval == 0, stderr
     assert stdout.split()[-1] == str(OTHER_PORT)
