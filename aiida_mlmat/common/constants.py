@@ -22,6 +22,11 @@ METHOD_KEY = 'mlmat_method'
 #: Name of the info key holding the index of the seed a sampled configuration descends from.
 SEED_KEY = 'mlmat_seed'
 
+#: Training defaults the AiiDA side needs too (the restart handler halves them after an out-of-memory failure):
+#: configurations per batch, and the memory (MiB) that stored descriptor derivatives may take.
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_JACOBIAN_MEMORY_MB = 2048.0
+
 #: Two atoms closer than this (Å) make a configuration unphysical: it is refused or excluded.
 MIN_INTERATOMIC_DISTANCE = 0.5
 

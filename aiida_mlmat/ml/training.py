@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
+from aiida_mlmat.common.constants import DEFAULT_BATCH_SIZE, DEFAULT_JACOBIAN_MEMORY_MB
 from aiida_mlmat.ml import keys
 from aiida_mlmat.ml.descriptors import UnknownSpeciesError
 from aiida_mlmat.ml.model import EdgeJacobian, build_model, edge_jacobian, save_model
@@ -49,7 +50,7 @@ class TrainingConfig:
     """Hyperparameters of the loop (energies eV, forces eV/Å, stress eV/Å^3; times in s)."""
 
     epochs: int = 200
-    batch_size: int = 8
+    batch_size: int = DEFAULT_BATCH_SIZE
     learning_rate: float = 3e-3
     weight_decay: float = 1e-6
     energy_weight: float = 1.0
@@ -70,7 +71,7 @@ class TrainingConfig:
     #: Memory (MiB) that descriptors and their derivatives, computed once before the first epoch, may take; every
     #: step then runs the network only (:meth:`aiida_mlmat.ml.model.AtomicNNPotential.forward_precomputed`, same
     #: numbers). Over it, or at 0, descriptors are recomputed at every step.
-    jacobian_memory_mb: float = 2048.0
+    jacobian_memory_mb: float = DEFAULT_JACOBIAN_MEMORY_MB
     extra: dict[str, Any] = field(default_factory=dict)
 
     #: Keys that change how long or where training runs, not what it computes: excluded from the resume check.
@@ -136,21 +137,57 @@ def training_features(model: torch.nn.Module, batches: Sequence[Batch]) -> torch
     return torch.cat(blocks).to(torch.float64)
 
 
-def precompute_descriptors(model: torch.nn.Module, batches: Sequence[Batch], memory_mb: float) -> bool:
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failed allocation: CUDA's ``torch.OutOfMemoryError``, the CPU allocator's
+    ``RuntimeError`` (``DefaultCPUAllocator: can't allocate memory``, e.g. under a job's memory limit) or a
+    ``MemoryError`` from Python or numpy.
+    """
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+def release_memory(device: str | torch.device) -> None:
+    """Give cached device memory back after a failed allocation (CUDA keeps freed blocks cached)."""
+    if torch.device(device).type == 'cuda':
+        torch.cuda.empty_cache()
+
+
+#: What :func:`precompute_descriptors` did: stored them, or why not.
+DESCRIPTOR_STORAGE = ('stored', 'unsupported', 'disabled', 'over_budget', 'out_of_memory')
+
+
+def precompute_descriptors(model: torch.nn.Module, batches: Sequence[Batch], memory_mb: float) -> str:
     """Store every batch's descriptors and their edge derivatives when the model can use them and they fit.
 
+    When the device runs out of memory while they are computed, what was stored is dropped and the batches are
+    left as they were: training goes on, recomputing descriptors at every step (slower, the same numbers).
+
     :param memory_mb: the most memory (MiB) the derivatives may take, all batches together.
-    :return: whether they were stored (otherwise the batches are left as they were).
+    :return: one of :data:`DESCRIPTOR_STORAGE`: ``stored``, or why they were not (the model cannot use them, a
+        budget of 0 or no batches, over the budget, out of memory).
     """
-    if not hasattr(model, 'forward_precomputed') or memory_mb <= 0 or not batches:
-        return False
+    if not hasattr(model, 'forward_precomputed'):
+        return 'unsupported'
+    if memory_mb <= 0 or not batches:
+        return 'disabled'
     n_edges = sum(len(batch.graph.centre) for batch in batches)
     dtype = batches[0].graph.positions.dtype
     if EdgeJacobian.nbytes(n_edges, model.spec.n_features, dtype) > memory_mb * 2**20:
-        return False
+        return 'over_budget'
+    try:
+        for batch in batches:
+            batch.jacobian = edge_jacobian(model.descriptor, batch.graph)
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+    else:
+        return 'stored'
+    # outside the except clause: its traceback no longer holds the partial results
     for batch in batches:
-        batch.jacobian = edge_jacobian(model.descriptor, batch.graph)
-    return True
+        batch.jacobian = None
+    release_memory(batches[0].graph.positions.device)
+    return 'out_of_memory'
 
 
 def make_batches(
@@ -366,7 +403,7 @@ def train(
     val_batches = make_batches(
         validation_frames, model.cutoff, config.batch_size, dtype, device, need_forces, need_stress
     )
-    precomputed = precompute_descriptors(model, [*train_batches, *val_batches], config.jacobian_memory_mb)
+    storage = precompute_descriptors(model, [*train_batches, *val_batches], config.jacobian_memory_mb)
     hyper = config.fingerprint(model_config)
     data = data_fingerprint(list(train_frames) + list(validation_frames))
 
@@ -503,5 +540,6 @@ def train(
         'data_sha256': data,
         'seconds': state['elapsed'],
         'warm_start': init_from is not None and resume_from is None,
-        'descriptors_precomputed': precomputed,
+        'descriptors_precomputed': storage == 'stored',
+        'descriptors_storage': storage,
     }

@@ -1,7 +1,8 @@
 """``mlmat.train.base``: restart wrapper of ``mlmat.train``.
 
 Walltime, node failure or the soft time limit -> resume from the last checkpoint; NaN loss -> halve the learning
-rate and resume; out of memory -> halve the batch size and start again (bounded by ``max_iterations``).
+rate and resume; out of memory -> halve the batch size (and the budget of stored descriptors) and start again
+(bounded by ``max_iterations``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from aiida.common import AttributeDict
 from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
 
 from aiida_mlmat.calcjobs.train import TrainCalculation
+from aiida_mlmat.common.constants import DEFAULT_BATCH_SIZE, DEFAULT_JACOBIAN_MEMORY_MB
 from aiida_mlmat.workflows.idempotent import IdempotentLaunchMixin
 from aiida_mlmat.workflows.label import report_error_handled
 
@@ -84,16 +86,21 @@ class TrainBaseWorkChain(IdempotentLaunchMixin, BaseRestartWorkChain):
         ],
     )
     def handle_out_of_memory(self, node: orm.CalcJobNode) -> ProcessHandlerReport:
-        """Halve the batch size and start again (a checkpoint of another batch size cannot be resumed)."""
+        """Halve the batch size and the memory budget of stored descriptor derivatives, and start again (a
+        checkpoint of another batch size cannot be resumed). The stored derivatives cover the whole training set,
+        whatever the batch size, so a smaller batch alone may not fit.
+        """
         training = self._training()
-        batch = max(1, int(training.get('batch_size', 8)) // 2)
+        batch = max(1, int(training.get('batch_size', DEFAULT_BATCH_SIZE)) // 2)
         if batch == training.get('batch_size'):
             self._report(node, 'batch size is already 1: giving up')
             return ProcessHandlerReport(True, self.exit_codes.ERROR_UNRECOVERABLE_FAILURE)
+        memory = float(training.get('jacobian_memory_mb', DEFAULT_JACOBIAN_MEMORY_MB)) / 2
         training['batch_size'] = batch
+        training['jacobian_memory_mb'] = memory
         self.ctx.inputs.training = orm.Dict(training)
         self.ctx.inputs.pop('checkpoint', None)
-        self._report(node, f'start again with batch size {batch}')
+        self._report(node, f'start again with batch size {batch} and stored descriptors up to {memory:g} MiB')
         return ProcessHandlerReport(True)
 
     @process_handler(

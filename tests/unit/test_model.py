@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -314,6 +315,7 @@ def test_training_on_precomputed_descriptors_equals_recomputing_them_and_resumes
     fast = train(small_config(), *data, TrainingConfig(**config), tmp_path / 'fast')
     slow = train(small_config(), *data, TrainingConfig(**config, jacobian_memory_mb=0), tmp_path / 'slow')
     assert fast['descriptors_precomputed'] and not slow['descriptors_precomputed']
+    assert (fast['descriptors_storage'], slow['descriptors_storage']) == ('stored', 'disabled')
     assert [row['train_loss'] for row in fast['learning_curve']] == pytest.approx(
         [row['train_loss'] for row in slow['learning_curve']], rel=1e-9
     )
@@ -328,7 +330,7 @@ def test_training_on_precomputed_descriptors_equals_recomputing_them_and_resumes
         small_config(), *data, TrainingConfig(**config, jacobian_memory_mb=1e-3), tmp_path / 'part',
         resume_from=tmp_path / 'part' / CHECKPOINT,
     )  # fmt: skip
-    assert not resumed['descriptors_precomputed']  # 1 KiB holds no derivatives
+    assert resumed['descriptors_storage'] == 'over_budget'  # 1 KiB holds no derivatives
     assert [row['train_loss'] for row in resumed['learning_curve']] == pytest.approx(
         [row['train_loss'] for row in fast['learning_curve']], rel=1e-9
     )
@@ -339,10 +341,10 @@ def test_precompute_respects_the_memory_budget(data):
     batches = make_batches(data[0], model.cutoff, 8, torch.float64, 'cpu', True, False)
     n_edges = sum(len(batch.graph.centre) for batch in batches)
     needed_mb = n_edges * model.spec.n_features * 3 * 8 / 2**20
-    assert not precompute_descriptors(model, batches, 0.9 * needed_mb)
+    assert precompute_descriptors(model, batches, 0.9 * needed_mb) == 'over_budget'
     assert all(batch.jacobian is None for batch in batches)
-    assert not precompute_descriptors(model, batches, 0)
-    assert precompute_descriptors(model, batches, 1.1 * needed_mb)
+    assert precompute_descriptors(model, batches, 0) == 'disabled'
+    assert precompute_descriptors(model, batches, 1.1 * needed_mb) == 'stored'
     assert all(batch.jacobian is not None for batch in batches)
 
 
@@ -521,3 +523,81 @@ def test_cuda_precomputed_descriptors_match_cpu():
     model.to('cpu')
     for key, value in results['cpu'].items():
         assert torch.allclose(results['cuda'][key], value, rtol=1e-9, atol=1e-11), key
+
+
+def test_a_real_cpu_allocation_failure_counts_as_out_of_memory():
+    """What the CPU allocator raises when memory runs out (an exabyte is never there), and what CUDA raises."""
+    from aiida_mlmat.ml.training import is_out_of_memory
+
+    with pytest.raises(RuntimeError) as failed:
+        torch.empty(2**60, dtype=torch.uint8)
+    assert is_out_of_memory(failed.value)
+    assert is_out_of_memory(torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB'))
+    assert is_out_of_memory(MemoryError())
+    assert not is_out_of_memory(RuntimeError('mat1 and mat2 shapes cannot be multiplied'))
+    assert not is_out_of_memory(ValueError("can't allocate memory"))
+
+
+def test_out_of_memory_while_storing_descriptors_falls_back_to_recomputing_them(data, tmp_path, monkeypatch):
+    """A device that fills up while descriptor derivatives are stored: they are dropped and training runs on,
+    recomputing descriptors at every step, with the same numbers as a run that never stored them.
+
+    The failure is raised by a stand-in for the derivative routine on the third batch: it stands for CUDA running
+    out of memory, which cannot happen on this CPU-only machine (a real CPU allocation failure is recognised by the
+    test above)."""
+    import aiida_mlmat.ml.training as training
+
+    real = training.edge_jacobian
+    calls = []
+
+    def filling_device(descriptor, graph):
+        calls.append(len(graph.centre))
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 512.00 MiB')
+        return real(descriptor, graph)
+
+    config = {**FAST, 'epochs': 3}
+    monkeypatch.setattr(training, 'edge_jacobian', filling_device)
+    fallen_back = train(small_config(), *data, TrainingConfig(**config), tmp_path / 'fallback')
+    monkeypatch.setattr(training, 'edge_jacobian', real)
+    never = train(small_config(), *data, TrainingConfig(**config, jacobian_memory_mb=0), tmp_path / 'never')
+    assert len(calls) == 3
+    assert (fallen_back['descriptors_storage'], fallen_back['descriptors_precomputed']) == ('out_of_memory', False)
+    assert [row['train_loss'] for row in fallen_back['learning_curve']] == pytest.approx(
+        [row['train_loss'] for row in never['learning_curve']], rel=1e-12
+    )
+    # any other error while storing them is not hidden
+    monkeypatch.setattr(training, 'edge_jacobian', lambda descriptor, graph: torch.ones(2) @ torch.ones(3))
+    with pytest.raises(RuntimeError, match=r'size|shape'):
+        train(small_config(), *data, TrainingConfig(**config), tmp_path / 'other')
+
+
+def test_worker_reports_a_failed_allocation_as_out_of_memory(data, tmp_path, monkeypatch):
+    """The worker's train task turns a failed allocation into the recoverable OUT_OF_MEMORY error (what the
+    restart wrapper halves the batch for), not a crash. Training is replaced by a function that makes a real CPU
+    allocation failure (an exabyte), since a job memory limit cannot be set up portably here."""
+    import aiida_mlmat.ml.training as training
+    from aiida_mlmat.worker.__main__ import main
+    from aiida_mlmat.worker.schema import SCHEMA_VERSION
+    from aiida_mlmat.worker.structures import write_extxyz
+
+    def allocating(*args, **kwargs):
+        torch.empty(2**60, dtype=torch.uint8)
+
+    monkeypatch.setattr(training, 'train', allocating)
+    write_extxyz(str(tmp_path / 'train.extxyz'), data[0])
+    write_extxyz(str(tmp_path / 'validation.extxyz'), data[1])
+    config = small_config()
+    payload = {
+        'schema_version': SCHEMA_VERSION,
+        'task': 'train',
+        'train': 'train.extxyz',
+        'validation': 'validation.extxyz',
+        'model': {**config, 'descriptor': {**config['descriptor'], 'species': config['species']}},
+        'training': {'epochs': 1, 'batch_size': 4},
+    }
+    (tmp_path / 'input.json').write_text(json.dumps(payload))
+    assert main(['train', str(tmp_path / 'input.json')]) != 0
+    error = json.loads((tmp_path / 'results.json').read_text())['error']
+    assert error['code'] == 'OUT_OF_MEMORY'
+    assert error['message'].startswith('out of memory on cpu:') and "can't allocate memory" in error['message']

@@ -69,3 +69,64 @@ def test_every_worker_error_code_has_a_banded_exit_code():
             assert label in process.exit_codes, (process.__name__, label)
     assert 400 <= TrainCalculation.exit_codes.ERROR_OUT_OF_MEMORY.status < 500
     assert 400 <= TrainCalculation.exit_codes.ERROR_NAN_LOSS.status < 500
+
+
+def failed_train_node(computer: orm.Computer, exit_status: int) -> orm.CalcJobNode:
+    """A stored, finished ``mlmat.train`` calculation node with ``exit_status`` (what the handlers inspect)."""
+    from aiida.engine import ProcessState
+
+    from aiida_mlmat.calcjobs.train import TrainCalculation
+
+    node = orm.CalcJobNode(computer=computer, process_type='aiida.calculations:mlmat.train')
+    node.set_process_label(TrainCalculation.__name__)
+    node.set_option('resources', {'num_machines': 1})
+    node.set_process_state(ProcessState.FINISHED)
+    node.set_exit_status(exit_status)
+    exit_code = next(code for code in TrainCalculation.exit_codes.values() if code.status == exit_status)
+    node.set_exit_message(exit_code.message.format(message='a failed allocation'))
+    return node.store()
+
+
+@pytest.mark.parametrize('exit_code', ['ERROR_OUT_OF_MEMORY', 'ERROR_SCHEDULER_OUT_OF_MEMORY'])
+def test_out_of_memory_halves_the_batch_and_the_stored_descriptor_budget(aiida_localhost, exit_code):
+    """Out of memory (the device's, or the scheduler killing the job): the next run trains with half the batch
+    size and half the memory budget of stored descriptors (they cover the whole training set, so a smaller batch
+    alone may not fit), from scratch; at batch size 1 the wrapper gives up with its unrecoverable exit code.
+
+    The failed runs are calculation nodes made here: a real out-of-memory failure needs a GPU or a job memory limit
+    that this CI machine does not have (the worker's mapping of a failed allocation is tested in test_model.py)."""
+    from aiida.engine.utils import instantiate_process
+    from aiida.manage import get_manager
+
+    from aiida_mlmat.calcjobs.train import TrainCalculation
+    from aiida_mlmat.common.constants import DEFAULT_JACOBIAN_MEMORY_MB
+    from aiida_mlmat.workflows.train import TrainBaseWorkChain
+
+    code = orm.InstalledCode(
+        label='worker-oom', computer=aiida_localhost, filepath_executable='/usr/bin/mlmat-worker'
+    ).store()
+    frames = emt_data(6, 3)
+    builder = TrainBaseWorkChain.get_builder()
+    builder.trainer.code = code
+    builder.trainer.train = ConfigurationSetData(frames[:4])
+    builder.trainer.validation = ConfigurationSetData(frames[4:])
+    builder.trainer.training = orm.Dict({'epochs': 5, 'batch_size': 4})
+    builder.trainer.metadata.options = {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 1}}
+    process = instantiate_process(get_manager().get_runner(), builder)
+    process.setup()
+    status = TrainCalculation.exit_codes[exit_code].status
+    process.ctx.children = []  # what run_process's ToContext(children=append_(...)) would hold
+    seen = []
+    for _ in range(3):
+        process.ctx.children.append(failed_train_node(aiida_localhost, status))
+        process.ctx.iteration += 1
+        result = process.inspect_process()
+        training = process.ctx.inputs.training.get_dict()
+        seen.append((training['batch_size'], training['jacobian_memory_mb']))
+        if result is not None and result.status != 0:  # a handled failure returns exit code 0 and restarts
+            break
+    budget = DEFAULT_JACOBIAN_MEMORY_MB
+    assert seen == [(2, budget / 2), (1, budget / 4), (1, budget / 4)]
+    assert result == TrainBaseWorkChain.exit_codes.ERROR_UNRECOVERABLE_FAILURE
+    assert 'checkpoint' not in process.ctx.inputs
+    assert process.ctx.inputs.training.get_dict()['epochs'] == 5  # the other settings kept

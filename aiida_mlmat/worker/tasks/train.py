@@ -22,7 +22,7 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """Train; see the module docstring."""
     import torch
 
-    from aiida_mlmat.ml.training import CHECKPOINT, MODEL, TrainingConfig, TrainingError, train
+    from aiida_mlmat.ml.training import CHECKPOINT, MODEL, TrainingConfig, TrainingError, is_out_of_memory, train
     from aiida_mlmat.worker.tasks.descriptors import resolve_device
 
     start = time.perf_counter()
@@ -45,7 +45,9 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
         )
     except TrainingError as exc:
         raise WorkerError(ErrorCode(exc.code), exc.message) from exc
-    except torch.OutOfMemoryError as exc:
+    except (RuntimeError, MemoryError) as exc:  # CUDA's OutOfMemoryError, or the CPU allocator's under a memory limit
+        if not is_out_of_memory(exc):
+            raise
         raise WorkerError(ErrorCode.OUT_OF_MEMORY, f'out of memory on {options["device"]}: {exc}') from exc
     model_bytes = (workdir / MODEL).read_bytes()
     results: dict[str, Any] = {
