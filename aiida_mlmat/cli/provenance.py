@@ -75,7 +75,12 @@ def provenance_cmd(ctx: click.Context, identifier: str, json_output: bool) -> No
 @click.command('export')
 @click.argument('identifier')
 @click.argument('directory', type=click.Path(file_okay=False))
-@click.option('--licence', default='CC-BY-4.0', show_default=True, help='Licence of the exported data (SPDX id).')
+@click.option(
+    '--licence',
+    default='CC-BY-4.0',
+    show_default=True,
+    help='Licence of the exported data: an SPDX licence expression (CC-BY-4.0, MIT OR Apache-2.0, LicenseRef-x).',
+)
 @click.option('--creator', default=None, help='Creator to record in the cards (default: the AiiDA user).')
 @click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
 @click.pass_context
@@ -83,11 +88,15 @@ def export_cmd(
     ctx: click.Context, identifier: str, directory: str, licence: str, creator: str | None, json_output: bool
 ) -> None:
     """Write the node PK with its provenance into DIRECTORY: AiiDA archive, extxyz, potentials, cards, manifest."""
-    load_profile(ctx.obj.get('profile') if ctx.obj else None)
     from pathlib import Path
 
-    from aiida_mlmat.archive import ExportError, export_node
+    from aiida_mlmat.archive import ExportError, check_licence, export_node
 
+    try:
+        licence = check_licence(licence)  # before anything is loaded or written
+    except ExportError as exc:
+        raise MlmatCliError(str(exc), EXIT_INVALID_INPUT) from exc
+    load_profile(ctx.obj.get('profile') if ctx.obj else None)
     node = load_node(identifier)
     output_folder(directory, 'DIR')
     try:
