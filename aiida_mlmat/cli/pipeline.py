@@ -44,12 +44,31 @@ def _plots(node: Any) -> list[tuple[str, Any]]:
     return list(found.values())
 
 
+def waits_for_nothing(node: Any) -> bool:
+    """Whether a workflow is waiting although every process it called has ended and it names none to wait for
+    (its process status is not "Waiting for child processes"): for a while that is a step in between; for good, the
+    workflow is stuck (a pause that met a child's end, an aiida-core race: docs/howto/faults.md)."""
+    from aiida.engine import ProcessState
+
+    if node.process_state is not ProcessState.WAITING or not node.called:
+        return False
+    if 'Waiting for child processes' in (node.process_status or ''):
+        return False
+    return all(child.is_terminated for child in node.called)
+
+
 def summary_markdown(node: Any, plots: list[str]) -> str:
     """A Markdown summary of a finished (or failed) mlmat workflow: stages, headline figures, plots."""
     lines = [f'# {node.process_label}<{node.pk}>', '', f'- UUID: `{node.uuid}`']
     state = node.process_state.value if node.process_state else 'unknown'
-    reason = f': {process_reason(node)}' if node.is_failed or node.is_excepted else ''
-    lines.append(f'- state: {state}, exit status {node.exit_status}{reason}')
+    reason = f': {process_reason(node)}' if node.is_failed or node.is_excepted or node.is_killed else ''
+    status = f', exit status {node.exit_status}' if node.exit_status is not None else ''
+    lines.append(f'- state: {state}{status}{reason}')
+    if waits_for_nothing(node):
+        lines.append(
+            '- note: every process it called has ended and it waits for none of them; if it stays so while the '
+            'daemon runs, it is stuck (see docs/howto/faults.md, "A workflow that waits for nothing")'
+        )
     lines += ['', '## Stages', '', '| step | process | state | exit status |', '|---|---|---|---|']
     for child in sorted(node.called, key=lambda n: n.ctime):
         child_state = child.process_state.value if child.process_state else 'unknown'

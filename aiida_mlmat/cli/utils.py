@@ -298,16 +298,20 @@ def failing_step(node: Any) -> str:
     ]
     target = failed[-1] if failed else node
     state = target.process_state.value if target.process_state else 'unknown'
+    status = f', exit status {target.exit_status}' if target.exit_status is not None else ''
     return (
-        f'{target.process_label}<{target.pk}> ({state}, exit status {target.exit_status}): '
+        f'{target.process_label}<{target.pk}> ({state}{status}): '
         f'{process_reason(target)}; see `verdi process report {node.pk}`'
     )
 
 
 def process_reason(node: Any) -> str:
-    """Why a process failed: its exit message, or for an excepted one the last line of its exception."""
+    """Why a process failed: its exit message, for a killed one why it was killed, or for an excepted one the last
+    line of its exception."""
     if node.exit_message:
         return node.exit_message
+    if node.is_killed:
+        return node.process_status or 'killed'
     exception = (getattr(node, 'exception', None) or '').strip()
     if exception:
         return exception.splitlines()[-1].strip()

@@ -36,7 +36,7 @@ from aiida_mlmat.workflows.active_functions import (
 )
 from aiida_mlmat.workflows.functions import split_configurations
 from aiida_mlmat.workflows.idempotent import IdempotentLaunchMixin
-from aiida_mlmat.workflows.label import LabelBaseWorkChain, failure_reason
+from aiida_mlmat.workflows.label import LabelBaseWorkChain, failure_reason, how_it_ended
 from aiida_mlmat.workflows.protocols import get_protocol_inputs, port_node_type
 from aiida_mlmat.workflows.training import TrainingWorkChain
 
@@ -494,7 +494,7 @@ class ActiveLearningWorkChain(IdempotentLaunchMixin, WorkChain):
         node = self.ctx.exploration
         if not node.is_finished_ok:
             return self.exit_codes.ERROR_EXPLORATION_FAILED.format(
-                iteration=self.ctx.iteration, message=f'exit {node.exit_status}: {node.exit_message}'
+                iteration=self.ctx.iteration, message=how_it_ended(node)
             )
         return None
 
@@ -572,7 +572,7 @@ class ActiveLearningWorkChain(IdempotentLaunchMixin, WorkChain):
         node = self.ctx.descriptors
         if not node.is_finished_ok:
             return self.exit_codes.ERROR_DESCRIPTORS_FAILED.format(
-                iteration=self.ctx.iteration, message=f'exit {node.exit_status}: {node.exit_message}'
+                iteration=self.ctx.iteration, message=how_it_ended(node)
             )
         return None
 

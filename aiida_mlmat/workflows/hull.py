@@ -24,7 +24,7 @@ from aiida_mlmat.workflows.hull_functions import (
     verify_screening,
 )
 from aiida_mlmat.workflows.idempotent import IdempotentLaunchMixin
-from aiida_mlmat.workflows.label import LabelBaseWorkChain
+from aiida_mlmat.workflows.label import LabelBaseWorkChain, failure_reason, how_it_ended
 
 #: Exit statuses of a relaxation job whose outputs are usable (510: some relaxations flagged unconverged).
 USABLE_RELAX_STATUSES = (0, 510)
@@ -234,8 +234,7 @@ class HullWorkChain(IdempotentLaunchMixin, WorkChain):
                     self.report(f'{node.process_label}<{node.pk}>: {node.exit_message}')
             else:
                 self.ctx.failed[f'failed_{key}'] = chunk
-                reason = f'{node.process_label}<{node.pk}> failed with exit status {node.exit_status}: '
-                self.ctx.failures[f'failed_{key}'] = reason + str(node.exit_message)
+                self.ctx.failures[f'failed_{key}'] = failure_reason(node)
                 self.report(self.ctx.failures[f'failed_{key}'])
         if not self.ctx.relaxed:
             return self.exit_codes.ERROR_ALL_RELAXATIONS_FAILED.format(message=next(iter(self.ctx.failures.values())))
@@ -301,7 +300,7 @@ class HullWorkChain(IdempotentLaunchMixin, WorkChain):
             metrics = self.ctx.verification['metrics']
             self.report(describe_verification(metrics, daf=True))
         else:
-            self.ctx.verification_error = f'{node.process_label}<{node.pk}>: {node.exit_status} {node.exit_message}'
+            self.ctx.verification_error = f'{node.process_label}<{node.pk}>: {how_it_ended(node)}'
             self.report(f'verification failed: {self.ctx.verification_error}')
 
     def results(self) -> Any:

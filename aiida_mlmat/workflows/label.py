@@ -18,17 +18,33 @@ def report_error_handled(workchain: BaseRestartWorkChain, node: orm.CalcJobNode,
     workchain.report(f'Action taken: {action}')
 
 
+def how_it_ended(node: orm.ProcessNode) -> str:
+    """How a process that did not finish well ended, in words for a message: ``exit status N: message``,
+    ``killed: <why>`` (a killed process has neither exit status nor message), ``excepted: <last line of the
+    exception>``, or the state it is still in.
+    """
+    if node.is_killed:
+        return f'killed: {node.process_status or "no reason recorded"}'
+    if node.is_excepted:
+        lines = (node.exception or '').strip().splitlines()
+        return f'excepted: {lines[-1].strip() if lines else "no exception recorded"}'
+    if node.exit_status is not None:
+        return f'exit status {node.exit_status}: {node.exit_message}'
+    return f'did not finish ({node.process_state.value if node.process_state else "no state recorded"})'
+
+
 def failure_reason(node: orm.ProcessNode) -> str:
     """Why a job or its restart wrapper failed, for a record or a report: its exit, the exit message of its last
     calculation (a wrapper's own message is often only "maximum number of iterations exceeded"), and the first
     excluded configuration's reason where the calculation labelled."""
-    reason = f'{node.process_label}<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}'
+    ended = how_it_ended(node)
+    reason = f'{node.process_label}<{node.pk}> ' + (f'failed with {ended}' if ended.startswith('exit') else ended)
     calcs = sorted((child for child in node.called if isinstance(child, orm.CalcJobNode)), key=lambda n: n.ctime)
     last = calcs[-1] if calcs else node if isinstance(node, orm.CalcJobNode) else None
     if last is None:
         return reason
     if last is not node:
-        reason += f'; last calculation {last.process_label}<{last.pk}> exit {last.exit_status}: {last.exit_message}'
+        reason += f'; last calculation {last.process_label}<{last.pk}> {how_it_ended(last)}'
     records = last.outputs.results.get('excluded', []) if 'results' in last.outputs else []
     if records:
         reason += f'; first configuration: {records[0]["reason"]}'

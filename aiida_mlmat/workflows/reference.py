@@ -22,7 +22,7 @@ from aiida_mlmat.workflows.functions import (
     structures_to_set,
 )
 from aiida_mlmat.workflows.idempotent import IdempotentLaunchMixin
-from aiida_mlmat.workflows.label import LabelBaseWorkChain, failure_reason
+from aiida_mlmat.workflows.label import LabelBaseWorkChain, failure_reason, how_it_ended
 from aiida_mlmat.workflows.protocols import get_protocol_inputs
 
 LABELLERS = ('batch', 'aiida-ase')
@@ -295,9 +295,7 @@ class ReferenceWorkChain(IdempotentLaunchMixin, WorkChain):
         """Check the sampling and keep its configurations."""
         node = self.ctx.sample
         if not node.is_finished_ok:
-            return self.exit_codes.ERROR_SAMPLE_FAILED.format(
-                message=f'exit status {node.exit_status}: {node.exit_message}'
-            )
+            return self.exit_codes.ERROR_SAMPLE_FAILED.format(message=how_it_ended(node))
         self.ctx.sampled = node.outputs.configurations
         self.ctx.to_label = self.ctx.sampled
         self.out('sampled', self.ctx.sampled)
@@ -328,7 +326,7 @@ class ReferenceWorkChain(IdempotentLaunchMixin, WorkChain):
         """Keep the N most diverse samples."""
         node = self.ctx.descriptors
         if not node.is_finished_ok:
-            return self.exit_codes.ERROR_DESCRIPTORS_FAILED.format(message=f'{node.exit_status}: {node.exit_message}')
+            return self.exit_codes.ERROR_DESCRIPTORS_FAILED.format(message=how_it_ended(node))
         result = select_configurations(
             self.ctx.sampled, node.outputs.descriptors, self.inputs.select.n, self.inputs.select.method
         )

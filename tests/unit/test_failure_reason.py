@@ -10,7 +10,7 @@ import pytest
 from aiida import orm
 from aiida.common.links import LinkType
 
-from aiida_mlmat.workflows.label import failure_reason
+from aiida_mlmat.workflows.label import failure_reason, how_it_ended
 
 pytestmark = pytest.mark.unit
 
@@ -46,8 +46,8 @@ def test_a_wrapper_that_gave_up_names_its_last_calculation(aiida_profile):
     reason = failure_reason(wrapper)
     assert reason == (
         f'TrainBaseWorkChain<{wrapper.pk}> failed with exit status 401: The maximum number of iterations was '
-        f'exceeded.; last calculation TrainCalculation<{last.pk}> exit 410: non-finite loss at epoch 0; lower the '
-        'learning rate'
+        f'exceeded.; last calculation TrainCalculation<{last.pk}> exit status 410: non-finite loss at epoch 0; '
+        'lower the learning rate'
     )
 
 
@@ -58,3 +58,68 @@ def test_a_calculation_alone_and_its_first_excluded_configuration(aiida_profile)
     records = [{'index': 2, 'reason': 'calculator failed: KohnShamConvergenceError'}, {'index': 3, 'reason': 'x'}]
     labelled = _calc('LabelCalculation', 320, 'every configuration failed', excluded=records)
     assert failure_reason(labelled).endswith('; first configuration: calculator failed: KohnShamConvergenceError')
+
+
+def _ended(node: orm.ProcessNode, state, status: str | None = None, exception: str | None = None) -> orm.ProcessNode:
+    node.set_process_state(state)
+    if status:
+        node.set_process_status(status)
+    if exception:
+        node.set_exception(exception)
+    return node
+
+
+def test_a_killed_or_excepted_process_says_so_not_exit_none(aiida_profile):
+    """A killed process has no exit status or message: its reason is why it was killed (found by an audit: the
+    record read "exit None: None"); an excepted one gives its exception's last line; a wrapper names both."""
+    from aiida.engine import ProcessState
+
+    wrapper = _wrapper('TrainBaseWorkChain', 302, 'The sub process was killed.')
+    killed = orm.CalcJobNode(process_type='aiida.calculations:mlmat.train')
+    killed.set_process_label('TrainCalculation')
+    _ended(killed, ProcessState.KILLED, 'Killed through `verdi process kill`')
+    killed.base.links.add_incoming(wrapper, LinkType.CALL_CALC, 'iteration_01')
+    killed.store()
+    assert how_it_ended(killed) == 'killed: Killed through `verdi process kill`'
+    assert failure_reason(killed) == f'TrainCalculation<{killed.pk}> killed: Killed through `verdi process kill`'
+    assert failure_reason(wrapper).endswith(
+        f'; last calculation TrainCalculation<{killed.pk}> killed: Killed through `verdi process kill`'
+    )
+    broken = orm.CalcJobNode(process_type='aiida.calculations:mlmat.sample')
+    broken.set_process_label('SampleCalculation')
+    _ended(broken, ProcessState.EXCEPTED, exception='Traceback ...\n  File "x"\nOSError: [Errno 28] No space left\n')
+    broken.store()
+    assert how_it_ended(broken) == 'excepted: OSError: [Errno 28] No space left'
+    waiting = _ended(orm.CalcJobNode(process_type='aiida.calculations:mlmat.sample'), ProcessState.WAITING).store()
+    assert how_it_ended(waiting) == 'did not finish (waiting)'
+
+
+def test_the_report_flags_a_workflow_that_waits_for_nothing(aiida_profile):
+    """`mlmat report` of a workflow that waits although everything it called has ended (the aiida-core race a
+    pause can cause) says it may be stuck; one waiting for a running child, or for none yet, does not."""
+    from aiida.engine import ProcessState
+
+    from aiida_mlmat.cli.pipeline import summary_markdown, waits_for_nothing
+
+    def workflow(status: str | None, child_state) -> orm.WorkflowNode:
+        node = orm.WorkflowNode(process_type='aiida.workflows:mlmat.active_learning')
+        node.set_process_label('ActiveLearningWorkChain')
+        _ended(node, ProcessState.WAITING, status)
+        node.store()
+        if child_state is not None:
+            child = orm.WorkflowNode(process_type='aiida.workflows:mlmat.training')
+            child.set_process_label('TrainingWorkChain')
+            _ended(child, child_state)
+            if child_state is ProcessState.FINISHED:
+                child.set_exit_status(0)
+            child.base.links.add_incoming(node, LinkType.CALL_WORK, 'train_1')
+            child.store()
+        return node
+
+    stuck = workflow(None, ProcessState.FINISHED)
+    assert waits_for_nothing(stuck)
+    assert 'it is stuck (see docs/howto/faults.md' in summary_markdown(stuck, [])
+    assert '- state: waiting\n' in summary_markdown(stuck, []) + '\n'  # no "exit status None"
+    assert not waits_for_nothing(workflow('Waiting for child processes: 12', ProcessState.FINISHED))
+    assert not waits_for_nothing(workflow(None, ProcessState.WAITING))
+    assert not waits_for_nothing(workflow(None, None))
