@@ -382,10 +382,9 @@ def train(profile: str | None, **kwargs: Any) -> None:
 def potential_evaluate(profile: str | None, identifier: str, file: str, json_output: bool) -> None:
     """``mlmat potential evaluate``: errors on a labelled extxyz file (computed here)."""
     load_profile(profile)
-    import numpy as np
-
     from aiida_mlmat.data.configurations import CorruptFileError, parse_extxyz_bytes
     from aiida_mlmat.data.potential import PotentialData, PotentialIntegrityError
+    from aiida_mlmat.ml.calculator import reference_errors
 
     node = load_node(identifier, PotentialData)
     path = Path(file)
@@ -404,23 +403,8 @@ def potential_evaluate(profile: str | None, identifier: str, file: str, json_out
         calculator = node.get_calculator()
     except PotentialIntegrityError as exc:
         raise MlmatCliError(str(exc)) from exc
-    e_err, f_err = [], []
-    for frame in frames:
-        reference = frame.calc.results
-        atoms = frame.copy()
-        atoms.calc = calculator
-        e_err.append((atoms.get_potential_energy() - reference['energy']) / len(atoms))
-        if 'forces' in reference:
-            f_err.append((atoms.get_forces() - reference['forces']).ravel())
-    e_err = np.array(e_err)
-    result: dict[str, Any] = {
-        'n_structures': len(frames),
-        'energy_mae_per_atom': float(np.abs(e_err).mean()),
-        'energy_rmse_per_atom': float(np.sqrt((e_err**2).mean())),
-    }
-    if f_err:
-        forces = np.concatenate(f_err)
-        result.update(forces_mae=float(np.abs(forces).mean()), forces_rmse=float(np.sqrt((forces**2).mean())))
+    metrics, _ = reference_errors(calculator, frames)
+    result: dict[str, Any] = {'n_structures': len(frames), **metrics}
     if json_output:
         echo_json(result)
         return

@@ -199,7 +199,8 @@ def load_profile(profile: str | None = None) -> Any:
     try:
         return _load(profile, allow_switch=True)
     except (MissingConfigurationError, ProfileConfigurationError) as exc:
-        raise MlmatCliError(f'no AiiDA profile to use ({exc}); run `mlmat setup` first', EXIT_SETUP) from exc
+        setup = f'mlmat -p {profile} setup' if profile else 'mlmat setup'
+        raise MlmatCliError(f'no AiiDA profile to use ({exc}); run `{setup}` first', EXIT_SETUP) from exc
 
 
 #: The largest PK a storage backend holds (a signed 64-bit integer, in SQLite as in PostgreSQL).

@@ -94,3 +94,44 @@ class MLMatCalculator(Calculator):
         }
         if want_stress:
             self.results['stress'] = np.mean(stresses, axis=0)
+
+
+def reference_errors(calculator: Calculator, frames: Sequence[Any]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Errors of ``calculator`` against the labels of ``frames`` (each with a reference ``energy``).
+
+    :return: the metrics, ``energy_mae_per_atom`` / ``energy_rmse_per_atom`` (eV/atom), ``forces_mae`` /
+        ``forces_rmse`` (eV/Å, over every component, when frames have forces) and ``stress_mae`` /
+        ``stress_rmse`` (eV/Å^3, over the Voigt components of the periodic frames with stress labels); and the
+        arrays behind them for parity plots: ``energy_reference``, ``energy_predicted``, ``energy_std`` (eV/atom,
+        when the calculator is an ensemble), ``forces_reference``, ``forces_predicted`` (eV/Å).
+    """
+    e_ref, e_pred, e_std, f_ref, f_pred, s_err = [], [], [], [], [], []
+    for frame in frames:
+        reference = frame.calc.results
+        atoms = frame.copy()
+        atoms.calc = calculator
+        n = len(atoms)
+        e_pred.append(atoms.get_potential_energy() / n)
+        e_std.append(atoms.calc.results.get('energy_std', np.nan) / n)
+        e_ref.append(reference['energy'] / n)
+        if 'forces' in reference:
+            f_ref.append(np.asarray(reference['forces']).ravel())
+            f_pred.append(atoms.get_forces().ravel())
+        if 'stress' in reference and atoms.pbc.all():
+            s_err.append(atoms.get_stress() - np.asarray(reference['stress']))
+    arrays = {'energy_reference': np.array(e_ref), 'energy_predicted': np.array(e_pred), 'energy_std': np.array(e_std)}
+    e_diff = arrays['energy_predicted'] - arrays['energy_reference']
+    metrics = {
+        'energy_mae_per_atom': float(np.abs(e_diff).mean()),
+        'energy_rmse_per_atom': float(np.sqrt((e_diff**2).mean())),
+    }
+    if f_ref:
+        arrays['forces_reference'], arrays['forces_predicted'] = np.concatenate(f_ref), np.concatenate(f_pred)
+        f_diff = arrays['forces_predicted'] - arrays['forces_reference']
+        metrics['forces_mae'] = float(np.abs(f_diff).mean())
+        metrics['forces_rmse'] = float(np.sqrt((f_diff**2).mean()))
+    if s_err:
+        errors = np.concatenate(s_err)
+        metrics['stress_mae'] = float(np.abs(errors).mean())
+        metrics['stress_rmse'] = float(np.sqrt((errors**2).mean()))
+    return metrics, arrays

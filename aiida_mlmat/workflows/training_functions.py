@@ -96,45 +96,25 @@ def evaluate_ensemble(test: ConfigurationSetData, **members: PotentialData) -> d
     Outputs ``metrics`` (Dict), ``parity_energy`` and ``parity_forces`` (PNG files).
     """
     models = [model for key in sorted(members) for model in members[key].get_models()]
-    from aiida_mlmat.ml.calculator import MLMatCalculator
+    from aiida_mlmat.ml.calculator import MLMatCalculator, reference_errors
 
-    calculator = MLMatCalculator(models)
-    e_ref, e_pred, e_std, f_ref, f_pred, s_err = [], [], [], [], [], []
-    for frame in test.get_atoms():
-        reference = frame.calc.results
-        atoms = frame.copy()
-        atoms.calc = calculator
-        n = len(atoms)
-        e_pred.append(atoms.get_potential_energy() / n)
-        e_std.append(atoms.calc.results['energy_std'] / n)
-        e_ref.append(reference['energy'] / n)
-        if 'forces' in reference:
-            f_ref.append(np.asarray(reference['forces']).ravel())
-            f_pred.append(atoms.get_forces().ravel())
-        if 'stress' in reference and atoms.pbc.all():
-            s_err.append(atoms.get_stress() - np.asarray(reference['stress']))
-    e_ref, e_pred, e_std = np.array(e_ref), np.array(e_pred), np.array(e_std)
+    frames = test.get_atoms()
+    errors, arrays = reference_errors(MLMatCalculator(models), frames)
     metrics = {
-        'n_test': len(e_ref),
+        'n_test': len(frames),
         'n_members': len(models),
-        'energy_mae_per_atom': float(np.abs(e_pred - e_ref).mean()),
-        'energy_rmse_per_atom': float(np.sqrt(((e_pred - e_ref) ** 2).mean())),
-        'energy_std_mean_per_atom': float(e_std.mean()),
+        **errors,
+        'energy_std_mean_per_atom': float(arrays['energy_std'].mean()),
     }
     outputs: dict[str, orm.Data] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        e_ref, e_pred, e_std = arrays['energy_reference'], arrays['energy_predicted'], arrays['energy_std']
         _parity_plot(e_ref, e_pred, e_std, 'energy (eV/atom)', str(Path(tmp) / 'energy.png'))
         outputs['parity_energy'] = orm.SinglefileData(str(Path(tmp) / 'energy.png'), filename='parity-energy.png')
-        if f_ref:
-            fr, fp = np.concatenate(f_ref), np.concatenate(f_pred)
-            metrics['forces_mae'] = float(np.abs(fp - fr).mean())
-            metrics['forces_rmse'] = float(np.sqrt(((fp - fr) ** 2).mean()))
+        if 'forces_reference' in arrays:
+            fr, fp = arrays['forces_reference'], arrays['forces_predicted']
             _parity_plot(fr, fp, None, 'force component (eV/Å)', str(Path(tmp) / 'forces.png'))
             outputs['parity_forces'] = orm.SinglefileData(str(Path(tmp) / 'forces.png'), filename='parity-forces.png')
-    if s_err:
-        errors = np.concatenate(s_err)
-        metrics['stress_mae'] = float(np.abs(errors).mean())
-        metrics['stress_rmse'] = float(np.sqrt((errors**2).mean()))
     outputs['metrics'] = orm.Dict(metrics)
     return outputs
 
