@@ -88,6 +88,8 @@ def check_licence(expression: str) -> str:
         plus = token.endswith('+') and what == 'a licence identifier'
         name = token[:-1] if plus else token
         if what == 'a licence identifier' and _LICENCE_REF.fullmatch(name):
+            if plus:
+                raise fail(f'`+` (or later) applies to SPDX list identifiers only, not to `{name}`')
             out.append(token)
         elif name.lower() in known:
             out.append(known[name.lower()] + ('+' if plus else ''))

@@ -45,15 +45,13 @@ def _plots(node: Any) -> list[tuple[str, Any]]:
 
 
 def waits_for_nothing(node: Any) -> bool:
-    """Whether a workflow is waiting although every process it called has ended and it names none to wait for
-    (its process status is not "Waiting for child processes"): for a while that is a step in between; for good, the
-    workflow is stuck (a pause that met a child's end, an aiida-core race: docs/howto/faults.md)."""
+    """Whether a workflow is waiting, not paused, with an empty process status (not "Waiting for child
+    processes: ...") although every process it called has ended: for a moment that is a step in between; for good,
+    the workflow is stuck (a pause that met a child's end, an aiida-core race: docs/howto/faults.md)."""
     from aiida.engine import ProcessState
 
-    if node.process_state is not ProcessState.WAITING or not node.called:
-        return False
-    if 'Waiting for child processes' in (node.process_status or ''):
-        return False
+    if node.process_state is not ProcessState.WAITING or node.paused or node.process_status or not node.called:
+        return False  # a paused workflow (status "Paused through ...") or one that names what it waits for
     return all(child.is_terminated for child in node.called)
 
 

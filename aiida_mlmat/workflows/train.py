@@ -88,14 +88,17 @@ class TrainBaseWorkChain(IdempotentLaunchMixin, BaseRestartWorkChain):
     def handle_out_of_memory(self, node: orm.CalcJobNode) -> ProcessHandlerReport:
         """Halve the batch size and the memory budget of stored descriptor derivatives, and start again (a
         checkpoint of another batch size cannot be resumed). The stored derivatives cover the whole training set,
-        whatever the batch size, so a smaller batch alone may not fit.
+        whatever the batch size, so a smaller batch alone may not fit; at batch size 1 they are dropped (budget 0),
+        and only after that fails too does the wrapper give up.
         """
         training = self._training()
-        batch = max(1, int(training.get('batch_size', DEFAULT_BATCH_SIZE)) // 2)
-        if batch == training.get('batch_size'):
-            self._report(node, 'batch size is already 1: giving up')
+        batch_now = int(training.get('batch_size', DEFAULT_BATCH_SIZE))
+        memory_now = float(training.get('jacobian_memory_mb', DEFAULT_JACOBIAN_MEMORY_MB))
+        if batch_now <= 1 and memory_now <= 0:
+            self._report(node, 'batch size 1 and no stored descriptors: giving up')
             return ProcessHandlerReport(True, self.exit_codes.ERROR_UNRECOVERABLE_FAILURE)
-        memory = float(training.get('jacobian_memory_mb', DEFAULT_JACOBIAN_MEMORY_MB)) / 2
+        batch = max(1, batch_now // 2)
+        memory = memory_now / 2 if batch_now > 1 else 0.0  # at batch size 1, recompute descriptors at every step
         training['batch_size'] = batch
         training['jacobian_memory_mb'] = memory
         self.ctx.inputs.training = orm.Dict(training)

@@ -122,4 +122,7 @@ def test_the_report_flags_a_workflow_that_waits_for_nothing(aiida_profile):
     assert '- state: waiting\n' in summary_markdown(stuck, []) + '\n'  # no "exit status None"
     assert not waits_for_nothing(workflow('Waiting for child processes: 12', ProcessState.FINISHED))
     assert not waits_for_nothing(workflow(None, ProcessState.WAITING))
+    paused = workflow('Paused through `verdi process pause`', ProcessState.FINISHED)
+    paused.pause()
+    assert paused.paused and not waits_for_nothing(paused)  # `verdi process play` resumes it: not stuck
     assert not waits_for_nothing(workflow(None, None))

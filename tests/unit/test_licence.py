@@ -22,7 +22,7 @@ pytestmark = pytest.mark.unit
         ('mit or apache-2.0', 'MIT OR Apache-2.0'),
         ('(MIT OR Apache-2.0) AND CC-BY-SA-4.0', '(MIT OR Apache-2.0) AND CC-BY-SA-4.0'),
         ('GPL-2.0-or-later WITH Classpath-exception-2.0', 'GPL-2.0-or-later WITH Classpath-exception-2.0'),
-        ('LGPL-2.1+', 'LGPL-2.1+'),
+        ('LGPL-2.1+', 'LGPL-2.1+'),  # a deprecated identifier of the list, still valid in an expression
         ('LicenseRef-our-group-data-1.0', 'LicenseRef-our-group-data-1.0'),
         ('ODbL-1.0', 'ODbL-1.0'),
     ],
@@ -43,6 +43,7 @@ def test_spdx_expressions_are_accepted_and_spelt_as_the_list_does(given, canonic
         ('(MIT OR CC0-1.0', 'a parenthesis is not closed'),
         ('MIT)', 'unexpected `\\)`'),
         ('MIT CC0-1.0', 'unexpected `CC0-1.0`'),
+        ('LicenseRef-ours+', r'`\+` \(or later\) applies to SPDX list identifiers only'),
         ('  ', 'must not be empty'),
         ('MIT\n#x', 'one line'),
     ],
