@@ -153,10 +153,6 @@ def release_memory(device: str | torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-#: What :func:`precompute_descriptors` did: stored them, or why not.
-DESCRIPTOR_STORAGE = ('stored', 'unsupported', 'disabled', 'over_budget', 'out_of_memory')
-
-
 def precompute_descriptors(model: torch.nn.Module, batches: Sequence[Batch], memory_mb: float) -> str:
     """Store every batch's descriptors and their edge derivatives when the model can use them and they fit.
 
@@ -164,8 +160,8 @@ def precompute_descriptors(model: torch.nn.Module, batches: Sequence[Batch], mem
     left as they were: training goes on, recomputing descriptors at every step (slower, the same numbers).
 
     :param memory_mb: the most memory (MiB) the derivatives may take, all batches together.
-    :return: one of :data:`DESCRIPTOR_STORAGE`: ``stored``, or why they were not (the model cannot use them, a
-        budget of 0 or no batches, over the budget, out of memory).
+    :return: ``stored``, or why they were not: ``unsupported`` (the model cannot use them), ``disabled`` (a budget
+        of 0 or no batches), ``over_budget``, ``out_of_memory``.
     """
     if not hasattr(model, 'forward_precomputed'):
         return 'unsupported'
