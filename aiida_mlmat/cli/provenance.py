@@ -90,12 +90,14 @@ def export_cmd(
     """Write the node PK with its provenance into DIRECTORY: AiiDA archive, extxyz, potentials, cards, manifest."""
     from pathlib import Path
 
-    from aiida_mlmat.archive import ExportError, check_licence, export_node
+    from aiida_mlmat.archive import ExportError, check_licence, deprecated_licence_hints, export_node
 
     try:
         licence = check_licence(licence)  # before anything is loaded or written
     except ExportError as exc:
         raise MlmatCliError(str(exc), EXIT_INVALID_INPUT) from exc
+    for hint in deprecated_licence_hints(licence):
+        click.echo(f'note: licence: {hint}', err=True)
     load_profile(ctx.obj.get('profile') if ctx.obj else None)
     node = load_node(identifier)
     output_folder(directory, 'DIR')

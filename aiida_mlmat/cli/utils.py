@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -342,8 +343,47 @@ def wait_for(node: Any, quiet: bool = False, poll: float = 1.0, timeout: float |
         click.echo(f'{node.process_label}<{node.pk}> finished in {time.monotonic() - start:.1f} s', err=True)
 
 
+_REPORT_PREFIX = re.compile(r'^\[\d+\|[^|\]]*\|[^\]]*\]: ')
+
+
+def new_reports(node: Any, after: int, descendants: Sequence[Any] | None = None) -> list[tuple[int, str]]:
+    """The log messages (``self.report`` of a workflow, a calculation's warnings) of ``node`` and every process it
+    called, directly or not, stored after the log entry ``after``; in the order they were written.
+
+    :param descendants: ``node.called_descendants`` when the caller has them already.
+    :return: ``(log id, line)`` pairs, each line naming its process (``ActiveLearningWorkChain<12>: iteration 1:
+        ...``); messages below the REPORT level (debug, info) are left out.
+    """
+    from aiida import orm
+
+    labels = {node.pk: f'{node.process_label}<{node.pk}>'}
+    children = node.called_descendants if descendants is None else descendants
+    labels.update({child.pk: f'{child.process_label}<{child.pk}>' for child in children})
+    query = orm.QueryBuilder().append(
+        orm.Log,
+        filters={'dbnode_id': {'in': list(labels)}, 'id': {'>': after}, 'levelname': {'!in': ['DEBUG', 'INFO']}},
+        project=['id', 'dbnode_id', 'levelname', 'message'],
+    )
+    lines = []
+    for log_id, pk, level, message in sorted(query.all(), key=lambda row: row[0]):
+        prefix = '' if level == 'REPORT' else f'{level}: '
+        message = _REPORT_PREFIX.sub('', message, count=1)  # `[pk|label|step]: ` of a workflow's report
+        lines.append((log_id, f'{labels[pk]}: {prefix}{message}'))
+    return lines
+
+
 def _poll_until_terminated(node: Any, start: float, quiet: bool, poll: float, timeout: float | None) -> None:
+    """Print a status line when it changes, and every report of the process and its children as it is written."""
     last = ''
+    seen = 0
+
+    def echo_reports(descendants: Sequence[Any] | None = None) -> int:
+        newest = seen
+        for log_id, text in new_reports(node, seen, descendants):
+            click.echo(f'[{time.monotonic() - start:6.1f} s]   {text}', err=True)
+            newest = log_id
+        return newest
+
     while not node.is_terminated:
         if timeout is not None and time.monotonic() - start > timeout:
             raise MlmatCliError(
@@ -358,7 +398,11 @@ def _poll_until_terminated(node: Any, start: float, quiet: bool, poll: float, ti
         if not quiet and line.split('] ', 1)[1] != last:
             click.echo(line, err=True)
             last = line.split('] ', 1)[1]
+        if not quiet:
+            seen = echo_reports(descendants)
         time.sleep(poll)
+    if not quiet:
+        echo_reports()  # what was written in the last interval
 
 
 def output_file(path: str, option: str, suffix: str | None = None, accepted: tuple[str, ...] = ()) -> Path:

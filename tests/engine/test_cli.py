@@ -11,6 +11,7 @@ from ase.io import write
 from click.testing import CliRunner
 
 from aiida_mlmat.cli.main import cli
+from aiida_mlmat.cli.utils import new_reports, wait_for
 from aiida_mlmat.data.configurations import ConfigurationSetData
 from tests.engine.helpers import assert_labels_equal_emt
 
@@ -30,7 +31,7 @@ def n_sets() -> int:
     return orm.QueryBuilder().append(ConfigurationSetData).count()
 
 
-def test_reference_wait_json_and_dataset_round_trip(started_daemon_client, worker_code, tmp_path):
+def test_reference_wait_json_and_dataset_round_trip(started_daemon_client, worker_code, tmp_path, capsys):
     """`mlmat reference --wait --json` prints the contract; show/export/import round-trip the set."""
     seed = tmp_path / 'Cu.cif'
     write(seed, bulk('Cu', 'fcc', a=3.6, cubic=True))
@@ -54,7 +55,20 @@ def test_reference_wait_json_and_dataset_round_trip(started_daemon_client, worke
     # fast protocol with these overrides: seed + 3 rattles + 2 strains + 1 vacancy
     assert data['n_configurations'] == 7 and data['n_excluded'] == 0
     node = orm.load_node(data['configurations'])
-    assert orm.load_node(data['process']).outputs.configurations.uuid == node.uuid
+    process = orm.load_node(data['process'])
+    assert process.outputs.configurations.uuid == node.uuid
+
+    # `--wait` without --json prints the reports of the workflow and of the processes it called, each once, in order
+    reports = [text for _, text in new_reports(process, 0)]
+    assert reports[0].startswith(f'ReferenceWorkChain<{process.pk}>: sampling 1 seeds in SampleCalculation<')
+    assert reports[-1] == (f'ReferenceWorkChain<{process.pk}>: labelled set {node.uuid}: 7 configurations, 0 excluded')
+    assert any(text.startswith(f'ReferenceWorkChain<{process.pk}>: labelling 7 configurations') for text in reports)
+    last_id = max(log_id for log_id, _ in new_reports(process, 0))
+    assert new_reports(process, last_id) == []
+    wait_for(process)  # ended already: the status line is skipped, the reports are printed once
+    printed = capsys.readouterr().err.splitlines()
+    assert [line.split('s]   ', 1)[1] for line in printed if 's]   ' in line] == reports
+    assert printed[-1].startswith(f'ReferenceWorkChain<{process.pk}> finished in ')
 
     shown = last_json(invoke('dataset', 'show', node.uuid, '--json'))
     assert shown['n_configurations'] == 7 and shown['species'] == ['Cu'] and shown['sha256'] == node.sha256

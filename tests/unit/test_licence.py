@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from aiida_mlmat.archive import ExportError, check_licence
+from aiida_mlmat.archive import ExportError, check_licence, deprecated_licence_hints
 from aiida_mlmat.cli.main import cli
 
 pytestmark = pytest.mark.unit
@@ -60,3 +60,34 @@ def test_export_refuses_a_bad_licence_before_it_loads_or_writes_anything(tmp_pat
     error = json.loads(result.stdout.strip().splitlines()[-1])  # stdout's last line, as for every --json
     assert error['exit_code'] == 2 and 'did you mean CC-BY-4.0' in error['error']
     assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize(
+    ('given', 'hints'),
+    [
+        ('MIT OR Apache-2.0', []),
+        ('GPL-2.0', ['`GPL-2.0` is deprecated in the SPDX list; its current identifier is `GPL-2.0-only`']),
+        (
+            'lgpl-2.1+ AND MIT',
+            ['`LGPL-2.1+` is deprecated in the SPDX list; its current identifier is `LGPL-2.1-or-later`'],
+        ),
+        (
+            '(GPL-3.0 OR CC0-1.0)',
+            ['`GPL-3.0` is deprecated in the SPDX list; its current identifier is `GPL-3.0-only`'],
+        ),
+        ('eCos-2.0', ['`eCos-2.0` is deprecated in the SPDX list (see https://spdx.org/licenses/eCos-2.0.html)']),
+        ('GPL-2.0-or-later WITH Classpath-exception-2.0', []),
+        ('LicenseRef-GPL-2.0', []),
+    ],
+)
+def test_deprecated_identifiers_are_accepted_with_their_current_spelling_as_hint(given, hints):
+    assert deprecated_licence_hints(check_licence(given)) == hints
+
+
+def test_export_notes_a_deprecated_identifier_before_anything_else(tmp_path):
+    """The note comes first (on stderr), then the command goes on: here to its error, as node 999999 does not exist."""
+    result = CliRunner().invoke(cli, ['export', '999999', str(tmp_path / 'out'), '--licence', 'GPL-2.0+'])
+    assert result.exit_code != 0
+    assert result.stderr.splitlines()[0] == (
+        'note: licence: `GPL-2.0+` is deprecated in the SPDX list; its current identifier is `GPL-2.0-or-later`'
+    )
