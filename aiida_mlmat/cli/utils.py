@@ -344,6 +344,11 @@ def wait_for(node: Any, quiet: bool = False, poll: float = 1.0, timeout: float |
 
 
 _REPORT_PREFIX = re.compile(r'^\[\d+\|[^|\]]*\|[^\]]*\]: ')
+#: What aiida-core's restart wrapper (``BaseRestartWorkChain``) reports of every child that needs no restart: left
+#: out of the progress (a restart, ``iteration #2`` on, and the handlers' reports are shown).
+_ROUTINE_REPORT = re.compile(
+    r'^(remote folders will not be cleaned|launching \S+<\d+> iteration #1|work chain completed after 1 iterations)$'
+)
 
 
 def new_reports(node: Any, after: int, descendants: Sequence[Any] | None = None) -> list[tuple[int, str]]:
@@ -352,7 +357,8 @@ def new_reports(node: Any, after: int, descendants: Sequence[Any] | None = None)
 
     :param descendants: ``node.called_descendants`` when the caller has them already.
     :return: ``(log id, line)`` pairs, each line naming its process (``ActiveLearningWorkChain<12>: iteration 1:
-        ...``); messages below the REPORT level (debug, info) are left out.
+        ...``); messages below the REPORT level (debug, info) and the restart wrapper's routine reports of a child
+        that needed no restart are left out.
     """
     from aiida import orm
 
@@ -368,6 +374,8 @@ def new_reports(node: Any, after: int, descendants: Sequence[Any] | None = None)
     for log_id, pk, level, message in sorted(query.all(), key=lambda row: row[0]):
         prefix = '' if level == 'REPORT' else f'{level}: '
         message = _REPORT_PREFIX.sub('', message, count=1)  # `[pk|label|step]: ` of a workflow's report
+        if level == 'REPORT' and _ROUTINE_REPORT.match(message):
+            continue
         lines.append((log_id, f'{labels[pk]}: {prefix}{message}'))
     return lines
 
