@@ -28,6 +28,8 @@ import hashlib
 import json
 import logging
 import re
+import shutil
+import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -398,7 +400,11 @@ def _card_markdown(card: dict[str, Any]) -> str:
         '',
     ]
     calculators = card.get('calculators') or []
-    lines += [f'- {item["name"]}: `{json.dumps(item["parameters"], sort_keys=True)}`' for item in calculators]
+    for item in calculators:
+        text = f'- {item["name"]}: `{json.dumps(item.get("parameters", {}), sort_keys=True)}`'
+        if item.get('potential'):
+            text += f' (potential {item["potential"]})'
+        lines.append(text)
     if not calculators:
         lines.append('- none recorded')
     lines += ['', '## Summary', '']
@@ -511,11 +517,6 @@ def export_node(
     :param creator: name to record as creator (default: the AiiDA user of each node).
     :raises ExportError: when the directory is not empty or the licence is not an SPDX expression.
     """
-    from aiida import orm
-    from aiida.tools.archive import create_archive
-
-    from aiida_mlmat.data.configurations import ConfigurationSetData
-    from aiida_mlmat.data.potential import PotentialData
     from aiida_mlmat.query import provenance_chain
 
     for name, value in (('licence', licence), ('creator', creator or '')):
@@ -528,13 +529,34 @@ def export_node(
     if not node.is_stored:
         raise ExportError('the node is not stored')
     chain = provenance_chain(node)
-    directory.mkdir(parents=True, exist_ok=True)
     common = {
         'licence': licence,
         'creator': creator,
         'exported': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
         'versions': software_versions(),
     }
+    # Written into a hidden folder beside the target and renamed at the end: an export that fails leaves nothing.
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.partial-', dir=directory.parent))
+    try:
+        manifest = _write_export(node, partial, chain, common)
+        if directory.exists():
+            directory.rmdir()  # empty, checked above
+        partial.rename(directory)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write_export(node: Any, directory: Path, chain: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
+    """Write the export of ``node`` into the empty folder ``directory``; return the manifest."""
+    from aiida import orm
+    from aiida.tools.archive import create_archive
+
+    from aiida_mlmat.data.configurations import ConfigurationSetData
+    from aiida_mlmat.data.potential import PotentialData
+
     with _quiet_archive_logs():
         create_archive([node], filename=directory / ARCHIVE_NAME, return_backward=True)
     (directory / 'provenance.json').write_text(json.dumps(chain, indent=1))

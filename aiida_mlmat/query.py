@@ -361,13 +361,15 @@ def provenance_chain(node: orm.Node) -> dict[str, Any]:
     """The chain behind a node: calculations, workflows, data sets and models, from the sources to the node.
 
     Follows links backwards (CREATE, INPUT_CALC, INPUT_WORK, RETURN, CALL_CALC, CALL_WORK), so it includes the
-    workflows that called each step but never anything downstream. The result names nodes by UUID only and is
+    workflows that called each step but never anything downstream. For a workflow (the PK that ``mlmat run``
+    prints) the chain starts from the workflow and what it returned (its potential, training set, screening
+    results), so it holds every step behind its results. The result names nodes by UUID only and is
     ordered deterministically (topologically; creation time and UUID break ties), so the chain computed in
     another profile after an archive round trip compares equal.
 
     >>> chain = provenance_chain(orm.load_node(potential_pk))            # doctest: +SKIP
-    >>> [step['process_label'] for step in chain['calculations']][:3]
-    ['build_seed_set', 'SampleCalculation', 'split_configurations']
+    >>> chain['calculations'][0]['process_label']   # the outermost workflow comes first: it called the rest
+    'PipelineWorkChain'
 
     :return: ``{'format', 'node', 'calculations', 'datasets', 'models', 'nodes', 'links'}``; ``calculations``
         holds processes (``kind`` ``calculation`` or ``workflow``) with process type, label, exit status and
@@ -379,7 +381,10 @@ def provenance_chain(node: orm.Node) -> dict[str, Any]:
 
     if not node.is_stored:
         raise ValueError('the node is not stored, so it has no provenance yet')
-    traversed = traverse_graph([node.pk], get_links=True, links_backward=list(CHAIN_LINK_TYPES))
+    starts = [node.pk]
+    if isinstance(node, orm.WorkflowNode):
+        starts += [link.node.pk for link in node.base.links.get_outgoing(link_type=LinkType.RETURN).all()]
+    traversed = traverse_graph(sorted(set(starts)), get_links=True, links_backward=list(CHAIN_LINK_TYPES))
     pks = sorted(traversed['nodes'])
     builder = orm.QueryBuilder().append(orm.Node, filters={'id': {'in': pks}}, project=['id', '*'])
     by_pk: dict[int, orm.Node] = dict(builder.all())

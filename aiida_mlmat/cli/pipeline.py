@@ -29,17 +29,33 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def call_label(process: Any) -> str:
+    """The label of the CALL link by which its caller launched ``process`` (``training_2``), '' for a top process."""
+    from aiida.common.links import LinkType
+
+    link = process.base.links.get_incoming(link_type=(LinkType.CALL_CALC, LinkType.CALL_WORK)).first()
+    return link.link_label if link is not None else ''
+
+
 def _plots(node: Any) -> list[tuple[str, Any]]:
-    """Every PNG a process and its descendants made, as (file name, SinglefileData), in creation order."""
+    """Every PNG a process and its descendants made, as (file name, SinglefileData), in creation order.
+
+    Ordered by the processes' creation times (kept by archives; PKs are not) and the output link labels; a name
+    carries the producing process's label and, below the top process, its call link (``training_2``: the training
+    of the second active-learning iteration).
+    """
     from aiida import orm
 
-    processes = [node, *node.called_descendants]
+    processes = [node, *sorted(node.called_descendants, key=lambda process: (process.ctime, process.uuid))]
     found: dict[str, tuple[str, Any]] = {}
     for process in processes:
-        for link in process.base.links.get_outgoing().all():
+        step = call_label(process) if process is not node else ''
+        step = '' if step in ('', 'CALL') else f'-{step}'
+        links = sorted(process.base.links.get_outgoing().all(), key=lambda link: link.link_label)
+        for link in links:
             target = link.node
             if isinstance(target, orm.SinglefileData) and target.filename.endswith('.png') and target.uuid not in found:
-                name = f'{len(found):02d}-{process.process_label or "process"}-{target.filename}'
+                name = f'{len(found):02d}-{process.process_label or "process"}{step}-{target.filename}'
                 found[target.uuid] = (name.replace('/', '_'), target)
     return list(found.values())
 
@@ -70,7 +86,7 @@ def summary_markdown(node: Any, plots: list[str]) -> str:
     lines += ['', '## Stages', '', '| step | process | state | exit status |', '|---|---|---|---|']
     for child in sorted(node.called, key=lambda n: n.ctime):
         child_state = child.process_state.value if child.process_state else 'unknown'
-        label = child.base.links.get_incoming().first().link_label if child.base.links.get_incoming().all() else ''
+        label = call_label(child)
         lines.append(f'| {label} | {child.process_label}<{child.pk}> | {child_state} | {child.exit_status} |')
     if 'summary' in node.outputs:
         lines += ['', '## Headline figures (eV, eV/atom, eV/Å)', '', '```json']

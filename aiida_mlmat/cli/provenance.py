@@ -60,7 +60,10 @@ def print_chain(chain: dict[str, Any]) -> None:
 @click.option('--json', 'json_output', is_flag=True, help='Print one JSON object (UUIDs only) as the last line.')
 @click.pass_context
 def provenance_cmd(ctx: click.Context, identifier: str, json_output: bool) -> None:
-    """The chain behind the node PK or UUID: calculations, data sets and models, from the sources to the node."""
+    """The chain behind the node PK, UUID or label: calculations, data sets and models, from the sources to the node.
+
+    Given a workflow, the chain behind it and everything it returned: every step of the run.
+    """
     load_profile(ctx.obj.get('profile') if ctx.obj else None)
     from aiida_mlmat.query import provenance_chain
 

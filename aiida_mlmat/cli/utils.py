@@ -209,7 +209,7 @@ MAX_PK = 2**63 - 1
 
 
 def load_node(identifier: str | int, expected: type | None = None) -> Any:
-    """Load a node by PK or UUID (prefix), with a clear error for a missing or wrong-typed node.
+    """Load a node by PK, UUID (prefix) or label, with a clear error for a missing or wrong-typed node.
 
     A PK beyond what a database integer holds (``MAX_PK``) is not found (exit 4), not a database overflow.
     """
@@ -224,7 +224,7 @@ def load_node(identifier: str | int, expected: type | None = None) -> Any:
     try:
         node = orm.load_node(identifier)
     except (NotExistent, MultipleObjectsError, ValueError, OverflowError) as exc:
-        raise MlmatCliError(f'no unique node with PK or UUID `{identifier}`: {exc}', EXIT_NOT_FOUND) from exc
+        raise MlmatCliError(f'no unique node with PK, UUID or label `{identifier}`: {exc}', EXIT_NOT_FOUND) from exc
     if expected is not None and not isinstance(node, expected):
         raise MlmatCliError(
             f'node {identifier} is a {type(node).__name__}, not a {expected.__name__}', EXIT_INVALID_INPUT

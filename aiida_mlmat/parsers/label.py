@@ -54,6 +54,8 @@ class LabelParser(MlmatParser):
         path = self.temporary_file(kwargs, self.OUTPUT_FILE)
         content = path.read_bytes() if path is not None else b''
         calculator = self.node.inputs.calculator.get_dict()
+        if calculator.get('name') == 'mlmat' and 'potential' in self.node.inputs:
+            calculator['potential'] = self.node.inputs.potential.uuid  # which model gave the energies
         if not partial:
             return (
                 ConfigurationSetData(content=content, calculator=calculator, excluded=excluded)

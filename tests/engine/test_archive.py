@@ -318,3 +318,24 @@ def test_import_command_verifies_before_importing(graph, exported, tmp_path):
     # every node of the export is already in this profile: verified, imported, nothing new
     assert answer['nodes_added'] == 0 and answer['n_nodes'] > 0
     assert orm.QueryBuilder().append(orm.Node).count() == before
+
+
+def test_an_export_that_fails_leaves_nothing_behind(graph, tmp_path, monkeypatch):
+    """A failure while writing (here: the model card) removes what was written; the same target then works."""
+    from aiida_mlmat import archive
+
+    def broken(*args, **kwargs):
+        raise RuntimeError('card writer broke')
+
+    target = tmp_path / 'out'
+    monkeypatch.setattr(archive, '_model_card', broken)
+    with pytest.raises(RuntimeError, match='card writer broke'):
+        archive.export_node(graph[CANDIDATE], target)
+    assert list(tmp_path.iterdir()) == []  # neither the target nor a hidden partial folder
+    target.mkdir()  # an existing empty folder is a valid target too
+    with pytest.raises(RuntimeError):
+        archive.export_node(graph[CANDIDATE], target)
+    assert [path.name for path in tmp_path.iterdir()] == ['out'] and not any(target.iterdir())
+    monkeypatch.undo()
+    manifest = archive.export_node(graph[CANDIDATE], target)
+    assert manifest['models'] and verify_export(target)['files'] == len(manifest['files'])

@@ -183,7 +183,7 @@ def test_json_errors_end_stdout_with_one_object(worker_code):
     unknown = invoke('dataset', 'show', '999999999', '--json')
     assert unknown.exit_code == 4 and len(unknown.stdout.strip().splitlines()) == 1
     data = last_json(unknown)
-    assert data['exit_code'] == 4 and data['error'].startswith('no unique node with PK or UUID `999999999`')
+    assert data['exit_code'] == 4 and data['error'].startswith('no unique node with PK, UUID or label `999999999`')
     plain = invoke('dataset', 'show', '999999999')
     assert plain.exit_code == 4 and plain.stdout == '' and 'no unique node' in plain.stderr
 

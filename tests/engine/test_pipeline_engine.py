@@ -57,7 +57,14 @@ def test_pipeline_runs_every_stage_and_reports(submit_and_await, worker_code, tm
     data = json.loads(result.stdout.strip().splitlines()[-1])
     text = (tmp_path / 'report' / 'summary.md').read_text()
     assert 'PipelineWorkChain' in text and 'Headline figures' in text
-    assert any(path.endswith('hull.png') for path in data['plots'])
+    rows = [line.split(' | ')[:2] for line in text.splitlines() if line.startswith('| ') and '<' in line]
+    steps = {step.lstrip('| '): process.split('<')[0] for step, process in rows}
+    assert steps['reference'] == 'ReferenceWorkChain' and steps['active_learning'] == 'ActiveLearningWorkChain'
+    assert steps['screening'] == 'HullWorkChain'  # the CALL link's label, whatever the order of the other links
+    names = [path.split('/')[-1] for path in data['plots']]
+    assert names[0] == '00-ActiveLearningWorkChain-active_learning-active-learning-curve.png'
+    assert any(name.endswith('-TrainingWorkChain-training_1-parity-forces.png') for name in names)
+    assert names[-1].endswith('-HullWorkChain-screening-hull.png')  # processes in creation order, not PK order
     assert all((tmp_path / 'report' / path.split('/')[-1]).read_bytes()[:4] == b'\x89PNG' for path in data['plots'])
 
 

@@ -260,7 +260,7 @@ SCREEN_EMT = {'name': 'emt', 'parameters': {}}
 VERIFY_LJ = {'name': 'lj', 'parameters': {'sigma': 2.35, 'epsilon': 0.39, 'rc': 6.0}}
 
 
-def test_stable_candidates_of_real_hull_runs_name_the_screening_model(graph, worker_code):
+def test_stable_candidates_of_real_hull_runs_name_the_screening_model(graph, worker_code, tmp_path):
     """Candidates of real ``mlmat.hull`` runs, screened by one energy model and verified by another: the query names
     the screening model (the potential and the data set it was trained on, or the calculator), never the
     verification's calculator, which sits as far upstream of a candidate as the screening relaxations do."""
@@ -298,6 +298,25 @@ def test_stable_candidates_of_real_hull_runs_name_the_screening_model(graph, wor
     assert all(hit.calculator is None for hit in by_run['potential'])
     assert {hit.potential.uuid for hit in by_run['potential']} == {graph['pot_a'].uuid}
     assert {hit.dataset.uuid for hit in by_run['potential']} == {graph['set_a'].uuid}
+
+    # a candidate screened by the potential exports, and its relaxed set's card names the potential that relaxed it
+    from aiida_mlmat.archive import export_node
+
+    candidate = orm.load_node(sorted(runs['potential'])[0])
+    manifest = export_node(candidate, tmp_path / 'candidate')
+    relaxed = [
+        card
+        for folder in manifest['datasets'].values()
+        if (card := json.loads((tmp_path / 'candidate' / folder / 'card.json').read_text()))['calculators']
+        and card['calculators'][0]['name'] == 'mlmat'
+    ]
+    assert relaxed and all(
+        card['calculators'] == [{'name': 'mlmat', 'potential': graph['pot_a'].uuid}] for card in relaxed
+    )
+    assert (
+        f'- mlmat: `{{}}` (potential {graph["pot_a"].uuid})'
+        in (tmp_path / 'candidate' / manifest['datasets'][relaxed[0]['uuid']] / 'card.md').read_text()
+    )
 
 
 def _all_keys(data: Any) -> set[str]:
@@ -360,3 +379,16 @@ def test_provenance_cli_json_and_table(graph):
     assert 'emt {"asap_cutoff": false}' in table.output
     missing = CliRunner().invoke(cli, ['provenance', '00000000-0000-4000-8000-000000000000'])
     assert missing.exit_code == 4 and 'no unique node' in missing.output
+
+
+def test_provenance_chain_of_a_workflow_covers_what_it_returned(graph):
+    """The PK `mlmat run` prints is a workflow: its chain holds the steps behind its outputs, not just its inputs."""
+    training = graph['training_a']
+    chain = query.provenance_chain(training)
+    assert chain['node']['uuid'] == training.uuid
+    steps = {entry['uuid'] for entry in chain['calculations']}
+    assert calcs_of(training, 'aiida.calculations:mlmat.train') <= steps
+    assert calcs_of(graph['reference_a'], query.MLMAT_LABEL) <= steps  # behind its input, the training set
+    assert {entry['uuid'] for entry in chain['models']} == trained_potentials(training)
+    assert graph['set_a'].uuid in {entry['uuid'] for entry in chain['datasets']}
+    assert graph['training_b'].uuid not in steps  # nothing of the other workflow
