@@ -3,8 +3,15 @@
 Attributes (energies in eV/atom): ``name``, ``formula`` (reduced), ``composition`` ({element: count}),
 ``n_atoms``, ``status`` (``ok`` or ``failed``), ``reason`` (why it failed, else empty), ``energy_per_atom``,
 ``e_form_per_atom``, ``e_above_hull``, ``e_above_hull_std`` (ensemble spread, 0 for one model), ``p_stable``
-(fraction of ensemble members that put it on the hull), ``stable`` (bool), ``converged`` (relaxation), and, when
-verified with the reference calculator, ``reference_e_above_hull`` and ``reference_e_form_per_atom``.
+(fraction of ensemble members that put it on the hull), ``stable`` (bool), ``converged`` (relaxation), the
+members' spread ``e_form_per_atom_std``, ``units`` ({quantity: unit}), and, when
+verified with the reference calculator:
+
+- ``reference_e_above_hull``, ``reference_e_form_per_atom``, ``reference_stable``: the reference calculator's
+  values on the *verification hull*, built from the verified candidates and the elements only;
+- ``model_e_above_hull``: the energy model's value on that same small hull, the like-for-like partner of
+  ``reference_e_above_hull``. It is not ``e_above_hull``, which places the candidate on the full screening hull
+  (every candidate), and the two differ where other candidates lie below it.
 
 A QueryBuilder filter such as ``{'attributes.e_above_hull': {'<': 0.05}}`` on this class finds candidates
 below 50 meV/atom above the hull.

@@ -354,6 +354,14 @@ def verify_screening(hull: orm.Dict, labelled: ConfigurationSetData) -> orm.Dict
     )
 
 
+#: The units of a screened candidate's numbers (``ScreenedCandidateData``; every energy is per atom).
+CANDIDATE_UNITS = {
+    'energy_per_atom': 'eV/atom', 'e_form_per_atom': 'eV/atom', 'e_form_per_atom_std': 'eV/atom',
+    'e_above_hull': 'eV/atom', 'e_above_hull_std': 'eV/atom', 'reference_e_above_hull': 'eV/atom',
+    'reference_e_form_per_atom': 'eV/atom', 'model_e_above_hull': 'eV/atom',
+}  # fmt: skip
+
+
 @calcfunction
 def screening_results(hull: orm.Dict, **verification: orm.Dict) -> dict[str, orm.Data]:
     """One queryable node per candidate, the CSV table and the hull plot (PNG)."""
@@ -368,6 +376,7 @@ def screening_results(hull: orm.Dict, **verification: orm.Dict) -> dict[str, orm
         entry = {'name': name, **data['candidates'][name], **checked.get(name, {})}
         entry.pop('members', None)
         entry.setdefault('reason', '')
+        entry['units'] = CANDIDATE_UNITS
         rows[name] = entry
         label = link_label(name)
         while label in used:
@@ -391,6 +400,7 @@ def screening_results(hull: orm.Dict, **verification: orm.Dict) -> dict[str, orm
         'n_unconverged': sum(not row.get('converged', True) for row in ok),
         'n_members': data['n_members'],
         'references': data['references'],
+        'units': {'energy_per_atom': 'eV/atom', 'e_above_hull': 'eV/atom', 'mae': 'eV/atom', 'rmse': 'eV/atom'},
     }
     if 'verification' in verification:
         summary['verification'] = verification['verification'].get_dict()['metrics']

@@ -32,7 +32,10 @@ def validate_config_port(value: orm.Dict | None, _: Any = None) -> str | None:
 @calcfunction
 def pipeline_summary(config: orm.Dict, **nodes: orm.Data) -> orm.Dict:
     """The headline figures of a pipeline run (energies in eV/atom, forces in eV/Å), from its stages' outputs."""
-    summary: dict[str, Any] = {'elements': config['elements']}
+    summary: dict[str, Any] = {
+        'elements': config['elements'],
+        'units': {'energy': 'eV/atom', 'forces': 'eV/Å', 'stress': 'eV/Å^3', 'e_above_hull': 'eV/atom'},
+    }
     if 'dataset' in nodes:
         dataset = nodes['dataset']
         summary['reference'] = {

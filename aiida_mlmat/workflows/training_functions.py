@@ -89,6 +89,10 @@ def _parity_plot(reference: np.ndarray, predicted: np.ndarray, std: np.ndarray |
     plt.close(figure)
 
 
+#: The units of the test metrics (``energy_*_per_atom``, ``forces_*``, ``stress_*``).
+METRICS_UNITS = {'energy': 'eV/atom', 'forces': 'eV/Å', 'stress': 'eV/Å^3'}
+
+
 @calcfunction
 def evaluate_ensemble(test: ConfigurationSetData, **members: PotentialData) -> dict[str, orm.Data]:
     """Test metrics of the ensemble mean (energy per atom eV/atom, forces eV/Å, stress eV/Å^3) and parity plots.
@@ -105,6 +109,7 @@ def evaluate_ensemble(test: ConfigurationSetData, **members: PotentialData) -> d
         'n_members': len(models),
         **errors,
         'energy_std_mean_per_atom': float(arrays['energy_std'].mean()),
+        'units': METRICS_UNITS,
     }
     outputs: dict[str, orm.Data] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 from aiida import orm
+from aiida.common.links import LinkType
 from click.testing import CliRunner
 
 from aiida_mlmat.cli.main import cli
@@ -48,6 +49,12 @@ def test_pipeline_runs_every_stage_and_reports(submit_and_await, worker_code, tm
     screening = summary['screening']
     assert screening['n_screened'] > 0 and screening['verification']['n'] == 2
     assert node.outputs.potential.n_members == 2
+    # units travel with the numbers: the summary, the screening summary and every candidate node
+    assert summary['units'] == {'energy': 'eV/atom', 'forces': 'eV/Å', 'stress': 'eV/Å^3', 'e_above_hull': 'eV/atom'}
+    hull = node.base.links.get_outgoing(link_type=LinkType.CALL_WORK, link_label_filter='screening').one().node
+    assert hull.outputs.summary['units']['e_above_hull'] == 'eV/atom'
+    candidates = list(hull.outputs.candidates.values())
+    assert candidates and all(c.base.attributes.get('units')['e_above_hull'] == 'eV/atom' for c in candidates)
     # One iteration stops at max_iterations before labelling: the loop's set is the reference data, exactly.
     assert summary['active_learning']['labels_added'] == 0
     assert node.outputs.training_set.count == node.outputs.dataset.count + summary['active_learning']['labels_added']

@@ -35,6 +35,7 @@ def test_training_workchain_ensemble_end_to_end(submit_and_await, worker_code, d
     assert metrics['n_test'] == node.outputs.splits.test.count == 8
     assert metrics['forces_rmse'] < 0.35  # eV/Å after 25 epochs on this EMT Cu-Au set
     assert potential.metrics == metrics
+    assert metrics['units'] == {'energy': 'eV/atom', 'forces': 'eV/Å', 'stress': 'eV/Å^3'}
     assert potential.base.attributes.get('data_sha256') == dataset.sha256
     # Members differ (seeds, bootstrap), so the ensemble has a spread.
     atoms = node.outputs.splits.test.get_atoms()[0]
