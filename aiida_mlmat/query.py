@@ -372,8 +372,12 @@ def provenance_chain(node: orm.Node) -> dict[str, Any]:
     'PipelineWorkChain'
 
     :return: ``{'format', 'node', 'calculations', 'datasets', 'models', 'nodes', 'links'}``; ``calculations``
-        holds processes (``kind`` ``calculation`` or ``workflow``) with process type, label, exit status and
+        holds processes (``kind`` ``calculation`` or ``workflow``) with process type and label, node label,
+        ``call_link_label`` (the step of its caller that launched it: ``training_2``), state, exit status and
         calculator; ``datasets`` configuration sets with their size; ``models`` potentials with their members;
+        a set or potential's ``made_by`` names the process that made it (UUID) and the output's link label
+        (``train``, ``test``, ``result``), or is None for one stored directly, and ``returned_as`` the workflows
+        that returned it with their output labels (``training_set``, ``potential``), the innermost first;
         ``nodes`` every node of the chain (also parameters and codes) in the one order the three lists follow;
         ``links`` ``[source, target, link type, link label]`` between the chain's nodes, sorted.
     """
@@ -401,6 +405,19 @@ def provenance_chain(node: orm.Node) -> dict[str, Any]:
     )
     order = _topological(nodes, {(source, target) for source, target, *_ in links})
 
+    created: dict[str, dict[str, str]] = {}  # data node -> the process that made it and the output's link label
+    called: dict[str, str] = {}  # process -> the label of the CALL link its caller launched it with
+    returned: dict[str, list[dict[str, str]]] = {}  # data node -> the workflows that returned it, with their labels
+    for source, target, link_type, label in links:
+        if link_type == LinkType.CREATE.value:
+            created[target] = {'process': source, 'link_label': label}
+        elif link_type == LinkType.RETURN.value:
+            returned.setdefault(target, []).append({'process': source, 'link_label': label})
+        elif link_type in (LinkType.CALL_CALC.value, LinkType.CALL_WORK.value):
+            called[target] = label
+    rank = {uuid: index for index, uuid in enumerate(order)}
+    for entries in returned.values():
+        entries.sort(key=lambda entry: rank[entry['process']], reverse=True)  # the innermost workflow first
     calculations, datasets, models = [], [], []
     for uuid in order:
         item = nodes[uuid]
@@ -411,6 +428,8 @@ def provenance_chain(node: orm.Node) -> dict[str, Any]:
                     'kind': _node_kind(item),
                     'process_type': item.process_type,
                     'process_label': item.process_label,
+                    'label': item.label,
+                    'call_link_label': called.get(uuid),
                     'process_state': item.process_state.value if item.process_state else None,
                     'exit_status': item.exit_status,
                     'calculator': calculator_of(item),
@@ -428,6 +447,8 @@ def provenance_chain(node: orm.Node) -> dict[str, Any]:
                     'calculator': attributes.get('calculator', None),
                     'n_excluded': attributes.get('n_excluded', 0),
                     'sha256': attributes.get('sha256'),
+                    'made_by': created.get(uuid),
+                    'returned_as': returned.get(uuid, []),
                 }
             )
         elif isinstance(item, PotentialData):
@@ -441,6 +462,8 @@ def provenance_chain(node: orm.Node) -> dict[str, Any]:
                     'species': attributes.get('species'),
                     'data_sha256': attributes.get('data_sha256', None),
                     'metrics': attributes.get('metrics', {}),
+                    'made_by': created.get(uuid),
+                    'returned_as': returned.get(uuid, []),
                 }
             )
     return {

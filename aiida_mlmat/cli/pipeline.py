@@ -173,6 +173,8 @@ def run_cmd(ctx: click.Context, config_file: str, out: str | None, wait: bool, j
 
         inputs['ase_code'] = load_code(_ase_code_label(reference['calculator']['name'], config['computer']))
     ensure_daemon(workers=2, quiet=json_output)
+    # labelled by the file's name: every step below is labelled `<name>/<step>` (`verdi process list -P ... label`)
+    inputs['metadata'] = {'label': Path(config_file).stem[:100], 'description': f'mlmat run {config_file}'[:1000]}
     node = submit(PipelineWorkChain, **inputs)
     if not json_output:
         click.echo(f'submitted {node.process_label}<{node.pk}> ({node.uuid})')

@@ -23,26 +23,52 @@ def _calculator_text(spec: dict[str, Any] | None) -> str:
 
 
 def print_chain(chain: dict[str, Any]) -> None:
-    """Print a provenance chain as tables for people."""
+    """Print a provenance chain as tables for people: every process with the step that launched it, every set and
+    potential with the process and output that made it."""
     node = chain['node']
     label = f' ({node["label"]})' if node['label'] else ''
     click.echo(f'provenance of {node["node_type"].rstrip(".")} {node["uuid"]}{label}')
     click.echo('')
+    steps = {step['uuid']: step for step in chain['calculations']}
+    number = {step['uuid']: index for index, step in enumerate(chain['calculations'], start=1)}
+
+    def made_by(entry: dict[str, Any]) -> str:
+        source = entry.get('made_by')
+        if not source or source['process'] not in steps:
+            return 'stored directly'
+        step = steps[source['process']]
+        text = f'{source["link_label"]} of #{number[step["uuid"]]} {step["process_label"]}'
+        outer = [item for item in entry.get('returned_as') or [] if item['process'] in steps]
+        if outer:
+            workflow = steps[outer[0]['process']]
+            text += f', returned as {outer[0]["link_label"]} by #{number[workflow["uuid"]]} {workflow["process_label"]}'
+        return text
+
+    def named(entry: dict[str, Any]) -> str:
+        return f'  "{entry["label"]}"' if entry.get('label') else ''
+
     click.echo(f'{len(chain["calculations"])} processes, from the sources to the node:')
-    click.echo(f'  {"#":>3}  {"kind":<11} {"process":<34} {"uuid":<8}  {"state":<9} {"exit":>4}  calculator')
+    click.echo(
+        f'  {"#":>3}  {"kind":<11} {"process":<30} {"step":<22} {"uuid":<8}  {"state":<9} {"exit":>4}  calculator'
+    )
     for index, step in enumerate(chain['calculations'], start=1):
         exit_status = '' if step['exit_status'] is None else str(step['exit_status'])
+        call = str(step.get('call_link_label') or '')
+        call = '' if call == 'CALL' else call  # aiida-core's default label says nothing
+        calculator = _calculator_text(step['calculator'])
         click.echo(
-            f'  {index:>3}  {step["kind"]:<11} {str(step["process_label"])[:34]:<34} {_short(step["uuid"])}  '
-            f'{step["process_state"]!s:<9} {exit_status:>4}  {_calculator_text(step["calculator"])}'
+            f'  {index:>3}  {step["kind"]:<11} {str(step["process_label"])[:30]:<30} {call[:22]:<22} '
+            f'{_short(step["uuid"])}  {step["process_state"]!s:<9} {exit_status:>4}  {calculator}'
         )
     click.echo('')
     click.echo(f'{len(chain["datasets"])} configuration sets:')
     for entry in chain['datasets']:
         calculator = _calculator_text(entry['calculator']) or 'unlabelled'
+        keys = ','.join(entry['label_keys'])
+        labels = f'labels {keys} by {calculator}' if keys else 'no labels (structures only)'
         click.echo(
             f'  {_short(entry["uuid"])}  {entry["n_configurations"]:>6} configurations  {",".join(entry["species"])}'
-            f'  labels: {",".join(entry["label_keys"]) or "-"} by {calculator}'
+            f'  {labels}; {made_by(entry)}{named(entry)}'
         )
     click.echo('')
     click.echo(f'{len(chain["models"])} potentials:')
@@ -52,6 +78,7 @@ def print_chain(chain: dict[str, Any]) -> None:
         figure = f', test force RMSE {rmse:.4f} eV/Å' if isinstance(rmse, float) else ''
         click.echo(
             f'  {_short(entry["uuid"])}  {entry["members"]} member(s), species {",".join(entry["species"])}{figure}'
+            f'; {made_by(entry)}{named(entry)}'
         )
 
 

@@ -51,6 +51,29 @@ def _call_link_label(process: Any, inputs: dict[str, Any] | None, kwargs: dict[s
     return None if label in (None, DEFAULT_CALL_LABEL) else str(label)
 
 
+#: The longest node label the database column takes.
+MAX_LABEL = 255
+
+
+def _with_label(
+    process: Any, inputs: dict[str, Any] | None, kwargs: dict[str, Any], text: str
+) -> tuple[Any, dict[str, Any] | None, dict[str, Any]]:
+    """The launch arguments with ``metadata.label`` set to ``text`` where the caller gave none."""
+    if isinstance(process, ProcessBuilder):
+        if not process.metadata.get('label'):
+            process.metadata.label = text
+        return process, inputs, kwargs
+    if 'metadata' in kwargs or inputs is None:
+        metadata = dict(kwargs.get('metadata') or {})
+        if not metadata.get('label'):
+            kwargs = {**kwargs, 'metadata': {**metadata, 'label': text}}
+        return process, inputs, kwargs
+    metadata = dict(inputs.get('metadata') or {})
+    if not metadata.get('label'):
+        inputs = type(inputs)({**inputs, 'metadata': {**metadata, 'label': text}})
+    return process, inputs, kwargs
+
+
 class IdempotentLaunchMixin:
     """Make ``submit`` and calcfunction calls of a WorkChain step safe to run again after a restart."""
 
@@ -70,9 +93,21 @@ class IdempotentLaunchMixin:
             f'`{label}`: {node.process_label}<{node.pk}> was cut off while being launched: closed, launching anew'
         )  # type: ignore[attr-defined]
 
+    def child_label(self, step: str) -> str:
+        """The node label of a child launched as ``step``: this workflow's label and the step, as a path
+        (``pipeline-cuau-emt/active_learning/training_2``), so that ``verdi process list -P pk process_label label``
+        tells the children of different steps and iterations apart."""
+        own = self.node.label  # type: ignore[attr-defined]
+        return (f'{own}/{step}' if own else step)[:MAX_LABEL]
+
     def submit(self, process: Any, inputs: dict[str, Any] | None = None, **kwargs: Any) -> orm.ProcessNode:
-        """Submit a child, or return the one this workchain already submitted under the same call-link label."""
+        """Submit a child, or return the one this workchain already submitted under the same call-link label.
+
+        A child launched under a call-link label gets the node label :meth:`child_label` unless one was given.
+        """
         label = _call_link_label(process, inputs, kwargs)
+        if label:
+            process, inputs, kwargs = _with_label(process, inputs, kwargs, self.child_label(label))
         existing = self.called_as(label) if label else None
         if existing is not None and not _launched(existing):
             self._close_orphan(existing, label)
@@ -99,4 +134,4 @@ class IdempotentLaunchMixin:
             reused = f'{existing.process_label}<{existing.pk}>'
             self.report(f'`{label}` ran before a restart as {reused}: reusing its outputs')  # type: ignore[attr-defined]
             return outputs['result'] if set(outputs) == {'result'} else outputs
-        return function(*args, metadata={'call_link_label': label}, **kwargs)
+        return function(*args, metadata={'call_link_label': label, 'label': self.child_label(label)}, **kwargs)

@@ -49,6 +49,11 @@ def test_pipeline_runs_every_stage_and_reports(submit_and_await, worker_code, tm
     screening = summary['screening']
     assert screening['n_screened'] > 0 and screening['verification']['n'] == 2
     assert node.outputs.potential.n_members == 2
+    # every step is labelled by its path of call links, so `verdi process list` tells steps and iterations apart
+    labels = {child.label for child in node.called_descendants}
+    assert {'reference', 'active_learning', 'active_learning/training_1', 'screening'} <= labels
+    assert 'active_learning/training_1/member_0/iteration_01' in labels  # the member's TrainCalculation
+    assert all(child.label for child in node.called_descendants if child.process_label != 'build_seed_set')
     # units travel with the numbers: the summary, the screening summary and every candidate node
     assert summary['units'] == {'energy': 'eV/atom', 'forces': 'eV/Å', 'stress': 'eV/Å^3', 'e_above_hull': 'eV/atom'}
     hull = node.base.links.get_outgoing(link_type=LinkType.CALL_WORK, link_label_filter='screening').one().node

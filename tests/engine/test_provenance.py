@@ -377,6 +377,16 @@ def test_provenance_cli_json_and_table(graph):
     assert f'provenance of data.mlmat.potential.PotentialData {potential.uuid}' in table.output
     assert '2 member(s), species Cu,Au' in table.output and 'LabelCalculation' in table.output
     assert 'emt {"asap_cutoff": false}' in table.output
+    # every set and potential says which step made it and which workflow returned it as what
+    chain = query.provenance_chain(potential)
+    ensemble = next(entry for entry in chain['models'] if entry['uuid'] == potential.uuid)
+    assert ensemble['made_by'] == {'process': potential.creator.uuid, 'link_label': 'result'}
+    assert ensemble['returned_as'][0] == {'process': graph['training_a'].uuid, 'link_label': 'potential'}
+    training_set = next(entry for entry in chain['datasets'] if entry['uuid'] == graph['set_a'].uuid)
+    assert training_set['returned_as'][0]['process'] == graph['reference_a'].uuid
+    assert 'returned as potential by #' in table.output and 'TrainingWorkChain' in table.output
+    train_steps = [step for step in chain['calculations'] if step['process_label'] == 'TrainBaseWorkChain']
+    assert sorted(step['call_link_label'] for step in train_steps) == ['member_0', 'member_1']
     missing = CliRunner().invoke(cli, ['provenance', '00000000-0000-4000-8000-000000000000'])
     assert missing.exit_code == 4 and 'no unique node' in missing.output
 
