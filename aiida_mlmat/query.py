@@ -261,6 +261,117 @@ def training_dataset(potential: PotentialData) -> ConfigurationSetData | None:
     return None
 
 
+#: Process type of the CalcJob that trains one member.
+MLMAT_TRAIN = 'aiida.calculations:mlmat.train'
+
+
+def configuration_key(atoms: Any) -> str:
+    """A content key of one configuration: its atomic numbers, positions and cell (rounded to 1e-5 Å) and pbc.
+
+    The same configuration has the same key in every set it was copied into (a split, a bootstrap sample, a merged
+    training set, an exported and re-imported file), whatever its labels; two different ones practically never do.
+    """
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    digest.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
+    for array in (atoms.positions, np.asarray(atoms.cell)):
+        digest.update(np.round(np.asarray(array, dtype=float) * 1e5).astype(np.int64).tobytes())
+    digest.update(np.asarray(atoms.pbc, dtype=np.int8).tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TrainedOn:
+    """A potential that one configuration went into, and how.
+
+    ``role``: ``train`` (its weights were fitted to it), ``validation`` (it only steered early stopping and the
+    learning-rate schedule), or ``warm start`` (it was fitted into the weights this potential started from). For an
+    ensemble, ``members`` are the indices of the members with that role.
+    """
+
+    potential: PotentialData
+    role: str
+    members: tuple[int, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-serialisable (UUIDs only)."""
+        return {'potential': self.potential.uuid, 'role': self.role, 'members': list(self.members)}
+
+
+_ROLE_ORDER = ('train', 'warm start', 'validation')
+
+
+def potentials_trained_on(configuration: Any) -> list[TrainedOn]:
+    """Every potential of the profile that a configuration went into: the members whose training (or validation)
+    split held it, the members warm-started from one of those, and the ensembles made of them.
+
+    A configuration in a training *set* need not be in a member's training data: the set is split into train,
+    validation and test, and each member trains on a bootstrap sample of the train split. This follows each
+    member's own inputs (``mlmat.train``'s ``train`` and ``validation``), matching configurations by
+    :func:`configuration_key`, so a test configuration or one left out of every bootstrap sample is in none.
+
+    >>> dataset = orm.load_node(SET_PK)                                  # doctest: +SKIP
+    >>> [(hit.potential.uuid, hit.role, hit.members) for hit in potentials_trained_on((dataset, 0))]
+
+    :param configuration: an ``ase.Atoms``, or ``(ConfigurationSetData, index)``.
+    :return: oldest potential first; a potential appears once, with its strongest role (train, warm start,
+        validation).
+    """
+    if isinstance(configuration, tuple):
+        dataset, index = configuration
+        frames = dataset.get_atoms()
+        if not 0 <= int(index) < len(frames):
+            raise IndexError(f'configuration {index} is outside the set of {len(frames)}')
+        configuration = frames[int(index)]
+    key = configuration_key(configuration)
+    keys: dict[str, set[str]] = {}
+
+    def holds(dataset: Any) -> bool:
+        if dataset.uuid not in keys:
+            keys[dataset.uuid] = {configuration_key(frame) for frame in dataset.get_atoms()}
+        return key in keys[dataset.uuid]
+
+    calcs = (
+        orm.QueryBuilder().append(orm.CalcJobNode, filters={'process_type': MLMAT_TRAIN}, project='*').all(flat=True)
+    )
+    roles: dict[str, tuple[str, PotentialData]] = {}  # member potential uuid -> role
+    for calc in sorted(calcs, key=lambda node: (node.ctime, node.uuid)):  # oldest first: warm starts follow roles
+        outputs = calc.base.links.get_outgoing(link_type=LinkType.CREATE, link_label_filter='potential').all()
+        if not outputs:
+            continue
+        member = outputs[0].node
+        train, validation, start = (_input(calc, name) for name in ('train', 'validation', 'potential'))
+        if train is not None and holds(train):
+            roles[member.uuid] = ('train', member)
+        elif start is not None and start.uuid in roles and roles[start.uuid][0] in ('train', 'warm start'):
+            roles[member.uuid] = ('warm start', member)
+        elif validation is not None and holds(validation):
+            roles[member.uuid] = ('validation', member)
+    found = [TrainedOn(member, role) for role, member in roles.values()]
+    ensembles: dict[str, dict[str, Any]] = {}
+    for role, member in roles.values():
+        for link in member.base.links.get_outgoing(link_type=LinkType.INPUT_CALC).all():
+            if link.node.process_label != 'make_ensemble' or not link.link_label.startswith('member_'):
+                continue
+            made = link.node.base.links.get_outgoing(link_type=LinkType.CREATE).all()
+            inputs = sorted(
+                (entry.link_label, entry.node.uuid)
+                for entry in link.node.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all()
+                if entry.link_label.startswith('member_')
+            )
+            position = [uuid for _, uuid in inputs].index(member.uuid)
+            for output in made:
+                record = ensembles.setdefault(output.node.uuid, {'node': output.node, 'roles': {}})
+                record['roles'].setdefault(role, []).append(position)
+    for record in ensembles.values():
+        role = next(name for name in _ROLE_ORDER if name in record['roles'])
+        found.append(TrainedOn(record['node'], role, tuple(sorted(record['roles'][role]))))
+    return sorted(found, key=lambda hit: (hit.potential.ctime, hit.potential.uuid))
+
+
 def _nearest_ancestors(node: orm.Node, predicate: Any) -> list[Any]:
     """Data-provenance ancestors matching ``predicate`` at the smallest distance (UUID order among them)."""
     frontier, seen = [node], {node.uuid}

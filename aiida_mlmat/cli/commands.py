@@ -155,6 +155,31 @@ def dataset_export(profile: str | None, identifier: str, file: str, json_output:
         click.echo(f'wrote {node.count} configurations to {file}')
 
 
+def dataset_used_by(profile: str | None, identifier: str, index: int, json_output: bool) -> None:
+    """``mlmat dataset used-by``."""
+    load_profile(profile)
+    from aiida_mlmat.data.configurations import ConfigurationSetData
+    from aiida_mlmat.query import configuration_key, potentials_trained_on
+
+    node = load_node(identifier, ConfigurationSetData)
+    if not 0 <= index < node.count:
+        raise MlmatCliError(f'INDEX: configuration {index} is outside the set of {node.count} (0 to {node.count - 1})')
+    atoms = node.get_atoms()[index]
+    hits = potentials_trained_on(atoms)
+    if json_output:
+        echo_json({
+            'configurations': node.uuid, 'index': index, 'configuration_key': configuration_key(atoms),
+            'potentials': [hit.as_dict() for hit in hits],
+        })  # fmt: skip
+        return
+    click.echo(f'configuration {index} of {node.uuid} ({atoms.get_chemical_formula()}): {len(hits)} potential(s)')
+    for hit in hits:
+        members = f' (member(s) {", ".join(map(str, hit.members))})' if hit.members else ''
+        kind = f'ensemble of {hit.potential.n_members}' if hit.potential.n_members > 1 else 'single model'
+        label = f'  "{hit.potential.label}"' if hit.potential.label else ''
+        click.echo(f'  {hit.potential.pk:>6}  {hit.potential.uuid}  {kind:<14}  {hit.role}{members}{label}')
+
+
 def dataset_show(profile: str | None, identifier: str, json_output: bool) -> None:
     """``mlmat dataset show``."""
     load_profile(profile)

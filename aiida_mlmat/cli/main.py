@@ -234,6 +234,19 @@ def dataset_show(ctx: click.Context, identifier: str, json_output: bool) -> None
     run(ctx.obj.get('profile'), identifier, json_output)
 
 
+@dataset.command('used-by')
+@click.argument('identifier')
+@click.argument('index', type=int)
+@click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
+@click.pass_context
+def dataset_used_by(ctx: click.Context, identifier: str, index: int, json_output: bool) -> None:
+    """The potentials that configuration INDEX (from 0) of the set PK (or UUID) went into, and how: fitted to it
+    (train), steering early stopping (validation), or inherited through a warm start."""
+    from aiida_mlmat.cli.commands import dataset_used_by as run
+
+    run(ctx.obj.get('profile'), identifier, index, json_output)
+
+
 from aiida_mlmat.cli.pipeline import report_cmd, run_cmd  # noqa: E402
 from aiida_mlmat.cli.screen import screen_cmd  # noqa: E402
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from aiida import orm
+from aiida.common.links import LinkType
 from aiida.engine import calcfunction, run_get_node
 from click.testing import CliRunner
 
@@ -402,3 +403,66 @@ def test_provenance_chain_of_a_workflow_covers_what_it_returned(graph):
     assert {entry['uuid'] for entry in chain['models']} == trained_potentials(training)
     assert graph['set_a'].uuid in {entry['uuid'] for entry in chain['datasets']}
     assert graph['training_b'].uuid not in steps  # nothing of the other workflow
+
+
+def test_potentials_trained_on_a_configuration_follow_splits_and_bootstrap_samples(graph):
+    """A configuration of the training set went into a member only if that member's own train (or validation)
+    input held it: a test configuration is in none, and the ensemble lists exactly the members that trained on it."""
+    training, ensemble = graph['training_a'], graph['pot_a']
+    calcs = [orm.load_node(uuid) for uuid in calcs_of(training, 'aiida.calculations:mlmat.train')]
+    calcs = [calc for calc in calcs if 'potential' in calc.outputs]
+    ours = {calc.outputs.potential.uuid for calc in calcs} | {ensemble.uuid}
+    member_links = sorted(
+        (link for link in ensemble.creator.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all()),
+        key=lambda link: link.link_label,
+    )
+    members_in_order = [link.node.uuid for link in member_links if link.link_label.startswith('member_')]
+    position = {uuid: index for index, uuid in enumerate(members_in_order)}  # as make_ensemble orders its inputs
+
+    def keys(dataset):
+        return {query.configuration_key(atoms) for atoms in dataset.get_atoms()}
+
+    splits = training.outputs.splits
+    for atoms in splits.test.get_atoms():
+        assert not [hit for hit in query.potentials_trained_on(atoms) if hit.potential.uuid in ours]
+    checked_roles = set()
+    for index, atoms in enumerate(splits.train.get_atoms() + splits.validation.get_atoms()):
+        key = query.configuration_key(atoms)
+        expected = {}
+        for calc in calcs:
+            role = (
+                'train'
+                if key in keys(calc.inputs.train)
+                else 'validation'
+                if key in keys(calc.inputs.validation)
+                else None
+            )
+            if role:
+                expected[calc.outputs.potential.uuid] = role
+        hits = {hit.potential.uuid: hit for hit in query.potentials_trained_on(atoms) if hit.potential.uuid in ours}
+        assert {uuid: hit.role for uuid, hit in hits.items() if uuid != ensemble.uuid} == expected, index
+        strongest = next((role for role in ('train', 'validation') if role in expected.values()), None)
+        if strongest is None:
+            assert ensemble.uuid not in hits  # left out of every bootstrap sample and of validation
+        else:
+            members = tuple(sorted(position[uuid] for uuid, role in expected.items() if role == strongest))
+            assert (hits[ensemble.uuid].role, hits[ensemble.uuid].members) == (strongest, members)
+        checked_roles |= set(expected.values())
+    assert 'train' in checked_roles
+    first = splits.train.get_atoms()[0]
+    assert query.potentials_trained_on((splits.train, 0)) == query.potentials_trained_on(first)
+    with pytest.raises(IndexError, match='outside the set'):
+        query.potentials_trained_on((splits.train, splits.train.count))
+
+
+def test_dataset_used_by_command(graph):
+    dataset = graph['set_a']
+    result = CliRunner().invoke(cli, ['dataset', 'used-by', dataset.uuid, '3', '--json'], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data['index'] == 3 and data['configurations'] == dataset.uuid
+    assert data['potentials'] == [hit.as_dict() for hit in query.potentials_trained_on((dataset, 3))]
+    table = CliRunner().invoke(cli, ['dataset', 'used-by', str(dataset.pk), '3'], catch_exceptions=False)
+    assert table.exit_code == 0 and f'configuration 3 of {dataset.uuid}' in table.output
+    outside = CliRunner().invoke(cli, ['dataset', 'used-by', dataset.uuid, str(dataset.count), '--json'])
+    assert outside.exit_code == 2 and 'is outside the set of' in outside.output
