@@ -155,30 +155,31 @@ def _reference_record(node: orm.CalcJobNode) -> ReferenceCalculation:
     return ReferenceCalculation(node=node, calculator=spec['name'], parameters=spec['parameters'])
 
 
-def reference_calculations(potential: PotentialData) -> list[ReferenceCalculation]:
-    """The reference labelling calculations behind a potential, oldest first.
+def reference_calculations(node: PotentialData | ConfigurationSetData) -> list[ReferenceCalculation]:
+    """The reference labelling calculations behind a potential or a configuration set, oldest first.
 
-    Every ``mlmat.label`` and aiida-ase ``ase.ase`` CalcJob among the potential's data-provenance ancestors
-    (anywhere upstream: through splits, bootstrap samples, merges and earlier active-learning rounds).
+    Every ``mlmat.label`` and aiida-ase ``ase.ase`` CalcJob among the node's data-provenance ancestors
+    (anywhere upstream: through splits, bootstrap samples, merges and earlier active-learning rounds); for a set
+    made by a labelling job, that job too.
 
     >>> [(r.calculator, r.parameters) for r in reference_calculations(potential)]   # doctest: +SKIP
     [('emt', {}), ('emt', {})]
 
-    :param potential: a stored PotentialData.
+    :param node: a stored PotentialData or ConfigurationSetData.
     :return: records with the CalcJob node, the calculator name and its parameters.
     """
-    if not isinstance(potential, PotentialData):
-        raise TypeError(f'expected a PotentialData, got {type(potential).__name__}')
+    if not isinstance(node, PotentialData | ConfigurationSetData):
+        raise TypeError(f'expected a PotentialData or a ConfigurationSetData, got {type(node).__name__}')
     builder = orm.QueryBuilder()
-    builder.append(PotentialData, filters={'uuid': potential.uuid}, tag='potential')
+    builder.append(type(node), filters={'uuid': node.uuid}, tag='target')
     builder.append(
         orm.CalcJobNode,
-        with_descendants='potential',
+        with_descendants='target',
         filters={'process_type': {'in': list(LABEL_PROCESS_TYPES)}},
         project='*',
     )
     nodes = _sorted_nodes(row[0] for row in builder.distinct().iterall())
-    return [_reference_record(node) for node in nodes]
+    return [_reference_record(calc) for calc in nodes]
 
 
 def _label_calculations(calculator: str) -> list[orm.CalcJobNode]:

@@ -252,6 +252,7 @@ def iteration_records(nodes: dict[str, orm.Data]) -> list[dict[str, Any]]:
             {
                 'iteration': number,
                 'potential': record['potential'].uuid,
+                'training_set': record['dataset'].uuid,
                 'test': _test_errors(record),
                 'disagreement': statistics,
                 'counts': counts,

@@ -219,8 +219,11 @@ def test_reference_calculations_are_exactly_the_label_jobs(graph):
     # oldest first, and the JSON form names nodes by UUID
     assert [record.node.ctime for record in records_b] == sorted(record.node.ctime for record in records_b)
     assert set(records_b[0].as_dict()) == {'uuid', 'process_type', 'exit_status', 'calculator', 'parameters'}
-    with pytest.raises(TypeError, match='PotentialData'):
-        query.reference_calculations(graph['set_a'])
+    # a labelled set answers too: the same label jobs as the potential trained on it
+    from_set = [record.uuid for record in query.reference_calculations(graph['set_a'])]
+    assert from_set == [record.uuid for record in records]
+    with pytest.raises(TypeError, match='PotentialData or a ConfigurationSetData'):
+        query.reference_calculations(orm.Dict({'not': 'a potential'}).store())
 
 
 def test_potentials_trained_with_calculator_and_parameters(graph):
