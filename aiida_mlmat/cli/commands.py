@@ -404,6 +404,73 @@ def train(profile: str | None, **kwargs: Any) -> None:
         echo_json(result)
 
 
+def potential_show(profile: str | None, identifier: str, json_output: bool) -> None:
+    """``mlmat potential show``: what a potential is, how good, and what it was trained on (read from the graph)."""
+    load_profile(profile)
+    import json
+
+    from aiida_mlmat.data.potential import PotentialData
+    from aiida_mlmat.query import reference_calculations, training_dataset
+
+    node = load_node(identifier, PotentialData)
+    attributes = node.base.attributes
+    dataset = training_dataset(node)
+    calculators: list[dict[str, Any]] = []
+    for record in reference_calculations(node):
+        spec = {'name': record.calculator, 'parameters': record.parameters}
+        if spec not in calculators:
+            calculators.append(spec)
+    creator = node.creator
+    result: dict[str, Any] = {
+        'potential': node.uuid,
+        'pk': node.pk,
+        'label': node.label,
+        'architecture': attributes.get('architecture'),
+        'species': attributes.get('species'),
+        'cutoff_angstrom': attributes.get('cutoff'),
+        'n_members': node.n_members,
+        'metrics': attributes.get('metrics', {}),
+        'training_set': None
+        if dataset is None
+        else {'uuid': dataset.uuid, 'pk': dataset.pk, 'n_configurations': dataset.count},
+        'reference_calculators': calculators,
+        'made_by': None
+        if creator is None
+        else {
+            'process_label': creator.process_label,
+            'uuid': creator.uuid,
+            'caller': None if creator.caller is None else {'uuid': creator.caller.uuid, 'label': creator.caller.label},
+        },
+    }
+    if json_output:
+        echo_json(result)
+        return
+    click.echo(f'{"potential":>24}: pk {node.pk} {node.uuid}' + (f' "{node.label}"' if node.label else ''))
+    click.echo(f'{"architecture":>24}: {result["architecture"]}, cutoff {result["cutoff_angstrom"]} Å')
+    click.echo(f'{"species":>24}: {", ".join(result["species"] or [])}')
+    click.echo(f'{"members":>24}: {result["n_members"]}')
+    units = result['metrics'].get('units') or {'energy': 'eV/atom', 'forces': 'eV/Å', 'stress': 'eV/Å^3'}
+    for key, value in result['metrics'].items():
+        if key == 'units':
+            continue
+        unit = next((units[kind] for kind in units if key.startswith(kind)), '')
+        text = f'{value:.5g}' if isinstance(value, float) else str(value)
+        click.echo(f'{key:>24}: {text} {unit}'.rstrip())
+    if dataset is None:
+        click.echo(f'{"training set":>24}: not in this profile')
+    else:
+        click.echo(f'{"training set":>24}: pk {dataset.pk} {dataset.uuid}, {dataset.count} configurations')
+    for spec in calculators:
+        parameters = json.dumps(spec['parameters'], sort_keys=True) if spec['parameters'] else ''
+        click.echo(f'{"labelled by":>24}: {spec["name"]} {parameters}'.rstrip())
+    if creator is not None:
+        made = f'{creator.process_label}<{creator.pk}>'
+        caller = creator.caller
+        if caller is not None:  # the workflow step, more telling than the calcfunction's own name
+            made += f' in {caller.process_label}<{caller.pk}>' + (f' "{caller.label}"' if caller.label else '')
+        click.echo(f'{"made by":>24}: {made}')
+
+
 def potential_evaluate(profile: str | None, identifier: str, file: str, json_output: bool) -> None:
     """``mlmat potential evaluate``: errors on a labelled extxyz file (computed here)."""
     load_profile(profile)

@@ -167,7 +167,18 @@ def train_cmd(ctx: click.Context, **kwargs: object) -> None:
 
 @cli.group('potential')
 def potential() -> None:
-    """Evaluate and export trained potentials."""
+    """Inspect, evaluate and export trained potentials."""
+
+
+@potential.command('show')
+@click.argument('identifier')
+@click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
+@click.pass_context
+def potential_show(ctx: click.Context, identifier: str, json_output: bool) -> None:
+    """Summarise the potential POT (PK, UUID or label): members, test metrics, training set, reference calculators."""
+    from aiida_mlmat.cli.commands import potential_show as run
+
+    run(ctx.obj.get('profile'), identifier, json_output)
 
 
 @potential.command('evaluate')

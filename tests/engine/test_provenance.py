@@ -469,3 +469,23 @@ def test_dataset_used_by_command(graph):
     assert table.exit_code == 0 and f'configuration 3 of {dataset.uuid}' in table.output
     outside = CliRunner().invoke(cli, ['dataset', 'used-by', dataset.uuid, str(dataset.count), '--json'])
     assert outside.exit_code == 2 and 'is outside the set of' in outside.output
+
+
+def test_potential_show_reads_the_graph(graph):
+    potential = graph['pot_a']
+    result = CliRunner().invoke(cli, ['potential', 'show', potential.uuid, '--json'], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data['potential'] == potential.uuid and data['n_members'] == 2
+    assert data['training_set'] == {
+        'uuid': graph['set_a'].uuid, 'pk': graph['set_a'].pk, 'n_configurations': graph['set_a'].count
+    }  # fmt: skip
+    assert data['reference_calculators'] == [EMT]
+    assert data['metrics']['forces_rmse'] == potential.metrics['forces_rmse']
+    assert data['made_by']['process_label'] == 'make_ensemble'
+    assert data['made_by']['caller']['uuid'] == graph['training_a'].uuid
+    table = CliRunner().invoke(cli, ['potential', 'show', str(potential.pk)], catch_exceptions=False)
+    assert f'training set: pk {graph["set_a"].pk} {graph["set_a"].uuid}' in table.output
+    assert 'eV/Å' in table.output and f'in TrainingWorkChain<{graph["training_a"].pk}>' in table.output
+    wrong = CliRunner().invoke(cli, ['potential', 'show', graph['set_a'].uuid])
+    assert wrong.exit_code == 2 and 'not a PotentialData' in wrong.output
