@@ -19,6 +19,7 @@ from aiida_mlmat.workflows.hull_functions import (
     compute_hull,
     generate_candidate_set,
     prepare_screening,
+    record_candidates,
     screening_results,
     verification_set,
     verify_screening,
@@ -307,10 +308,15 @@ class HullWorkChain(IdempotentLaunchMixin, WorkChain):
         """One node per candidate, the table, the plot and the summary."""
         extra = {'verification': self.ctx.verification} if 'verification' in self.ctx else {}
         outputs = screening_results(self.ctx.hull, **extra)
-        self.out(
-            'candidates',
-            {key[len('candidate_') :]: node for key, node in outputs.items() if key.startswith('candidate_')},
-        )
+        names = sorted(self.ctx.hull.get_dict()['candidates'])
+        verified = sorted(extra['verification'].get_dict()['candidates']) if extra else []
+        unverified = sorted(set(names) - set(verified))
+        candidates = {}
+        for group, inputs in ((unverified, {}), (verified, extra)):  # the verification only behind the verified
+            if group:
+                made = record_candidates(self.ctx.hull, orm.List(group), **inputs)
+                candidates.update({key[len('candidate_') :]: node for key, node in made.items()})
+        self.out('candidates', candidates)
         for key in ('table', 'plot', 'summary'):
             self.out(key, outputs[key])
         summary = outputs['summary']

@@ -362,27 +362,61 @@ CANDIDATE_UNITS = {
 }  # fmt: skip
 
 
-@calcfunction
-def screening_results(hull: orm.Dict, **verification: orm.Dict) -> dict[str, orm.Data]:
-    """One queryable node per candidate, the CSV table and the hull plot (PNG)."""
-    from aiida_mlmat.hull.plot import plot_hull, stability_class, write_table
-
+def _candidate_rows(hull: orm.Dict, verification: dict[str, orm.Dict]) -> dict[str, dict[str, Any]]:
+    """Every candidate's attributes by name: the screening hull's and, for a verified one, the verification's."""
     data = hull.get_dict()
     checked = verification['verification'].get_dict()['candidates'] if 'verification' in verification else {}
     rows: dict[str, dict[str, Any]] = {}
-    outputs: dict[str, orm.Data] = {}
-    used: set[str] = set()
     for name in sorted(data['candidates']):
         entry = {'name': name, **data['candidates'][name], **checked.get(name, {})}
         entry.pop('members', None)
         entry.setdefault('reason', '')
         entry['units'] = CANDIDATE_UNITS
         rows[name] = entry
+    return rows
+
+
+def candidate_link_labels(names: list[str]) -> dict[str, str]:
+    """The output link label of every candidate (unique over the whole screening, whichever step makes it)."""
+    labels: dict[str, str] = {}
+    used: set[str] = set()
+    for name in sorted(names):
         label = link_label(name)
         while label in used:
             label += '_'
         used.add(label)
-        outputs[f'candidate_{label}'] = ScreenedCandidateData(_jsonable(entry))
+        labels[name] = label
+    return labels
+
+
+@calcfunction
+def record_candidates(hull: orm.Dict, names: orm.List, **verification: orm.Dict) -> dict[str, ScreenedCandidateData]:
+    """One queryable node per named candidate (output ``candidate_<label>``).
+
+    Called once for the candidates that were not verified (the hull alone is their provenance) and once, with the
+    ``verification`` input, for those that were: a candidate's provenance holds the reference verification only
+    when it was verified.
+    """
+    rows = _candidate_rows(hull, verification)
+    labels = candidate_link_labels(list(rows))
+    checked = verification['verification'].get_dict()['candidates'] if 'verification' in verification else {}
+    outputs = {}
+    for name in names.get_list():
+        if bool(checked) != (name in checked):
+            raise ValueError(f'candidate {name}: give the verification exactly for the verified candidates')
+        outputs[f'candidate_{labels[name]}'] = ScreenedCandidateData(_jsonable(rows[name]))
+    return outputs
+
+
+@calcfunction
+def screening_results(hull: orm.Dict, **verification: orm.Dict) -> dict[str, orm.Data]:
+    """The CSV table, the hull plot (PNG) and the summary of a screening (the candidate nodes:
+    :func:`record_candidates`)."""
+    from aiida_mlmat.hull.plot import plot_hull, stability_class, write_table
+
+    data = hull.get_dict()
+    rows = _candidate_rows(hull, verification)
+    outputs: dict[str, orm.Data] = {}
     with tempfile.TemporaryDirectory() as tmp:
         table = Path(tmp) / 'screening.csv'
         write_table(rows, str(table))

@@ -60,6 +60,12 @@ def test_pipeline_runs_every_stage_and_reports(submit_and_await, worker_code, tm
     assert hull.outputs.summary['units']['e_above_hull'] == 'eV/atom'
     candidates = list(hull.outputs.candidates.values())
     assert candidates and all(c.base.attributes.get('units')['e_above_hull'] == 'eV/atom' for c in candidates)
+    # the reference verification is in a candidate's provenance exactly when that candidate was verified
+    verified = [c for c in candidates if 'reference_e_above_hull' in c.base.attributes.all]
+    assert len(verified) == 2 and len(candidates) > 2
+    for candidate in candidates:
+        inputs = {link.link_label for link in candidate.creator.base.links.get_incoming().all()}
+        assert ('verification' in inputs) == (candidate in verified), candidate.name
     # One iteration stops at max_iterations before labelling: the loop's set is the reference data, exactly.
     assert summary['active_learning']['labels_added'] == 0
     assert node.outputs.training_set.count == node.outputs.dataset.count + summary['active_learning']['labels_added']
