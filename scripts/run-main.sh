@@ -8,12 +8,6 @@ source scripts/bootstrap.sh
 export AIIDA_PATH="${AIIDA_PATH:-$root/.aiida-local}"
 mkdir -p "$AIIDA_PATH"
 mlmat setup --profile mlmat-demo
-mlmat -p mlmat-demo run examples/pipeline-cuau-emt.yaml --out .aiida-local/report --wait --json | tee .aiida-local/last-run.json
-python - <<'PY'
-import json
-result = json.loads(open('.aiida-local/last-run.json').read().strip().splitlines()[-1])
-from aiida_mlmat.cli.pipeline import headline
-print('\n'.join(headline(result.get('summary', {}))))
-print(f"report: {result['summary_md']}")
-PY
+# progress (every step's report) on stderr; the headline figures and the report's path on stdout
+mlmat -p mlmat-demo run examples/pipeline-cuau-emt.yaml --out .aiida-local/report --wait
 echo "the daemon keeps running for more work; stop it with: AIIDA_PATH=$AIIDA_PATH verdi -p mlmat-demo daemon stop"
