@@ -113,7 +113,9 @@ def select_for_labelling(
     for position, frame in enumerate(queue):
         frame.info[INDEX_KEY] = position
         frame.info[ITERATION_KEY] = iteration.value
-    return ConfigurationSetData(queue)
+    queued = ConfigurationSetData(queue)
+    queued.label = f'labelling queue of active-learning iteration {iteration.value}'
+    return queued
 
 
 @calcfunction
@@ -176,6 +178,14 @@ def merge_labels(
         outputs['labelled'] = ConfigurationSetData(labelled, calculator=calculator.get_dict(), excluded=excluded)
     if pending:
         outputs['pending'] = ConfigurationSetData(pending)
+    names = {
+        'training_set': 'training set after active-learning iteration {}',
+        'labelled': 'labels of active-learning iteration {}',
+        'pending': 'hull candidates pending after active-learning iteration {}',
+    }
+    for key, text in names.items():
+        if key in outputs:
+            outputs[key].label = text.format(iteration.value)
     return outputs
 
 

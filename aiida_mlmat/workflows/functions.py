@@ -18,7 +18,9 @@ from aiida_mlmat.worker.structures import build_seeds
 @calcfunction
 def build_seed_set(elements: orm.List) -> ConfigurationSetData:
     """Seeds for a chemical system from its elements: fcc, bcc, hcp phases and simple ordered alloys."""
-    return ConfigurationSetData(build_seeds(elements.get_list()))
+    seeds = ConfigurationSetData(build_seeds(elements.get_list()))
+    seeds.label = f'seed structures ({"-".join(elements.get_list())})'
+    return seeds
 
 
 @calcfunction
@@ -81,7 +83,9 @@ def collect_labels(calculator: orm.Dict, failures: orm.Dict, **chunks: Configura
     """
     frames, excluded = gather_chunks(chunks, failures.get_dict())
     excluded.sort(key=lambda record: record['index'])
-    return ConfigurationSetData(frames, calculator=calculator.get_dict(), excluded=excluded)
+    labelled = ConfigurationSetData(frames, calculator=calculator.get_dict(), excluded=excluded)
+    labelled.label = f'labelled by {calculator.get("name")}'
+    return labelled
 
 
 @calcfunction

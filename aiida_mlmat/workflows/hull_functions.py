@@ -74,7 +74,9 @@ def generate_candidate_set(elements: orm.List, settings: orm.Dict) -> Configurat
         kwargs['lattices'] = tuple(kwargs['lattices'])
     items = generate_candidates(list(elements.get_list()), **kwargs)
     frames = [_plain(_structure_to_atoms(structure), name, 'candidate', i) for i, (name, structure) in enumerate(items)]
-    return ConfigurationSetData(frames)
+    candidates = ConfigurationSetData(frames)
+    candidates.label = f'generated screening candidates ({"-".join(elements.get_list())})'
+    return candidates
 
 
 @calcfunction

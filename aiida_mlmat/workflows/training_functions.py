@@ -58,6 +58,7 @@ def split_dataset(
         if not subset:
             raise ValueError(f'the {name} split is empty: {len(frames)} configurations are too few for the fractions')
         out[name] = ConfigurationSetData(subset, calculator=configurations.calculator)  # labels made by it
+        out[name].label = f'{name} split'
     return out
 
 
@@ -66,7 +67,9 @@ def bootstrap_sample(configurations: ConfigurationSetData, seed: orm.Int) -> Con
     """A bootstrap resample (with replacement, same size) of a set, for an ensemble member."""
     frames = configurations.get_atoms()
     picks = np.random.default_rng(seed.value).integers(0, len(frames), size=len(frames))
-    return ConfigurationSetData([frames[i] for i in sorted(picks)], calculator=configurations.calculator)
+    sample = ConfigurationSetData([frames[i] for i in sorted(picks)], calculator=configurations.calculator)
+    sample.label = f'bootstrap sample (seed {seed.value})'
+    return sample
 
 
 def _parity_plot(reference: np.ndarray, predicted: np.ndarray, std: np.ndarray | None, label: str, path: str) -> None:

@@ -165,6 +165,8 @@ def test_loop_adds_data_where_the_ensemble_disagrees_and_the_error_falls(
     first, last = iterations
     final = node.outputs.training_set
     assert final.count == near_equilibrium.count + first['counts']['labelled'] == last['counts']['training']
+    assert final.label == 'training set after active-learning iteration 1'  # `verdi data mlmat list` tells sets apart
+    assert last['training_set'] == final.uuid and first['training_set'] == near_equilibrium.uuid
     assert first['counts']['training'] == near_equilibrium.count
     assert first['counts']['queued_hull'] == 3 and 1 <= first['counts']['selected'] <= 6
     assert first['counts']['labelled'] == first['counts']['selected'] + 2 and first['counts']['failed'] == 1
