@@ -27,6 +27,7 @@ import datetime
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -535,16 +536,31 @@ def export_node(
         'exported': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
         'versions': software_versions(),
     }
-    # Written into a hidden folder beside the target and renamed at the end: an export that fails leaves nothing.
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.partial-', dir=directory.parent))
+    # An export that fails leaves nothing behind. A new folder is written as a hidden sibling and renamed at the end
+    # (with the permissions a new folder gets); an existing empty one (`.`, a mount point) is written in place and
+    # emptied again on failure.
+    directory = directory.resolve()
+    if directory.exists():
+        target = directory
+    else:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        target = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.partial-', dir=directory.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        target.chmod(0o777 & ~umask)
     try:
-        manifest = _write_export(node, partial, chain, common)
-        if directory.exists():
-            directory.rmdir()  # empty, checked above
-        partial.rename(directory)
+        manifest = _write_export(node, target, chain, common)
+        if target != directory:
+            target.rename(directory)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        if target != directory:
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            for child in list(target.iterdir()):
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink()
         raise
     return manifest
 

@@ -160,7 +160,9 @@ def reference_calculations(node: PotentialData | ConfigurationSetData) -> list[R
 
     Every ``mlmat.label`` and aiida-ase ``ase.ase`` CalcJob among the node's data-provenance ancestors
     (anywhere upstream: through splits, bootstrap samples, merges and earlier active-learning rounds); for a set
-    made by a labelling job, that job too.
+    made by a labelling job, that job too. For a subset (a split, a bootstrap sample) that is every job upstream
+    of the set it was taken from, also those whose labels did not end up in it; to follow one configuration, use
+    :func:`potentials_trained_on` and :func:`configuration_key`.
 
     >>> [(r.calculator, r.parameters) for r in reference_calculations(potential)]   # doctest: +SKIP
     [('emt', {}), ('emt', {})]
@@ -290,7 +292,8 @@ class TrainedOn:
 
     ``role``: ``train`` (its weights were fitted to it), ``validation`` (it only steered early stopping and the
     learning-rate schedule), or ``warm start`` (it was fitted into the weights this potential started from). For an
-    ensemble, ``members`` are the indices of the members with that role.
+    ensemble, ``members`` are the positions (from 0) of the members with that role, in the order the ensemble holds
+    them (``make_ensemble``'s ``member_*`` inputs sorted by name).
     """
 
     potential: PotentialData
@@ -328,12 +331,32 @@ def potentials_trained_on(configuration: Any) -> list[TrainedOn]:
             raise IndexError(f'configuration {index} is outside the set of {len(frames)}')
         configuration = frames[int(index)]
     key = configuration_key(configuration)
+    formula = configuration.get_chemical_formula()
     keys: dict[str, set[str]] = {}
 
     def holds(dataset: Any) -> bool:
+        if formula not in (dataset.base.attributes.get('formulas', None) or [formula]):
+            return False  # the stored formulas answer without reading the file
         if dataset.uuid not in keys:
             keys[dataset.uuid] = {configuration_key(frame) for frame in dataset.get_atoms()}
         return key in keys[dataset.uuid]
+
+    def started_from(calc: orm.CalcJobNode) -> str | None:
+        """The member potential a warm-started job took its weights from (the ensemble's ``initial_member``)."""
+        start = _input(calc, 'potential')
+        if start is None:
+            return None
+        creator = start.creator
+        if creator is None or creator.process_label != 'make_ensemble':
+            return start.uuid
+        members = sorted(
+            (link.link_label, link.node.uuid)
+            for link in creator.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all()
+            if link.link_label.startswith('member_')
+        )
+        chosen = _input(calc, 'initial_member')
+        position = chosen.value if isinstance(chosen, orm.Int) else 0
+        return members[position][1] if 0 <= position < len(members) else None
 
     calcs = (
         orm.QueryBuilder().append(orm.CalcJobNode, filters={'process_type': MLMAT_TRAIN}, project='*').all(flat=True)
@@ -344,10 +367,11 @@ def potentials_trained_on(configuration: Any) -> list[TrainedOn]:
         if not outputs:
             continue
         member = outputs[0].node
-        train, validation, start = (_input(calc, name) for name in ('train', 'validation', 'potential'))
+        train, validation = _input(calc, 'train'), _input(calc, 'validation')
+        start = started_from(calc)
         if train is not None and holds(train):
             roles[member.uuid] = ('train', member)
-        elif start is not None and start.uuid in roles and roles[start.uuid][0] in ('train', 'warm start'):
+        elif start is not None and start in roles and roles[start][0] in ('train', 'warm start'):
             roles[member.uuid] = ('warm start', member)
         elif validation is not None and holds(validation):
             roles[member.uuid] = ('validation', member)

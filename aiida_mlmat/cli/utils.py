@@ -351,9 +351,11 @@ _ROUTINE_REPORT = re.compile(
 )
 
 
-def new_reports(node: Any, after: int, descendants: Sequence[Any] | None = None) -> list[tuple[int, str]]:
+def new_reports(node: Any, seen: set[int], descendants: Sequence[Any] | None = None) -> list[tuple[int, str]]:
     """The log messages (``self.report`` of a workflow, a calculation's warnings) of ``node`` and every process it
-    called, directly or not, stored after the log entry ``after``; in the order they were written.
+    called, directly or not, that are not in ``seen`` (log ids); in the order they were written. Every id fetched
+    is added to ``seen``, so each message comes once, also one written late (log ids of two daemon workers may
+    commit out of order) or by a child that was launched after the last call.
 
     :param descendants: ``node.called_descendants`` when the caller has them already.
     :return: ``(log id, line)`` pairs, each line naming its process (``ActiveLearningWorkChain<12>: iteration 1:
@@ -365,13 +367,20 @@ def new_reports(node: Any, after: int, descendants: Sequence[Any] | None = None)
     labels = {node.pk: f'{node.process_label}<{node.pk}>'}
     children = node.called_descendants if descendants is None else descendants
     labels.update({child.pk: f'{child.process_label}<{child.pk}>' for child in children})
-    query = orm.QueryBuilder().append(
+    ids = orm.QueryBuilder().append(
         orm.Log,
-        filters={'dbnode_id': {'in': list(labels)}, 'id': {'>': after}, 'levelname': {'!in': ['DEBUG', 'INFO']}},
-        project=['id', 'dbnode_id', 'levelname', 'message'],
+        filters={'dbnode_id': {'in': list(labels)}, 'levelname': {'!in': ['DEBUG', 'INFO']}},
+        project=['id'],
     )
+    fresh = sorted(set(ids.all(flat=True)) - seen)
+    if not fresh:
+        return []
+    rows = orm.QueryBuilder().append(
+        orm.Log, filters={'id': {'in': fresh}}, project=['id', 'dbnode_id', 'levelname', 'message']
+    )
+    seen.update(fresh)
     lines = []
-    for log_id, pk, level, message in sorted(query.all(), key=lambda row: row[0]):
+    for log_id, pk, level, message in sorted(rows.all(), key=lambda row: row[0]):
         prefix = '' if level == 'REPORT' else f'{level}: '
         message = _REPORT_PREFIX.sub('', message, count=1)  # `[pk|label|step]: ` of a workflow's report
         if level == 'REPORT' and _ROUTINE_REPORT.match(message):
@@ -383,14 +392,11 @@ def new_reports(node: Any, after: int, descendants: Sequence[Any] | None = None)
 def _poll_until_terminated(node: Any, start: float, quiet: bool, poll: float, timeout: float | None) -> None:
     """Print a status line when it changes, and every report of the process and its children as it is written."""
     last = ''
-    seen = 0
+    seen: set[int] = set()
 
-    def echo_reports(descendants: Sequence[Any] | None = None) -> int:
-        newest = seen
-        for log_id, text in new_reports(node, seen, descendants):
+    def echo_reports(descendants: Sequence[Any] | None = None) -> None:
+        for _, text in new_reports(node, seen, descendants):
             click.echo(f'[{time.monotonic() - start:6.1f} s]   {text}', err=True)
-            newest = log_id
-        return newest
 
     while not node.is_terminated:
         if timeout is not None and time.monotonic() - start > timeout:
@@ -407,7 +413,7 @@ def _poll_until_terminated(node: Any, start: float, quiet: bool, poll: float, ti
             click.echo(line, err=True)
             last = line.split('] ', 1)[1]
         if not quiet:
-            seen = echo_reports(descendants)
+            echo_reports(descendants)
         time.sleep(poll)
     if not quiet:
         echo_reports()  # what was written in the last interval

@@ -146,8 +146,11 @@ def card_markdown(card: dict[str, Any]) -> str:
         '## Test metrics',
         '',
     ]
-    for key, value in sorted((card.get('metrics') or {}).items()):
-        lines.append(f'- {key}: {value:.6g}' if isinstance(value, float) else f'- {key}: {value}')
+    metrics = dict(card.get('metrics') or {})
+    units = metrics.pop('units', None) or {'energy': 'eV/atom', 'forces': 'eV/Å', 'stress': 'eV/Å^3'}
+    for key, value in sorted(metrics.items()):
+        unit = next((f' {units[kind]}' for kind in units if key.startswith(kind)), '')
+        lines.append(f'- {key}: {value:.6g}{unit}' if isinstance(value, float) else f'- {key}: {value}')
     training = card.get('training') or {}
     members = training.get('members') or [training]
     hyper = members[0].get('hyperparameters') if members and isinstance(members[0], dict) else None

@@ -436,7 +436,11 @@ def screening_results(hull: orm.Dict, **verification: orm.Dict) -> dict[str, orm
         'n_unconverged': sum(not row.get('converged', True) for row in ok),
         'n_members': data['n_members'],
         'references': data['references'],
-        'units': {'energy_per_atom': 'eV/atom', 'e_above_hull': 'eV/atom', 'mae': 'eV/atom', 'rmse': 'eV/atom'},
+        'units': {
+            'references.energy_per_atom': 'eV/atom',
+            'verification.mae': 'eV/atom',
+            'verification.rmse': 'eV/atom',
+        },
     }
     if 'verification' in verification:
         summary['verification'] = verification['verification'].get_dict()['metrics']

@@ -98,7 +98,8 @@ class IdempotentLaunchMixin:
         (``pipeline-cuau-emt/active_learning/training_2``), so that ``verdi process list -P pk process_label label``
         tells the children of different steps and iterations apart."""
         own = self.node.label  # type: ignore[attr-defined]
-        return (f'{own}/{step}' if own else step)[:MAX_LABEL]
+        text = f'{own}/{step}' if own else step
+        return text if len(text) <= MAX_LABEL else '…' + text[-(MAX_LABEL - 1) :]  # keep the telling end
 
     def submit(self, process: Any, inputs: dict[str, Any] | None = None, **kwargs: Any) -> orm.ProcessNode:
         """Submit a child, or return the one this workchain already submitted under the same call-link label.

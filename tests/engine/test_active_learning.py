@@ -324,3 +324,50 @@ def test_protocols_set_the_adaptive_bound_where_labels_are_dear(worker_code, nea
         selection = builder.selection
         quantiles[protocol] = selection.lower_quantile.value if 'lower_quantile' in selection else None
     assert quantiles == {'fast': None, 'balanced': 0.75, 'precise': 0.75}
+
+
+def test_potentials_trained_on_follow_warm_starts(submit_and_await, runs, near_equilibrium):
+    """A configuration that trained a member of iteration 1 but is in neither split input of the iteration-2 member
+    that restarted from it is reported for that member as `warm start` (its weights carry it)."""
+    from aiida.common.links import LinkType
+
+    from aiida_mlmat import query
+
+    node = submit_and_await(runs['main'], timeout=900)
+    assert node.is_finished_ok, reports(node)
+    train_calcs = [
+        n for n in node.called_descendants if n.process_type == query.MLMAT_TRAIN and 'potential' in n.outputs
+    ]
+
+    def keys(dataset):
+        return {query.configuration_key(atoms) for atoms in dataset.get_atoms()}
+
+    def starting_member(calc):
+        ensemble = calc.inputs.potential
+        members = sorted(
+            (link.link_label, link.node.uuid)
+            for link in ensemble.creator.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all()
+            if link.link_label.startswith('member_')
+        )
+        return members[calc.inputs.initial_member.value][1]
+
+    first = {c.outputs.potential.uuid: c for c in train_calcs if 'potential' not in c.inputs}
+    second = [c for c in train_calcs if 'potential' in c.inputs]
+    assert len(first) == len(second) == 2  # two members, the second iteration's restarted from the first's
+    warm_seen = 0
+    for atoms in near_equilibrium.get_atoms():
+        key = query.configuration_key(atoms)
+        hits = {hit.potential.uuid: hit.role for hit in query.potentials_trained_on(atoms)}
+        for calc in second:
+            start = first[starting_member(calc)]
+            if key in keys(calc.inputs.train):
+                expected = 'train'
+            elif key in keys(start.inputs.train):
+                expected = 'warm start'
+            elif key in keys(calc.inputs.validation):
+                expected = 'validation'
+            else:
+                expected = None
+            assert hits.get(calc.outputs.potential.uuid) == expected
+            warm_seen += expected == 'warm start'
+    assert warm_seen > 0, 'some configuration reaches an iteration-2 member only through its starting weights'

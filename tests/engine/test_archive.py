@@ -339,3 +339,15 @@ def test_an_export_that_fails_leaves_nothing_behind(graph, tmp_path, monkeypatch
     monkeypatch.undo()
     manifest = archive.export_node(graph[CANDIDATE], target)
     assert manifest['models'] and verify_export(target)['files'] == len(manifest['files'])
+    # a new folder gets the permissions any new folder gets (not the private ones of a temporary folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    fresh = tmp_path / 'fresh'
+    archive.export_node(graph[CANDIDATE], fresh)
+    assert fresh.stat().st_mode & 0o777 == 0o777 & ~umask
+    # the current directory, empty, is a valid target too
+    here = tmp_path / 'here'
+    here.mkdir()
+    monkeypatch.chdir(here)
+    archive.export_node(graph[CANDIDATE], '.')
+    assert (here / 'MANIFEST.json').is_file() and verify_export(here)['node'] == graph[CANDIDATE].uuid

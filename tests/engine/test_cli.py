@@ -59,7 +59,8 @@ def test_reference_wait_json_and_dataset_round_trip(started_daemon_client, worke
     assert process.outputs.configurations.uuid == node.uuid
 
     # `--wait` without --json prints the reports of the workflow and of the processes it called, each once, in order
-    reports = [text for _, text in new_reports(process, 0)]
+    seen: set[int] = set()
+    reports = [text for _, text in new_reports(process, seen)]
     assert reports[0].startswith(f'ReferenceWorkChain<{process.pk}>: sampling 1 seeds in SampleCalculation<')
     assert reports[-1] == (f'ReferenceWorkChain<{process.pk}>: labelled set {node.uuid}: 7 configurations, 0 excluded')
     assert any(text.startswith(f'ReferenceWorkChain<{process.pk}>: labelling 7 configurations') for text in reports)
@@ -67,8 +68,8 @@ def test_reference_wait_json_and_dataset_round_trip(started_daemon_client, worke
     assert not any('remote folders will not be cleaned' in text or 'iteration #1' in text for text in reports)
     raw = [log.message for child in process.called_descendants for log in orm.Log.collection.get_logs_for(child)]
     assert any('remote folders will not be cleaned' in message for message in raw)  # they were there to leave out
-    last_id = max(log_id for log_id, _ in new_reports(process, 0))
-    assert new_reports(process, last_id) == []
+    assert seen and new_reports(process, seen) == []  # each message once
+    assert [text for _, text in new_reports(process, set())] == reports
     wait_for(process)  # ended already: the status line is skipped, the reports are printed once
     printed = capsys.readouterr().err.splitlines()
     assert [line.split('s]   ', 1)[1] for line in printed if 's]   ' in line] == reports

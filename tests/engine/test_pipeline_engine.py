@@ -57,7 +57,7 @@ def test_pipeline_runs_every_stage_and_reports(submit_and_await, worker_code, tm
     # units travel with the numbers: the summary, the screening summary and every candidate node
     assert summary['units'] == {'energy': 'eV/atom', 'forces': 'eV/Å', 'stress': 'eV/Å^3', 'e_above_hull': 'eV/atom'}
     hull = node.base.links.get_outgoing(link_type=LinkType.CALL_WORK, link_label_filter='screening').one().node
-    assert hull.outputs.summary['units']['e_above_hull'] == 'eV/atom'
+    assert hull.outputs.summary['units']['verification.mae'] == 'eV/atom'
     candidates = list(hull.outputs.candidates.values())
     assert candidates and all(c.base.attributes.get('units')['e_above_hull'] == 'eV/atom' for c in candidates)
     # the reference verification is in a candidate's provenance exactly when that candidate was verified

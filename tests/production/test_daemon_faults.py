@@ -126,6 +126,9 @@ def test_daemon_sigkill_mid_workflow_loses_nothing(
     # Same training metrics and learning curves (same seeds, same data: deterministic).
     metrics, calm_metrics = training.outputs.metrics.get_dict(), calm['training'].outputs.metrics.get_dict()
     assert metrics.keys() == calm_metrics.keys()
+    assert (
+        metrics.pop('units') == calm_metrics.pop('units') == {'energy': 'eV/atom', 'forces': 'eV/Å', 'stress': 'eV/Å^3'}
+    )
     for key, value in calm_metrics.items():
         assert metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-12), key
     assert training.outputs.potential.n_members == 2
