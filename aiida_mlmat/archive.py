@@ -447,12 +447,8 @@ def _dataset_card(node: Any, files: dict[str, str], common: dict[str, Any]) -> d
 
 
 def _model_card(node: Any, files: dict[str, str], common: dict[str, Any]) -> dict[str, Any]:
-    from aiida_mlmat.query import reference_calculations, training_dataset
+    from aiida_mlmat.query import reference_calculators, training_dataset
 
-    seen: dict[str, dict[str, Any]] = {}
-    for record in reference_calculations(node):
-        spec = {'name': record.calculator, 'parameters': record.parameters}
-        seen.setdefault(json.dumps(spec, sort_keys=True), spec)
     dataset = training_dataset(node)
     attributes = node.base.attributes
     return {
@@ -463,7 +459,7 @@ def _model_card(node: Any, files: dict[str, str], common: dict[str, Any]) -> dic
         'creator': _creator(node, common['creator']),
         'licence': common['licence'],
         'exported': common['exported'],
-        'calculators': [seen[key] for key in sorted(seen)],
+        'calculators': reference_calculators(node),
         'summary': {
             'architecture': attributes.get('architecture'),
             'species': attributes.get('species'),

@@ -184,6 +184,17 @@ def reference_calculations(node: PotentialData | ConfigurationSetData) -> list[R
     return [_reference_record(calc) for calc in nodes]
 
 
+def reference_calculators(node: PotentialData | ConfigurationSetData) -> list[dict[str, Any]]:
+    """The distinct calculators ``{'name', 'parameters'}`` of :func:`reference_calculations`, sorted."""
+    import json
+
+    specs = {}
+    for record in reference_calculations(node):
+        spec = {'name': record.calculator, 'parameters': record.parameters}
+        specs.setdefault(json.dumps(spec, sort_keys=True), spec)
+    return [specs[key] for key in sorted(specs)]
+
+
 def _label_calculations(calculator: str) -> list[orm.CalcJobNode]:
     """Label CalcJobs (both paths) that ran the registry calculator ``calculator``."""
     from aiida_mlmat.workflows.reference import ASE_PATH_CALCULATORS
@@ -262,6 +273,18 @@ def training_dataset(potential: PotentialData) -> ConfigurationSetData | None:
     for node in _nearest_ancestors(potential, lambda n: isinstance(n, ConfigurationSetData) and n.sha256 == digest):
         return node
     return None
+
+
+def _ensemble_members(make_ensemble: orm.ProcessNode) -> list[str]:
+    """The member potentials (UUIDs) of a ``make_ensemble`` call in the order the ensemble holds them: its
+    ``member_*`` inputs sorted by link label, as the calcfunction sorts them."""
+    links = make_ensemble.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all()
+    return [
+        uuid
+        for _, uuid in sorted(
+            (link.link_label, link.node.uuid) for link in links if link.link_label.startswith('member_')
+        )
+    ]
 
 
 #: Process type of the CalcJob that trains one member.
@@ -349,14 +372,10 @@ def potentials_trained_on(configuration: Any) -> list[TrainedOn]:
         creator = start.creator
         if creator is None or creator.process_label != 'make_ensemble':
             return start.uuid
-        members = sorted(
-            (link.link_label, link.node.uuid)
-            for link in creator.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all()
-            if link.link_label.startswith('member_')
-        )
+        members = _ensemble_members(creator)
         chosen = _input(calc, 'initial_member')
         position = chosen.value if isinstance(chosen, orm.Int) else 0
-        return members[position][1] if 0 <= position < len(members) else None
+        return members[position] if 0 <= position < len(members) else None
 
     calcs = (
         orm.QueryBuilder().append(orm.CalcJobNode, filters={'process_type': MLMAT_TRAIN}, project='*').all(flat=True)
@@ -382,12 +401,7 @@ def potentials_trained_on(configuration: Any) -> list[TrainedOn]:
             if link.node.process_label != 'make_ensemble' or not link.link_label.startswith('member_'):
                 continue
             made = link.node.base.links.get_outgoing(link_type=LinkType.CREATE).all()
-            inputs = sorted(
-                (entry.link_label, entry.node.uuid)
-                for entry in link.node.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all()
-                if entry.link_label.startswith('member_')
-            )
-            position = [uuid for _, uuid in inputs].index(member.uuid)
+            position = _ensemble_members(link.node).index(member.uuid)
             for output in made:
                 record = ensembles.setdefault(output.node.uuid, {'node': output.node, 'roles': {}})
                 record['roles'].setdefault(role, []).append(position)

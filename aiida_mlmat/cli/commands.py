@@ -409,17 +409,14 @@ def potential_show(profile: str | None, identifier: str, json_output: bool) -> N
     load_profile(profile)
     import json
 
+    from aiida_mlmat.common.constants import metric_unit
     from aiida_mlmat.data.potential import PotentialData
-    from aiida_mlmat.query import reference_calculations, training_dataset
+    from aiida_mlmat.query import reference_calculators, training_dataset
 
     node = load_node(identifier, PotentialData)
     attributes = node.base.attributes
     dataset = training_dataset(node)
-    calculators: list[dict[str, Any]] = []
-    for record in reference_calculations(node):
-        spec = {'name': record.calculator, 'parameters': record.parameters}
-        if spec not in calculators:
-            calculators.append(spec)
+    calculators = reference_calculators(node)
     creator = node.creator
     result: dict[str, Any] = {
         'potential': node.uuid,
@@ -449,13 +446,12 @@ def potential_show(profile: str | None, identifier: str, json_output: bool) -> N
     click.echo(f'{"architecture":>24}: {result["architecture"]}, cutoff {result["cutoff_angstrom"]} Å')
     click.echo(f'{"species":>24}: {", ".join(result["species"] or [])}')
     click.echo(f'{"members":>24}: {result["n_members"]}')
-    units = result['metrics'].get('units') or {'energy': 'eV/atom', 'forces': 'eV/Å', 'stress': 'eV/Å^3'}
+    units = result['metrics'].get('units')
     for key, value in result['metrics'].items():
         if key == 'units':
             continue
-        unit = next((units[kind] for kind in units if key.startswith(kind)), '')
-        text = f'{value:.5g}' if isinstance(value, float) else str(value)
-        click.echo(f'{key:>24}: {text} {unit}'.rstrip())
+        text = f'{value:.5g} {metric_unit(key, units)}'.rstrip() if isinstance(value, float) else str(value)
+        click.echo(f'{key:>24}: {text}')
     if dataset is None:
         click.echo(f'{"training set":>24}: not in this profile')
     else:

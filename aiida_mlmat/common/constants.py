@@ -12,6 +12,16 @@ UNITS: dict[str, str] = {
     'time': 'fs',
 }
 
+#: Units of error metrics by the quantity their key starts with (``energy_rmse_per_atom``, ``forces_mae``, ...).
+METRICS_UNITS: dict[str, str] = {'energy': 'eV/atom', 'forces': 'eV/Å', 'stress': 'eV/Å^3'}
+
+
+def metric_unit(key: str, units: dict[str, str] | None = None) -> str:
+    """The unit of the metric ``key`` (``forces_rmse`` -> ``eV/Å``), '' for a count or an unknown key."""
+    table = units or METRICS_UNITS
+    return next((table[kind] for kind in table if key.startswith(kind)), '')
+
+
 #: Label keys a labelled configuration may carry.
 LABEL_KEYS: tuple[str, ...] = ('energy', 'forces', 'stress')
 

@@ -146,11 +146,13 @@ def card_markdown(card: dict[str, Any]) -> str:
         '## Test metrics',
         '',
     ]
+    from aiida_mlmat.common.constants import metric_unit
+
     metrics = dict(card.get('metrics') or {})
-    units = metrics.pop('units', None) or {'energy': 'eV/atom', 'forces': 'eV/Å', 'stress': 'eV/Å^3'}
+    units = metrics.pop('units', None)
     for key, value in sorted(metrics.items()):
-        unit = next((f' {units[kind]}' for kind in units if key.startswith(kind)), '')
-        lines.append(f'- {key}: {value:.6g}{unit}' if isinstance(value, float) else f'- {key}: {value}')
+        text = f'{value:.6g} {metric_unit(key, units)}'.rstrip() if isinstance(value, float) else str(value)
+        lines.append(f'- {key}: {text}')
     training = card.get('training') or {}
     members = training.get('members') or [training]
     hyper = members[0].get('hyperparameters') if members and isinstance(members[0], dict) else None

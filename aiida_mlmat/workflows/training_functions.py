@@ -9,6 +9,7 @@ import numpy as np
 from aiida import orm
 from aiida.engine import calcfunction
 
+from aiida_mlmat.common.constants import METRICS_UNITS
 from aiida_mlmat.data.configurations import ConfigurationSetData
 from aiida_mlmat.data.potential import PotentialData
 
@@ -90,10 +91,6 @@ def _parity_plot(reference: np.ndarray, predicted: np.ndarray, std: np.ndarray |
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
-
-
-#: The units of the test metrics (``energy_*_per_atom``, ``forces_*``, ``stress_*``).
-METRICS_UNITS = {'energy': 'eV/atom', 'forces': 'eV/Å', 'stress': 'eV/Å^3'}
 
 
 @calcfunction
