@@ -39,6 +39,8 @@ from aiida_mlmat.data.screening import ScreenedCandidateData
 MLMAT_LABEL = 'aiida.calculations:mlmat.label'
 ASE_LABEL = 'aiida.calculations:ase.ase'
 LABEL_PROCESS_TYPES = (MLMAT_LABEL, ASE_LABEL)
+#: Process type of the sampling CalcJob (its MD calculator sits in its ``parameters``).
+MLMAT_SAMPLE = 'aiida.calculations:mlmat.sample'
 
 #: Links followed backwards by :func:`provenance_chain`: data provenance and the workflows around it.
 CHAIN_LINK_TYPES = (
@@ -134,8 +136,10 @@ def _ase_calculator(parameters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 def calculator_of(process: orm.ProcessNode) -> dict[str, Any] | None:
     """The calculator ``{'name': ..., 'parameters': {...}}`` a process ran with, or None if it takes none.
 
-    Read from the ``calculator`` input (mlmat CalcJobs and workflows) or, for aiida-ase ``ase.ase`` jobs, from
-    their ``parameters`` input, named as in the mlmat registry (``emt``, ``lj``, ``gpaw``).
+    Read from the ``calculator`` input (mlmat CalcJobs and workflows); for ``mlmat.sample`` jobs, from the MD
+    calculator of their ``parameters`` (``md.calculator``); for aiida-ase ``ase.ase`` jobs, from their
+    ``parameters`` input, named as in the mlmat registry (``emt``, ``lj``, ``gpaw``). With the calculator ``mlmat``
+    the trained model is the process's ``potential`` input (:func:`potential_of`).
     """
     if process.process_type == ASE_LABEL:
         parameters = _input(process, 'parameters')
@@ -146,8 +150,21 @@ def calculator_of(process: orm.ProcessNode) -> dict[str, Any] | None:
     spec = _input(process, 'calculator')
     if isinstance(spec, orm.Dict):
         value = spec.get_dict()
-        return {'name': value.get('name'), 'parameters': dict(value.get('parameters') or {})}
-    return None
+    elif process.process_type == MLMAT_SAMPLE:
+        parameters = _input(process, 'parameters')
+        md = parameters.get_dict().get('md') if isinstance(parameters, orm.Dict) else None
+        value = md.get('calculator') if isinstance(md, dict) else None
+        if not isinstance(value, dict):
+            return None
+    else:
+        return None
+    return {'name': value.get('name'), 'parameters': dict(value.get('parameters') or {})}
+
+
+def potential_of(process: orm.ProcessNode) -> PotentialData | None:
+    """The trained potential a process ran with (its ``potential`` input), or None."""
+    node = _input(process, 'potential')
+    return node if isinstance(node, PotentialData) else None
 
 
 def _reference_record(node: orm.CalcJobNode) -> ReferenceCalculation:
@@ -309,6 +326,30 @@ def configuration_key(atoms: Any) -> str:
     return digest.hexdigest()
 
 
+#: The extra of a configuration set that caches its configurations' keys (:func:`configuration_keys`), and the
+#: number of hexadecimal digits kept of each key (80 bits: no two configurations of a profile share them in practice).
+KEY_EXTRA = 'mlmat_configuration_keys'
+KEY_EXTRA_LENGTH = 20
+
+
+def configuration_keys(dataset: ConfigurationSetData) -> list[str]:
+    """The :func:`configuration_key` of every configuration of a set, in order, shortened to ``KEY_EXTRA_LENGTH``.
+
+    Computed once and cached in the set's extra ``KEY_EXTRA`` (a set's content never changes once stored; extras
+    are not part of its hash), so :func:`potentials_trained_on` reads each set's file only the first time it is
+    asked. A cache of the wrong length (an edited extra) is computed afresh.
+    """
+    cached = dataset.base.extras.get(KEY_EXTRA, None)
+    if isinstance(cached, list) and len(cached) == dataset.count:
+        return cached
+    computed = [configuration_key(frame)[:KEY_EXTRA_LENGTH] for frame in dataset.get_atoms()]
+    import contextlib
+
+    with contextlib.suppress(Exception):  # a cache: a storage that refuses the write only costs a re-read next time
+        dataset.base.extras.set(KEY_EXTRA, computed)
+    return computed
+
+
 @dataclass(frozen=True)
 class TrainedOn:
     """A potential that one configuration went into, and how.
@@ -361,8 +402,8 @@ def potentials_trained_on(configuration: Any) -> list[TrainedOn]:
         if formula not in (dataset.base.attributes.get('formulas', None) or [formula]):
             return False  # the stored formulas answer without reading the file
         if dataset.uuid not in keys:
-            keys[dataset.uuid] = {configuration_key(frame) for frame in dataset.get_atoms()}
-        return key in keys[dataset.uuid]
+            keys[dataset.uuid] = set(configuration_keys(dataset))
+        return key[:KEY_EXTRA_LENGTH] in keys[dataset.uuid]
 
     def started_from(calc: orm.CalcJobNode) -> str | None:
         """The member potential a warm-started job took its weights from (the ensemble's ``initial_member``)."""
@@ -583,6 +624,7 @@ def provenance_chain(node: orm.Node) -> dict[str, Any]:
                     'process_state': item.process_state.value if item.process_state else None,
                     'exit_status': item.exit_status,
                     'calculator': calculator_of(item),
+                    'potential': potential.uuid if (potential := potential_of(item)) is not None else None,
                 }
             )
         elif isinstance(item, ConfigurationSetData):

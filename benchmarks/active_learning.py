@@ -73,7 +73,7 @@ SPECIES = ['Cu', 'Au']
 #: Settings that make random selection's learning curves what they are: a run with ``--random-from`` must match them.
 RANDOM_SETTINGS = (
     'budget', 'initial', 'step', 'members', 'epochs', 'steps', 'warm_epochs', 'warm_learning_rate', 'temperatures',
-    'strains', 'pool_snapshots', 'held_out_snapshots', 'interval', 'seeds',
+    'strains', 'pool_snapshots', 'pool_repeats', 'held_out_snapshots', 'interval', 'seeds',
 )  # fmt: skip
 FRACTIONS_AU = (0.25, 0.5, 0.75)
 
@@ -121,6 +121,30 @@ def trajectories(
                     frames.append({'atoms': labelled(atoms), 'temperature_K': temperature, 'strain': strain})
                 seed += 1
     return frames
+
+
+#: Offset between the MD seeds of the repeats of a pool (the held-out set's trajectories start at seed + 10 000).
+REPEAT_SEED_STRIDE = 100_000
+
+
+def pool_trajectories(
+    temperatures: list[float],
+    strains: list[float],
+    snapshots: int | list[int],
+    interval: int,
+    seed: int,
+    repeats: int = 1,
+) -> list[dict[str, Any]]:
+    """The pool: :func:`trajectories` ``repeats`` times from independent seeds, one after the other.
+
+    Every repeat runs the same ladder with other decorations and other MD noise, so the pool grows while its mix of
+    conditions (the share of each temperature and strain) stays the same; the first repeat is the pool of one.
+    """
+    return [
+        record
+        for repeat in range(repeats)
+        for record in trajectories(temperatures, strains, snapshots, interval, seed + REPEAT_SEED_STRIDE * repeat)
+    ]
 
 
 BATCH_SIZE = 4
@@ -367,6 +391,11 @@ def main() -> None:
         help='snapshots per pool trajectory: one number, or one per temperature (an exploration-like pool that '
         'is mostly near-equilibrium frames, e.g. 40 8 8 8)',
     )  # fmt: skip
+    parser.add_argument(
+        '--pool-repeats', type=int, default=1,
+        help='independent pool trajectories per (composition, temperature, strain): a pool that many times larger '
+        'with the same mix of conditions (new decorations and MD noise; the first repeat is the pool of 1)',
+    )  # fmt: skip
     parser.add_argument('--held-out-snapshots', type=int, default=4, help='snapshots per held-out trajectory')
     parser.add_argument('--interval', type=int, default=10, help='MD steps between snapshots')
     parser.add_argument('--lower', type=float, default=0.02, help='lower trust bound (eV/Å)')
@@ -428,7 +457,8 @@ def main() -> None:
             lines = [line for line in args.random_from.read_text().splitlines() if line.startswith('{')]
             earlier = json.loads(lines[-1])
             settings = earlier['settings']  # a key it lacks (an older run) had the default, None
-            differ = [key for key in RANDOM_SETTINGS if settings.get(key) != vars(args)[key]]
+            defaults = {'pool_repeats': 1}  # runs from before the option had one pool
+            differ = [key for key in RANDOM_SETTINGS if settings.get(key, defaults.get(key)) != vars(args)[key]]
         except (OSError, IndexError, KeyError, ValueError) as error:
             parser.error(f'--random-from {args.random_from}: not the output of this benchmark ({error!r})')
         if differ:
@@ -443,13 +473,17 @@ def main() -> None:
         parser.error(f'--steps must be at least 1, got {args.steps}')
     if args.jobs < 1:
         parser.error(f'--jobs must be at least 1, got {args.jobs}')
+    if args.pool_repeats < 1:
+        parser.error(f'--pool-repeats must be at least 1, got {args.pool_repeats}')
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f'--seeds must differ from each other, got {args.seeds}')
     pool_snapshots = args.pool_snapshots[0] if len(args.pool_snapshots) == 1 else args.pool_snapshots
     spec = DescriptorSpec.from_dict({**default_config(SPECIES)['descriptor'], 'species': SPECIES})
     data = {}  # per seed: its own pool and held-out trajectories (other decorations, other MD noise)
     for seed in args.seeds:
-        pool_records = trajectories(args.temperatures, args.strains, pool_snapshots, args.interval, seed)
+        pool_records = pool_trajectories(
+            args.temperatures, args.strains, pool_snapshots, args.interval, seed, args.pool_repeats
+        )
         held_records = trajectories(
             args.temperatures, args.strains, args.held_out_snapshots, 3 * args.interval, seed + 10_000
         )

@@ -56,6 +56,8 @@ def print_chain(chain: dict[str, Any]) -> None:
         call = str(step.get('call_link_label') or '')
         call = '' if call == 'CALL' else call  # aiida-core's default label says nothing
         calculator = _calculator_text(step['calculator'])
+        if step.get('potential'):
+            calculator += f' (potential {_short(step["potential"])})'
         click.echo(
             f'  {index:>3}  {step["kind"]:<11} {str(step["process_label"])[:30]:<30} {call[:22]:<22} '
             f'{_short(step["uuid"])}  {step["process_state"]!s:<9} {exit_status:>4}  {calculator}'

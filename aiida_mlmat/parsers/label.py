@@ -30,6 +30,10 @@ def complete_frames(content: bytes) -> list[Atoms]:
 class LabelParser(MlmatParser):
     """Turn ``labelled.extxyz`` and the exclusion record into a labelled ``mlmat.configurations`` node."""
 
+    #: Part of the hash of every job this parser reads: bumped when its outputs change, so that caching never
+    #: reuses outputs of an older parser. 2: a set labelled by a potential records it (``calculator.potential``).
+    CACHE_VERSION = 2
+
     #: The worker's output file, and the CalcJob's outputs for a complete and an interrupted run.
     OUTPUT_FILE = LABELLED_FILE
     OUTPUT = 'configurations'

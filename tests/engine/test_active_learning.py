@@ -13,6 +13,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from aiida_mlmat import query
 from aiida_mlmat.data.configurations import ConfigurationSetData
 from aiida_mlmat.workflows.active_functions import ITERATION_KEY, SOURCE_KEY
 from aiida_mlmat.workflows.active_learning import ActiveLearningWorkChain
@@ -211,6 +212,11 @@ def test_loop_adds_data_where_the_ensemble_disagrees_and_the_error_falls(
     assert trainings[-1].inputs.configurations.uuid == final.uuid
     explorations = [child for child in node.called if child.process_type == 'aiida.calculations:mlmat.sample']
     assert {calc.inputs.potential.uuid for calc in explorations} == {t.outputs.potential.uuid for t in trainings}
+    # ... and the provenance chain names the model each exploration ran with (`mlmat (potential 1a2b3c4d)`)
+    steps = {step['uuid']: step for step in query.provenance_chain(node)['calculations']}
+    for calc in explorations:
+        assert steps[calc.uuid]['calculator']['name'] == 'mlmat'
+        assert steps[calc.uuid]['potential'] == calc.inputs.potential.uuid
 
 
 def test_loop_stops_on_target_error_and_on_converged_fraction(submit_and_await, runs, near_equilibrium):

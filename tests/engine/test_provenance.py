@@ -290,6 +290,16 @@ def test_stable_candidates_of_real_hull_runs_name_the_screening_model(graph, wor
         assert node.is_finished_ok, f'{node.exit_status} {node.exit_message}'
         verification = [child for child in node.called_descendants if query.calculator_of(child) == VERIFY_LJ]
         assert verification, 'the top candidates were verified with the LJ calculator'
+        # the screening relaxations ran with the potential (none with the calculator), the verification without
+        checked = {calc.uuid for calc in verification}
+        screening = [
+            child
+            for child in node.called_descendants
+            if child.process_label == 'RelaxCalculation' and child.uuid not in checked
+        ]
+        expected = model['potential'].uuid if key == 'potential' else None
+        assert screening and all(getattr(query.potential_of(calc), 'uuid', None) == expected for calc in screening)
+        assert all(query.potential_of(calc) is None for calc in verification)
         runs[key] = {c.uuid for c in node.outputs.candidates.values() if c.e_above_hull is not None}
     assert len(runs['calculator']) == 2 and runs['potential']
 
@@ -456,6 +466,18 @@ def test_potentials_trained_on_a_configuration_follow_splits_and_bootstrap_sampl
     assert query.potentials_trained_on((splits.train, 0)) == query.potentials_trained_on(first)
     with pytest.raises(IndexError, match='outside the set'):
         query.potentials_trained_on((splits.train, splits.train.count))
+
+    # Each member's train input now caches its keys in an extra (read once, not at every question); an edited
+    # cache of the wrong length is computed afresh and gives the same answer.
+    train_input = calcs[0].inputs.train
+    cached = train_input.base.extras.get(query.KEY_EXTRA)
+    assert cached == [
+        key[: query.KEY_EXTRA_LENGTH] for key in (query.configuration_key(a) for a in train_input.get_atoms())
+    ]
+    answer = query.potentials_trained_on(first)
+    train_input.base.extras.set(query.KEY_EXTRA, cached[:1])
+    assert query.potentials_trained_on(first) == answer
+    assert train_input.base.extras.get(query.KEY_EXTRA) == cached
 
 
 def test_dataset_used_by_command(graph):

@@ -7,6 +7,7 @@ from aiida import orm
 
 from aiida_mlmat.common.constants import INDEX_KEY
 from aiida_mlmat.data.configurations import ConfigurationSetData
+from aiida_mlmat.parsers.label import LabelParser
 from aiida_mlmat.workflows.reference import ReferenceWorkChain
 from tests.engine.helpers import SMALL_SAMPLE, assert_labels_equal_emt
 
@@ -46,6 +47,9 @@ def test_reference_from_elements_labels_equal_direct_emt(submit_and_await, worke
         calc = chunk.creator
         assert calc.process_type == 'aiida.calculations:mlmat.label'
         assert calc.is_finished_ok
+        # the parser's version is part of the job's hash: caching never reuses outputs of an older parser
+        assert calc.base.attributes.get('cache_version') == {'parser': LabelParser.CACHE_VERSION}
+        assert LabelParser.CACHE_VERSION >= 2
         assert calc.inputs.configurations.creator.process_label == 'split_configurations'
         assert calc.inputs.configurations.creator.inputs.configurations.uuid == sampled.uuid
     assert sampled.creator.process_type == 'aiida.calculations:mlmat.sample'

@@ -135,7 +135,8 @@ def test_error_score_is_each_configurations_true_force_rmse(tmp_path):
     ('args', 'message'),
     [(['--no-random'], '--no-random needs --target-forces-rmse'), (['--active-step', '0'], 'at least 1'),
      (['--seeds', '1', '1'], 'must differ'), (['--steps', '0'], '--steps must be at least 1'),
-     (['--jobs', '0'], '--jobs must be at least 1'), (['--warm-epochs', '0'], '--warm-epochs must be at least 1')],
+     (['--jobs', '0'], '--jobs must be at least 1'), (['--warm-epochs', '0'], '--warm-epochs must be at least 1'),
+     (['--pool-repeats', '0'], '--pool-repeats must be at least 1')],
 )  # fmt: skip
 def test_bad_options_are_refused_by_the_parser(args, message):
     process = run(*args)
@@ -194,3 +195,21 @@ def test_the_json_reports_the_interpolated_figures_beside_the_rounds(full_run):
     assert module.random_over_active({'random': 32, 'active': 8}) == 4.0
     assert module.random_over_active({'random': 32.0, 'active': None}) is None
     assert module.random_over_active({'random': None, 'active': 8.0}) is None
+
+
+def test_pool_repeats_grow_the_pool_with_the_same_mix_of_conditions():
+    """Repeats are independent trajectories over the same ladder: the first repeat is the pool of one, each
+    condition's share is unchanged, and no configuration comes twice."""
+    module = load_module()
+    ladder = ([300.0, 1500.0], [0.0], [3, 1], 5)
+    one = module.pool_trajectories(*ladder, seed=4)
+    three = module.pool_trajectories(*ladder, seed=4, repeats=3)
+    assert len(three) == 3 * len(one) == 3 * 3 * (3 + 1)  # 3 compositions x (3 snapshots at 300 K, 1 at 1500 K)
+    assert all(
+        np.array_equal(a['atoms'].positions, b['atoms'].positions) for a, b in zip(one, three[: len(one)], strict=True)
+    )
+    for records in (one, three):
+        shares = [sum(r['temperature_K'] == t for r in records) / len(records) for t in (300.0, 1500.0)]
+        assert shares == pytest.approx([0.75, 0.25])
+    keys = {tuple(np.round(r['atoms'].positions.ravel(), 6)) for r in three}
+    assert len(keys) == len(three)
