@@ -625,6 +625,8 @@ def provenance_chain(node: orm.Node) -> dict[str, Any]:
                     'exit_status': item.exit_status,
                     'calculator': calculator_of(item),
                     'potential': potential.uuid if (potential := potential_of(item)) is not None else None,
+                    'computer': item.computer.label if isinstance(item, orm.CalcJobNode) and item.computer else None,
+                    'job_id': item.get_job_id() if isinstance(item, orm.CalcJobNode) else None,
                 }
             )
         elif isinstance(item, ConfigurationSetData):

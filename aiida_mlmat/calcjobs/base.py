@@ -12,7 +12,7 @@ from aiida.common import CalcInfo, CodeInfo
 from aiida.common.folders import Folder
 from aiida.engine import CalcJob
 
-from aiida_mlmat.common.constants import INPUT_JSON, POTENTIAL_DIR, RESULTS_JSON
+from aiida_mlmat.common.constants import INPUT_JSON, PARTITION_PROPERTY, POTENTIAL_DIR, RESULTS_JSON
 from aiida_mlmat.data.potential import PotentialData
 from aiida_mlmat.worker.schema import SCHEMA_VERSION, validate_input
 
@@ -175,6 +175,18 @@ class MlmatCalculation(CalcJob):
             return float(self.inputs.soft_time_limit.value)
         walltime = self.inputs.metadata.options.get('max_wallclock_seconds')
         return SOFT_WALLTIME_FRACTION * walltime if walltime else None
+
+    def _setup_metadata(self, metadata: dict) -> None:
+        """Store the metadata on the node; a job given no ``queue_name`` goes to the partition stored on its
+        Computer (``PARTITION_PROPERTY``, set by ``mlmat setup --slurm-partition``) and records it as its option."""
+        options = dict(metadata.get('options') or {})
+        if options.get('queue_name') is None:
+            code = self.inputs.get('code')
+            computer = metadata.get('computer') or (code.computer if code is not None else None)
+            partition = computer.get_property(PARTITION_PROPERTY, None) if computer is not None else None
+            if partition:
+                metadata = {**metadata, 'options': {**options, 'queue_name': partition}}
+        super()._setup_metadata(metadata)
 
     def prepare_for_submission(self, folder: Folder) -> CalcInfo:
         """Write ``input.json`` and the data files; run ``mlmat-worker TASK input.json``."""

@@ -18,6 +18,7 @@ from aiida_mlmat.cli.utils import (
     load_code,
     load_node,
     load_profile,
+    load_worker_code,
     output_file,
     output_folder,
     parse_json_option,
@@ -27,10 +28,11 @@ from aiida_mlmat.cli.utils import (
 )
 
 
-def _worker_code_label(calculator: str, computer: str) -> str:
+def _worker_code_name(calculator: str) -> str:
+    """The label (without the Computer) of the worker Code `mlmat setup` registers for ``calculator``."""
     from aiida_mlmat.cli.setup import GPAW_WORKER_CODE, WORKER_CODE
 
-    return f'{GPAW_WORKER_CODE if calculator == "gpaw" else WORKER_CODE}@{computer}'
+    return GPAW_WORKER_CODE if calculator == 'gpaw' else WORKER_CODE
 
 
 def _ase_code_label(calculator: str, computer: str) -> str:
@@ -78,8 +80,9 @@ def reference(profile: str | None, **kwargs: Any) -> None:
     from aiida_mlmat.data.configurations import ConfigurationSetData
     from aiida_mlmat.workflows.reference import ReferenceWorkChain
 
-    computer = kwargs['computer']
-    code = load_code(_worker_code_label(calculator['name'], computer))
+    name = _worker_code_name(calculator['name'])
+    code = load_worker_code(kwargs['computer'] or (None if kwargs['code'] else 'localhost'), kwargs['code'], name)
+    computer = code.computer.label
     ase_code = load_code(_ase_code_label(calculator['name'], computer)) if kwargs['labeller'] == 'aiida-ase' else None
     structures = ConfigurationSetData(frames) if frames else None
     try:
@@ -359,7 +362,7 @@ def train(profile: str | None, **kwargs: Any) -> None:
     options: dict[str, Any] = {}
     if kwargs['max_minutes']:
         options['max_wallclock_seconds'] = int(kwargs['max_minutes'] * 60)
-    code = load_code(f'mlmat-worker@{kwargs["computer"]}')
+    code = load_worker_code(kwargs['computer'] or (None if kwargs['code'] else 'localhost'), kwargs['code'])
     wants_cuda = training['device'] == 'cuda' or bool(kwargs['gpus'])
     here = code.computer.transport_type == 'core.local' and code.computer.scheduler_type == 'core.direct'
     if wants_cuda and here:  # the job runs on this machine: ask torch now, not the job
@@ -367,7 +370,7 @@ def train(profile: str | None, **kwargs: Any) -> None:
 
         if not torch.cuda.is_available():
             raise MlmatCliError(
-                f'--device cuda / --gpus: no CUDA device is visible on `{kwargs["computer"]}` (this machine); '
+                f'--device cuda / --gpus: no CUDA device is visible on `{code.computer.label}` (this machine); '
                 'train on a GPU node (--computer) or with --device cpu'
             )
     try:

@@ -7,8 +7,10 @@ import sys
 import click
 
 from aiida_mlmat.cli.utils import (
+    EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
     EXIT_INVALID_INPUT,
+    ClosedPipe,
     FiniteFloatRange,
     GreedyOption,
     JsonErrorGroup,
@@ -98,7 +100,10 @@ def setup_cmd(
 @click.option('--calculator-params', default=None, help='Keyword arguments of the calculator as a JSON object.')
 @click.option('--protocol', type=click.Choice(PROTOCOLS), default='fast', show_default=True)
 @click.option('--labeller', type=click.Choice(['batch', 'aiida-ase']), default='batch', show_default=True)
-@click.option('--computer', default='localhost', show_default=True, help='Computer whose Codes run the jobs.')
+@click.option(
+    '--computer', default=None, help='Computer whose Codes run the jobs (default: localhost, or that of --code).'
+)
+@click.option('--code', default=None, help='The worker Code that runs the jobs (default: mlmat-worker@COMPUTER).')
 @click.option('--chunk-size', type=click.IntRange(min=1), default=None, help='Configurations per label job.')
 @click.option('--select', 'select_n', type=click.IntRange(min=1), default=None, help='Label only the N most diverse.')
 @click.option('--overrides', default=None, help='JSON object merged into the protocol inputs.')
@@ -145,7 +150,10 @@ def descriptors_cmd(ctx: click.Context, **kwargs: object) -> None:
     help=f'Number of ensemble members K (1 to {MAX_ENSEMBLE_SIZE}).',
 )
 @click.option('--protocol', type=click.Choice(PROTOCOLS), default='fast', show_default=True)
-@click.option('--computer', default='localhost', show_default=True, help='Computer whose worker Code trains.')
+@click.option(
+    '--computer', default=None, help='Computer whose worker Code trains (default: localhost, or that of --code).'
+)
+@click.option('--code', default=None, help='The worker Code that trains (default: mlmat-worker@COMPUTER).')
 @click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto', show_default=True)
 @click.option('--gpus', type=click.IntRange(min=0), default=0, help='GPUs per job (SLURM --gres=gpu:N).')
 @click.option(
@@ -287,4 +295,6 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(EXIT_INVALID_INPUT)
+    except ClosedPipe:
+        sys.exit(EXIT_BROKEN_PIPE)
     sys.exit(0)

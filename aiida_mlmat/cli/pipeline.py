@@ -16,6 +16,7 @@ from aiida_mlmat.cli.utils import (
     load_code,
     load_node,
     load_profile,
+    load_worker_code,
     output_folder,
     process_reason,
     wait_for,
@@ -166,7 +167,9 @@ def run_cmd(ctx: click.Context, config_file: str, out: str | None, wait: bool, j
 
     from aiida_mlmat.workflows.pipeline import PipelineWorkChain
 
-    inputs = {'config': orm.Dict(config), 'code': load_code(f'mlmat-worker@{config["computer"]}')}
+    code = load_worker_code(config['computer'], config.get('code'))
+    config['computer'] = code.computer.label
+    inputs = {'config': orm.Dict(config), 'code': code}
     reference = config['reference']
     if reference.get('labeller') == 'aiida-ase':  # one aiida-ase job per configuration: the Code `mlmat setup` made
         from aiida_mlmat.cli.commands import _ase_code_label

@@ -58,6 +58,9 @@ def print_chain(chain: dict[str, Any]) -> None:
         calculator = _calculator_text(step['calculator'])
         if step.get('potential'):
             calculator += f' (potential {_short(step["potential"])})'
+        if step.get('computer'):  # where a job ran, and its scheduler's job id
+            job = f' job {step["job_id"]}' if step.get('job_id') else ''
+            calculator = f'{calculator}  @{step["computer"]}{job}'.strip()
         click.echo(
             f'  {index:>3}  {step["kind"]:<11} {str(step["process_label"])[:30]:<30} {call[:22]:<22} '
             f'{_short(step["uuid"])}  {step["process_state"]!s:<9} {exit_status:>4}  {calculator}'

@@ -16,9 +16,9 @@ from aiida_mlmat.cli.utils import (
     check_elements_option,
     echo_json,
     ensure_daemon,
-    load_code,
     load_node,
     load_profile,
+    load_worker_code,
     output_folder,
     parse_json_option,
     wait_for,
@@ -134,7 +134,8 @@ def build_screen_inputs(**kwargs: Any) -> dict[str, Any]:
             'calculator': orm.Dict({'name': kwargs['verify_calculator'], 'parameters': verify_params}),
             'relax': orm.Bool(kwargs['verify_relax']),
         }
-    inputs['code'] = load_code(f'mlmat-worker@{kwargs["computer"]}')
+    code = kwargs.get('code')
+    inputs['code'] = load_worker_code(kwargs.get('computer') or (None if code else 'localhost'), code)
     error = HullWorkChain.spec().inputs.validate(inputs)
     if error is not None:
         raise MlmatCliError(f'invalid input: {error.message}', EXIT_INVALID_INPUT)
@@ -256,7 +257,10 @@ def _stability_tag(row: dict[str, Any]) -> str:
 @click.option('--fmax', type=FiniteFloatRange(min=0, min_open=True), default=None, help='Relaxation fmax, eV/Å.')
 @click.option('--max-steps', type=click.IntRange(min=1), default=None, help='Relaxation step limit.')
 @click.option('--chunk-size', type=click.IntRange(min=1), default=None, help='Structures per relaxation job.')
-@click.option('--computer', default='localhost', show_default=True, help='Computer whose worker Code runs the jobs.')
+@click.option(
+    '--computer', default=None, help='Computer whose worker Code runs the jobs (default: localhost, or that of --code).'
+)
+@click.option('--code', default=None, help='The worker Code that runs the jobs (default: mlmat-worker@COMPUTER).')
 @click.option('--out', default=None, help='Folder for the table and plot (default: mlmat-screen-PK).')
 @click.option('--wait', is_flag=True, help='Block until the workflow ends, showing progress.')
 @click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')

@@ -87,8 +87,9 @@ def ensure_profile(name: str | None) -> Any:
         config = get_config()
         config.set_default_profile(previous_default, overwrite=True).store()
         click.echo(
-            f'made profile `{name}`; the default profile stays `{previous_default}` '
-            f'(`verdi profile set-default {name}` to change it)',
+            f'made profile `{name}` (the profiles before it: {", ".join(sorted(names))}); the default profile '
+            f'stays `{previous_default}` (`verdi profile set-default {name}` to change it; `verdi profile delete '
+            f'{name}` if the name was a typo)',
             err=True,
         )
     try:

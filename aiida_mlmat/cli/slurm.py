@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aiida_mlmat.cli.setup import WORKER_CODE, ensure_code, worker_executable
+from aiida_mlmat.common.constants import PARTITION_PROPERTY
 
 SLURM_COMPUTER = 'slurm-ssh'
 TRANSPORT = 'core.ssh'
@@ -23,8 +24,6 @@ DEFAULT_WORKDIR = '/tmp/aiida-slurm/{username}'
 SAFE_INTERVAL = 0.5
 #: Seconds between two polls of ``squeue`` (AiiDA's default is 10 s).
 POLL_INTERVAL = 1.0
-#: Computer property holding the partition to pass as ``metadata.options.queue_name`` (AiiDA has no default queue).
-PARTITION_PROPERTY = 'mlmat_queue_name'
 #: The ssh port of a login node unless told otherwise.
 DEFAULT_PORT = 22
 
@@ -185,7 +184,10 @@ def ensure_slurm_computer(
 
 
 def slurm_options(computer: Any) -> dict[str, Any]:
-    """The ``metadata.options`` a job on this Computer needs: ``queue_name`` when a partition was given."""
+    """The ``metadata.options`` a job on this Computer needs: ``queue_name`` when a partition was given.
+
+    mlmat CalcJobs apply it themselves; this is for other CalcJobs (aiida-ase's ``ase.ase``) on the Computer.
+    """
     partition = computer.get_property(PARTITION_PROPERTY, None)
     return {'queue_name': partition} if partition else {}
 

@@ -24,8 +24,12 @@ EXIT_NOT_FOUND = 4
 EXIT_SETUP = 5
 #: An error the command did not foresee (a bug: ``MLMAT_DEBUG=1`` shows its traceback).
 EXIT_UNEXPECTED = 1
+#: The waited process (or one under it) is paused: it waits in the daemon for `verdi process play` or `kill`.
+EXIT_PAUSED = 6
 #: Interrupted (Ctrl-C) while waiting; the process goes on in the daemon.
 EXIT_INTERRUPTED = 130
+#: The reader of stdout went away (``mlmat ... | head``): quiet, as a shell tool killed by SIGPIPE (128 + 13).
+EXIT_BROKEN_PIPE = 141
 
 
 class MlmatCliError(click.ClickException):
@@ -38,6 +42,10 @@ class MlmatCliError(click.ClickException):
         super().__init__(message)
         self.exit_code = exit_code
         self.data: dict[str, Any] = dict(data or {})
+
+
+class ClosedPipe(Exception):  # noqa: N818 - not an error: the reader went away
+    """The reader of stdout closed it: ``mlmat``'s ``main`` exits with ``EXIT_BROKEN_PIPE`` and says nothing."""
 
 
 #: ``ctx.meta`` keys of the root context: whether ``--json`` was given, whether its JSON object is out.
@@ -66,6 +74,11 @@ class JsonErrorGroup(click.Group):
             raise
         except (click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:
+            # the reader stopped reading (`mlmat provenance PK | head`): nothing to say; stdout goes to /dev/null so
+            # that the flush at exit does not fail on the closed pipe again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise ClosedPipe from None
         except KeyboardInterrupt:
             error = MlmatCliError('interrupted', EXIT_INTERRUPTED)
             self._echo_error(ctx, error)
@@ -201,7 +214,14 @@ def load_profile(profile: str | None = None) -> Any:
         return _load(profile, allow_switch=True)
     except (MissingConfigurationError, ProfileConfigurationError) as exc:
         setup = f'mlmat -p {profile} setup' if profile else 'mlmat setup'
-        raise MlmatCliError(f'no AiiDA profile to use ({exc}); run `{setup}` first', EXIT_SETUP) from exc
+        try:
+            from aiida.manage.configuration import get_config
+
+            names = sorted(get_config().profile_names)
+        except Exception:
+            names = []
+        known = f'; the profiles here: {", ".join(names)} (`verdi profile list`)' if names else ''
+        raise MlmatCliError(f'no AiiDA profile to use ({exc}){known}; run `{setup}` to make it', EXIT_SETUP) from exc
 
 
 #: The largest PK a storage backend holds (a signed 64-bit integer, in SQLite as in PostgreSQL).
@@ -241,6 +261,54 @@ def load_code(label: str) -> Any:
         return orm.load_code(label)
     except (NotExistent, MultipleObjectsError) as exc:
         raise MlmatCliError(f'code `{label}` not found: run `mlmat setup` first ({exc})', EXIT_SETUP) from exc
+
+
+def load_worker_code(computer: str, code: str | None = None, name: str = 'mlmat-worker') -> Any:
+    """The Code that runs the jobs: ``code`` (a label, ``label@computer``, PK or UUID) when given, else
+    ``name@computer``; with a clear error for a Computer that does not exist and for one without that Code.
+
+    :param computer: the Computer's label (``--computer``); a given ``code`` must be on it unless it is None.
+    """
+    from aiida import orm
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+
+    if code is not None:
+        try:
+            found = orm.load_code(code)
+        except (NotExistent, MultipleObjectsError, ValueError) as exc:
+            nodes = orm.QueryBuilder().append(orm.AbstractCode).all(flat=True)
+            codes = ', '.join(sorted(str(getattr(node, 'full_label', node.label)) for node in nodes))
+            raise MlmatCliError(
+                f'--code: no unique Code `{code}` ({exc}); the Codes of this profile: {codes or "none"} '
+                '(`verdi code list`)',
+                EXIT_SETUP,
+            ) from exc
+        if computer is not None and found.computer is not None and found.computer.label != computer:
+            raise MlmatCliError(
+                f'--code {code} runs on the Computer `{found.computer.label}`, not `{computer}` (--computer): give '
+                'one of them, or both for the same Computer'
+            )
+        return found
+    try:
+        orm.load_computer(computer)
+    except NotExistent:
+        computers = ', '.join(sorted(c.label for c in orm.Computer.collection.all()))
+        raise MlmatCliError(
+            f'--computer: no Computer `{computer}` in this profile; its Computers: {computers or "none"} '
+            '(`verdi computer list`; `mlmat setup` makes `localhost`, and `slurm-ssh` with --slurm-host)',
+            EXIT_SETUP,
+        ) from None
+    label = f'{name}@{computer}'
+    try:
+        return orm.load_code(label)
+    except (NotExistent, MultipleObjectsError) as exc:
+        raise MlmatCliError(
+            f'the Computer `{computer}` has no Code `{name}` ({exc}). `mlmat setup` registers it on `localhost` and on '
+            f'the SLURM Computer it sets up (--slurm-host); on another Computer create it (`verdi code create '
+            f'core.code.installed --label {name} --computer {computer} --filepath-executable PATH/{name}`) or name '
+            'a Code with --code',
+            EXIT_SETUP,
+        ) from exc
 
 
 def calculator_option_error(error: str | None, name_option: str, params_option: str) -> None:
@@ -383,10 +451,54 @@ def new_reports(node: Any, seen: set[int], descendants: Sequence[Any] | None = N
     for log_id, pk, level, message in sorted(rows.all(), key=lambda row: row[0]):
         prefix = '' if level == 'REPORT' else f'{level}: '
         message = _REPORT_PREFIX.sub('', message, count=1)  # `[pk|label|step]: ` of a workflow's report
+        message = condense_log(message)
         if level == 'REPORT' and _ROUTINE_REPORT.match(message):
             continue
         lines.append((log_id, f'{labels[pk]}: {prefix}{message}'))
     return lines
+
+
+_TRACEBACK = 'Traceback (most recent call last):'
+
+
+def condense_log(message: str) -> str:
+    """A log message in one line: a Python traceback in it (aiida-core logs one for every failed transport task)
+    is cut to the exception it ends with, e.g. ``iteration 1 of do_submit excepted, retrying after 20 seconds:
+    SchedulerError: Error during submission, retval=1 stdout= stderr=sbatch: error: Invalid generic resource``."""
+    head, found, trace = message.partition(_TRACEBACK)
+    if not found:
+        return message
+    lines = trace.splitlines()
+    frames = [index for index, line in enumerate(lines) if line.startswith('  File ')]
+    tail = lines[frames[-1] + 1 :] if frames else lines
+    exception = [line.strip() for line in tail if line.strip() and not line.startswith((' ', '\t'))]
+    cause = ' '.join(exception).split('Traceback', 1)[0].strip()
+    if len(cause) > 400:
+        cause = cause[:397] + '...'
+    head = head.strip().rstrip(':')
+    return f'{head}: {cause}' if head and cause else head or cause
+
+
+def paused_error(node: Any, paused: Any) -> MlmatCliError:
+    """The error of a ``--wait`` that found ``paused`` (``node`` or a process under it) paused: what paused it (its
+    status and the last warning it logged, such as ``sbatch``'s refusal) and how to go on or stop."""
+    from aiida import orm
+
+    logs = orm.QueryBuilder().append(
+        orm.Log,
+        filters={'dbnode_id': paused.pk, 'levelname': {'in': ['WARNING', 'ERROR', 'CRITICAL']}},
+        project=['message'],
+    )
+    causes = [condense_log(message) for message in logs.all(flat=True) if _TRACEBACK in message]
+    status = paused.process_status or 'paused'
+    cause = f'; last error: {causes[-1]}' if causes else ''
+    waiting = '' if paused.pk == node.pk else f'; {node.process_label}<{node.pk}> waits for it'
+    message = (
+        f'{paused.process_label}<{paused.pk}> is paused ({status}){cause}{waiting}. Fix the cause, then '
+        f'`verdi process play {paused.pk}` to go on, or `verdi process kill {node.pk}` to stop'
+    )
+    data = {'process': node.pk, 'paused': paused.pk, 'process_status': status}
+    return MlmatCliError(message, EXIT_PAUSED, data)
 
 
 def _poll_until_terminated(node: Any, start: float, quiet: bool, poll: float, timeout: float | None) -> None:
@@ -404,6 +516,11 @@ def _poll_until_terminated(node: Any, start: float, quiet: bool, poll: float, ti
                 f'process {node.pk} still running after {timeout} s', EXIT_PROCESS_FAILED, {'process': node.pk}
             )
         descendants = node.called_descendants
+        paused = [process for process in (node, *descendants) if process.paused and not process.is_terminated]
+        if paused:
+            if not quiet:
+                echo_reports(descendants)
+            raise paused_error(node, paused[-1])
         done = sum(1 for child in descendants if child.is_terminated)
         line = f'[{time.monotonic() - start:6.1f} s] {node.process_label}<{node.pk}>: {node.process_state.value}'
         line += f', {done}/{len(descendants)} steps done'

@@ -51,6 +51,10 @@ EXCLUDED_FILE = 'excluded.jsonl'
 SAMPLED_FILE = 'sampled.extxyz'
 DESCRIPTORS_FILE = 'descriptors.npz'
 
+#: Computer property holding the SLURM partition (``mlmat setup --slurm-partition``): every mlmat CalcJob on that
+#: Computer given no ``metadata.options.queue_name`` is submitted to it (AiiDA has no per-Computer default queue).
+PARTITION_PROPERTY = 'mlmat_queue_name'
+
 #: Folder of a job into which the CalcJob input ``potential`` is exported (read by the calculator ``mlmat``).
 POTENTIAL_DIR = 'potential'
 #: Frame info keys written by MD with an ensemble: committee force disagreement (eV/Å) and energy spread (eV).

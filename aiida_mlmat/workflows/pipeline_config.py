@@ -35,6 +35,11 @@ SCHEMA: dict[str, Any] = {
             'uniqueItems': True,
         },
         'computer': {'type': 'string', 'description': 'Computer whose mlmat-worker Code runs every job'},
+        'code': {
+            'type': 'string',
+            'description': 'worker Code that runs every job (label, label@computer, PK or UUID); default '
+            'mlmat-worker@computer',
+        },
         'reference': {
             'type': 'object',
             'properties': {
@@ -145,7 +150,11 @@ def validate_config(config: Any) -> dict[str, Any]:
     where = non_finite_path(config)
     if where is not None:
         raise ConfigError(f'invalid pipeline configuration: {where}: not a finite number (.nan, .inf, too large)')
-    merged = {'elements': list(config['elements']), 'computer': config.get('computer', DEFAULTS['computer'])}
+    # with a `code` and no `computer` the jobs run on the Code's Computer (`mlmat run` fills it in)
+    computer = config.get('computer', None if 'code' in config else DEFAULTS['computer'])
+    merged = {'elements': list(config['elements']), 'computer': computer}
+    if 'code' in config:
+        merged['code'] = config['code']
     for section in ('reference', 'training', 'active_learning', 'screening'):
         merged[section] = {**DEFAULTS[section], **config.get(section, {})}
     calculator = merged['reference']['calculator']

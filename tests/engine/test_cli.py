@@ -46,12 +46,17 @@ def test_reference_wait_json_and_dataset_round_trip(started_daemon_client, worke
         'emt',
         '--overrides',
         overrides,
+        '--code',
+        worker_code.full_label,  # the Code named (its Computer follows), not found from --computer
         '--wait',
         '--json',
     )
     assert result.exit_code == 0, result.output
     data = last_json(result)
     assert set(data) == {'process', 'configurations', 'n_configurations', 'n_excluded'}
+    assert {
+        calc.inputs.code.uuid for calc in orm.load_node(data['process']).called_descendants if 'code' in calc.inputs
+    } == {worker_code.uuid}
     # fast protocol with these overrides: seed + 3 rattles + 2 strains + 1 vacancy
     assert data['n_configurations'] == 7 and data['n_excluded'] == 0
     node = orm.load_node(data['configurations'])
@@ -471,3 +476,30 @@ def test_setup_on_a_fresh_machine_makes_a_profile_with_a_patient_daemon_client(t
     second = subprocess.run([*mlmat, 'setup', '--json'], env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
     assert json.loads((tmp_path / '.aiida' / 'config.json').read_text())['profiles'] == config['profiles']
+
+
+def test_computer_and_code_errors_say_what_exists(aiida_profile, worker_code):
+    """A mistyped --computer lists the Computers; a Computer without the worker Code says how to make one; a
+    mistyped --code lists the Codes; a --code on another Computer than --computer is refused. Nothing is submitted."""
+    dataset = _stored_set()
+    before = orm.QueryBuilder().append(orm.ProcessNode).count()
+    error = _refused(invoke('train', str(dataset.pk), '--computer', 'slurm', '--json'), 'no Computer `slurm`', 5)
+    assert worker_code.computer.label in error['error'] and '`verdi computer list`' in error['error']
+    bare = orm.Computer.collection.find(filters={'label': 'bare-no-code'})
+    if not bare:
+        computer = orm.Computer(
+            label='bare-no-code', hostname='localhost', transport_type='core.local', scheduler_type='core.direct'
+        ).store()
+        computer.set_workdir('/tmp/aiida-bare')
+    error = _refused(invoke('train', str(dataset.pk), '--computer', 'bare-no-code', '--json'), 'has no Code', 5)
+    assert 'verdi code create core.code.installed --label mlmat-worker --computer bare-no-code' in error['error']
+    error = _refused(invoke('train', str(dataset.pk), '--code', 'mlmat-worker-gpu', '--json'), 'no unique Code', 5)
+    assert worker_code.full_label in error['error']
+    _refused(
+        invoke('train', str(dataset.pk), '--code', worker_code.full_label, '--computer', 'bare-no-code', '--json'),
+        f'runs on the Computer `{worker_code.computer.label}`, not `bare-no-code`',
+    )
+    assert orm.QueryBuilder().append(orm.ProcessNode).count() == before
+    # a mistyped profile lists the profiles there are, rather than only suggesting to make the typo
+    error = _refused(invoke('-p', 'no-such-profile', 'dataset', 'show', str(dataset.pk), '--json'), 'no-such', 5)
+    assert 'the profiles here: ' in error['error'] and aiida_profile.name in error['error']

@@ -401,6 +401,14 @@ def test_provenance_cli_json_and_table(graph):
     assert 'returned as potential by #' in table.output and 'TrainingWorkChain' in table.output
     train_steps = [step for step in chain['calculations'] if step['process_label'] == 'TrainBaseWorkChain']
     assert sorted(step['call_link_label'] for step in train_steps) == ['member_0', 'member_1']
+    # where every job ran (its Computer and the scheduler's job id); workflows and calcfunctions ran nowhere
+    for step in chain['calculations']:
+        node = orm.load_node(step['uuid'])
+        if isinstance(node, orm.CalcJobNode):
+            assert step['computer'] == node.computer.label and step['job_id'] == node.get_job_id()
+            assert step['job_id'] and f'@{node.computer.label} job {node.get_job_id()}' in table.output
+        else:
+            assert step['computer'] is None and step['job_id'] is None
     missing = CliRunner().invoke(cli, ['provenance', '00000000-0000-4000-8000-000000000000'])
     assert missing.exit_code == 4 and 'no unique node' in missing.output
 

@@ -221,9 +221,29 @@ def test_label_through_slurm_over_ssh(submit_and_await, slurm_worker, emt):
     assert assert_labels_equal_emt(node.outputs.configurations.get_atoms()) == 3
     script = (Path(node.get_remote_workdir()) / '_aiidasubmit.sh').read_text()  # the ssh target is this machine
     assert '#SBATCH --time=00:10:00' in script
+    assert '--partition' not in script  # no partition stored on `slurm-ssh`: SLURM's default one
     # aiida-core recognises TIMEOUT only when SLURM's message is the first line of the scheduler's stderr:
     # a clean job must leave it empty.
     assert node.outputs.retrieved.base.repository.get_object_content('_scheduler-stderr.txt') == ''
+
+
+def test_stored_partition_is_used_by_jobs_given_none(submit_and_await, slurm_computer, emt):
+    """`mlmat setup --slurm-partition debug` stores the partition on the Computer; a job given no `queue_name`
+    (as every `mlmat` command submits) goes there and records it as its own option."""
+    from aiida_mlmat.calcjobs.label import LabelCalculation
+
+    summary = setup_slurm(HOST, getpass.getuser(), str(KEY), label='slurm-ssh-debug', partition='debug')
+    assert summary['computer']['partition'] == 'debug'
+    builder = LabelCalculation.get_builder()
+    builder.code = orm.load_code(summary['codes']['worker']['label'])
+    builder.configurations = small_cu_set()
+    builder.calculator = orm.Dict(emt)
+    node = submit_and_await(builder, timeout=180)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    assert node.get_option('queue_name') == 'debug'
+    script = (Path(node.get_remote_workdir()) / '_aiidasubmit.sh').read_text()
+    assert '#SBATCH --partition=debug' in script
+    assert slurm_computer.get_property('mlmat_queue_name', None) is None  # the other Computer has none
 
 
 def test_walltime_kill_is_restarted_from_partial(submit_and_await, slurm_worker, emt):

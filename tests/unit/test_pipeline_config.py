@@ -144,3 +144,16 @@ def test_the_aiida_ase_labeller_needs_its_code(aiida_profile):
     )
     assert validate_inputs({'config': config, 'ase_code': object()}) is None
     assert validate_inputs({'config': orm.Dict(validate_config({'elements': ['Cu', 'Au']}))}) is None
+
+
+def test_a_code_names_the_worker_and_its_computer_follows():
+    """`code:` names the worker Code; without `computer:` the Computer is the Code's (`mlmat run` fills it in),
+    with one it is kept (and `mlmat run` refuses a Code on another); a non-string code is refused by name."""
+    merged = validate_config({'elements': ['Cu', 'Au'], 'code': 'mlmat-worker-gpu@slurm-ssh'})
+    assert merged['code'] == 'mlmat-worker-gpu@slurm-ssh' and merged['computer'] is None
+    merged = validate_config({'elements': ['Cu', 'Au'], 'code': 'mlmat-worker-gpu', 'computer': 'slurm-ssh'})
+    assert merged['computer'] == 'slurm-ssh'
+    assert 'code' not in validate_config({'elements': ['Cu', 'Au']})
+    assert validate_config({'elements': ['Cu', 'Au']})['computer'] == DEFAULTS['computer']
+    with pytest.raises(ConfigError, match='code'):
+        validate_config({'elements': ['Cu', 'Au'], 'code': 3})
