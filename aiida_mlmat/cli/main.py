@@ -46,7 +46,7 @@ def cli(ctx: click.Context, profile: str | None) -> None:
 )
 @click.option('--slurm-user', default=None, help='User name on the SLURM host (default: the current user).')
 @click.option('--slurm-key', default=None, help='Private ssh key for the SLURM host (default: ~/.ssh/id_ed25519).')
-@click.option('--slurm-partition', default=None, help='SLURM partition to store on the Computer.')
+@click.option('--slurm-partition', default=None, help="SLURM partition to store on the Computer ('' clears it).")
 @click.option(
     '--slurm-port',
     type=click.IntRange(1, 65535),

@@ -244,7 +244,7 @@ def run_setup(
     if slurm_host:
         import getpass
 
-        from aiida_mlmat.cli.slurm import DEFAULT_PORT, validate_slurm_target
+        from aiida_mlmat.cli.slurm import DEFAULT_PORT, check_login, validate_slurm_target
         from aiida_mlmat.cli.utils import EXIT_INVALID_INPUT
 
         try:
@@ -254,8 +254,17 @@ def run_setup(
                 slurm_key or str(Path.home() / '.ssh' / 'id_ed25519'),
                 port=slurm_port or DEFAULT_PORT,
             )
+            # log in as the Computer will, before anything is registered: a wrong user, key or partition is
+            # refused here, not at the first job
+            partitions = check_login(*slurm_target, port=slurm_port or DEFAULT_PORT)
         except ValueError as exc:
             raise MlmatCliError(f'--slurm-*: {exc}', EXIT_INVALID_INPUT) from exc
+        if slurm_partition and slurm_partition not in partitions:
+            raise MlmatCliError(
+                f'--slurm-partition: {slurm_partition!r} is not a partition of {slurm_host} (sinfo lists '
+                f'{", ".join(partitions) or "none"}); nothing was changed',
+                EXIT_INVALID_INPUT,
+            )
     loaded = ensure_profile(profile)
     computer = ensure_localhost()
     codes: dict[str, Any] = {}

@@ -111,6 +111,41 @@ def validate_slurm_target(
     return host, user, resolved
 
 
+def check_login(host: str, user: str, key: str, port: int = DEFAULT_PORT, timeout: float = 20.0) -> list[str]:
+    """Log in as the Computer will (the key only, known host keys only, no login shell) and list the partitions.
+
+    :return: the cluster's partition names (``sinfo --noheader --format=%R``).
+    :raises ValueError: naming what failed: the connection, the login, or ``sinfo`` on the host.
+    """
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.load_system_host_keys()
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    where = f'{user}@{host}' + ('' if port == DEFAULT_PORT else f':{port}')
+    try:
+        client.connect(
+            host, port=port, username=user, key_filename=key, look_for_keys=False, allow_agent=False,
+            timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+        )  # fmt: skip
+        _, stdout, stderr = client.exec_command('sinfo --noheader --format=%R', timeout=timeout)
+        output, errors = stdout.read().decode(errors='replace'), stderr.read().decode(errors='replace')
+        status = stdout.channel.recv_exit_status()
+    except paramiko.AuthenticationException as exc:
+        raise ValueError(f'cannot log in as {where} with the key {key!r} ({exc}): check --slurm-user and --slurm-key; '
+                         'nothing was changed') from exc  # fmt: skip
+    except (OSError, paramiko.SSHException) as exc:
+        raise ValueError(f'cannot reach {where} ({type(exc).__name__}: {exc}); nothing was changed') from exc
+    finally:
+        client.close()
+    if status != 0:
+        raise ValueError(
+            f'`sinfo` failed on {host} (exit {status}: {errors.strip() or "no message"}): is SLURM on the PATH of a '
+            'non-login shell there? nothing was changed'
+        )
+    return sorted({line.strip() for line in output.splitlines() if line.strip()})
+
+
 def ensure_slurm_computer(
     host: str,
     user: str,
@@ -139,7 +174,7 @@ def ensure_slurm_computer(
         not isinstance(workdir, str) or not workdir.startswith('/') or re.search(r'[\s\'"`\\;]', workdir)
     ):
         raise ValueError(f'workdir: expected an absolute path without spaces or quotes, got {workdir!r}')
-    if partition is not None:
+    if partition:  # '' clears a stored partition
         _check_word('partition', partition)
 
     try:
@@ -178,8 +213,10 @@ def ensure_slurm_computer(
         use_login_shell=False,
     )
     computer.set_minimum_job_poll_interval(POLL_INTERVAL)
-    if partition is not None:
+    if partition:
         computer.set_property(PARTITION_PROPERTY, partition)
+    elif partition == '' and computer.get_property(PARTITION_PROPERTY, None) is not None:
+        computer.delete_property(PARTITION_PROPERTY)
     return computer
 
 

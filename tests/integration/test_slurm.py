@@ -246,6 +246,41 @@ def test_stored_partition_is_used_by_jobs_given_none(submit_and_await, slurm_com
     assert slurm_computer.get_property('mlmat_queue_name', None) is None  # the other Computer has none
 
 
+def test_setup_logs_in_first_and_refuses_a_wrong_user_or_partition(slurm_computer):
+    """`mlmat setup --slurm-*` logs in as the Computer will and asks SLURM for its partitions before registering
+    anything: a user the host refuses, or a partition the cluster lacks, is a clear error (exit 2) and the working
+    Computer keeps its configuration. `--slurm-partition ''` clears a stored partition."""
+    import json
+
+    from click.testing import CliRunner
+
+    from aiida_mlmat.cli.main import cli
+    from aiida_mlmat.cli.slurm import check_login
+
+    assert check_login(HOST, getpass.getuser(), str(KEY)) == ['debug']  # the one-node cluster's partition
+    auth = slurm_computer.get_authinfo(orm.User.collection.get_default()).get_auth_params()
+    base = ['setup', '--slurm-host', HOST, '--slurm-key', str(KEY), '--json']
+    for extra, message in (
+        (['--slurm-user', 'nosuchuserx'], f'cannot log in as nosuchuserx@{HOST} with the key'),
+        (['--slurm-user', getpass.getuser(), '--slurm-partition', 'gpu'],
+         "'gpu' is not a partition of 127.0.0.1 (sinfo lists debug)"),
+    ):  # fmt: skip
+        result = CliRunner().invoke(cli, [*base, *extra])
+        assert result.exit_code == 2, result.output
+        error = json.loads(result.stdout.strip().splitlines()[-1])['error']
+        assert message in error and 'nothing was changed' in error, error
+    assert slurm_computer.get_authinfo(orm.User.collection.get_default()).get_auth_params() == auth
+    computer = orm.load_computer(
+        setup_slurm(HOST, getpass.getuser(), str(KEY), label='slurm-ssh-clear', partition='debug')['computer']['pk']
+    )
+    assert computer.get_property('mlmat_queue_name', None) == 'debug'
+    assert setup_slurm(HOST, getpass.getuser(), str(KEY), label='slurm-ssh-clear')['computer']['partition'] == 'debug'
+    assert (
+        setup_slurm(HOST, getpass.getuser(), str(KEY), label='slurm-ssh-clear', partition='')['computer']['partition']
+        is None
+    )
+
+
 def test_walltime_kill_is_restarted_from_partial(submit_and_await, slurm_worker, emt):
     """A job ended by SLURM's time limit (exit 120) is restarted from its partial labels; the final set is complete."""
     configurations = large_cu_set()
