@@ -326,10 +326,12 @@ def configuration_key(atoms: Any) -> str:
     return digest.hexdigest()
 
 
-#: The extra of a configuration set that caches its configurations' keys (:func:`configuration_keys`), and the
-#: number of hexadecimal digits kept of each key (80 bits: no two configurations of a profile share them in practice).
+#: The extra of a configuration set that caches its configurations' keys (:func:`configuration_keys`), the number of
+#: hexadecimal digits kept of each key (80 bits: no two configurations of a profile share them in practice), and the
+#: version of :func:`configuration_key` the cache was made with (a change of the key makes every cache stale).
 KEY_EXTRA = 'mlmat_configuration_keys'
 KEY_EXTRA_LENGTH = 20
+KEY_VERSION = 1
 
 
 def configuration_keys(dataset: ConfigurationSetData) -> list[str]:
@@ -337,16 +339,25 @@ def configuration_keys(dataset: ConfigurationSetData) -> list[str]:
 
     Computed once and cached in the set's extra ``KEY_EXTRA`` (a set's content never changes once stored; extras
     are not part of its hash), so :func:`potentials_trained_on` reads each set's file only the first time it is
-    asked. A cache of the wrong length (an edited extra) is computed afresh.
+    asked. The cache names the key's version and length and the set's content hash (``sha256``); a cache that
+    does not match them (an older key, an edited extra, one imported with a set of other content) is computed
+    afresh.
     """
+    stamp = {'version': KEY_VERSION, 'length': KEY_EXTRA_LENGTH, 'sha256': dataset.base.attributes.get('sha256', None)}
     cached = dataset.base.extras.get(KEY_EXTRA, None)
-    if isinstance(cached, list) and len(cached) == dataset.count:
-        return cached
+    if (
+        isinstance(cached, dict)
+        and all(cached.get(key) == value for key, value in stamp.items())
+        and isinstance(keys := cached.get('keys'), list)
+        and len(keys) == dataset.count
+        and all(isinstance(key, str) and len(key) == KEY_EXTRA_LENGTH for key in keys)
+    ):
+        return keys
     computed = [configuration_key(frame)[:KEY_EXTRA_LENGTH] for frame in dataset.get_atoms()]
     import contextlib
 
     with contextlib.suppress(Exception):  # a cache: a storage that refuses the write only costs a re-read next time
-        dataset.base.extras.set(KEY_EXTRA, computed)
+        dataset.base.extras.set(KEY_EXTRA, {**stamp, 'keys': computed})
     return computed
 
 

@@ -185,6 +185,11 @@ class MlmatCalculation(CalcJob):
             computer = metadata.get('computer') or (code.computer if code is not None else None)
             partition = computer.get_property(PARTITION_PROPERTY, None) if computer is not None else None
             if partition:
+                error = validate_scheduler_word(partition)
+                if error:  # written verbatim into `#SBATCH` lines: a Computer imported from an archive is not trusted
+                    raise ValueError(
+                        f'the partition stored on the Computer `{computer.label}` ({PARTITION_PROPERTY}): {error}'
+                    )
                 metadata = {**metadata, 'options': {**options, 'queue_name': partition}}
         super()._setup_metadata(metadata)
 

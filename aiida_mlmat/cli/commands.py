@@ -81,7 +81,7 @@ def reference(profile: str | None, **kwargs: Any) -> None:
     from aiida_mlmat.workflows.reference import ReferenceWorkChain
 
     name = _worker_code_name(calculator['name'])
-    code = load_worker_code(kwargs['computer'] or (None if kwargs['code'] else 'localhost'), kwargs['code'], name)
+    code = load_worker_code(kwargs['computer'], kwargs['code'], name)
     computer = code.computer.label
     ase_code = load_code(_ase_code_label(calculator['name'], computer)) if kwargs['labeller'] == 'aiida-ase' else None
     structures = ConfigurationSetData(frames) if frames else None
@@ -362,7 +362,7 @@ def train(profile: str | None, **kwargs: Any) -> None:
     options: dict[str, Any] = {}
     if kwargs['max_minutes']:
         options['max_wallclock_seconds'] = int(kwargs['max_minutes'] * 60)
-    code = load_worker_code(kwargs['computer'] or (None if kwargs['code'] else 'localhost'), kwargs['code'])
+    code = load_worker_code(kwargs['computer'], kwargs['code'])
     wants_cuda = training['device'] == 'cuda' or bool(kwargs['gpus'])
     here = code.computer.transport_type == 'core.local' and code.computer.scheduler_type == 'core.direct'
     if wants_cuda and here:  # the job runs on this machine: ask torch now, not the job

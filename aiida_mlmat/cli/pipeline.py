@@ -167,7 +167,7 @@ def run_cmd(ctx: click.Context, config_file: str, out: str | None, wait: bool, j
 
     from aiida_mlmat.workflows.pipeline import PipelineWorkChain
 
-    code = load_worker_code(config['computer'], config.get('code'))
+    code = load_worker_code(config['computer'], config.get('code'), options=('code:', 'computer:'))
     config['computer'] = code.computer.label
     inputs = {'config': orm.Dict(config), 'code': code}
     reference = config['reference']

@@ -134,8 +134,7 @@ def build_screen_inputs(**kwargs: Any) -> dict[str, Any]:
             'calculator': orm.Dict({'name': kwargs['verify_calculator'], 'parameters': verify_params}),
             'relax': orm.Bool(kwargs['verify_relax']),
         }
-    code = kwargs.get('code')
-    inputs['code'] = load_worker_code(kwargs.get('computer') or (None if code else 'localhost'), code)
+    inputs['code'] = load_worker_code(kwargs.get('computer'), kwargs.get('code'))
     error = HullWorkChain.spec().inputs.validate(inputs)
     if error is not None:
         raise MlmatCliError(f'invalid input: {error.message}', EXIT_INVALID_INPUT)

@@ -114,7 +114,7 @@ def validate_slurm_target(
 def check_login(host: str, user: str, key: str, port: int = DEFAULT_PORT, timeout: float = 20.0) -> list[str]:
     """Log in as the Computer will (the key only, known host keys only, no login shell) and list the partitions.
 
-    :return: the cluster's partition names (``sinfo --noheader --format=%R``).
+    :return: the cluster's partition names (``sinfo --all --noheader --format=%R``).
     :raises ValueError: naming what failed: the connection, the login, or ``sinfo`` on the host.
     """
     import paramiko
@@ -128,7 +128,7 @@ def check_login(host: str, user: str, key: str, port: int = DEFAULT_PORT, timeou
             host, port=port, username=user, key_filename=key, look_for_keys=False, allow_agent=False,
             timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
         )  # fmt: skip
-        _, stdout, stderr = client.exec_command('sinfo --noheader --format=%R', timeout=timeout)
+        _, stdout, stderr = client.exec_command('sinfo --all --noheader --format=%R', timeout=timeout)
         output, errors = stdout.read().decode(errors='replace'), stderr.read().decode(errors='replace')
         status = stdout.channel.recv_exit_status()
     except paramiko.AuthenticationException as exc:

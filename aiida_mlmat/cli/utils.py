@@ -263,39 +263,62 @@ def load_code(label: str) -> Any:
         raise MlmatCliError(f'code `{label}` not found: run `mlmat setup` first ({exc})', EXIT_SETUP) from exc
 
 
-def load_worker_code(computer: str, code: str | None = None, name: str = 'mlmat-worker') -> Any:
+def load_worker_code(
+    computer: str | None,
+    code: str | None = None,
+    name: str = 'mlmat-worker',
+    options: tuple[str, str] = ('--code', '--computer'),
+) -> Any:
     """The Code that runs the jobs: ``code`` (a label, ``label@computer``, PK or UUID) when given, else
     ``name@computer``; with a clear error for a Computer that does not exist and for one without that Code.
 
-    :param computer: the Computer's label (``--computer``); a given ``code`` must be on it unless it is None.
+    :param computer: the Computer's label (``--computer``); a given ``code`` must be on it unless it is None. A
+        ``code`` label without ``@`` is looked up on it first (``mlmat setup`` registers ``mlmat-worker`` on
+        ``localhost`` and on the SLURM Computer alike).
+    :param options: how the caller names the two settings in messages (``code:``/``computer:`` for a YAML file).
     """
     from aiida import orm
     from aiida.common.exceptions import MultipleObjectsError, NotExistent
 
+    code_option, computer_option = options
     if code is not None:
-        try:
-            found = orm.load_code(code)
-        except (NotExistent, MultipleObjectsError, ValueError) as exc:
-            nodes = orm.QueryBuilder().append(orm.AbstractCode).all(flat=True)
-            codes = ', '.join(sorted(str(getattr(node, 'full_label', node.label)) for node in nodes))
+        found = None
+        if computer is not None and '@' not in code and not code.isdecimal():
+            try:
+                found = orm.load_code(f'{code}@{computer}')
+            except (NotExistent, MultipleObjectsError, ValueError):
+                found = None
+        if found is None:
+            try:
+                found = orm.load_code(code)
+            except (NotExistent, MultipleObjectsError, ValueError) as exc:
+                nodes = orm.QueryBuilder().append(orm.AbstractCode).all(flat=True)
+                codes = ', '.join(sorted(str(getattr(node, 'full_label', node.label)) for node in nodes))
+                raise MlmatCliError(
+                    f'{code_option.rstrip(":")}: no unique Code `{code}` ({exc}); the Codes of this profile: '
+                    f'{codes or "none"} (`verdi code list`)',
+                    EXIT_SETUP,
+                ) from exc
+        if found.computer is None:
             raise MlmatCliError(
-                f'--code: no unique Code `{code}` ({exc}); the Codes of this profile: {codes or "none"} '
-                '(`verdi code list`)',
-                EXIT_SETUP,
-            ) from exc
-        if computer is not None and found.computer is not None and found.computer.label != computer:
+                f'{code_option} {code}: the Code `{found.label}` belongs to no Computer; the jobs need a Code '
+                f'installed on one (`verdi code create core.code.installed --computer ...`)'
+            )
+        if computer is not None and found.computer.label != computer:
             raise MlmatCliError(
-                f'--code {code} runs on the Computer `{found.computer.label}`, not `{computer}` (--computer): give '
-                'one of them, or both for the same Computer'
+                f'{code_option} {code} runs on the Computer `{found.computer.label}`, not `{computer}` '
+                f'({computer_option}): give one of them, or both for the same Computer'
             )
         return found
+    computer = computer or 'localhost'
     try:
         orm.load_computer(computer)
     except NotExistent:
         computers = ', '.join(sorted(c.label for c in orm.Computer.collection.all()))
         raise MlmatCliError(
-            f'--computer: no Computer `{computer}` in this profile; its Computers: {computers or "none"} '
-            '(`verdi computer list`; `mlmat setup` makes `localhost`, and `slurm-ssh` with --slurm-host)',
+            f'{computer_option.rstrip(":")}: no Computer `{computer}` in this profile; its Computers: '
+            f'{computers or "none"} (`verdi computer list`; `mlmat setup` makes `localhost`, and `slurm-ssh` with '
+            '--slurm-host)',
             EXIT_SETUP,
         ) from None
     label = f'{name}@{computer}'
@@ -306,7 +329,7 @@ def load_worker_code(computer: str, code: str | None = None, name: str = 'mlmat-
             f'the Computer `{computer}` has no Code `{name}` ({exc}). `mlmat setup` registers it on `localhost` and on '
             f'the SLURM Computer it sets up (--slurm-host); on another Computer create it (`verdi code create '
             f'core.code.installed --label {name} --computer {computer} --filepath-executable PATH/{name}`) or name '
-            'a Code with --code',
+            f'a Code with {code_option}',
             EXIT_SETUP,
         ) from exc
 
@@ -463,8 +486,8 @@ _TRACEBACK = 'Traceback (most recent call last):'
 
 def condense_log(message: str) -> str:
     """A log message in one line: a Python traceback in it (aiida-core logs one for every failed transport task)
-    is cut to the exception it ends with, e.g. ``iteration 1 of do_submit excepted, retrying after 20 seconds:
-    SchedulerError: Error during submission, retval=1 stdout= stderr=sbatch: error: Invalid generic resource``."""
+    is cut to the exception it ends with, e.g. ``aiida.schedulers.scheduler.SchedulerError: Error during submission,
+    retval=1 stdout= stderr=sbatch: error: Invalid generic resource (gres) specification``."""
     head, found, trace = message.partition(_TRACEBACK)
     if not found:
         return message
@@ -472,7 +495,7 @@ def condense_log(message: str) -> str:
     frames = [index for index, line in enumerate(lines) if line.startswith('  File ')]
     tail = lines[frames[-1] + 1 :] if frames else lines
     exception = [line.strip() for line in tail if line.strip() and not line.startswith((' ', '\t'))]
-    cause = ' '.join(exception).split('Traceback', 1)[0].strip()
+    cause = ' '.join(exception).strip()
     if len(cause) > 400:
         cause = cause[:397] + '...'
     head = head.strip().rstrip(':')
@@ -484,10 +507,14 @@ def paused_error(node: Any, paused: Any) -> MlmatCliError:
     status and the last warning it logged, such as ``sbatch``'s refusal) and how to go on or stop."""
     from aiida import orm
 
-    logs = orm.QueryBuilder().append(
-        orm.Log,
-        filters={'dbnode_id': paused.pk, 'levelname': {'in': ['WARNING', 'ERROR', 'CRITICAL']}},
-        project=['message'],
+    logs = (
+        orm.QueryBuilder()
+        .append(
+            orm.Log,
+            filters={'dbnode_id': paused.pk, 'levelname': {'in': ['WARNING', 'ERROR', 'CRITICAL']}},
+            project=['message'],
+        )
+        .order_by({orm.Log: 'id'})
     )
     causes = [condense_log(message) for message in logs.all(flat=True) if _TRACEBACK in message]
     status = paused.process_status or 'paused'

@@ -37,8 +37,8 @@ SCHEMA: dict[str, Any] = {
         'computer': {'type': 'string', 'description': 'Computer whose mlmat-worker Code runs every job'},
         'code': {
             'type': 'string',
-            'description': 'worker Code that runs every job (label, label@computer, PK or UUID); default '
-            'mlmat-worker@computer',
+            'description': 'worker Code that runs every job (label, label@computer, UUID, or a PK in quotes); '
+            'default mlmat-worker@computer',
         },
         'reference': {
             'type': 'object',

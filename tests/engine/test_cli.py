@@ -478,7 +478,7 @@ def test_setup_on_a_fresh_machine_makes_a_profile_with_a_patient_daemon_client(t
     assert json.loads((tmp_path / '.aiida' / 'config.json').read_text())['profiles'] == config['profiles']
 
 
-def test_computer_and_code_errors_say_what_exists(aiida_profile, worker_code):
+def test_computer_and_code_errors_say_what_exists(aiida_profile, worker_code, tmp_path):
     """A mistyped --computer lists the Computers; a Computer without the worker Code says how to make one; a
     mistyped --code lists the Codes; a --code on another Computer than --computer is refused. Nothing is submitted."""
     dataset = _stored_set()
@@ -503,3 +503,25 @@ def test_computer_and_code_errors_say_what_exists(aiida_profile, worker_code):
     # a mistyped profile lists the profiles there are, rather than only suggesting to make the typo
     error = _refused(invoke('-p', 'no-such-profile', 'dataset', 'show', str(dataset.pk), '--json'), 'no-such', 5)
     assert 'the profiles here: ' in error['error'] and aiida_profile.name in error['error']
+
+    # `--code mlmat-worker --computer C` takes the Code of that label on C, although `mlmat setup` registers the
+    # same label on several Computers; without a Computer that label is ambiguous. A Code on no Computer is refused.
+    from aiida_mlmat.cli.utils import MlmatCliError, load_worker_code
+
+    bare = orm.load_computer('bare-no-code')
+    other = orm.InstalledCode(
+        label='mlmat-worker', computer=bare, filepath_executable=str(worker_code.filepath_executable)
+    )
+    other.store()
+    assert load_worker_code('bare-no-code', 'mlmat-worker').uuid == other.uuid
+    assert load_worker_code(worker_code.computer.label, 'mlmat-worker').uuid == worker_code.uuid
+    assert load_worker_code(None, str(other.pk)).uuid == other.uuid
+    with pytest.raises(MlmatCliError, match='no unique Code `mlmat-worker`'):
+        load_worker_code(None, 'mlmat-worker')
+    (tmp_path / 'run').write_text('#!/bin/sh\n')
+    portable = orm.PortableCode(label='portable-worker', filepath_executable='run', filepath_files=tmp_path).store()
+    with pytest.raises(MlmatCliError, match='belongs to no Computer') as raised:
+        load_worker_code(None, portable.uuid)
+    assert raised.value.exit_code == 2
+    with pytest.raises(MlmatCliError, match=r'^computer: no Computer `nowhere`'):
+        load_worker_code('nowhere', options=('code:', 'computer:'))

@@ -475,17 +475,26 @@ def test_potentials_trained_on_a_configuration_follow_splits_and_bootstrap_sampl
     with pytest.raises(IndexError, match='outside the set'):
         query.potentials_trained_on((splits.train, splits.train.count))
 
-    # Each member's train input now caches its keys in an extra (read once, not at every question); an edited
-    # cache of the wrong length is computed afresh and gives the same answer.
+    # Each member's train input now caches its keys in an extra, stamped with the key's version and length and the
+    # set's content hash (read once, not at every question); a cache that does not match is computed afresh.
     train_input = calcs[0].inputs.train
     cached = train_input.base.extras.get(query.KEY_EXTRA)
-    assert cached == [
-        key[: query.KEY_EXTRA_LENGTH] for key in (query.configuration_key(a) for a in train_input.get_atoms())
-    ]
+    expected = [query.configuration_key(atoms)[: query.KEY_EXTRA_LENGTH] for atoms in train_input.get_atoms()]
+    assert cached['keys'] == expected and cached['sha256'] == train_input.base.attributes.get('sha256')
     answer = query.potentials_trained_on(first)
-    train_input.base.extras.set(query.KEY_EXTRA, cached[:1])
+    zeros = ['0' * query.KEY_EXTRA_LENGTH] * len(expected)
+    stale = [
+        {**cached, 'keys': cached['keys'][:1]},  # edited: too short
+        {**cached, 'version': query.KEY_VERSION + 1, 'keys': zeros},  # made by another key
+        {**cached, 'sha256': 'f' * 64, 'keys': zeros},  # made for a set of other content
+        {**cached, 'keys': [1] * len(expected)},  # not keys
+        expected,  # a bare list, no stamp
+    ]
+    for value in stale:
+        train_input.base.extras.set(query.KEY_EXTRA, value)
+        assert query.configuration_keys(train_input) == expected
+        assert train_input.base.extras.get(query.KEY_EXTRA) == cached
     assert query.potentials_trained_on(first) == answer
-    assert train_input.base.extras.get(query.KEY_EXTRA) == cached
 
 
 def test_dataset_used_by_command(graph):
