@@ -32,6 +32,21 @@ def validate_scheduler_word(value: Any, _: Any = None) -> str | None:
     return f'{value!r} is not a plain scheduler name (letters, digits and `_.:@+,-`); it would go into a #SBATCH line'
 
 
+def stored_partition(computer: orm.Computer | None) -> str | None:
+    """The SLURM partition stored on ``computer`` (``PARTITION_PROPERTY``, set by ``mlmat setup --slurm-partition``),
+    or None: what every job there given no ``queue_name`` is submitted to.
+
+    :raises ValueError: when the stored value is not a scheduler word; it is written verbatim into ``#SBATCH``
+        lines, and a Computer imported from an archive is not trusted.
+    """
+    partition = computer.get_property(PARTITION_PROPERTY, None) if computer is not None else None
+    if partition:
+        error = validate_scheduler_word(partition)
+        if error:
+            raise ValueError(f'the partition stored on the Computer `{computer.label}` ({PARTITION_PROPERTY}): {error}')
+    return partition or None
+
+
 def validate_environment_names(value: Any, _: Any = None) -> str | None:
     """Refuse environment variable names that are not identifiers (aiida-core quotes values, not names)."""
     for name in value or {}:
@@ -178,18 +193,12 @@ class MlmatCalculation(CalcJob):
 
     def _setup_metadata(self, metadata: dict) -> None:
         """Store the metadata on the node; a job given no ``queue_name`` goes to the partition stored on its
-        Computer (``PARTITION_PROPERTY``, set by ``mlmat setup --slurm-partition``) and records it as its option."""
+        Computer (:func:`stored_partition`) and records it as its option."""
         options = dict(metadata.get('options') or {})
         if options.get('queue_name') is None:
             code = self.inputs.get('code')
-            computer = metadata.get('computer') or (code.computer if code is not None else None)
-            partition = computer.get_property(PARTITION_PROPERTY, None) if computer is not None else None
+            partition = stored_partition(metadata.get('computer') or (code.computer if code is not None else None))
             if partition:
-                error = validate_scheduler_word(partition)
-                if error:  # written verbatim into `#SBATCH` lines: a Computer imported from an archive is not trusted
-                    raise ValueError(
-                        f'the partition stored on the Computer `{computer.label}` ({PARTITION_PROPERTY}): {error}'
-                    )
                 metadata = {**metadata, 'options': {**options, 'queue_name': partition}}
         super()._setup_metadata(metadata)
 

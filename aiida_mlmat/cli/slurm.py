@@ -225,7 +225,9 @@ def slurm_options(computer: Any) -> dict[str, Any]:
 
     mlmat CalcJobs apply it themselves; this is for other CalcJobs (aiida-ase's ``ase.ase``) on the Computer.
     """
-    partition = computer.get_property(PARTITION_PROPERTY, None)
+    from aiida_mlmat.calcjobs.base import stored_partition
+
+    partition = stored_partition(computer)
     return {'queue_name': partition} if partition else {}
 
 

@@ -9,10 +9,9 @@ from aiida.common import AttributeDict
 from aiida.engine import ToContext, WorkChain, calcfunction, if_
 from aiida.plugins import CalculationFactory
 
-from aiida_mlmat.calcjobs.base import validate_scheduler_word
+from aiida_mlmat.calcjobs.base import stored_partition, validate_scheduler_word
 from aiida_mlmat.calcjobs.label import calculator_error
 from aiida_mlmat.calcjobs.sample import SampleCalculation
-from aiida_mlmat.common.constants import PARTITION_PROPERTY
 from aiida_mlmat.data.configurations import ConfigurationSetData
 from aiida_mlmat.worker.structures import InvalidConfigurationError, check_configuration, check_element
 from aiida_mlmat.workflows.functions import (
@@ -368,9 +367,8 @@ class ReferenceWorkChain(IdempotentLaunchMixin, WorkChain):
         parameters = orm.Dict(ase_parameters(self.inputs.calculator.get_dict(), ['energy', 'forces', 'stress']))
         options = self.inputs.ase_options.get_dict() if 'ase_options' in self.inputs else {}
         options.setdefault('resources', {'num_machines': 1, 'num_mpiprocs_per_machine': 1})
-        computer = self.inputs.ase_code.computer
-        partition = computer.get_property(PARTITION_PROPERTY, None) if computer is not None else None
-        if partition and options.get('queue_name') is None and validate_scheduler_word(partition) is None:
+        partition = stored_partition(self.inputs.ase_code.computer)
+        if partition and options.get('queue_name') is None:
             options['queue_name'] = partition  # as every mlmat job on that Computer (MlmatCalculation)
         AseCalculation = CalculationFactory('ase.ase')  # noqa: N806
         futures = {}
