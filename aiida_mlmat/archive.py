@@ -413,7 +413,8 @@ def _card_markdown(card: dict[str, Any]) -> str:
     lines += ['', '## Versions (exporting environment)', '']
     lines += [f'- {key}: {value}' for key, value in card['versions'].items()]
     if card.get('recorded_versions'):
-        lines += ['', '## Versions (recorded at training)', '']
+        where = 'training' if card.get('kind') == 'model' else 'labelling'
+        lines += ['', f'## Versions (recorded at {where})', '']
         lines += [f'- {key}: {value}' for key, value in sorted(card['recorded_versions'].items())]
     lines += ['', '## Files (sha256)', '']
     lines += [f'- `{name}`: {sha}' for name, sha in card['files'].items()]
@@ -426,6 +427,8 @@ def _write_card(folder: Path, card: dict[str, Any]) -> None:
 
 
 def _dataset_card(node: Any, files: dict[str, str], common: dict[str, Any]) -> dict[str, Any]:
+    from aiida_mlmat.query import labelling_versions
+
     summary = node.summary()
     calculator = summary.get('calculator')
     return {
@@ -442,6 +445,7 @@ def _dataset_card(node: Any, files: dict[str, str], common: dict[str, Any]) -> d
             for key in ('n_configurations', 'n_atoms_total', 'species', 'label_keys', 'n_excluded', 'units', 'sha256')
         },
         'versions': common['versions'],
+        'recorded_versions': labelling_versions(node),
         'files': files,
     }
 

@@ -212,6 +212,20 @@ def reference_calculators(node: PotentialData | ConfigurationSetData) -> list[di
     return [specs[key] for key in sorted(specs)]
 
 
+def labelling_versions(node: PotentialData | ConfigurationSetData) -> dict[str, str]:
+    """The software versions the labelling jobs behind ``node`` recorded (the worker's ``results.versions``: the
+    Python, ASE, numpy and, for DFT, GPAW of the machine that computed the labels); several versions of one package
+    are joined with ``, ``. aiida-ase jobs record none.
+    """
+    found: dict[str, set[str]] = {}
+    for record in reference_calculations(node):
+        results = record.node.outputs.results if 'results' in record.node.outputs else None
+        versions = results.get('versions', {}) if isinstance(results, orm.Dict) else {}
+        for name, version in (versions or {}).items():
+            found.setdefault(str(name), set()).add(str(version))
+    return {name: ', '.join(sorted(values)) for name, values in sorted(found.items())}
+
+
 def _label_calculations(calculator: str) -> list[orm.CalcJobNode]:
     """Label CalcJobs (both paths) that ran the registry calculator ``calculator``."""
     from aiida_mlmat.workflows.reference import ASE_PATH_CALCULATORS
@@ -564,8 +578,9 @@ def provenance_chain(node: orm.Node) -> dict[str, Any]:
 
     Follows links backwards (CREATE, INPUT_CALC, INPUT_WORK, RETURN, CALL_CALC, CALL_WORK), so it includes the
     workflows that called each step but never anything downstream. For a workflow (the PK that ``mlmat run``
-    prints) the chain starts from the workflow and what it returned (its potential, training set, screening
-    results), so it holds every step behind its results. The result names nodes by UUID only and is
+    prints) the chain starts from the workflow, every process it called (directly or through sub-workflows, also
+    those that failed) and what it returned (its potential, training set, screening results), so it holds every
+    step of the run and everything behind its results. The result names nodes by UUID only and is
     ordered deterministically (topologically; creation time and UUID break ties), so the chain computed in
     another profile after an archive round trip compares equal.
 
@@ -590,6 +605,8 @@ def provenance_chain(node: orm.Node) -> dict[str, Any]:
     starts = [node.pk]
     if isinstance(node, orm.WorkflowNode):
         starts += [link.node.pk for link in node.base.links.get_outgoing(link_type=LinkType.RETURN).all()]
+        called = traverse_graph([node.pk], links_forward=[LinkType.CALL_CALC, LinkType.CALL_WORK])['nodes']
+        starts += sorted(called)  # every step it ran, also those that failed or made nothing it returned
     traversed = traverse_graph(sorted(set(starts)), get_links=True, links_backward=list(CHAIN_LINK_TYPES))
     pks = sorted(traversed['nodes'])
     builder = orm.QueryBuilder().append(orm.Node, filters={'id': {'in': pks}}, project=['id', '*'])

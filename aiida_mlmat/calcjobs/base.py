@@ -112,6 +112,7 @@ class MlmatCalculation(CalcJob):
             'again on load) for the registry calculator `mlmat`.',
         )
         spec.output('results', valid_type=orm.Dict, help='Summary written by the worker: counts, timings, errors.')
+        spec.default_output_node = 'results'  # `verdi calcjob res PK` prints it
 
         spec.exit_code(
             300, 'ERROR_MISSING_RESULTS', message='The worker wrote no `results.json`.', invalidates_cache=True
@@ -131,7 +132,7 @@ class MlmatCalculation(CalcJob):
             'ERROR_CALCULATOR_UNAVAILABLE',
             message='The calculator cannot be loaded where the worker runs: {message}',
         )
-        spec.exit_code(320, 'ERROR_ALL_CONFIGURATIONS_FAILED', message='Every configuration failed: {message}')
+        spec.exit_code(320, 'ERROR_ALL_CONFIGURATIONS_FAILED', message='No configuration succeeded: {message}')
         spec.exit_code(315, 'ERROR_MISSING_LABELS', message='The data lack labels the loss needs: {message}')
         spec.exit_code(316, 'ERROR_EMPTY_SPLIT', message='A data split is empty: {message}')
         spec.exit_code(317, 'ERROR_UNKNOWN_SPECIES', message='Species outside the model: {message}')

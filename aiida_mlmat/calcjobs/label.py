@@ -11,6 +11,7 @@ from aiida.common.folders import Folder
 
 from aiida_mlmat.calcjobs.base import MlmatCalculation
 from aiida_mlmat.common.constants import (
+    CALCULATOR_LOGS,
     EXCLUDED_FILE,
     LABELLED_FILE,
     PREVIOUS_EXCLUDED_FILE,
@@ -61,6 +62,36 @@ def calculator_error(spec: Any, species: Iterable[str] = (), reference: bool = T
     return None
 
 
+#: Extra of a Code: ``{calculator name: {'version': ..., 'parameters': [keyword arguments it takes]}}``, as
+#: ``mlmat setup`` read them from the Code's Python (GPAW's keywords depend on its version).
+CALCULATORS_EXTRA = 'mlmat_calculators'
+
+
+def code_parameters_error(code: Any, spec: Any) -> str | None:
+    """Why the calculator keyword arguments of ``spec`` are unknown to the calculator on ``code``, or None.
+
+    Checked only where the Code records the keywords (:data:`CALCULATORS_EXTRA`); the message suggests the closest
+    known keyword (``kpt``: did you mean ``kpts``?).
+    """
+    import difflib
+
+    if code is None or not isinstance(spec, dict) or not isinstance(spec.get('parameters') or {}, dict):
+        return None
+    record = (code.base.extras.get(CALCULATORS_EXTRA, None) or {}).get(spec.get('name'))
+    if not isinstance(record, dict) or not record.get('parameters'):
+        return None
+    known = list(record['parameters'])
+    unknown = sorted(set(spec.get('parameters') or {}) - set(known))
+    if not unknown:
+        return None
+    close = difflib.get_close_matches(unknown[0], known, n=1)
+    hint = f' (did you mean `{close[0]}`?)' if close else ''
+    return (
+        f'calculator.parameters: {spec["name"]} {record.get("version", "")} on the Code `{code.full_label}` takes no '
+        f'parameter(s) {unknown}{hint}; it takes {", ".join(known)}'
+    )
+
+
 def validate_calculator(value: orm.Dict | None, _: Any = None) -> str | None:
     """Port validator for a calculator spec."""
     return None if value is None else calculator_spec_error(value.get_dict())
@@ -77,6 +108,8 @@ class LabelCalculation(MlmatCalculation):
     TASK = 'label'
     SOFT_LIMIT = True
     _RETRIEVE_TEMPORARY = [LABELLED_FILE, EXCLUDED_FILE]
+    #: ``calculator-logs/<index>.txt``: the text log of each configuration the calculator failed on (GPAW).
+    _RETRIEVE = [*MlmatCalculation._RETRIEVE, (f'{CALCULATOR_LOGS}/*', '.', 2)]
 
     @classmethod
     def define(cls, spec: Any) -> None:
@@ -126,6 +159,7 @@ class LabelCalculation(MlmatCalculation):
             return 'configurations: the set is empty; there is nothing to label'
         if 'calculator' in value:
             error = cls.potential_error(value, value['calculator'].get('name'))
+            error = error or code_parameters_error(value.get('code'), value['calculator'].get_dict())
             if error:
                 return error
         if 'calculator' in value and 'configurations' in value:

@@ -106,7 +106,7 @@ def reference(profile: str | None, **kwargs: Any) -> None:
     if not json_output:
         click.echo(f'submitted {node.process_label}<{node.pk}> ({node.uuid})')
     if kwargs['wait']:
-        wait_for(node)  # progress goes to stderr, so it never mixes with the JSON on stdout
+        wait_for(node, quiet=json_output)  # progress goes to stderr; with --json there is none
     result: dict[str, Any] = {'process': node.pk, 'configurations': None, 'n_configurations': None, 'n_excluded': None}
     if node.is_finished_ok:
         labelled = node.outputs.configurations
@@ -199,17 +199,19 @@ def dataset_show(profile: str | None, identifier: str, json_output: bool) -> Non
         click.echo(f'{"x(" + symbol + ")":>18}: {low:.3f} .. {high:.3f}')
     click.echo(f'{"excluded":>18}: {summary["n_excluded"]}')
     for record in summary['excluded'][:20]:
-        click.echo(f'{"":>18}  #{record["index"]} {record.get("formula", "")}: {record["reason"]}')
+        reason = ' '.join(str(record['reason']).split())  # a calculator's message may span lines
+        click.echo(f'{"":>18}  #{record["index"]} {record.get("formula", "")}: {reason}')
     click.echo(f'{"sha256":>18}: {summary["sha256"]}')
 
 
-def _check_map_colour(colour: str | None, species: list[str]) -> None:
+def _check_map_colour(colour: str | None, species: list[str], frames: list[Any]) -> None:
     """Refuse a bad ``--colour`` before anything is computed or stored."""
     from aiida_mlmat.ml.selection import check_colour
 
     if colour is not None:
+        energies = any(frame.calc is not None and 'energy' in frame.calc.results for frame in frames)
         try:
-            check_colour(colour, species)
+            check_colour(colour, species, energies)
         except ValueError as exc:
             raise MlmatCliError(f'--colour: {exc}') from exc
 
@@ -246,7 +248,7 @@ def descriptors(profile: str | None, **kwargs: Any) -> None:
         except CorruptFileError as exc:
             raise MlmatCliError(str(exc)) from exc
         species = sorted({symbol for frame in frames for symbol in frame.get_chemical_symbols()})
-        _check_map_colour(kwargs['colour'] if map_path is not None else None, species)
+        _check_map_colour(kwargs['colour'] if map_path is not None else None, species, frames)
         try:
             spec = DescriptorSpec.from_dict(descriptor_definition(descriptor, species))
             device = (
@@ -279,7 +281,7 @@ def descriptors(profile: str | None, **kwargs: Any) -> None:
                 f'`{source}` is {what} nor the PK or UUID of a stored configuration set', EXIT_NOT_FOUND
             ) from exc
         frames = node.get_atoms()
-        _check_map_colour(kwargs['colour'] if map_path is not None else None, node.species)
+        _check_map_colour(kwargs['colour'] if map_path is not None else None, node.species, frames)
         from aiida_mlmat.ml.neighbours import CutoffError, check_cutoff
 
         try:  # refused here, before the job and its nodes are stored, as the worker would refuse it
@@ -392,7 +394,7 @@ def train(profile: str | None, **kwargs: Any) -> None:
     if not json_output:
         click.echo(f'submitted {node.process_label}<{node.pk}> ({node.uuid})')
     if kwargs['wait']:
-        wait_for(node)
+        wait_for(node, quiet=json_output)
     result: dict[str, Any] = {'process': node.pk, 'potential': None, 'metrics': None}
     if node.is_finished_ok:
         result.update(potential=node.outputs.potential.pk, metrics=node.outputs.metrics.get_dict())
@@ -462,6 +464,8 @@ def potential_show(profile: str | None, identifier: str, json_output: bool) -> N
     for spec in calculators:
         parameters = json.dumps(spec['parameters'], sort_keys=True) if spec['parameters'] else ''
         click.echo(f'{"labelled by":>24}: {spec["name"]} {parameters}'.rstrip())
+    if not calculators:
+        click.echo(f'{"labelled by":>24}: not recorded (no labelling job in this profile; an imported set?)')
     if creator is not None:
         made = f'{creator.process_label}<{creator.pk}>'
         caller = creator.caller
@@ -473,6 +477,7 @@ def potential_show(profile: str | None, identifier: str, json_output: bool) -> N
 def potential_evaluate(profile: str | None, identifier: str, file: str, json_output: bool) -> None:
     """``mlmat potential evaluate``: errors on a labelled extxyz file (computed here)."""
     load_profile(profile)
+    from aiida_mlmat.common.constants import metric_unit
     from aiida_mlmat.data.configurations import CorruptFileError, parse_extxyz_bytes
     from aiida_mlmat.data.potential import PotentialData, PotentialIntegrityError
     from aiida_mlmat.ml.calculator import reference_errors
@@ -495,12 +500,17 @@ def potential_evaluate(profile: str | None, identifier: str, file: str, json_out
     except PotentialIntegrityError as exc:
         raise MlmatCliError(str(exc)) from exc
     metrics, _ = reference_errors(calculator, frames)
-    result: dict[str, Any] = {'n_structures': len(frames), **metrics}
+    # the contract's keys are always there: null where the file has no forces to compare with
+    result: dict[str, Any] = {'n_structures': len(frames), 'forces_mae': None, 'forces_rmse': None, **metrics}
     if json_output:
         echo_json(result)
         return
     for key, value in result.items():
-        click.echo(f'{key:>22}: {value}')
+        if value is None:
+            text = 'n/a (the file has no forces)'
+        else:
+            text = f'{value:.5g} {metric_unit(key)}'.rstrip() if isinstance(value, float) else str(value)
+        click.echo(f'{key:>22}: {text}')
 
 
 def potential_export(profile: str | None, identifier: str, directory: str, json_output: bool) -> None:

@@ -103,9 +103,19 @@ def setup_cmd(
 @click.option(
     '--computer', default=None, help='Computer whose Codes run the jobs (default: localhost, or that of --code).'
 )
-@click.option('--code', default=None, help='The worker Code that runs the jobs (default: mlmat-worker@COMPUTER).')
+@click.option(
+    '--code',
+    default=None,
+    help='The worker Code that runs the jobs (default: mlmat-worker@COMPUTER; for gpaw mlmat-worker-gpaw@COMPUTER).',
+)
 @click.option('--chunk-size', type=click.IntRange(min=1), default=None, help='Configurations per label job.')
-@click.option('--select', 'select_n', type=click.IntRange(min=1), default=None, help='Label only the N most diverse.')
+@click.option(
+    '--select',
+    'select_n',
+    type=click.IntRange(min=3),
+    default=None,
+    help='Label only the N most diverse (at least 3: a set to train on is split three ways).',
+)
 @click.option('--overrides', default=None, help='JSON object merged into the protocol inputs.')
 @click.option('--wait', is_flag=True, help='Block until the workflow ends, showing progress.')
 @click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')

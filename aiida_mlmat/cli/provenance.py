@@ -68,7 +68,7 @@ def print_chain(chain: dict[str, Any]) -> None:
     click.echo('')
     click.echo(f'{len(chain["datasets"])} configuration sets:')
     for entry in chain['datasets']:
-        calculator = _calculator_text(entry['calculator']) or 'unlabelled'
+        calculator = _calculator_text(entry['calculator']) or 'a calculator not recorded (imported)'
         keys = ','.join(entry['label_keys'])
         labels = f'labels {keys} by {calculator}' if keys else 'no labels (structures only)'
         click.echo(

@@ -177,6 +177,34 @@ def find_gpaw_python(given: str | None) -> str | None:
     return None
 
 
+#: Prints the GPAW version and the keyword arguments its calculator takes (``GPAW.set`` refuses any other).
+_GPAW_PROBE = (
+    'import inspect, json, gpaw\n'
+    'from gpaw.calculator import GPAW\n'
+    'names = set(GPAW.default_parameters) | {"txt"}\n'
+    'names |= {name for name, p in inspect.signature(GPAW.__init__).parameters.items()\n'
+    '          if p.kind is p.KEYWORD_ONLY or (p.default is not p.empty and name != "restart")}\n'
+    'print(json.dumps({"version": gpaw.__version__, "parameters": sorted(names)}))\n'
+)
+
+
+def gpaw_calculator_record(python: str) -> dict[str, Any] | None:
+    """``{'version', 'parameters'}`` of the GPAW that ``python`` imports, or None where it cannot be read."""
+    import json
+
+    try:
+        result = subprocess.run(
+            [python, '-c', _GPAW_PROBE], capture_output=True, text=True, timeout=120, check=False,
+            env={**os.environ, 'PYTHONPATH': ''},
+        )  # fmt: skip
+        record = json.loads(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get('parameters'), list):
+        return None
+    return {'version': str(record.get('version')), 'parameters': [str(name) for name in record['parameters']]}
+
+
 def gpaw_worker_wrapper(python: str, directory: Path) -> str:
     """Write (idempotently) a wrapper that runs the worker with a GPAW Python and return its path.
 
@@ -291,6 +319,13 @@ def run_setup(
             f'{python} with GPAW for aiida-ase',
             prepend_text=ISOLATE_PYTHON,
         )
+        record = gpaw_calculator_record(python)
+        if record is not None:  # lets a misspelled GPAW keyword be refused before submission
+            from aiida_mlmat.calcjobs.label import CALCULATORS_EXTRA
+
+            for key in ('gpaw_worker', 'gpaw_ase'):
+                known = dict(codes[key].base.extras.get(CALCULATORS_EXTRA, {}) or {})
+                codes[key].base.extras.set(CALCULATORS_EXTRA, {**known, 'gpaw': record})
     slurm = None
     if slurm_target:
         from aiida_mlmat.cli.slurm import DEFAULT_PORT, setup_slurm

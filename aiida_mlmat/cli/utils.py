@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from aiida_mlmat.common.text import TRACEBACK as _TRACEBACK
+from aiida_mlmat.common.text import condense_log
 from aiida_mlmat.common.values import non_finite_path
 
 #: Exit codes of the ``mlmat`` commands (click itself uses 2 for usage errors).
@@ -243,7 +245,16 @@ def load_node(identifier: str | int, expected: type | None = None) -> Any:
         )
     try:
         node = orm.load_node(identifier)
-    except (NotExistent, MultipleObjectsError, ValueError, OverflowError) as exc:
+    except MultipleObjectsError as exc:
+        same = orm.QueryBuilder().append(orm.Node, filters={'label': text}, project=['id', 'node_type']).all()
+        if len(same) > 1:  # a label given to several nodes: name them, so one can be picked by PK
+            listed = ', '.join(f'{pk} ({node_type.rstrip(".").rsplit(".", 1)[-1]})' for pk, node_type in sorted(same))
+            raise MlmatCliError(
+                f'the label `{identifier}` names {len(same)} nodes (PKs {listed}); give one PK or UUID',
+                EXIT_NOT_FOUND,
+            ) from exc
+        raise MlmatCliError(f'no unique node with PK, UUID or label `{identifier}`: {exc}', EXIT_NOT_FOUND) from exc
+    except (NotExistent, ValueError, OverflowError) as exc:
         raise MlmatCliError(f'no unique node with PK, UUID or label `{identifier}`: {exc}', EXIT_NOT_FOUND) from exc
     if expected is not None and not isinstance(node, expected):
         raise MlmatCliError(
@@ -325,6 +336,14 @@ def load_worker_code(
     try:
         return orm.load_code(label)
     except (NotExistent, MultipleObjectsError) as exc:
+        if name.endswith('gpaw') and computer == 'localhost':
+            raise MlmatCliError(
+                f'the Computer `localhost` has no Code `{name}` ({exc}): `mlmat setup` found no Python that imports '
+                'GPAW. Run `mlmat setup --gpaw-python PATH` with a Python that has GPAW (and jsonschema), e.g. '
+                '/usr/bin/python3 after `apt-get install gpaw python3-jsonschema`, or name a Code with '
+                f'{code_option}',
+                EXIT_SETUP,
+            ) from exc
         raise MlmatCliError(
             f'the Computer `{computer}` has no Code `{name}` ({exc}). `mlmat setup` registers it on `localhost` and on '
             f'the SLURM Computer it sets up (--slurm-host); on another Computer create it (`verdi code create '
@@ -479,27 +498,6 @@ def new_reports(node: Any, seen: set[int], descendants: Sequence[Any] | None = N
             continue
         lines.append((log_id, f'{labels[pk]}: {prefix}{message}'))
     return lines
-
-
-_TRACEBACK = 'Traceback (most recent call last):'
-
-
-def condense_log(message: str) -> str:
-    """A log message in one line: a Python traceback in it (aiida-core logs one for every failed transport task)
-    is cut to the exception it ends with, e.g. ``aiida.schedulers.scheduler.SchedulerError: Error during submission,
-    retval=1 stdout= stderr=sbatch: error: Invalid generic resource (gres) specification``."""
-    head, found, trace = message.partition(_TRACEBACK)
-    if not found:
-        return message
-    lines = trace.splitlines()
-    frames = [index for index, line in enumerate(lines) if line.startswith('  File ')]
-    tail = lines[frames[-1] + 1 :] if frames else lines
-    exception = [line.strip() for line in tail if line.strip() and not line.startswith((' ', '\t'))]
-    cause = ' '.join(exception).strip()
-    if len(cause) > 400:
-        cause = cause[:397] + '...'
-    head = head.strip().rstrip(':')
-    return f'{head}: {cause}' if head and cause else head or cause
 
 
 def paused_error(node: Any, paused: Any) -> MlmatCliError:

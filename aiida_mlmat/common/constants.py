@@ -48,6 +48,8 @@ PREVIOUS_FILE = 'previous.extxyz'
 PREVIOUS_EXCLUDED_FILE = 'previous_excluded.json'
 LABELLED_FILE = 'labelled.extxyz'
 EXCLUDED_FILE = 'excluded.jsonl'
+#: Folder of the text logs of the configurations a calculator failed on (GPAW's SCF log), retrieved.
+CALCULATOR_LOGS = 'calculator-logs'
 SAMPLED_FILE = 'sampled.extxyz'
 DESCRIPTORS_FILE = 'descriptors.npz'
 

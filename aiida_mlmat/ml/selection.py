@@ -138,13 +138,19 @@ def pca_2d(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return coords, np.pad(variance[:2], (0, max(0, 2 - len(variance[:2]))))
 
 
-def check_colour(key: str, species: list[str] | set[str]) -> None:
+def check_colour(key: str, species: list[str] | set[str], energies: bool = True) -> None:
     """Refuse a map colour that is neither ``energy`` nor ``composition:EL`` for an element EL of ``species``.
 
+    :param energies: whether any configuration has an energy (``energy`` on a set without one is refused: its map
+        would have no point to draw).
     :raises ValueError: naming the key (and the elements there are, for an element that is in no configuration:
         its map would be one flat colour).
     """
     if key == 'energy':
+        if not energies:
+            raise ValueError(
+                '`energy`: no configuration has an energy (the set is unlabelled); colour by `composition:<element>`'
+            )
         return
     if not key.startswith('composition:'):
         raise ValueError(f'colour must be `energy` or `composition:<element>`, got `{key}`')
@@ -158,12 +164,14 @@ def check_colour(key: str, species: list[str] | set[str]) -> None:
 def map_colours(frames: list, key: str) -> tuple[np.ndarray, str]:
     """Per-configuration colour values of a data-set map and their axis label.
 
-    ``energy``: energy per atom (eV/atom, NaN where unlabelled); ``composition:EL``: the fraction of element EL.
+    ``energy``: energy per atom (eV/atom, NaN where unlabelled: drawn grey); ``composition:EL``: the fraction of
+    element EL.
     :raises ValueError: for any other key, or an element in none of the frames (see :func:`check_colour`).
     """
-    check_colour(key, {symbol for frame in frames for symbol in frame.get_chemical_symbols()})
+    values = [(f.calc.results.get('energy', np.nan) if f.calc is not None else np.nan) / len(f) for f in frames]
+    energies = bool(np.isfinite(values).any())
+    check_colour(key, {symbol for frame in frames for symbol in frame.get_chemical_symbols()}, energies)
     if key == 'energy':
-        values = [(f.calc.results.get('energy', np.nan) if f.calc is not None else np.nan) / len(f) for f in frames]
         return np.array(values), 'energy (eV/atom)'
     if key.startswith('composition:'):
         symbol = key.split(':', 1)[1]
@@ -179,7 +187,14 @@ def plot_map(coords: np.ndarray, colour: np.ndarray, colour_label: str, path: st
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(5.5, 4.5), dpi=120)
-    sc = axes.scatter(coords[:, 0], coords[:, 1], c=colour, cmap='viridis', s=14, edgecolors='none')
+    colour = np.asarray(colour, dtype=float)
+    missing = ~np.isfinite(colour)
+    if missing.any():  # unlabelled configurations: grey, so that none vanishes from the map
+        axes.scatter(coords[missing, 0], coords[missing, 1], c='lightgrey', s=14, edgecolors='none', label='no value')
+        axes.legend(loc='best', fontsize='small')
+    sc = axes.scatter(
+        coords[~missing, 0], coords[~missing, 1], c=colour[~missing], cmap='viridis', s=14, edgecolors='none'
+    )
     figure.colorbar(sc, ax=axes, label=colour_label)
     axes.set_xlabel('PC 1')
     axes.set_ylabel('PC 2')

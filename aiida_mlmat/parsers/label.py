@@ -73,6 +73,12 @@ class LabelParser(MlmatParser):
 
     def finished(self, results: dict[str, Any]) -> ExitCode:
         """The exit code of a complete run whose outputs are attached (subclasses add warnings)."""
+        if results.get('n_without_stress'):
+            name = self.node.inputs.calculator.get_dict().get('name')
+            self.logger.warning(
+                f'{results["n_without_stress"]} periodic configuration(s) labelled without stress: the calculator '
+                f'`{name}` does not give it' + (' (GPAW only in its plane-wave mode)' if name == 'gpaw' else '')
+            )
         return ExitCode(0)
 
     def parse(self, **kwargs: Any) -> ExitCode | None:

@@ -19,6 +19,9 @@ from aiida_mlmat.common.constants import RESULTS_JSON
 from aiida_mlmat.worker.errors import ErrorCode, WorkerError
 from aiida_mlmat.worker.schema import SCHEMA_VERSION, SCHEMAS, validate_input
 
+#: Modules whose version goes into ``results.json`` when the task imported them (a DFT code, torch).
+RECORDED_MODULES = ('gpaw', 'torch', 'pymatgen')
+
 
 def _versions() -> dict[str, str]:
     import ase
@@ -26,12 +29,17 @@ def _versions() -> dict[str, str]:
 
     from aiida_mlmat import __version__
 
-    return {
+    versions = {
         'aiida_mlmat': __version__,
         'ase': ase.__version__,
         'numpy': numpy.__version__,
         'python': platform.python_version(),
     }
+    for name in RECORDED_MODULES:  # the code that computed the results, where the task imported it
+        module = sys.modules.get(name)
+        if module is not None and isinstance(getattr(module, '__version__', None), str):
+            versions[name] = module.__version__
+    return versions
 
 
 def _tasks() -> dict[str, Any]:

@@ -122,6 +122,8 @@ def parameters_error(name: str, parameters: Any) -> str | None:
     recorded in the provenance but ignored (EMT) or fail every job (LJ), and a string where ASE expects a flag or a
     number would silently change the energies. The message names the parameter, not the calculator.
     """
+    if name == 'gpaw' and isinstance(parameters, dict):
+        return _gpaw_error(parameters)
     if name not in CLOSED_PARAMETERS or not isinstance(parameters, dict):
         return None
     module_name, class_name = BUILTIN[name][:2]
@@ -139,6 +141,41 @@ def parameters_error(name: str, parameters: Any) -> str | None:
         ):
             return f'`{key}` must be a number, got {_shown(value)}'
     return _bounds_error(name, parameters)
+
+
+#: GPAW's wave-function modes; stress comes only from ``pw``.
+GPAW_MODES = ('pw', 'fd', 'lcao')
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def _gpaw_error(parameters: dict[str, Any]) -> str | None:
+    """Why GPAW keyword arguments would fail every configuration (checked without importing GPAW), or None.
+
+    The mode (a name or ``{"name": "pw", "ecut": 300}``), a positive cut-off (eV) and grid spacing (Å), and a
+    Monkhorst-Pack k-point grid of three positive integers. Which keys GPAW knows at all is checked against the
+    Code (:func:`aiida_mlmat.calcjobs.label.code_parameters_error`): it depends on the GPAW version there.
+    """
+    mode = parameters.get('mode')
+    example = '{"name": "pw", "ecut": 300}'
+    if isinstance(mode, str) and mode not in GPAW_MODES:
+        return f'`mode` must be one of {", ".join(GPAW_MODES)} (or a dict such as {example}), got {_shown(mode)}'
+    if isinstance(mode, dict):
+        if mode.get('name') not in GPAW_MODES:
+            return f'`mode` needs a `name`, one of {", ".join(GPAW_MODES)} (e.g. {example}), got {_shown(mode)}'
+        if 'ecut' in mode and not _positive_number(mode['ecut']):
+            return f'`mode.ecut` (eV, the plane-wave cut-off) must be a positive number, got {_shown(mode["ecut"])}'
+    elif mode is not None and not isinstance(mode, str):
+        return f'`mode` must be a name ({", ".join(GPAW_MODES)}) or a dict such as {example}, got {_shown(mode)}'
+    if parameters.get('h') is not None and not _positive_number(parameters['h']):
+        return f'`h` (Å, the grid spacing) must be a positive number, got {_shown(parameters["h"])}'
+    kpts = parameters.get('kpts')
+    grid = isinstance(kpts, list) and kpts and not any(isinstance(k, list) for k in kpts)  # not explicit k-points
+    if grid and (len(kpts) != 3 or not all(isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in kpts)):
+        return f'`kpts` as a grid must be three positive integers such as [3, 3, 3], got {_shown(kpts)}'
+    return None
 
 
 def _shown(value: Any) -> str:

@@ -48,7 +48,28 @@ def failure_reason(node: orm.ProcessNode) -> str:
     records = last.outputs.results.get('excluded', []) if 'results' in last.outputs else []
     if records:
         reason += f'; first configuration: {records[0]["reason"]}'
+    elif cause := stderr_exception(last):
+        reason += f'; its stderr ends with {cause}'
     return reason
+
+
+def stderr_exception(node: orm.CalcJobNode) -> str | None:
+    """The exception a job's retrieved scheduler stderr ends with, in one line, or None.
+
+    A code run through a script (aiida-ase's ``ase.ase`` job running GPAW) reports its error only there: the parser
+    sees nothing but a missing output file.
+    """
+    from aiida_mlmat.common.text import TRACEBACK, condense_log
+
+    retrieved = node.outputs.retrieved if 'retrieved' in node.outputs else None
+    name = node.get_option('scheduler_stderr') or '_scheduler-stderr.txt'
+    if retrieved is None or name not in retrieved.base.repository.list_object_names():
+        return None
+    try:
+        text = retrieved.base.repository.get_object_content(name, mode='r')
+    except (OSError, UnicodeDecodeError):
+        return None
+    return condense_log(text[text.index(TRACEBACK) :]) if TRACEBACK in text else None
 
 
 class LabelBaseWorkChain(IdempotentLaunchMixin, BaseRestartWorkChain):

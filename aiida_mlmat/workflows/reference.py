@@ -10,7 +10,7 @@ from aiida.engine import ToContext, WorkChain, calcfunction, if_
 from aiida.plugins import CalculationFactory
 
 from aiida_mlmat.calcjobs.base import stored_partition, validate_scheduler_word
-from aiida_mlmat.calcjobs.label import calculator_error
+from aiida_mlmat.calcjobs.label import calculator_error, code_parameters_error
 from aiida_mlmat.calcjobs.sample import SampleCalculation
 from aiida_mlmat.data.configurations import ConfigurationSetData
 from aiida_mlmat.worker.structures import InvalidConfigurationError, check_configuration, check_element
@@ -111,6 +111,10 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
     labeller = value['labeller'].value if 'labeller' in value else 'batch'
     if labeller not in LABELLERS:
         return f'labeller: `{labeller}` is not one of {LABELLERS}'
+    code = value.get('ase_code') if labeller == 'aiida-ase' else value.get('label', {}).get('label', {}).get('code')
+    error = code_parameters_error(code, calculator)
+    if error:
+        return error
     if labeller == 'aiida-ase':
         if calculator['name'] not in ASE_PATH_CALCULATORS:
             return f'labeller aiida-ase: calculator `{calculator["name"]}` is not supported on that path'
@@ -357,7 +361,8 @@ class ReferenceWorkChain(IdempotentLaunchMixin, WorkChain):
             chunk_inputs.label.calculator = self.inputs.calculator
             chunk_inputs.metadata.call_link_label = f'label_{key}'
             futures[f'label_{key}'] = self.submit(LabelBaseWorkChain, **chunk_inputs)
-        self.report(f'labelling {self.ctx.to_label.count} configurations in {len(chunks)} chunks')
+        plural = 'chunk' if len(chunks) == 1 else 'chunks'
+        self.report(f'labelling {self.ctx.to_label.count} configurations in {len(chunks)} {plural}')
         return ToContext(**futures)
 
     def run_ase_jobs(self) -> Any:

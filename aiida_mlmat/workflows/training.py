@@ -23,6 +23,21 @@ from aiida_mlmat.workflows.training_functions import (
 )
 
 
+def missing_labels_error(data: Any, training: dict[str, Any]) -> str | None:
+    """Why the loss of ``training`` (``forces_weight``, ``stress_weight``) needs labels ``data`` lacks, or None."""
+    from aiida_mlmat.ml.training import TrainingConfig
+
+    for key in ('forces', 'stress'):
+        weight = training.get(f'{key}_weight', getattr(TrainingConfig, f'{key}_weight'))
+        if weight > 0 and key not in data.label_keys:
+            return (
+                f'configurations: the set has no {key} on every configuration, and the loss weights them '
+                f'(training.{key}_weight = {weight}); label them, or set the weight to 0 '
+                f'(`--overrides \'{{"training": {{"{key}_weight": 0}}}}\'`)'
+            )
+    return None
+
+
 def validate_inputs(value: Any, _: Any = None) -> str | None:
     """Validate before anything runs."""
     data = value.get('configurations')
@@ -48,6 +63,10 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
     )
     if error:
         return error
+    if data is not None:
+        error = missing_labels_error(data, trainer['training'].get_dict() if 'training' in trainer else {})
+        if error:
+            return error
     initial = value.get('initial_potential')
     if initial is not None and data is not None:
         extra = sorted(set(data.species) - set(initial.species))

@@ -83,6 +83,12 @@ def test_export_writes_archive_data_models_cards_and_manifest(graph, exported, t
         )
         assert card['summary']['n_configurations'] == node.count
         assert 'CC0-1.0' in (directory / folder / 'card.md').read_text()
+        if node.uuid == graph['set_a'].uuid:  # the labelling jobs' own versions (the worker's Python) are recorded
+            import ase
+
+            assert card['recorded_versions']['ase'] == ase.__version__
+            assert card['recorded_versions']['aiida_mlmat'] and card['recorded_versions']['numpy']
+            assert '## Versions (recorded at labelling)' in (directory / folder / 'card.md').read_text()
         if node.uuid == graph['set_a'].uuid:  # the labelled set reads back in ASE with the stored labels
             frames = read(extxyz, index=':')
             stored = node.get_atoms()

@@ -120,3 +120,11 @@ def test_all_failing_leaves_no_data_set(submit_and_await, worker_code):
     assert len(label_calcs) == 1  # unrecoverable: not retried
     records = label_calcs[0].outputs.results['excluded']
     assert len(records) == 4 and all('deliberate failure' in record['reason'] for record in records)
+    # `mlmat provenance` of the failed workflow shows the step that failed, with its exit status.
+    from aiida_mlmat import query
+
+    chain = query.provenance_chain(node)
+    steps = {entry['uuid']: entry for entry in chain['calculations']}
+    assert label_calcs[0].uuid in steps and steps[label_calcs[0].uuid]['exit_status'] == 320
+    wrappers = [n for n in node.called if n.process_label == 'LabelBaseWorkChain']
+    assert wrappers and all(wrapper.uuid in steps for wrapper in wrappers)

@@ -96,3 +96,69 @@ def test_gpaw_labels_match_direct_gpaw_and_aiida_ase(submit_and_await, gpaw_code
     for first, second in zip(batch, ase_frames, strict=True):
         assert abs(first.calc.results['energy'] - second.calc.results['energy']) < 1e-6
         np.testing.assert_allclose(first.calc.results['forces'], second.calc.results['forces'], rtol=0, atol=1e-6)
+
+
+AL_ONE_ATOM = {'supercell': [1, 1, 1], 'include_seeds': True, 'rattle': {'count': 0, 'stdev': 0.05, 'seed': 3}}
+
+
+def _one_atom_reference(code, calculator, labeller='batch', ase_code=None):
+    builder = ReferenceWorkChain.get_builder_from_protocol(
+        code, calculator=calculator, structures=ConfigurationSetData([bulk('Al', 'fcc', a=4.05)]), labeller=labeller,
+        ase_code=ase_code,
+    )  # fmt: skip
+    builder.sample.parameters = orm.Dict(AL_ONE_ATOM)
+    return builder
+
+
+def test_gpaw_fd_mode_labels_energy_and_forces_without_stress(submit_and_await, gpaw_codes):
+    """GPAW gives stress only in plane-wave mode: an fd-mode set keeps energy and forces, and the job warns."""
+    calculator = {'name': 'gpaw', 'parameters': {'mode': 'fd', 'h': 0.3, 'kpts': [2, 2, 2], 'xc': 'PBE'}}
+    node = submit_and_await(_one_atom_reference(gpaw_codes['mlmat-worker-gpaw'], calculator), timeout=600)
+    assert node.is_finished_ok, node.exit_message
+    labelled = node.outputs.configurations
+    assert labelled.count == 1 and labelled.label_keys == ['energy', 'forces']
+    frame = labelled.get_atoms()[0]
+    assert np.isfinite(frame.calc.results['energy']) and 'stress' not in frame.calc.results
+    calc = next(n for n in node.called_descendants if n.process_type == 'aiida.calculations:mlmat.label')
+    assert calc.outputs.results['n_without_stress'] == 1
+    warnings = [log.message for log in orm.Log.collection.get_logs_for(calc) if log.levelname == 'WARNING']
+    assert any('labelled without stress' in message and 'plane-wave mode' in message for message in warnings)
+
+
+def test_unconverged_gpaw_keeps_its_log_and_names_its_cause_on_both_paths(submit_and_await, gpaw_codes):
+    """An SCF that does not converge: the batch job retrieves GPAW's log of that configuration; the aiida-ase job's
+    failure names GPAW's exception from its stderr (not only "an output file was missing")."""
+    calculator = {'name': 'gpaw', 'parameters': {**GPAW_PARAMETERS, 'kpts': [1, 1, 1], 'maxiter': 2}}
+    node = submit_and_await(_one_atom_reference(gpaw_codes['mlmat-worker-gpaw'], calculator), timeout=600)
+    assert node.exit_status == ReferenceWorkChain.exit_codes.ERROR_ALL_LABELS_FAILED.status
+    assert 'KohnShamConvergenceError' in node.exit_message
+    assert '(its log: calculator-logs/0.txt, retrieved)' in node.exit_message
+    calc = next(n for n in node.called_descendants if n.process_type == 'aiida.calculations:mlmat.label')
+    log = calc.outputs.retrieved.base.repository.get_object_content('calculator-logs/0.txt', mode='r')
+    assert 'Did not converge' in log or 'iter:' in log  # GPAW's SCF log of that configuration
+
+    node = submit_and_await(
+        _one_atom_reference(gpaw_codes['mlmat-worker-gpaw'], calculator, 'aiida-ase', gpaw_codes['ase-gpaw']),
+        timeout=600,
+    )
+    assert node.exit_status == ReferenceWorkChain.exit_codes.ERROR_ALL_LABELS_FAILED.status
+    assert 'its stderr ends with gpaw.KohnShamConvergenceError: Did not converge!' in node.exit_message
+
+
+def test_setup_records_gpaw_keywords_and_a_misspelled_one_is_refused_before_submission(gpaw_codes, gpaw_python):
+    """`mlmat setup` reads GPAW's keywords from the Code's Python; `kpt` is refused by the workflow's validation."""
+    from aiida_mlmat.calcjobs.label import CALCULATORS_EXTRA
+    from aiida_mlmat.cli.setup import gpaw_calculator_record
+
+    record = gpaw_calculator_record(gpaw_python)
+    assert record is not None and {'kpts', 'mode', 'xc', 'txt', 'maxiter', 'parallel'} <= set(record['parameters'])
+    code = gpaw_codes['mlmat-worker-gpaw']
+    code.base.extras.set(CALCULATORS_EXTRA, {'gpaw': record})
+    try:
+        calculator = {'name': 'gpaw', 'parameters': {'mode': {'name': 'pw', 'ecut': 200}, 'kpt': [2, 2, 2]}}
+        builder = _one_atom_reference(code, calculator)
+        error = ReferenceWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True)))
+        assert error is not None and "takes no parameter(s) ['kpt'] (did you mean `kpts`?)" in error.message
+        assert f'gpaw {record["version"]}' in error.message
+    finally:
+        code.base.extras.delete(CALCULATORS_EXTRA)

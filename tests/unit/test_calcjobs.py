@@ -128,7 +128,8 @@ def test_label_prepare_for_submission(prepare, worker_code):
     assert codeinfo.code_uuid == worker_code.uuid
     assert codeinfo.cmdline_params == ['label', 'input.json']
     assert codeinfo.stdout_name == 'worker.out'
-    assert calcinfo.retrieve_list == ['results.json', 'worker.out']
+    # the logs of failed configurations (GPAW's), kept under their folder's name
+    assert calcinfo.retrieve_list == ['results.json', 'worker.out', ('calculator-logs/*', '.', 2)]
     assert calcinfo.retrieve_temporary_list == ['labelled.extxyz', 'excluded.jsonl']
 
 

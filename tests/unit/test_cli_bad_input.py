@@ -102,6 +102,21 @@ def test_load_node_refuses_a_pk_beyond_the_database_integer(aiida_profile):
     assert info.value.exit_code == EXIT_NOT_FOUND
 
 
+def test_a_label_on_several_nodes_lists_their_pks(aiida_profile):
+    from aiida import orm
+
+    from aiida_mlmat.cli.utils import EXIT_NOT_FOUND, MlmatCliError, load_node
+
+    first, second = (orm.Dict({'n': n}, label='twice-imported').store() for n in (1, 2))
+    with pytest.raises(MlmatCliError) as info:
+        load_node('twice-imported')
+    assert info.value.exit_code == EXIT_NOT_FOUND
+    assert str(info.value) == (
+        f'the label `twice-imported` names 2 nodes (PKs {first.pk} (Dict), {second.pk} (Dict)); give one PK or UUID'
+    )
+    assert load_node(str(second.pk)).pk == second.pk
+
+
 # --- 2. NaN and infinities are refused by every float option (exit 2, naming it) ----------------------------------
 
 

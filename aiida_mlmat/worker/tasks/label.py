@@ -8,6 +8,7 @@ readable; ``previous`` names such a partial file, whose configurations are copie
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -15,9 +16,16 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from aiida_mlmat.common.constants import EXCLUDED_FILE, INDEX_KEY, LABELLED_FILE, MIN_INTERATOMIC_DISTANCE
+from aiida_mlmat.common.constants import (
+    CALCULATOR_LOGS,
+    EXCLUDED_FILE,
+    INDEX_KEY,
+    LABELLED_FILE,
+    MIN_INTERATOMIC_DISTANCE,
+)
 from aiida_mlmat.worker.calculators import get_factory, resolve_parameters
 from aiida_mlmat.worker.errors import ErrorCode, WorkerError
 from aiida_mlmat.worker.structures import InvalidConfigurationError, check_configuration, index_of
@@ -28,7 +36,8 @@ def compute_labels(atoms: Atoms, calculator: Any, properties: list[str]) -> dict
     """Compute the requested labels of one configuration and check that they are finite.
 
     :return: ``energy`` (eV), ``forces`` (eV/Å, n x 3), ``stress`` (eV/Å^3, Voigt 6) as requested;
-        stress is skipped for a configuration that is not periodic in all three directions.
+        stress is skipped for a configuration that is not periodic in all three directions, and where the
+        calculator does not implement it (GPAW in its ``fd`` and ``lcao`` modes): energy and forces are kept.
     :raises ValueError: when a label is NaN or infinite.
     """
     atoms = atoms.copy()
@@ -37,11 +46,17 @@ def compute_labels(atoms: Atoms, calculator: Any, properties: list[str]) -> dict
     if 'forces' in properties:
         results['forces'] = np.array(atoms.get_forces(), dtype=float)
     if 'stress' in properties and atoms.pbc.all():
-        results['stress'] = np.array(atoms.get_stress(voigt=True), dtype=float)
+        with contextlib.suppress(PropertyNotImplementedError):  # the caller records the configuration as stress-less
+            results['stress'] = np.array(atoms.get_stress(voigt=True), dtype=float)
     for key, value in results.items():
         if not np.all(np.isfinite(value)):
             raise ValueError(f'calculator returned a non-finite {key}')
     return results
+
+
+#: Calculators that write a text log through a keyword argument: each configuration gets its own log, kept (and
+#: retrieved, in :data:`CALCULATOR_LOGS`) only where the calculator failed, unless the parameters set the keyword.
+LOG_KEYWORDS = {'gpaw': 'txt'}
 
 
 def _same_configuration(first: Atoms, second: Atoms, tolerance: float = 1e-6) -> bool:
@@ -84,10 +99,11 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
         raise WorkerError(ErrorCode.CALCULATOR_UNAVAILABLE, str(exc)) from exc
     calc_params = resolve_parameters(calc_spec['name'], calc_spec.get('parameters', {}), workdir)
     properties = list(params['properties'])
+    log_keyword = LOG_KEYWORDS.get(calc_spec['name'])
     min_distance = float(params.get('min_distance', MIN_INTERATOMIC_DISTANCE))
     max_seconds = params.get('max_seconds')
 
-    n_labelled = n_reused = n_new = 0
+    n_labelled = n_reused = n_new = n_without_stress = 0
     excluded: list[dict[str, Any]] = []
     remaining = 0
     compute_seconds = 0.0
@@ -113,16 +129,28 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
             clean = atoms.copy()
             clean.calc = None
             clean.info[INDEX_KEY] = index
+            log = None
+            config_params = dict(calc_params)
+            if log_keyword is not None and log_keyword not in calc_params:
+                log = workdir / CALCULATOR_LOGS / f'{index}.txt'
+                log.parent.mkdir(exist_ok=True)
+                config_params[log_keyword] = str(log)
             try:
                 check_configuration(clean, min_distance)
                 tick = time.perf_counter()
-                results = compute_labels(clean, factory(dict(calc_params)), properties)
+                results = compute_labels(clean, factory(config_params), properties)
                 compute_seconds += time.perf_counter() - tick
             except InvalidConfigurationError as exc:
                 reason = f'invalid configuration: {exc}'
             except Exception as exc:
                 reason = f'calculator failed: {type(exc).__name__}: {exc}'.strip()
+                if log is not None and log.is_file() and log.stat().st_size:
+                    reason += f' (its log: {CALCULATOR_LOGS}/{index}.txt, retrieved)'
             else:
+                if log is not None:
+                    log.unlink(missing_ok=True)
+                if 'stress' in properties and clean.pbc.all() and 'stress' not in results:
+                    n_without_stress += 1
                 clean.calc = SinglePointCalculator(clean, **results)
                 write(out, clean, format='extxyz')
                 out.flush()
@@ -144,6 +172,7 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
         'n_remaining': remaining,
         'excluded': excluded,
         'properties': properties,
+        'n_without_stress': n_without_stress,
         'timings': {
             'total_s': elapsed,
             'compute_s': compute_seconds,
