@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,13 @@ def call_label(process: Any) -> str:
     return link.link_label if link is not None else ''
 
 
-def _plots(node: Any) -> list[tuple[str, Any]]:
-    """Every PNG a process and its descendants made, as (file name, SinglefileData), in creation order.
+#: The files of a report (``write_report``): they are replaced when a report is written into the same folder.
+_REPORT_FILE = re.compile(r'^\d{2}-.+\.(png|csv)$|^summary\.(md|json)$')
+
+
+def _plots(node: Any, suffixes: tuple[str, ...] = ('.png', '.csv')) -> list[tuple[str, Any]]:
+    """Every PNG (plots) and CSV (tables, such as the screening table) a process and its descendants made, as
+    (file name, SinglefileData), in creation order.
 
     Ordered by the processes' creation times (kept by archives; PKs are not) and the output link labels; a name
     carries the producing process's label and, below the top process, its call link (``training_2``: the training
@@ -55,7 +61,11 @@ def _plots(node: Any) -> list[tuple[str, Any]]:
         links = sorted(process.base.links.get_outgoing().all(), key=lambda link: link.link_label)
         for link in links:
             target = link.node
-            if isinstance(target, orm.SinglefileData) and target.filename.endswith('.png') and target.uuid not in found:
+            if (
+                isinstance(target, orm.SinglefileData)
+                and target.filename.endswith(suffixes)
+                and target.uuid not in found
+            ):
                 name = f'{len(found):02d}-{process.process_label or "process"}{step}-{target.filename}'
                 found[target.uuid] = (name.replace('/', '_'), target)
     return list(found.values())
@@ -88,30 +98,94 @@ def summary_markdown(node: Any, plots: list[str]) -> str:
     for child in sorted(node.called, key=lambda n: n.ctime):
         child_state = child.process_state.value if child.process_state else 'unknown'
         label = call_label(child)
+        label = '' if label == 'CALL' else label  # a calcfunction's link label says nothing; its name is beside it
         lines.append(f'| {label} | {child.process_label}<{child.pk}> | {child_state} | {child.exit_status} |')
+    lines += _iteration_table(node)
     if 'summary' in node.outputs:
         lines += ['', '## Headline figures (eV, eV/atom, eV/Å)', '', '```json']
         lines += [json.dumps(node.outputs.summary.get_dict(), indent=1, default=str), '```']
     for key in ('metrics', 'verification'):
         if key in node.outputs:
             lines += ['', f'## {key}', '', '```json', json.dumps(node.outputs[key].get_dict(), indent=1), '```']
-    if plots:
+    images = [name for name in plots if name.endswith('.png')]
+    tables = [name for name in plots if name.endswith('.csv')]
+    if images:
         lines += ['', '## Plots', '']
-        lines += [f'![{name}]({name})' for name in plots]
+        lines += [f'![{name}]({name})' for name in images]
+    if tables:
+        lines += ['', '## Tables', '']
+        lines += [f'- [{name}]({name})' for name in tables]
     return '\n'.join(lines) + '\n'
+
+
+def _iteration_table(node: Any) -> list[str]:
+    """One row per active-learning iteration (of ``node`` or the loop it called): labels, test errors,
+    disagreement and calibration; the full record is the loop's ``metrics`` output."""
+    loops = [node] if node.process_label == 'ActiveLearningWorkChain' else []
+    loops += [child for child in node.called if child.process_label == 'ActiveLearningWorkChain']
+    lines: list[str] = []
+    for loop in loops:
+        if 'metrics' not in loop.outputs:
+            continue
+        metrics = loop.outputs.metrics.get_dict()
+        lines += [
+            '',
+            f'## Active learning: every iteration ({loop.process_label}<{loop.pk}>, stopped by '
+            f'{metrics.get("stop_reason")})',
+            '',
+            '| iteration | training set | labelled | failed | test force RMSE (eV/Å) | test energy RMSE (eV/atom) '
+            '| explored above lower bound | calibration scale |',
+            '|---|---|---|---|---|---|---|---|',
+        ]
+        for index, record in enumerate(metrics.get('iterations', []), start=1):
+            counts, test = record.get('counts') or {}, record.get('test') or {}
+            fraction = (record.get('disagreement') or {}).get('fraction_above_lower')
+            scale = (record.get('calibration') or {}).get('scale')
+            lines.append(
+                f'| {index} | {counts.get("training")} | {counts.get("labelled")} | {counts.get("failed")} '
+                f'| {_fmt(test.get("forces_rmse"))} | {_fmt(test.get("energy_rmse_per_atom"))} | {_fmt(fraction)} '
+                f'| {_fmt(scale)} |'
+            )
+    return lines
+
+
+def report_summary(node: Any) -> dict[str, Any]:
+    """The headline figures of a workflow: its ``summary`` output (a pipeline, a screening), else what its
+    ``metrics`` hold (active learning: the stop reason, iterations and final test errors; a training: the test
+    errors)."""
+    if 'summary' in node.outputs:
+        return node.outputs.summary.get_dict()
+    if 'metrics' not in node.outputs:
+        return {}
+    metrics = node.outputs.metrics.get_dict()
+    if 'stop_reason' in metrics:
+        keys = ('stop_reason', 'n_iterations', 'labels_added', 'labels_failed')
+        return {
+            'active_learning': {key: metrics.get(key) for key in keys},
+            'potential_metrics': metrics.get('final') or {},
+        }
+    return {'potential_metrics': metrics}
 
 
 def write_report(node: Any, out: Path) -> dict[str, Any]:
     """Write ``summary.md``, ``summary.json`` and every plot of ``node`` into ``out``; return what was written."""
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.iterdir():  # an earlier report in this folder: its plots would mix with this one's
+        if stale.is_file() and _REPORT_FILE.match(stale.name):
+            stale.unlink()
     names = []
     for name, plot in _plots(node):
         (out / name).write_bytes(plot.get_content(mode='rb'))
         names.append(name)
     (out / 'summary.md').write_text(summary_markdown(node, names))
-    summary = node.outputs.summary.get_dict() if 'summary' in node.outputs else {}
+    summary = report_summary(node)
     (out / 'summary.json').write_text(json.dumps({'process': node.uuid, 'summary': summary}, indent=1, default=str))
-    return {'report': str(out), 'summary_md': str(out / 'summary.md'), 'plots': [str(out / n) for n in names]}
+    return {
+        'report': str(out),
+        'summary_md': str(out / 'summary.md'),
+        'plots': [str(out / n) for n in names if n.endswith('.png')],
+        'tables': [str(out / n) for n in names if n.endswith('.csv')],
+    }
 
 
 def headline(summary: dict[str, Any]) -> list[str]:
@@ -225,9 +299,10 @@ def report_cmd(ctx: click.Context, identifier: str, out: str | None, json_output
     if json_output:
         echo_json(result)
         return
-    if 'summary' in node.outputs:
-        for line in headline(node.outputs.summary.get_dict()):
-            click.echo(line)
+    for line in headline(report_summary(node)):
+        click.echo(line)
     click.echo(f'report: {result["summary_md"]}')
     for plot in result['plots']:
         click.echo(f'plot: {plot}')
+    for table in result['tables']:
+        click.echo(f'table: {table}')

@@ -526,6 +526,20 @@ def paused_error(node: Any, paused: Any) -> MlmatCliError:
     return MlmatCliError(message, EXIT_PAUSED, data)
 
 
+#: Seconds between the checks, while waiting, that the daemon runs.
+DAEMON_CHECK_S = 15.0
+
+
+def daemon_running() -> bool | None:
+    """Whether the daemon of the loaded profile runs (None where that cannot be told)."""
+    try:
+        from aiida.engine.daemon.client import get_daemon_client
+
+        return bool(get_daemon_client().is_daemon_running)
+    except Exception:  # a profile without a daemon client, a broker that cannot be reached: no warning
+        return None
+
+
 def _poll_until_terminated(node: Any, start: float, quiet: bool, poll: float, timeout: float | None) -> None:
     """Print a status line when it changes, and every report of the process and its children as it is written."""
     last = ''
@@ -535,11 +549,22 @@ def _poll_until_terminated(node: Any, start: float, quiet: bool, poll: float, ti
         for _, text in new_reports(node, seen, descendants):
             click.echo(f'[{time.monotonic() - start:6.1f} s]   {text}', err=True)
 
+    daemon_checked, daemon_down = time.monotonic(), False
     while not node.is_terminated:
         if timeout is not None and time.monotonic() - start > timeout:
             raise MlmatCliError(
                 f'process {node.pk} still running after {timeout} s', EXIT_PROCESS_FAILED, {'process': node.pk}
             )
+        if time.monotonic() - daemon_checked > DAEMON_CHECK_S:  # nothing moves while no daemon runs
+            daemon_checked = time.monotonic()
+            running = daemon_running()
+            if running is False and not daemon_down:
+                click.echo(
+                    f'warning: the daemon of this profile is not running, so {node.process_label}<{node.pk}> cannot '
+                    'go on: `verdi daemon start` (it resumes where it stopped); still waiting',
+                    err=True,
+                )
+            daemon_down = running is False
         descendants = node.called_descendants
         paused = [process for process in (node, *descendants) if process.paused and not process.is_terminated]
         if paused:

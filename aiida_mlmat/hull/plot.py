@@ -242,7 +242,6 @@ def _binary(ax: Any, ok: Mapping[str, Mapping[str, Any]], references: Mapping[st
         if kind != 'above hull':
             for i in chosen:
                 ax.annotate(labels[i], (xs[i], ys[i]), textcoords='offset points', xytext=(4, -10), fontsize=7)
-    stable_idx = [i for i, k in enumerate(kinds) if k == 'stable']
     compounds = [(name, comp, e) for name, comp, e in _reference_points(references) if len(comp) > 1]
     if compounds:
         ax.plot(
@@ -253,12 +252,15 @@ def _binary(ax: Any, ok: Mapping[str, Mapping[str, Any]], references: Mapping[st
             mfc='none',
             label='references',
         )
+    # The line is the hull of the points drawn (the ensemble-mean energies), so no point lies below it; a point's
+    # colour is its verdict over the members' own hulls (P(stable)), which the mean hull need not share.
     hull = lower_hull(
         [(0.0, 0.0), (1.0, 0.0)]
-        + [(xs[i], ys[i]) for i in stable_idx]
+        + [(xs[i], ys[i]) for i in range(len(xs))]
         + [(_fraction(comp, second), e) for _, comp, e in compounds]
     )
-    ax.plot([p[0] for p in hull], [p[1] for p in hull], '-', color='tab:red', lw=1.2, label='hull')
+    ax.plot([p[0] for p in hull], [p[1] for p in hull], '-', color='tab:red', lw=1.2, label='hull of the mean energies')
+    ax.set_title("points: ensemble mean ± spread; colour: verdict over the members' hulls", fontsize=8)
     ax.axhline(0.0, color='black', lw=0.5)
     ax.set_xlim(-0.02, 1.02)
     ax.set_xlabel(f'atomic fraction of {second} in {first}$_{{1-x}}${second}$_x$')

@@ -322,7 +322,9 @@ class ActiveLearningWorkChain(IdempotentLaunchMixin, WorkChain):
         spec.input(
             'convergence.max_iterations', valid_type=orm.Int, default=lambda: orm.Int(5), help='Trainings at most.'
         )
-        spec.expose_inputs(TrainingWorkChain, namespace='training', exclude=('configurations', 'initial_potential'))
+        spec.expose_inputs(
+            TrainingWorkChain, namespace='training', exclude=('configurations', 'initial_potential', 'test_split')
+        )
         spec.expose_inputs(SampleCalculation, namespace='sample', exclude=('structures', 'parameters', 'potential'))
         spec.expose_inputs(LabelBaseWorkChain, namespace='label', exclude=('label.configurations', 'label.calculator'))
         spec.inputs.validator = validate_inputs
@@ -450,6 +452,8 @@ class ActiveLearningWorkChain(IdempotentLaunchMixin, WorkChain):
         self.ctx.records.append({'dataset': self.ctx.training_set.uuid})
         inputs = AttributeDict(self.exposed_inputs(TrainingWorkChain, 'training'))
         inputs.configurations = self.ctx.training_set
+        if self.ctx.get('test_split') is not None:  # the first iteration's: no later one trains on what it tested on
+            inputs.test_split = self.ctx.test_split
         if self.ctx.potential is not None:
             inputs.initial_potential = self.ctx.potential
             if 'retrain' in self.inputs:
@@ -474,6 +478,8 @@ class ActiveLearningWorkChain(IdempotentLaunchMixin, WorkChain):
                 iteration=self.ctx.iteration, message=failure_reason(node)
             )
         self.ctx.potential = node.outputs.potential
+        if self.ctx.get('test_split') is None:
+            self.ctx.test_split = node.outputs.splits.test
         self._record('potential', node.outputs.potential)
         self._record('training', node.outputs.metrics)
         return None
@@ -660,6 +666,9 @@ class ActiveLearningWorkChain(IdempotentLaunchMixin, WorkChain):
                 'upper': self.inputs.selection.upper.value,
                 'max_per_iteration': self.inputs.selection.max_per_iteration.value,
                 'fps': self.inputs.selection.fps.value,
+                'lower_quantile': (
+                    self.inputs.selection.lower_quantile.value if 'lower_quantile' in self.inputs.selection else None
+                ),
             },
             'convergence': {
                 'fraction': self.inputs.convergence.fraction.value,

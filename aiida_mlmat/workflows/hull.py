@@ -176,6 +176,9 @@ class HullWorkChain(IdempotentLaunchMixin, WorkChain):
         spec.exit_code(
             320, 'ERROR_VERIFICATION_FAILED', message='The screen finished but its verification failed: {message}'
         )
+        spec.exit_code(
+            321, 'ERROR_NOTHING_SCREENED', message='No candidate could be screened (the table records why): {message}'
+        )
 
     def setup(self) -> Any:
         """Gather the candidates and the structures to relax."""
@@ -324,6 +327,12 @@ class HullWorkChain(IdempotentLaunchMixin, WorkChain):
             f'{summary["n_screened"]} candidates screened, {summary["n_stable"]} stable, {summary["n_uncertain"]} '
             f'uncertain (on the hull for some members, not most), {summary["n_failed"]} failed'
         )
+        if summary['n_screened'] == 0:  # every output is attached: the table and candidates say why each failed
+            failed = [entry for entry in self.ctx.hull.get_dict()['candidates'].values() if entry.get('status') != 'ok']
+            first = failed[0].get('reason', 'no reason recorded') if failed else 'no candidate'
+            return self.exit_codes.ERROR_NOTHING_SCREENED.format(
+                message=f'{summary["n_failed"]} failed; first: {first}'
+            )
         if 'verification_error' in self.ctx:
             return self.exit_codes.ERROR_VERIFICATION_FAILED.format(message=self.ctx.verification_error)
         return None

@@ -7,6 +7,7 @@ potential and verification of the top candidates against the reference calculato
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from aiida import orm
@@ -209,7 +210,7 @@ class PipelineWorkChain(IdempotentLaunchMixin, WorkChain):
         from aiida_mlmat.workflows.functions import build_seed_set
 
         section = self.ctx.config['active_learning']
-        overrides = dict(section.get('overrides', {}))
+        overrides = copy.deepcopy(dict(section.get('overrides', {})))  # with the reconciled settings of the YAML
         overrides.setdefault('convergence', {})['max_iterations'] = section['max_iterations']
         overrides.setdefault('training', {})['ensemble_size'] = self.ctx.config['training']['ensemble']
         seeds = build_seed_set(orm.List(self.ctx.config['elements']))

@@ -159,10 +159,70 @@ def validate_config(config: Any) -> dict[str, Any]:
         merged[section] = {**DEFAULTS[section], **config.get(section, {})}
     calculator = merged['reference']['calculator']
     merged['reference']['calculator'] = {'name': calculator['name'], 'parameters': calculator.get('parameters', {})}
-    error = _semantic_error(merged)
+    error = _reconcile(config, merged) or _semantic_error(merged)
     if error:
         raise ConfigError(f'invalid pipeline configuration: {error}')
     return merged
+
+
+def _reconcile(given: dict[str, Any], merged: dict[str, Any]) -> str | None:
+    """Make every setting the YAML gives count once, in ``merged``; refuse two that disagree or one that would be
+    ignored. (Each stage's builder sets ``max_iterations`` and the ensemble size from the section keys, so an
+    override of them, or a training setting while active learning trains, must land there or be refused.)
+
+    - ``active_learning.overrides.convergence.max_iterations`` is ``active_learning.max_iterations``;
+    - ``ensemble_size`` in ``training.overrides`` or ``active_learning.overrides.training`` is ``training.ensemble``;
+    - with active learning on, the loop trains: ``training.overrides`` go under ``active_learning.overrides.training``
+      (the loop's own win), and a ``training.protocol`` other than ``active_learning.protocol`` or ``training.gpus``
+      is refused; with it off, ``active_learning`` takes no other key, and ``hull_aware`` needs screening.
+    """
+    from aiida_mlmat.workflows.protocols import recursive_merge
+
+    given_al, given_training = given.get('active_learning', {}), given.get('training', {})
+    al, training = merged['active_learning'], merged['training']
+    al_overrides = al.get('overrides', {})
+    enabled = al['enabled']
+    sizes = {
+        'training.ensemble': given_training.get('ensemble'),
+        'training.overrides.ensemble_size': (given_training.get('overrides') or {}).get('ensemble_size'),
+        'active_learning.overrides.training.ensemble_size': (al_overrides.get('training') or {}).get('ensemble_size'),
+    }
+    sizes = {key: value for key, value in sizes.items() if value is not None}
+    if len(set(sizes.values())) > 1:
+        return 'the ensemble size is given twice with different values: ' + ', '.join(
+            f'{key} {value}' for key, value in sizes.items()
+        )
+    if sizes:
+        training['ensemble'] = next(iter(sizes.values()))
+    if not enabled:
+        ignored = sorted(set(given_al) - {'enabled'})
+        if ignored:
+            return f'active_learning.{ignored[0]}: not used with `active_learning: {{enabled: false}}`; remove it'
+        return None
+    if al['hull_aware'] and not merged['screening']['enabled']:
+        return 'active_learning.hull_aware: needs the screening stage (`screening: {enabled: true}`) for candidates'
+    override = (al_overrides.get('convergence') or {}).get('max_iterations')
+    if override is not None:
+        if 'max_iterations' in given_al and given_al['max_iterations'] != override:
+            return (
+                f'active_learning: max_iterations {given_al["max_iterations"]} and '
+                f'overrides.convergence.max_iterations {override} disagree; give one'
+            )
+        al['max_iterations'] = override
+    if given_training.get('gpus'):
+        return (
+            'training.gpus: not used while active learning trains the ensemble; set `active_learning: {enabled: '
+            'false}` to train once on GPUs'
+        )
+    if 'protocol' in given_training and given_training['protocol'] != al['protocol']:
+        return (
+            f'training.protocol {given_training["protocol"]}: active learning trains with active_learning.protocol '
+            f'({al["protocol"]}); set that one, or tune active_learning.overrides.training'
+        )
+    if given_training.get('overrides'):
+        merged_training = recursive_merge(given_training['overrides'], al_overrides.get('training') or {})
+        al['overrides'] = {**al_overrides, 'training': merged_training}
+    return None
 
 
 def _semantic_error(config: dict[str, Any]) -> str | None:

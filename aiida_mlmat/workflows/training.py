@@ -19,6 +19,7 @@ from aiida_mlmat.workflows.training_functions import (
     evaluate_ensemble,
     make_ensemble,
     plot_learning_curves,
+    split_around_test,
     split_dataset,
 )
 
@@ -67,6 +68,13 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
         error = missing_labels_error(data, trainer['training'].get_dict() if 'training' in trainer else {})
         if error:
             return error
+    test_split = value.get('test_split')
+    if test_split is not None and data is not None:
+        if 'energy' not in test_split.label_keys:
+            return 'test_split: the set is not labelled (no energy on every configuration)'
+        extra = sorted(set(test_split.species) - set(data.species))
+        if extra:
+            return f'test_split: it holds {extra}, which the configurations to train on do not'
     initial = value.get('initial_potential')
     if initial is not None and data is not None:
         extra = sorted(set(data.species) - set(initial.species))
@@ -112,6 +120,15 @@ class TrainingWorkChain(IdempotentLaunchMixin, WorkChain):
             required=False,
             help='Retrain from this potential: member k starts from its member k (modulo its size); architecture, '
             'species and descriptor must match; the per-element reference energies are refit on the new data.',
+        )
+        spec.input(
+            'test_split',
+            valid_type=ConfigurationSetData,
+            required=False,
+            help='A fixed test split: the configurations of `configurations` equal to one of it are left out of '
+            'training, the rest is split into train and validation only, and the test metrics are measured on it. '
+            "Active learning passes its first iteration's test split, so that no iteration trains on a "
+            'configuration another one tested on.',
         )
         spec.expose_inputs(
             TrainBaseWorkChain,
@@ -171,10 +188,22 @@ class TrainingWorkChain(IdempotentLaunchMixin, WorkChain):
         return builder
 
     def split(self) -> None:
-        """Deterministic, composition-stratified split."""
-        splits = split_dataset(
-            self.inputs.configurations, self.inputs.test_fraction, self.inputs.validation_fraction, self.inputs.seed
-        )
+        """Deterministic, composition-stratified split (with a fixed ``test_split``: train and validation only)."""
+        if 'test_split' in self.inputs:
+            splits = dict(
+                split_around_test(
+                    self.inputs.configurations,
+                    self.inputs.test_split,
+                    self.inputs.test_fraction,
+                    self.inputs.validation_fraction,
+                    self.inputs.seed,
+                )
+            )
+            splits['test'] = self.inputs.test_split
+        else:
+            splits = split_dataset(
+                self.inputs.configurations, self.inputs.test_fraction, self.inputs.validation_fraction, self.inputs.seed
+            )
         self.ctx.splits = splits
         self.out('splits', splits)
         self.report(

@@ -64,6 +64,39 @@ def split_dataset(
 
 
 @calcfunction
+def split_around_test(
+    configurations: ConfigurationSetData,
+    test_split: ConfigurationSetData,
+    test_fraction: orm.Float,
+    validation_fraction: orm.Float,
+    seed: orm.Int,
+) -> dict[str, ConfigurationSetData]:
+    """Train and validation splits of the configurations that are not in ``test_split`` (matched by content,
+    :func:`aiida_mlmat.query.configuration_key`), stratified by composition; validation takes the same share of
+    what is left as it would beside a test split of ``test_fraction``.
+    """
+    from ase.formula import Formula
+
+    from aiida_mlmat.query import configuration_key
+
+    held_out = {configuration_key(frame) for frame in test_split.get_atoms()}
+    frames = [frame for frame in configurations.get_atoms() if configuration_key(frame) not in held_out]
+    keys = [str(Formula(frame.get_chemical_formula()).reduce()[0]) for frame in frames]
+    share = validation_fraction.value / (1.0 - test_fraction.value)
+    labels = stratified_split(keys, (0.0, share), seed.value)
+    out = {}
+    for name in ('train', 'validation'):
+        subset = [frame for frame, label in zip(frames, labels, strict=True) if label == name]
+        if not subset:
+            raise ValueError(
+                f'the {name} split is empty: {len(frames)} configurations outside the test split are too few'
+            )
+        out[name] = ConfigurationSetData(subset, calculator=configurations.calculator)
+        out[name].label = f'{name} split'
+    return out
+
+
+@calcfunction
 def bootstrap_sample(configurations: ConfigurationSetData, seed: orm.Int) -> ConfigurationSetData:
     """A bootstrap resample (with replacement, same size) of a set, for an ensemble member."""
     frames = configurations.get_atoms()

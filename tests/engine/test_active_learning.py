@@ -29,7 +29,7 @@ OVERRIDES = {
         'model': {'hidden': [16], 'descriptor': {'kind': 'chebyshev', 'rcut': 4.0, 'n_radial': 6, 'n_angular': 3}},
         'training': {'epochs': 25, 'batch_size': 4, 'learning_rate': 0.01, 'patience': 40},
     },
-    'retrain': {'epochs': 30, 'learning_rate': 0.01},
+    'retrain': {'epochs': 60, 'learning_rate': 0.01},
     'exploration': {'temperatures': [1200.0], 'strains': [-0.03, 0.03], 'steps': 24, 'interval': 4,
                     'timestep': 4.0, 'friction': 0.05},
     'selection': {'lower': 0.02, 'upper': 5.0, 'max_per_iteration': 6},
@@ -210,6 +210,16 @@ def test_loop_adds_data_where_the_ensemble_disagrees_and_the_error_falls(
     assert all(calc.inputs.training['epochs'] == OVERRIDES['retrain']['epochs'] for calc in members)
     assert node.outputs.potential.uuid == trainings[-1].outputs.potential.uuid == last['potential']
     assert trainings[-1].inputs.configurations.uuid == final.uuid
+    # The test split is the first iteration's in every iteration: no warm-started member trains on it.
+    test_split = trainings[0].outputs.splits.test
+    assert 'test_split' not in trainings[0].inputs and trainings[1].inputs.test_split.uuid == test_split.uuid
+    assert trainings[1].outputs.splits.test.uuid == test_split.uuid
+    held = set(query.configuration_keys(test_split))
+    for training in trainings:
+        for name in ('train', 'validation'):
+            assert not held & set(query.configuration_keys(training.outputs.splits[name])), (training.pk, name)
+    outside = final.count - test_split.count  # the rest of the final set is split into train and validation whole
+    assert trainings[1].outputs.splits.train.count + trainings[1].outputs.splits.validation.count == outside
     explorations = [child for child in node.called if child.process_type == 'aiida.calculations:mlmat.sample']
     assert {calc.inputs.potential.uuid for calc in explorations} == {t.outputs.potential.uuid for t in trainings}
     # ... and the provenance chain names the model each exploration ran with (`mlmat (potential 1a2b3c4d)`)

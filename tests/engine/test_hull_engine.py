@@ -165,6 +165,26 @@ def test_bad_candidates_are_recorded_and_the_screen_goes_on(submit_and_await, wo
     assert node.outputs.summary['n_failed'] == 3
 
 
+def test_a_screen_where_every_candidate_fails_is_a_failure_with_its_records(submit_and_await, worker_code):
+    """Nothing screened is not a success: exit 321 naming the first reason, every record attached."""
+    crashing = bulk('Cu', 'hcp', a=2.7, covera=1.633).repeat((1, 1, 3))
+    crashing.set_chemical_symbols(['Cu', 'Cu', 'Cu', 'Cu', 'Cu', 'Au'])
+    crashing.info[NAME_KEY] = 'hcp-Cu5Au'
+    node = submit_and_await(
+        HullWorkChain,
+        elements=orm.List(['Cu', 'Au']),
+        candidates=ConfigurationSetData([crashing]).store(),
+        calculator=orm.Dict({'name': 'faulty', 'parameters': {'raise_for': ['AuCu5']}}),
+        code=worker_code,
+        timeout=600,
+    )
+    assert node.exit_status == HullWorkChain.exit_codes.ERROR_NOTHING_SCREENED.status, node.exit_message
+    assert '1 failed; first:' in node.exit_message and 'deliberate failure' in node.exit_message
+    (candidate,) = node.outputs.candidates.values()
+    assert candidate.get_dict()['status'] == 'failed' and node.outputs.summary['n_screened'] == 0
+    assert 'table' in node.outputs and 'plot' in node.outputs
+
+
 def test_missing_references_and_bad_input_are_refused_early(worker_code):
     from aiida.engine import run_get_node
 

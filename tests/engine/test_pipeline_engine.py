@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -84,6 +85,22 @@ def test_pipeline_runs_every_stage_and_reports(submit_and_await, worker_code, tm
     assert any(name.endswith('-TrainingWorkChain-training_1-parity-forces.png') for name in names)
     assert names[-1].endswith('-HullWorkChain-screening-hull.png')  # processes in creation order, not PK order
     assert all((tmp_path / 'report' / path.split('/')[-1]).read_bytes()[:4] == b'\x89PNG' for path in data['plots'])
+    # the screening table comes along, and every active-learning iteration has its row
+    (table,) = data['tables']
+    assert table.endswith('-HullWorkChain-screening-screening.csv') and f'({table.split("/")[-1]})' in text
+    rows = Path(table).read_text().splitlines()
+    assert 'e_above_hull' in rows[0] and len(rows) == 1 + screening['n_screened'] + screening.get('n_failed', 0)
+    assert '## Active learning: every iteration' in text and '| 1 | ' in text
+    # a report written again into the same folder replaces the earlier one's files, no other file
+    (tmp_path / 'report' / 'notes.txt').write_text('mine')
+    loop = node.base.links.get_outgoing(link_type=LinkType.CALL_WORK, link_label_filter='active_learning').one().node
+    again = CliRunner().invoke(cli, ['report', str(loop.pk), '--out', str(tmp_path / 'report'), '--json'])
+    assert again.exit_code == 0, again.output
+    left = sorted(path.name for path in (tmp_path / 'report').iterdir())
+    assert 'notes.txt' in left and not any('HullWorkChain' in name for name in left)
+    loop_summary = json.loads((tmp_path / 'report' / 'summary.json').read_text())['summary']
+    assert loop_summary['active_learning']['stop_reason'] == 'max_iterations'
+    assert loop_summary['potential_metrics']['forces_rmse'] > 0
 
 
 def test_run_refuses_a_bad_configuration_naming_the_key(tmp_path):

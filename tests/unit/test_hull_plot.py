@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
 
 from aiida_mlmat.hull.phase import ensemble_hull, hull_results
@@ -121,7 +122,7 @@ def test_binary_plot_tells_stable_uncertain_and_above_hull_apart(binary_results)
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    from aiida_mlmat.hull.plot import _binary, stability_class
+    from aiida_mlmat.hull.plot import _binary, _composition, stability_class
 
     kinds = {name: stability_class(entry) for name, entry in binary_results.items() if entry.get('status') == 'ok'}
     assert binary_results['fcc-Cu3Au-0']['p_stable'] == 0.5
@@ -129,5 +130,18 @@ def test_binary_plot_tells_stable_uncertain_and_above_hull_apart(binary_results)
     fig, ax = plt.subplots()
     _binary(ax, {name: binary_results[name] for name in kinds}, REFERENCES, ['Cu', 'Au'])
     labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    line = next(item for item in ax.get_lines() if item.get_label() == 'hull of the mean energies')
+    hull_x, hull_y = line.get_data()
     plt.close(fig)
-    assert sorted(labels) == ['above hull', 'hull', 'references', 'stable', 'uncertain (some members: on the hull)']
+    assert sorted(labels) == [
+        'above hull',
+        'hull of the mean energies',
+        'references',
+        'stable',
+        'uncertain (some members: on the hull)',
+    ]
+    # no drawn point lies below the drawn hull: it is the hull of the points drawn (ensemble means)
+    for name in kinds:
+        composition = _composition(binary_results[name])
+        x = composition.get('Au', 0) / sum(composition.values())
+        assert binary_results[name]['e_form_per_atom'] >= float(np.interp(x, hull_x, hull_y)) - 1e-12, name

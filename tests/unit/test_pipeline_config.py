@@ -157,3 +157,74 @@ def test_a_code_names_the_worker_and_its_computer_follows():
     assert validate_config({'elements': ['Cu', 'Au']})['computer'] == DEFAULTS['computer']
     with pytest.raises(ConfigError, match='code'):
         validate_config({'elements': ['Cu', 'Au'], 'code': 3})
+
+
+def test_every_setting_of_the_yaml_counts_once():
+    """An override of a setting a section key also sets wins when the key is silent and is refused when they
+    disagree; with active learning on, the training section's overrides reach the loop's training."""
+    base = {'elements': ['Cu', 'Au']}
+    config = validate_config({**base, 'active_learning': {'overrides': {'convergence': {'max_iterations': 1}}}})
+    assert config['active_learning']['max_iterations'] == 1  # not the section default 2
+    config = validate_config(
+        {**base, 'active_learning': {'overrides': {'training': {'ensemble_size': 3, 'training': {'epochs': 5}}}}}
+    )
+    assert config['training']['ensemble'] == 3
+    config = validate_config({**base, 'training': {'overrides': {'training': {'epochs': 3}, 'test_fraction': 0.25}}})
+    training = config['active_learning']['overrides']['training']
+    assert training['training'] == {'epochs': 3} and training['test_fraction'] == 0.25
+    config = validate_config(
+        {
+            **base,
+            'training': {'overrides': {'training': {'epochs': 3, 'batch_size': 2}}},
+            'active_learning': {'overrides': {'training': {'training': {'epochs': 7}}}},
+        }
+    )
+    assert config['active_learning']['overrides']['training']['training'] == {'epochs': 7, 'batch_size': 2}
+    config = validate_config({**base, 'training': {'ensemble': 4, 'overrides': {'ensemble_size': 4}}})
+    assert config['training']['ensemble'] == 4
+    # the example (training.protocol equal to the loop's) stays valid
+    assert load_config('examples/pipeline-cuau-emt.yaml')['active_learning']['max_iterations'] == 2
+
+
+@pytest.mark.parametrize(
+    ('config', 'message'),
+    [
+        (
+            {'active_learning': {'max_iterations': 3, 'overrides': {'convergence': {'max_iterations': 1}}}},
+            'active_learning: max_iterations 3 and overrides.convergence.max_iterations 1 disagree; give one',
+        ),
+        (
+            {'training': {'ensemble': 2}, 'active_learning': {'overrides': {'training': {'ensemble_size': 3}}}},
+            'the ensemble size is given twice with different values: training.ensemble 2, '
+            'active_learning.overrides.training.ensemble_size 3',
+        ),
+        ({'training': {'gpus': 1}}, 'training.gpus: not used while active learning trains the ensemble'),
+        (
+            {'training': {'protocol': 'balanced'}},
+            'training.protocol balanced: active learning trains with active_learning.protocol (fast)',
+        ),
+        (
+            {'active_learning': {'enabled': False, 'hull_aware': True}},
+            'active_learning.hull_aware: not used with `active_learning: {enabled: false}`',
+        ),
+        (
+            {'active_learning': {'hull_aware': True}, 'screening': {'enabled': False}},
+            'active_learning.hull_aware: needs the screening stage',
+        ),
+    ],
+)
+def test_settings_that_would_be_ignored_or_disagree_are_refused(config, message):
+    with pytest.raises(ConfigError) as info:
+        validate_config({'elements': ['Cu', 'Au'], **config})
+    assert message in str(info.value)
+
+
+def test_training_settings_apply_without_active_learning():
+    config = validate_config(
+        {
+            'elements': ['Cu', 'Au'],
+            'training': {'protocol': 'balanced', 'gpus': 1},
+            'active_learning': {'enabled': False},
+        }
+    )
+    assert config['training']['protocol'] == 'balanced' and config['training']['gpus'] == 1
