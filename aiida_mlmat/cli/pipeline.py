@@ -40,7 +40,15 @@ def call_label(process: Any) -> str:
 
 
 #: The files of a report (``write_report``): they are replaced when a report is written into the same folder.
-_REPORT_FILE = re.compile(r'^\d{2}-.+\.(png|csv)$|^summary\.(md|json)$')
+_REPORT_FILE = re.compile(r'^\d{2,}-.+\.(png|csv)$|^summary\.(md|json)$')
+
+
+def _is_report_folder(out: Path) -> bool:
+    """Whether ``out`` holds a report this command wrote (its ``summary.json`` names a process)."""
+    try:
+        return 'process' in json.loads((out / 'summary.json').read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _plots(node: Any, suffixes: tuple[str, ...] = ('.png', '.csv')) -> list[tuple[str, Any]]:
@@ -170,9 +178,10 @@ def report_summary(node: Any) -> dict[str, Any]:
 def write_report(node: Any, out: Path) -> dict[str, Any]:
     """Write ``summary.md``, ``summary.json`` and every plot of ``node`` into ``out``; return what was written."""
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.iterdir():  # an earlier report in this folder: its plots would mix with this one's
-        if stale.is_file() and _REPORT_FILE.match(stale.name):
-            stale.unlink()
+    if _is_report_folder(out):  # an earlier report here: its plots would mix with this one's (other files stay)
+        for stale in out.iterdir():
+            if stale.is_file() and _REPORT_FILE.match(stale.name):
+                stale.unlink()
     names = []
     for name, plot in _plots(node):
         (out / name).write_bytes(plot.get_content(mode='rb'))

@@ -181,9 +181,14 @@ def find_gpaw_python(given: str | None) -> str | None:
 _GPAW_PROBE = (
     'import inspect, json, gpaw\n'
     'from gpaw.calculator import GPAW\n'
-    'names = set(GPAW.default_parameters) | {"txt"}\n'
+    'names = set(GPAW.default_parameters) | {"txt", "legacy_gpaw", "directory", "atoms", "ignore_bad_restart_file"}\n'
     'names |= {name for name, p in inspect.signature(GPAW.__init__).parameters.items()\n'
     '          if p.kind is p.KEYWORD_ONLY or (p.default is not p.empty and name != "restart")}\n'
+    'try:\n'
+    '    from gpaw.new.input_parameters import parameter_functions  # the new code (GPAW_NEW, newer releases)\n'
+    '    names |= set(parameter_functions)\n'
+    'except ImportError:\n'
+    '    pass\n'
     'print(json.dumps({"version": gpaw.__version__, "parameters": sorted(names)}))\n'
 )
 
@@ -319,13 +324,13 @@ def run_setup(
             f'{python} with GPAW for aiida-ase',
             prepend_text=ISOLATE_PYTHON,
         )
-        record = gpaw_calculator_record(python)
-        if record is not None:  # lets a misspelled GPAW keyword be refused before submission
-            from aiida_mlmat.calcjobs.label import CALCULATORS_EXTRA
+        record = gpaw_calculator_record(python)  # lets a misspelled GPAW keyword be refused before submission
+        from aiida_mlmat.calcjobs.label import CALCULATORS_EXTRA
 
-            for key in ('gpaw_worker', 'gpaw_ase'):
-                known = dict(codes[key].base.extras.get(CALCULATORS_EXTRA, {}) or {})
-                codes[key].base.extras.set(CALCULATORS_EXTRA, {**known, 'gpaw': record})
+        for key in ('gpaw_worker', 'gpaw_ase'):
+            known = dict(codes[key].base.extras.get(CALCULATORS_EXTRA, {}) or {})
+            known.pop('gpaw', None)  # a record that cannot be read again is dropped, never kept stale
+            codes[key].base.extras.set(CALCULATORS_EXTRA, {**known, **({'gpaw': record} if record else {})})
     slurm = None
     if slurm_target:
         from aiida_mlmat.cli.slurm import DEFAULT_PORT, setup_slurm

@@ -248,7 +248,8 @@ def load_node(identifier: str | int, expected: type | None = None) -> Any:
     except MultipleObjectsError as exc:
         same = orm.QueryBuilder().append(orm.Node, filters={'label': text}, project=['id', 'node_type']).all()
         if len(same) > 1:  # a label given to several nodes: name them, so one can be picked by PK
-            listed = ', '.join(f'{pk} ({node_type.rstrip(".").rsplit(".", 1)[-1]})' for pk, node_type in sorted(same))
+            shown = [f'{pk} ({node_type.rstrip(".").rsplit(".", 1)[-1]})' for pk, node_type in sorted(same)[:10]]
+            listed = ', '.join(shown) + (f', ... {len(same) - 10} more' if len(same) > 10 else '')
             raise MlmatCliError(
                 f'the label `{identifier}` names {len(same)} nodes (PKs {listed}); give one PK or UUID',
                 EXIT_NOT_FOUND,

@@ -165,7 +165,8 @@ def plot_hull(
 
     - Two elements: formation energy per atom against the atomic fraction of the second element; candidates with
       error bars of ``e_form_per_atom_std`` (stable ones in colour and labelled), reference compounds as squares,
-      and the hull line through the stable candidates, the reference compounds on the hull and the elements.
+      and the hull of the plotted (ensemble-mean) formation energies, references and elements included, so no
+      point lies below it; a point's colour is its verdict over the members' own hulls.
     - Three elements: pymatgen's ``PDPlotter(..., backend='matplotlib')`` of the references and candidates
       (mean formation energies).
     - Otherwise: energy above the hull of every candidate as bars.
@@ -260,12 +261,13 @@ def _binary(ax: Any, ok: Mapping[str, Mapping[str, Any]], references: Mapping[st
         + [(_fraction(comp, second), e) for _, comp, e in compounds]
     )
     ax.plot([p[0] for p in hull], [p[1] for p in hull], '-', color='tab:red', lw=1.2, label='hull of the mean energies')
-    ax.set_title("points: ensemble mean ± spread; colour: verdict over the members' hulls", fontsize=8)
     ax.axhline(0.0, color='black', lw=0.5)
     ax.set_xlim(-0.02, 1.02)
     ax.set_xlabel(f'atomic fraction of {second} in {first}$_{{1-x}}${second}$_x$')
     ax.set_ylabel('formation energy (eV/atom)')
-    ax.legend(fontsize=8)
+    ax.legend(
+        fontsize=8, title="points: ensemble mean ± spread\ncolour: verdict over the members' hulls", title_fontsize=7
+    )
 
 
 def _ternary(

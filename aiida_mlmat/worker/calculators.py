@@ -144,7 +144,7 @@ def parameters_error(name: str, parameters: Any) -> str | None:
 
 
 #: GPAW's wave-function modes; stress comes only from ``pw``.
-GPAW_MODES = ('pw', 'fd', 'lcao')
+GPAW_MODES = ('pw', 'fd', 'lcao', 'tb')
 
 
 def _positive_number(value: Any) -> bool:

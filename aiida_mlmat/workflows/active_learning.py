@@ -119,7 +119,37 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
         error = calculator_error(value['calculator'].get_dict(), species)
         if error:
             return error
+    error = _stress_error(value)
+    if error:
+        return error
     return settings_error(value)
+
+
+def _stress_error(value: Any) -> str | None:
+    """A loss that weights stress needs it on the training set and from the reference (GPAW: plane waves only);
+    refused here, not in an iteration's training."""
+    trainer = value.get('training', {}).get('member', {}).get('trainer', {})
+    training = trainer['training'].get_dict() if 'training' in trainer else {}
+    retrain = value['retrain'].get_dict() if 'retrain' in value else {}
+    weight = max(float(training.get('stress_weight', 0.0) or 0.0), float(retrain.get('stress_weight', 0.0) or 0.0))
+    if weight <= 0:
+        return None
+    training_set = value.get('training_set')
+    if training_set is not None and 'stress' not in training_set.label_keys:
+        return (
+            f'training_set: not every configuration carries stress, which the loss weights (stress_weight {weight}); '
+            'set training.training.stress_weight to 0'
+        )
+    calculator = value['calculator'].get_dict() if 'calculator' in value else {}
+    mode = (calculator.get('parameters') or {}).get('mode')
+    name = mode.get('name') if isinstance(mode, dict) else mode
+    if calculator.get('name') == 'gpaw' and name != 'pw':
+        return (
+            f'calculator: GPAW gives stress only in plane-wave mode (`mode` {name or "fd, its default"}), and the '
+            f'loss weights stress (stress_weight {weight}); use {{"mode": {{"name": "pw", "ecut": ...}}}} or set '
+            'training.training.stress_weight to 0'
+        )
+    return None
 
 
 def settings_error(value: Any) -> str | None:

@@ -162,7 +162,7 @@ class PipelineWorkChain(IdempotentLaunchMixin, WorkChain):
     def inspect_prescreening(self) -> Any:
         """Keep the candidates whose P(stable) is strictly between 0 and 1 for active learning."""
         node = self.ctx.screening
-        if 'summary' not in node.outputs:
+        if 'summary' not in node.outputs or node.exit_status == 321:  # 321: no candidate could be screened
             return self.exit_codes.ERROR_SCREENING_FAILED.format(message=self._failure(node))
         if 'uncertain_candidates' in node.outputs:
             self.ctx.hull_candidates = node.outputs.uncertain_candidates
@@ -268,7 +268,7 @@ class PipelineWorkChain(IdempotentLaunchMixin, WorkChain):
     def inspect_screening(self) -> Any:
         """Keep the screening summary (a failed verification is recorded in it, the screen is kept)."""
         node = self.ctx.screening
-        if 'summary' not in node.outputs:
+        if 'summary' not in node.outputs or node.exit_status == 321:  # 321: no candidate could be screened
             return self.exit_codes.ERROR_SCREENING_FAILED.format(message=self._failure(node))
         self.ctx.nodes['screening'] = node.outputs.summary
         self.out('screening', node.outputs.summary)

@@ -178,9 +178,19 @@ def _reconcile(given: dict[str, Any], merged: dict[str, Any]) -> str | None:
     """
     from aiida_mlmat.workflows.protocols import recursive_merge
 
-    given_al, given_training = given.get('active_learning', {}), given.get('training', {})
+    # `mlmat run` submits the merged configuration and the workflow validates it again: a value equal to its
+    # default counts as not given, so that validating twice gives the same answer
+    given_al = {k: v for k, v in given.get('active_learning', {}).items() if v != DEFAULTS['active_learning'].get(k)}
+    given_training = {k: v for k, v in given.get('training', {}).items() if v != DEFAULTS['training'].get(k)}
     al, training = merged['active_learning'], merged['training']
     al_overrides = al.get('overrides', {})
+    for where, value in (
+        ('active_learning.overrides.training', al_overrides.get('training')),
+        ('active_learning.overrides.convergence', al_overrides.get('convergence')),
+        ('training.overrides.training', (given_training.get('overrides') or {}).get('training')),
+    ):
+        if value is not None and not isinstance(value, dict):
+            return f'{where}: must be a mapping of settings, got {value!r}'
     enabled = al['enabled']
     sizes = {
         'training.ensemble': given_training.get('ensemble'),

@@ -431,4 +431,10 @@ class ReferenceWorkChain(IdempotentLaunchMixin, WorkChain):
             f'labelled set {labelled.uuid}: {labelled.count} configurations, '
             f'{labelled.base.attributes.get("n_excluded")} excluded'
         )
+        lost = sorted(set(self.ctx.to_label.species) - set(labelled.species))
+        if lost:  # e.g. an element without a PAW setup: every configuration holding it failed
+            self.logger.warning(
+                f'no configuration holding {", ".join(lost)} could be labelled: the set has only '
+                f'{", ".join(labelled.species)} (the exclusion reasons say why)'
+            )
         return None

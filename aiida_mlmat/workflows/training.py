@@ -75,6 +75,16 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
         extra = sorted(set(test_split.species) - set(data.species))
         if extra:
             return f'test_split: it holds {extra}, which the configurations to train on do not'
+        from aiida_mlmat.query import configuration_keys
+
+        if data.is_stored and test_split.is_stored:
+            held_out = set(configuration_keys(test_split))
+            left = sum(1 for key in configuration_keys(data) if key not in held_out)
+            if left < 2:
+                return (
+                    f'test_split: {left} of the {data.count} configurations lie outside it, too few to split into '
+                    'train and validation'
+                )
     initial = value.get('initial_potential')
     if initial is not None and data is not None:
         extra = sorted(set(data.species) - set(initial.species))

@@ -274,6 +274,31 @@ def test_bad_settings_are_refused_before_anything_runs(worker_code, emt, near_eq
     assert error is not None and message in error.message
 
 
+def test_a_loss_weighting_stress_needs_stress_from_the_set_and_the_reference(worker_code, near_equilibrium, seeds):
+    """Refused before the loop starts, not in an iteration's training: a set without stress, or GPAW outside
+    plane-wave mode (it gives none), with a loss that weights stress."""
+    stress = {'training': {'training': {'stress_weight': 1.0}}}
+    no_stress = ConfigurationSetData(
+        [with_labels(frame, keep=('energy', 'forces')) for frame in near_equilibrium.get_atoms()]
+    ).store()
+    builder = builder_for(worker_code, no_stress, seeds, {'name': 'emt'}, stress)
+    error = ActiveLearningWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True)))
+    assert error is not None and 'not every configuration carries stress' in error.message
+    fd = {'name': 'gpaw', 'parameters': {'mode': 'fd', 'h': 0.2}}
+    builder = builder_for(worker_code, near_equilibrium, seeds, fd, stress)
+    error = ActiveLearningWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True)))
+    assert error is not None and 'GPAW gives stress only in plane-wave mode (`mode` fd' in error.message
+    builder = builder_for(worker_code, near_equilibrium, seeds, fd)  # no stress in the loss: fine
+    assert ActiveLearningWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True))) is None
+
+
+def with_labels(frame, keep):
+    """``frame`` with only the labels in ``keep``."""
+    atoms = frame.copy()
+    atoms.calc = SinglePointCalculator(atoms, **{key: frame.calc.results[key] for key in keep})
+    return atoms
+
+
 def test_bad_data_is_refused_before_anything_runs(worker_code, emt, near_equilibrium, seeds):
     unlabelled = ConfigurationSetData([cu(), cu(3.7), cu(3.5)])
     gold = ConfigurationSetData([bulk('Au', 'fcc', a=4.08, cubic=True)])

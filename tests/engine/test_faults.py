@@ -84,6 +84,19 @@ def test_failing_configurations_are_excluded_with_reasons(submit_and_await, work
     assert_labels_equal_emt(labelled.get_atoms())
 
 
+def test_an_element_whose_every_configuration_failed_is_named(submit_and_await, worker_code):
+    """Every Au configuration fails (as an element without a PAW setup would): the set keeps Cu, and the workflow
+    warns that Au is gone instead of finishing as if nothing were missing."""
+    seeds = ConfigurationSetData([bulk('Cu', 'fcc', a=3.6, cubic=True), bulk('Au', 'fcc', a=4.08, cubic=True)])
+    calculator = {'name': 'faulty', 'parameters': {'raise_for': ['Au4', 'Au3']}}
+    builder = _builder(worker_code, calculator, structures=seeds)
+    node = submit_and_await(builder, timeout=300)
+    assert node.is_finished_ok, node.exit_message
+    assert node.outputs.configurations.species == ['Cu']
+    warnings = [log.message for log in orm.Log.collection.get_logs_for(node) if log.levelname == 'WARNING']
+    assert any(message.startswith('no configuration holding Au could be labelled') for message in warnings), warnings
+
+
 def test_nan_and_inf_labels_are_excluded(submit_and_await, worker_code):
     """Non-finite labels never enter a data set."""
     seeds = ConfigurationSetData([bulk('Cu', 'fcc', a=3.6, cubic=True), bulk('Au', 'fcc', a=4.08, cubic=True)])

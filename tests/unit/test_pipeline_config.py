@@ -194,8 +194,8 @@ def test_every_setting_of_the_yaml_counts_once():
             'active_learning: max_iterations 3 and overrides.convergence.max_iterations 1 disagree; give one',
         ),
         (
-            {'training': {'ensemble': 2}, 'active_learning': {'overrides': {'training': {'ensemble_size': 3}}}},
-            'the ensemble size is given twice with different values: training.ensemble 2, '
+            {'training': {'ensemble': 4}, 'active_learning': {'overrides': {'training': {'ensemble_size': 3}}}},
+            'the ensemble size is given twice with different values: training.ensemble 4, '
             'active_learning.overrides.training.ensemble_size 3',
         ),
         ({'training': {'gpus': 1}}, 'training.gpus: not used while active learning trains the ensemble'),
@@ -228,3 +228,35 @@ def test_training_settings_apply_without_active_learning():
         }
     )
     assert config['training']['protocol'] == 'balanced' and config['training']['gpus'] == 1
+
+
+@pytest.mark.parametrize(
+    'config',
+    [
+        {'active_learning': {'enabled': False}},
+        {'active_learning': {'protocol': 'balanced'}},
+        {'active_learning': {'overrides': {'convergence': {'max_iterations': 1}}}},
+        {'training': {'ensemble': 3, 'overrides': {'training': {'epochs': 4}}}},
+        {'active_learning': {'enabled': False}, 'training': {'protocol': 'balanced', 'gpus': 1}},
+    ],
+)
+def test_validating_twice_gives_the_same_configuration(config):
+    """`mlmat run` submits the validated configuration, and the workflow validates it again."""
+    once = validate_config({'elements': ['Cu', 'Au'], **config})
+    assert validate_config(once) == once
+
+
+@pytest.mark.parametrize(
+    ('config', 'message'),
+    [
+        ({'active_learning': {'overrides': {'training': 3}}}, 'active_learning.overrides.training: must be a mapping'),
+        (
+            {'active_learning': {'overrides': {'convergence': [1]}}},
+            'active_learning.overrides.convergence: must be a mapping',
+        ),
+        ({'training': {'overrides': {'training': 'fast'}}}, 'training.overrides.training: must be a mapping'),
+    ],
+)
+def test_nested_overrides_that_are_not_mappings_are_refused(config, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config({'elements': ['Cu', 'Au'], **config})

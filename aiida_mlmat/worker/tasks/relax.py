@@ -16,6 +16,7 @@ of an earlier job whose structures are copied and not recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from aiida_mlmat.common.constants import EXCLUDED_FILE, INDEX_KEY, MIN_INTERATOMIC_DISTANCE, RELAXED_FILE
@@ -124,7 +126,8 @@ def relax_one(atoms: Atoms, calculator: Any, settings: dict[str, Any]) -> dict[s
         'forces': np.array(atoms.get_forces(), dtype=float),
     }
     if atoms.pbc.all():
-        results['stress'] = np.array(atoms.get_stress(voigt=True), dtype=float)
+        with contextlib.suppress(PropertyNotImplementedError):  # GPAW in fd or lcao mode gives no stress
+            results['stress'] = np.array(atoms.get_stress(voigt=True), dtype=float)
     for key, value in results.items():
         if not np.all(np.isfinite(value)):
             raise RelaxationExplodedError(f'the final {key} is not finite')
