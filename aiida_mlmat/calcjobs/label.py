@@ -197,4 +197,21 @@ class LabelCalculation(MlmatCalculation):
                 handle.write(restart_from.get_content())
         if restart_from is not None and restart_from.excluded:
             with folder.open(PREVIOUS_EXCLUDED_FILE, 'w', encoding='utf-8') as handle:
-                json.dump(restart_from.excluded, handle)
+                json.dump(earlier_exclusions(restart_from), handle)
+
+
+def earlier_exclusions(restart_from: Any) -> list[dict[str, Any]]:
+    """The exclusion records of the interrupted job that made ``restart_from``, to be kept as they are.
+
+    A reason that points at a calculator log retrieved with that job (``(its log: calculator-logs/5.txt,
+    retrieved)``) is made to name the job, since the log is not retrieved again by the one that restarts.
+    """
+    creator = restart_from.creator
+    where = f'retrieved with {creator.process_label or "the job"}<{creator.pk}>' if creator is not None else None
+    records = []
+    for record in restart_from.excluded:
+        reason = str(record.get('reason', ''))
+        if where is not None and reason.endswith(', retrieved)'):
+            record = {**record, 'reason': reason[: -len('retrieved)')] + where + ')'}
+        records.append(record)
+    return records

@@ -76,12 +76,9 @@ class TrainCalculation(MlmatCalculation):
         for name, node in (('train', train), ('validation', validation)):
             if node.count == 0:
                 return f'{name}: the split is empty'
-        training = value['training'].get_dict() if 'training' in value else {}
-        needed = ['energy']
-        if training.get('forces_weight', 10.0) > 0:
-            needed.append('forces')
-        if training.get('stress_weight', 0.0) > 0:
-            needed.append('stress')
+        from aiida_mlmat.ml.training import weighted_labels
+
+        needed = weighted_labels(value['training'].get_dict() if 'training' in value else {})
         for name, node in (('train', train), ('validation', validation)):
             missing = [key for key in needed if key not in node.label_keys]
             if missing:

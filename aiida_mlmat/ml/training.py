@@ -17,7 +17,7 @@ import os
 import pickle
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,13 +206,26 @@ def make_batches(
     return batches
 
 
+def weighted_labels(settings: TrainingConfig | Mapping[str, Any]) -> list[str]:
+    """The labels a loss with ``settings`` needs on every configuration.
+
+    :param settings: a :class:`TrainingConfig` or a mapping of training settings; a weight not given takes
+        :class:`TrainingConfig`'s default (``forces_weight`` 10, ``stress_weight`` 0).
+    :return: ``energy``, then ``forces`` and ``stress`` where their weight is above 0.
+    """
+
+    def weight(key: str) -> float:
+        value = getattr(settings, key) if isinstance(settings, TrainingConfig) else settings.get(key)
+        return float(getattr(TrainingConfig, key) if value is None else value)
+
+    return ['energy'] + [label for label in ('forces', 'stress') if weight(f'{label}_weight') > 0]
+
+
 def check_split_labels(frames: Sequence[Atoms], config: TrainingConfig, name: str) -> None:
     """Refuse data that lack the labels the loss weights."""
     if not frames:
         raise TrainingError('EMPTY_SPLIT', f'the {name} split is empty')
-    needed = (
-        ['energy'] + (['forces'] if config.forces_weight > 0 else []) + (['stress'] if config.stress_weight > 0 else [])
-    )
+    needed = weighted_labels(config)
     for index, atoms in enumerate(frames):
         results = atoms.calc.results if atoms.calc is not None else {}
         missing = [key for key in needed if key not in results]

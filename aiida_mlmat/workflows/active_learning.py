@@ -128,12 +128,14 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
 def _stress_error(value: Any) -> str | None:
     """A loss that weights stress needs it on the training set and from the reference (GPAW: plane waves only);
     refused here, not in an iteration's training."""
+    from aiida_mlmat.ml.training import weighted_labels
+
     trainer = value.get('training', {}).get('member', {}).get('trainer', {})
     training = trainer['training'].get_dict() if 'training' in trainer else {}
     retrain = value['retrain'].get_dict() if 'retrain' in value else {}
-    weight = max(float(training.get('stress_weight', 0.0) or 0.0), float(retrain.get('stress_weight', 0.0) or 0.0))
-    if weight <= 0:
+    if not any('stress' in weighted_labels(settings) for settings in (training, retrain)):
         return None
+    weight = max(float(settings.get('stress_weight') or 0.0) for settings in (training, retrain))
     training_set = value.get('training_set')
     if training_set is not None and 'stress' not in training_set.label_keys:
         return (

@@ -26,11 +26,11 @@ from aiida_mlmat.workflows.training_functions import (
 
 def missing_labels_error(data: Any, training: dict[str, Any]) -> str | None:
     """Why the loss of ``training`` (``forces_weight``, ``stress_weight``) needs labels ``data`` lacks, or None."""
-    from aiida_mlmat.ml.training import TrainingConfig
+    from aiida_mlmat.ml.training import TrainingConfig, weighted_labels
 
-    for key in ('forces', 'stress'):
-        weight = training.get(f'{key}_weight', getattr(TrainingConfig, f'{key}_weight'))
-        if weight > 0 and key not in data.label_keys:
+    for key in weighted_labels(training)[1:]:
+        if key not in data.label_keys:
+            weight = training.get(f'{key}_weight', getattr(TrainingConfig, f'{key}_weight'))
             return (
                 f'configurations: the set has no {key} on every configuration, and the loss weights them '
                 f'(training.{key}_weight = {weight}); label them, or set the weight to 0 '

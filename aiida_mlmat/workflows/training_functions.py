@@ -48,19 +48,10 @@ def split_dataset(
 
     Each split records the calculator of the whole set's labels (``calculator``), as every subset here does.
     """
-    from ase.formula import Formula
-
     frames = configurations.get_atoms()
-    keys = [str(Formula(frame.get_chemical_formula()).reduce()[0]) for frame in frames]
-    labels = stratified_split(keys, (test_fraction.value, validation_fraction.value), seed.value)
-    out = {}
-    for name in ('train', 'validation', 'test'):
-        subset = [frame for frame, label in zip(frames, labels, strict=True) if label == name]
-        if not subset:
-            raise ValueError(f'the {name} split is empty: {len(frames)} configurations are too few for the fractions')
-        out[name] = ConfigurationSetData(subset, calculator=configurations.calculator)  # labels made by it
-        out[name].label = f'{name} split'
-    return out
+    labels = stratified_split(_compositions(frames), (test_fraction.value, validation_fraction.value), seed.value)
+    too_few = f'{len(frames)} configurations are too few for the fractions'
+    return _subsets(frames, labels, ('train', 'validation', 'test'), configurations.calculator, too_few)
 
 
 @calcfunction
@@ -75,23 +66,34 @@ def split_around_test(
     :func:`aiida_mlmat.query.configuration_key`), stratified by composition; validation takes the same share of
     what is left as it would beside a test split of ``test_fraction``.
     """
-    from ase.formula import Formula
-
     from aiida_mlmat.query import configuration_key
 
     held_out = {configuration_key(frame) for frame in test_split.get_atoms()}
     frames = [frame for frame in configurations.get_atoms() if configuration_key(frame) not in held_out]
-    keys = [str(Formula(frame.get_chemical_formula()).reduce()[0]) for frame in frames]
     share = validation_fraction.value / (1.0 - test_fraction.value)
-    labels = stratified_split(keys, (0.0, share), seed.value)
+    labels = stratified_split(_compositions(frames), (0.0, share), seed.value)
+    too_few = f'{len(frames)} configurations outside the test split are too few'
+    return _subsets(frames, labels, ('train', 'validation'), configurations.calculator, too_few)
+
+
+def _compositions(frames: list) -> list[str]:
+    """Each frame's reduced formula, the key a split is stratified by."""
+    from ase.formula import Formula
+
+    return [str(Formula(frame.get_chemical_formula()).reduce()[0]) for frame in frames]
+
+
+def _subsets(
+    frames: list, labels: list[str], names: tuple[str, ...], calculator: dict | None, too_few: str
+) -> dict[str, ConfigurationSetData]:
+    """One labelled set per split name, each recording the calculator of the whole set's labels (they were made by
+    it); an empty split is refused, saying why (``too_few``)."""
     out = {}
-    for name in ('train', 'validation'):
+    for name in names:
         subset = [frame for frame, label in zip(frames, labels, strict=True) if label == name]
         if not subset:
-            raise ValueError(
-                f'the {name} split is empty: {len(frames)} configurations outside the test split are too few'
-            )
-        out[name] = ConfigurationSetData(subset, calculator=configurations.calculator)
+            raise ValueError(f'the {name} split is empty: {too_few}')
+        out[name] = ConfigurationSetData(subset, calculator=calculator)
         out[name].label = f'{name} split'
     return out
 

@@ -155,6 +155,36 @@ def test_label_restart_from_writes_previous(prepare):
     validate_input('label', data)
 
 
+def test_label_restart_keeps_exclusions_and_names_the_job_that_retrieved_their_log(prepare, worker_code):
+    """An exclusion of the interrupted job is passed on unchanged, except that a reason pointing at a calculator
+    log retrieved with that job names the job (the restart does not retrieve it again)."""
+    from aiida.common.links import LinkType
+
+    earlier = orm.CalcJobNode(computer=worker_code.computer, process_type='aiida.calculations:mlmat.label')
+    earlier.set_process_label('LabelCalculation')
+    earlier.set_option('resources', {'num_machines': 1})
+    earlier.store()
+    failed = 'calculator failed: KohnShamConvergenceError: did not converge'
+    excluded = [
+        {'index': 1, 'formula': 'Cu4', 'reason': f'{failed} (its log: calculator-logs/1.txt, retrieved)'},
+        {'index': 2, 'formula': 'Cu4', 'reason': 'invalid configuration: atoms 0 and 1 are 0.40 Å apart'},
+    ]
+    partial = ConfigurationSetData([configurations(1).get_atoms()[0]], excluded=excluded)
+    partial.base.links.add_incoming(earlier, LinkType.CREATE, 'partial_configurations')
+    partial.store()
+    folder, _, data = prepare(
+        LabelCalculation, configurations=configurations(3), calculator=orm.Dict({'name': 'emt'}), restart_from=partial
+    )
+    assert data['previous_excluded'] == 'previous_excluded.json'
+    passed = json.loads(read_bytes(folder, 'previous_excluded.json'))
+    assert passed[0]['reason'] == (
+        f'{failed} (its log: calculator-logs/1.txt, retrieved with LabelCalculation<{earlier.pk}>)'
+    )
+    assert passed[1] == excluded[1]
+    assert [record['index'] for record in passed] == [1, 2]
+    validate_input('label', data)
+
+
 def test_label_max_seconds_from_walltime(prepare):
     _, _, data = prepare(
         LabelCalculation,

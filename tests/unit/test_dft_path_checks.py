@@ -172,6 +172,17 @@ def test_a_training_set_without_forces_is_refused_unless_their_weight_is_zero(ai
     assert 'no stress on every configuration' in missing_labels_error(labelled, {'stress_weight': 0.5})
 
 
+def test_the_labels_a_loss_weights_are_read_one_way_everywhere():
+    """One rule (``ml.training.weighted_labels``) for the training builder, the active-learning loop, the training
+    job and the worker: energy always; forces and stress where their weight (default 10 and 0) is above 0."""
+    from aiida_mlmat.ml.training import TrainingConfig, weighted_labels
+
+    assert weighted_labels({}) == ['energy', 'forces']
+    assert weighted_labels({'forces_weight': 0}) == ['energy']
+    assert weighted_labels({'forces_weight': None, 'stress_weight': 0.5}) == ['energy', 'forces', 'stress']
+    assert weighted_labels(TrainingConfig(forces_weight=0.0, stress_weight=1.0)) == ['energy', 'stress']
+
+
 def test_an_energy_map_needs_an_energy_and_keeps_unlabelled_points():
     unlabelled = [bulk('Cu', 'fcc', a=3.6, cubic=True), bulk('Cu', 'fcc', a=3.7, cubic=True)]
     with pytest.raises(ValueError, match='no configuration has an energy'):

@@ -424,6 +424,24 @@ def test_previous_labels_are_copied_not_recomputed(tmp_path):
     assert_labels_match_emt([labelled[i] for i in (0, 2, 3, 4)], [inputs[i] for i in (0, 2, 3, 4)])
 
 
+def test_a_reused_label_without_stress_is_counted(tmp_path):
+    """A label copied from the interrupted job counts in ``n_without_stress`` as a new one would: the restart's
+    warning covers every periodic configuration it outputs without stress, not only those it computed."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = mixed_frames()
+    assert frames[1].pbc.all()
+    earlier = frames[1].copy()
+    earlier.info[INDEX_KEY] = 1
+    earlier.calc = SinglePointCalculator(earlier, energy=-0.1, forces=np.zeros((len(earlier), 3)))  # no stress
+    write_extxyz(str(tmp_path / 'previous.extxyz'), [earlier])
+    path = write_label_input(tmp_path, frames, previous='previous.extxyz')
+    status, results = run_worker('label', path)
+    assert status == 0
+    assert results['n_reused'] == 1
+    assert results['n_without_stress'] == 1  # EMT gave stress for the other periodic ones
+
+
 def restart_until_done(workdir: Path, path: Path, max_runs: int = 10) -> tuple[list[int], dict]:
     """Run the worker, feeding each partial output back as ``previous``, as the restart wrapper does."""
     statuses = []

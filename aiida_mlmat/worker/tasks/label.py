@@ -113,6 +113,9 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
         for position, atoms in enumerate(frames):
             index = index_of(atoms, position)
             if index in previous and _same_configuration(previous[index], atoms):
+                labels = previous[index].calc.results if previous[index].calc is not None else {}
+                if 'stress' in properties and atoms.pbc.all() and 'stress' not in labels:
+                    n_without_stress += 1
                 write(out, previous[index], format='extxyz')
                 n_reused += 1
                 n_labelled += 1
