@@ -30,6 +30,7 @@ from typing import Any
 
 from aiida import orm
 from aiida.common.links import LinkType
+from ase import Atoms
 
 from aiida_mlmat.data.configurations import ConfigurationSetData
 from aiida_mlmat.data.potential import PotentialData
@@ -272,12 +273,15 @@ def potentials_trained_with(
     :param members: include the single-model potentials that were combined into an ensemble (default True);
         with False only potentials that are not an ensemble member are returned.
     :return: PotentialData nodes, oldest first.
+    :raises ValueError: for a name that is neither registered nor recorded by any labelling job (a typo).
     """
-    calcs = [
-        node
-        for node in _label_calculations(calculator)
-        if parameters is None or _reference_record(node).parameters == dict(parameters)
-    ]
+    found = _label_calculations(calculator)
+    if not found:
+        from aiida_mlmat.worker.calculators import available_names
+
+        if calculator not in available_names(testing=True):  # a typo, not a calculator that labelled nothing yet
+            raise ValueError(f'calculator: `{calculator}` is not a registered name ({", ".join(available_names())})')
+    calcs = [node for node in found if parameters is None or _reference_record(node).parameters == dict(parameters)]
     if not calcs:
         return []
     builder = orm.QueryBuilder()
@@ -412,6 +416,7 @@ def potentials_trained_on(configuration: Any) -> list[TrainedOn]:
     :param configuration: an ``ase.Atoms``, or ``(ConfigurationSetData, index)``.
     :return: oldest potential first; a potential appears once, with its strongest role (train, warm start,
         validation).
+    :raises TypeError: for anything but an ``ase.Atoms`` or a ``(set, index)`` pair (a whole set, a PK).
     """
     if isinstance(configuration, tuple):
         dataset, index = configuration
@@ -419,6 +424,10 @@ def potentials_trained_on(configuration: Any) -> list[TrainedOn]:
         if not 0 <= int(index) < len(frames):
             raise IndexError(f'configuration {index} is outside the set of {len(frames)}')
         configuration = frames[int(index)]
+    if not isinstance(configuration, Atoms):
+        raise TypeError(
+            f'configuration: expected an ase.Atoms or (ConfigurationSetData, index), got {type(configuration).__name__}'
+        )
     key = configuration_key(configuration)
     formula = configuration.get_chemical_formula()
     keys: dict[str, set[str]] = {}

@@ -222,3 +222,18 @@ class MlmatCalculation(CalcJob):
         calcinfo.retrieve_list = list(self._RETRIEVE)
         calcinfo.retrieve_temporary_list = list(self._RETRIEVE_TEMPORARY)
         return calcinfo
+
+
+def options_error(process_class: Any, options: dict[str, Any]) -> str | None:
+    """Why ``options`` are not valid ``metadata.options`` of ``process_class`` (a CalcJob), or None.
+
+    ``resources`` may be left out (every mlmat CalcJob sets one machine, one process by default).
+    """
+    if not isinstance(options, dict):
+        return f'expected a mapping of metadata options, got {type(options).__name__}'
+    namespace = process_class.spec().inputs['metadata']['options']
+    error = namespace.validate({'resources': {'num_machines': 1}, **options})
+    if error is None:
+        return None
+    message = error.message.removeprefix('Error occurred validating port ')
+    return message.replace("'options.", "'").replace("value '", "'", 1)

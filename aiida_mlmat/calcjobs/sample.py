@@ -54,11 +54,10 @@ class SampleCalculation(MlmatCalculation):
             error = cls.potential_error(value, md['calculator'].get('name'))
             if error:
                 return error
-        if 'structures' in value:
-            try:
-                cls.worker_input(value)
-            except ValueError as exc:
-                return str(exc)
+        try:  # the parameters alone: a workflow that exposes this namespace gives the structures later
+            cls.worker_input(value)
+        except ValueError as exc:
+            return str(exc)
         return None
 
     @classmethod

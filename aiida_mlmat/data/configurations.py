@@ -162,7 +162,8 @@ class ConfigurationSetData(orm.Data):
     ) -> None:
         """Build a set from ASE frames or from extxyz bytes.
 
-        :param frames: configurations; labels are taken from their calculators' results.
+        :param frames: configurations; labels are taken from their calculators' results, and refused
+            (``ValueError`` naming the configuration) where not finite or of the wrong shape.
         :param content: extxyz bytes, stored exactly as given (use :meth:`from_file` for files).
         :param calculator: ``{'name': ..., 'parameters': {...}}`` of the calculator that made the labels.
         :param excluded: records ``{'index', 'formula', 'reason'}`` of configurations that failed.
@@ -172,6 +173,11 @@ class ConfigurationSetData(orm.Data):
             raise ValueError('give either `frames` or `content`')
         if content is None:
             frames = list(frames or [])
+            for position, frame in enumerate(frames):
+                try:
+                    check_labels(frame, limits=False)
+                except InvalidConfigurationError as exc:
+                    raise ValueError(f'configuration {position} ({frame.get_chemical_formula()}): {exc}') from exc
             content = extxyz_string(frames).encode('utf-8') if frames else b''
         else:
             frames = parse_extxyz_bytes(content, validate=False) if content.strip() else []

@@ -78,12 +78,12 @@ LABEL_LIMITS = {'energy': 1e6, 'forces': 1e4, 'stress': 1e3}
 _LABEL_UNITS = {'energy': 'eV/atom', 'forces': 'eV/Å', 'stress': 'eV/Å^3'}
 
 
-def check_labels(atoms: Atoms) -> None:
+def check_labels(atoms: Atoms, limits: bool = True) -> None:
     """Raise :class:`InvalidConfigurationError` when a configuration's labels cannot be trained on or evaluated.
 
     Checks whichever labels the configuration carries: energy (eV) one finite number, forces (eV/Å) finite with
-    shape (n_atoms, 3), stress (eV/Å^3) finite with 6 (Voigt) or 3 x 3 components, each within
-    :data:`LABEL_LIMITS` (the energy per atom).
+    shape (n_atoms, 3), stress (eV/Å^3) finite with 6 (Voigt) or 3 x 3 components, and with ``limits`` each
+    within :data:`LABEL_LIMITS` (the energy per atom).
     """
     results = atoms.calc.results if atoms.calc is not None else {}
     shapes = {'energy': [()], 'forces': [(len(atoms), 3)], 'stress': [(6,), (3, 3)]}
@@ -100,8 +100,8 @@ def check_labels(atoms: Atoms) -> None:
             )
         if not np.isfinite(value).all():
             raise InvalidConfigurationError(f'{key} is not finite (NaN or inf)')
-        largest = float(np.abs(value).max()) / (max(len(atoms), 1) if key == 'energy' else 1)
-        if largest > LABEL_LIMITS[key]:
+        largest = float(np.abs(value).max()) / (max(len(atoms), 1) if key == 'energy' else 1) if value.size else 0.0
+        if limits and largest > LABEL_LIMITS[key]:
             raise InvalidConfigurationError(
                 f'{key} of magnitude {largest:.3g} {_LABEL_UNITS[key]} is beyond any physical value '
                 f'({LABEL_LIMITS[key]:g} {_LABEL_UNITS[key]}); check its units'

@@ -37,7 +37,7 @@ from aiida_mlmat.workflows.active_functions import (
 from aiida_mlmat.workflows.functions import split_configurations
 from aiida_mlmat.workflows.idempotent import IdempotentLaunchMixin
 from aiida_mlmat.workflows.label import LabelBaseWorkChain, failure_reason, how_it_ended
-from aiida_mlmat.workflows.protocols import get_protocol_inputs, port_node_type
+from aiida_mlmat.workflows.protocols import calculator_mapping, get_protocol_inputs, port_node_type
 from aiida_mlmat.workflows.training import TrainingWorkChain
 
 #: Where the exploration MD runs the ensemble (``auto``: CUDA when the machine has it).
@@ -114,6 +114,16 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
     test_set = value.get('test_set')
     if test_set is not None and not {'energy', 'forces'} <= set(test_set.label_keys):
         return 'test_set: every configuration needs energy and forces labels'
+    if test_set is not None and training_set is not None:
+        from aiida_mlmat.query import configuration_key
+
+        held_out = {configuration_key(frame) for frame in test_set.get_atoms()}
+        shared = sum(configuration_key(frame) in held_out for frame in training_set.get_atoms())
+        if shared:
+            return (
+                f'test_set: {shared} of its {test_set.count} configurations are in the training set too; a held-out '
+                'set must be disjoint from it, or its errors (and the `target_error` rule) read optimistic'
+            )
     if 'calculator' in value:
         species = training_set.species if training_set is not None else ()
         error = calculator_error(value['calculator'].get_dict(), species)
@@ -422,7 +432,7 @@ class ActiveLearningWorkChain(IdempotentLaunchMixin, WorkChain):
         builder = cls.get_builder()
         builder.training_set = training_set
         builder.seeds = seeds
-        builder.calculator = orm.Dict(calculator)
+        builder.calculator = orm.Dict(calculator_mapping(calculator))
         if test_set is not None:
             builder.test_set = test_set
         if hull_candidates is not None:

@@ -12,7 +12,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from aiida_mlmat.common.constants import INDEX_KEY
 from aiida_mlmat.data.configurations import ConfigurationSetData
-from aiida_mlmat.worker.structures import build_seeds
+from aiida_mlmat.worker.structures import InvalidConfigurationError, build_seeds, check_labels
 
 
 @calcfunction
@@ -117,6 +117,12 @@ def ase_results_to_set(calculator: orm.Dict, failures: orm.Dict, **nodes: orm.Da
             results['stress'] = np.asarray(nodes[f'array_{index}'].get_array('stress'), dtype=float)
         atoms.info[INDEX_KEY] = index
         atoms.calc = SinglePointCalculator(atoms, **results)
+        try:
+            check_labels(atoms, limits=False)
+        except InvalidConfigurationError as exc:
+            reason = f'the aiida-ase job gave unusable labels: {exc}'
+            excluded.append({'index': index, 'formula': atoms.get_chemical_formula(), 'reason': reason})
+            continue
         frames.append(atoms)
     return ConfigurationSetData(frames, calculator=calculator.get_dict(), excluded=excluded)
 

@@ -8,6 +8,7 @@ from aiida import orm
 from aiida.common import AttributeDict
 from aiida.engine import ToContext, WorkChain, if_
 
+from aiida_mlmat.calcjobs.base import options_error
 from aiida_mlmat.calcjobs.label import calculator_error
 from aiida_mlmat.calcjobs.relax import PARAMETER_KEYS, RelaxCalculation
 from aiida_mlmat.data.configurations import ConfigurationSetData
@@ -63,6 +64,20 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
         unknown = set(value['relax'].get_dict()) - set(PARAMETER_KEYS)
         if unknown:
             return f'relax: unknown keys {sorted(unknown)}; known: {", ".join(PARAMETER_KEYS)}'
+        try:  # the values, against the worker's schema (any calculator: only the settings are checked here)
+            RelaxCalculation.worker_input({'calculator': orm.Dict({'name': 'emt'}), 'parameters': value['relax']})
+        except ValueError as exc:
+            return f'relax: {exc}'
+    if 'options' in value:
+        error = options_error(RelaxCalculation, value['options'].get_dict())
+        if error:
+            return f'options: {error}'
+    tolerance = value.get('stability_tolerance')
+    if tolerance is not None and not 0 <= tolerance.value < 1:
+        return (
+            f'stability_tolerance: {tolerance.value} eV/atom; give 0 or a small positive margin above the hull '
+            '(below 1 eV/atom): a negative one calls candidates on the hull unstable'
+        )
     if 'references' in value:
         references = value['references']
         if 'energy' not in references.label_keys:
@@ -273,7 +288,9 @@ class HullWorkChain(IdempotentLaunchMixin, WorkChain):
 
     def run_verification(self) -> Any:
         """Single points (or relaxations) of the top K and the references with the reference calculator."""
-        to_check = verification_set(self.ctx.hull, self.inputs.verify.top, **self.ctx.relaxed)
+        to_check = self.call_once(
+            'verification_set', verification_set, self.ctx.hull, self.inputs.verify.top, **self.ctx.relaxed
+        )
         self.ctx.to_check = to_check
         code = self.inputs.verify.get('code', self.inputs.code)
         calculator = self.inputs.verify.calculator

@@ -5,10 +5,14 @@ between the launch and the checkpoint (a SIGKILL, a node failure, a broker that 
 restarted workchain runs the step again from the previous checkpoint, and AiiDA launches every child a second
 time: two CalcJobs labelling the same chunk, two bootstrap samples, two identical data sets.
 
-Every child that an mlmat workflow launches carries a call-link label unique within its caller (``label_0003``,
-``member_1``, ``iteration_02``). :class:`IdempotentLaunchMixin` looks the label up among the processes the
-workchain has already called before it launches anything: a child launched before the restart is awaited again
-instead of launched anew, and a calcfunction that already finished gives back its outputs.
+Every child that an mlmat workflow submits, and every calcfunction called in a step that also submits (the
+chunks of a labelling, the bootstrap samples of the members, the seeds and the verification set beside the jobs
+that take them), carries a call-link label unique within its caller (``label_0003``, ``member_1``,
+``iteration_02``). :class:`IdempotentLaunchMixin` looks the label up among the processes the workchain has already
+called before it launches anything: a child launched before the restart is awaited again instead of launched anew,
+and a calcfunction that already finished gives back its outputs. Calcfunctions in steps that submit nothing
+(splits, evaluations, summaries; link label ``CALL``) are cheap: a replayed step runs them again, which repeats a
+small node, never a job.
 
 A child cut off inside its own launch (its node stored, but no checkpoint written: the daemon died while AiiDA
 was creating it) can never run. It is closed as killed, with :data:`ORPHAN_STATUS` as its status, and launched

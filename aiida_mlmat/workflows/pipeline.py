@@ -213,7 +213,7 @@ class PipelineWorkChain(IdempotentLaunchMixin, WorkChain):
         overrides = copy.deepcopy(dict(section.get('overrides', {})))  # with the reconciled settings of the YAML
         overrides.setdefault('convergence', {})['max_iterations'] = section['max_iterations']
         overrides.setdefault('training', {})['ensemble_size'] = self.ctx.config['training']['ensemble']
-        seeds = build_seed_set(orm.List(self.ctx.config['elements']))
+        seeds = self.call_once('seeds', build_seed_set, orm.List(self.ctx.config['elements']))
         builder = ActiveLearningWorkChain.get_builder_from_protocol(
             self.inputs.code,
             self.ctx.dataset,

@@ -24,7 +24,7 @@ from aiida_mlmat.workflows.functions import (
 )
 from aiida_mlmat.workflows.idempotent import IdempotentLaunchMixin
 from aiida_mlmat.workflows.label import LabelBaseWorkChain, failure_reason, how_it_ended
-from aiida_mlmat.workflows.protocols import get_protocol_inputs
+from aiida_mlmat.workflows.protocols import calculator_mapping, get_protocol_inputs
 
 LABELLERS = ('batch', 'aiida-ase')
 #: Calculators that the aiida-ase path can run, with how their JSON parameters translate.
@@ -243,8 +243,7 @@ class ReferenceWorkChain(IdempotentLaunchMixin, WorkChain):
         """
         if isinstance(elements, str):  # 'CuAu' would be read letter by letter
             raise ValueError(f'elements: expected a list of element symbols such as ["Cu", "Au"], got {elements!r}')
-        if not isinstance(calculator, dict):
-            raise ValueError(f'calculator: expected a mapping such as {{"name": "emt"}}, got {calculator!r}')
+        calculator = calculator_mapping(calculator)
         inputs = get_protocol_inputs('reference', protocol, overrides)
         builder = cls.get_builder()
         if structures is not None:

@@ -307,6 +307,7 @@ def test_bad_data_is_refused_before_anything_runs(worker_code, emt, near_equilib
         ({'seeds': gold}, "seeds: elements ['Au'] are not in the training set"),
         ({'hull_candidates': gold}, "hull_candidates: elements ['Au']"),
         ({'test_set': unlabelled}, 'test_set: every configuration needs energy and forces'),
+        ({'test_set': near_equilibrium}, f'of its {near_equilibrium.count} configurations are in the training set too'),
         ({'calculator': orm.Dict({'name': 'mlmat'})}, '`mlmat` is a trained potential, not a reference method'),
         ({'calculator': orm.Dict({'name': 'no-such-code'})}, 'calculator'),
     ]
@@ -320,6 +321,8 @@ def test_bad_data_is_refused_before_anything_runs(worker_code, emt, near_equilib
         ActiveLearningWorkChain.get_builder_from_protocol(
             worker_code, near_equilibrium, seeds, calculator=emt, protocol='nope'
         )
+    with pytest.raises(ValueError, match=r"calculator: expected a mapping such as \{\"name\": \"emt\"\}, got 'emt'"):
+        builder_for(worker_code, near_equilibrium, seeds, 'emt')
     with pytest.raises(ValueError, match=r"overrides: selection: unknown key\(s\) \['bounds'\]"):
         builder_for(worker_code, near_equilibrium, seeds, emt, {'selection': {'bounds': [0.1, 0.2]}})
 

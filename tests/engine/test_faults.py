@@ -66,6 +66,17 @@ def test_bad_input_is_refused_before_submission(worker_code, emt, kwargs, messag
     assert orm.QueryBuilder().append(orm.ProcessNode).count() == before
 
 
+def test_bad_sampling_settings_are_refused_before_the_workflow_starts(worker_code, emt):
+    """The sampling settings are checked against the worker's schema when the reference workflow is validated,
+    not when its sampling job is launched (which excepted the workflow with a traceback)."""
+    builder = _builder(worker_code, emt, elements=['Cu'])
+    builder.sample.parameters = orm.Dict({**SAMPLE, 'rattle': {'count': 3, 'stdev': 50.0}})
+    error = _validate(builder)
+    assert error is not None and 'rattle.stdev: 50.0 is greater than the maximum of 1.0' in error, error
+    builder.sample.parameters = orm.Dict(SAMPLE)
+    assert _validate(builder) is None
+
+
 def test_failing_configurations_are_excluded_with_reasons(submit_and_await, worker_code):
     """A calculator that raises on one configuration and returns NaN / inf on others does not fail the batch."""
     seed = ConfigurationSetData([bulk('Cu', 'fcc', a=3.6, cubic=True)])  # Cu4; vacancy -> Cu3

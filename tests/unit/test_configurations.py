@@ -300,3 +300,24 @@ def test_query_on_attributes():
     assert pks(**{'attributes.count': {'>=': 1}}) == sorted([small.pk, large.pk, gold.pk])
     assert pks(**{'attributes.species': {'contains': ['Cu']}}) == sorted([small.pk, large.pk])
     assert pks(**{'attributes.label_keys': {'contains': ['stress']}}) == sorted([small.pk, large.pk])
+
+
+@pytest.mark.parametrize(
+    ('labels', 'message'),
+    [
+        ({'energy': -1.0, 'forces': np.full((4, 3), np.nan)}, 'forces is not finite (NaN or inf)'),
+        ({'energy': float('inf')}, 'energy is not finite'),
+        ({'energy': -1.0, 'forces': np.zeros((3, 3))}, 'forces has shape (3, 3), expected (4, 3)'),
+    ],
+)
+def test_a_set_built_from_frames_refuses_unusable_labels(labels, message):
+    """As a file does on import: a NaN label (which training would read as a diverging learning rate) or forces of
+    the wrong shape are refused when the set is made, naming the configuration."""
+    good, bad = bulk('Cu', 'fcc', a=3.61, cubic=True), bulk('Cu', 'fcc', a=3.65, cubic=True)
+    good.calc = SinglePointCalculator(good, energy=-1.0, forces=np.zeros((4, 3)))
+    bad.calc = SinglePointCalculator(bad, **labels)
+    with pytest.raises(ValueError, match=re.escape(f'configuration 1 (Cu4): {message}')):
+        ConfigurationSetData([good, bad])
+    big = bulk('Cu', 'fcc', a=3.61, cubic=True)
+    big.calc = SinglePointCalculator(big, energy=-1.0, forces=np.full((4, 3), 2e4))  # beyond LABEL_LIMITS
+    assert ConfigurationSetData([good, big]).count == 2  # magnitudes are for files to check, not for stored labels

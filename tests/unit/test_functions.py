@@ -153,6 +153,35 @@ def test_ase_results_to_set():
     assert result.label_keys == ['energy', 'forces', 'stress']
 
 
+def test_ase_results_with_unusable_labels_are_excluded_not_stored():
+    """An aiida-ase job that finished but gave NaN forces or forces of the wrong shape (its energy Dict cannot
+    hold a NaN): that configuration is excluded with the reason, the others are kept."""
+    frames = rattled(3)
+    reference = labelled(frames)
+    nodes = {f'structure_{index}': orm.StructureData(ase=atoms) for index, atoms in enumerate(frames)}
+    energies = [atoms.get_potential_energy() for atoms in reference]
+    forces = [reference[0].get_forces(), reference[1].get_forces() * np.nan, reference[2].get_forces()[:3]]
+    for index in range(3):
+        nodes[f'parameters_{index}'] = orm.Dict({'total_energy': energies[index]})
+        array = orm.ArrayData()
+        array.set_array('forces', forces[index])
+        nodes[f'array_{index}'] = array
+    result = ase_results_to_set(orm.Dict(EMT_SPEC), orm.Dict({}), **nodes)
+    assert [atoms.info[INDEX_KEY] for atoms in result.get_atoms()] == [0]
+    assert result.excluded == [
+        {
+            'index': 1,
+            'formula': 'Cu4',
+            'reason': 'the aiida-ase job gave unusable labels: forces is not finite (NaN or inf)',
+        },
+        {
+            'index': 2,
+            'formula': 'Cu4',
+            'reason': 'the aiida-ase job gave unusable labels: forces has shape (3, 3), expected (4, 3)',
+        },
+    ]
+
+
 def test_subsets_of_a_labelled_set_keep_its_calculator():
     """The splits, bootstrap samples and selections that a potential is trained on say which calculator made their
     labels (their cards and `mlmat provenance` read it), as the whole set does."""
@@ -229,3 +258,19 @@ def test_stratified_split_sizes_at_the_edges():
     labels = stratified_split(['Cu'] * 8 + ['Au'] * 4, (0.0, 0.25), seed=0)
     assert Counter(labels) == {'train': 9, 'validation': 3}
     assert Counter(zip(['Cu'] * 8 + ['Au'] * 4, labels, strict=True))['Au', 'validation'] == 1
+
+
+def test_query_helpers_refuse_arguments_of_the_wrong_kind():
+    """A whole set or a PK where a configuration is meant, and a calculator name that is not registered (a typo
+    such as ``EMT``), are refused naming the argument, instead of an AttributeError or a silent empty answer."""
+    from aiida_mlmat import query
+
+    dataset = ConfigurationSetData(labelled(rattled(2))).store()
+    with pytest.raises(TypeError, match=r'configuration: expected an ase.Atoms or \(ConfigurationSetData, index\)'):
+        query.potentials_trained_on(dataset)
+    with pytest.raises(TypeError, match='got int'):
+        query.potentials_trained_on(dataset.pk)
+    assert query.potentials_trained_on((dataset, 0)) == []
+    with pytest.raises(ValueError, match=r'calculator: `EMT` is not a registered name \(.*emt'):
+        query.potentials_trained_with('EMT')
+    assert query.potentials_trained_with('emt', {'no': 'such parameters'}) == []

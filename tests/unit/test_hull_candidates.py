@@ -286,3 +286,27 @@ def test_hull_inputs_refuse_bad_generate_settings_and_counts(aiida_profile):
     )
     verify = {**base, 'generate': orm.Dict({}), 'verify': {'top': orm.Int(-1), 'calculator': orm.Dict({'name': 'emt'})}}
     assert validate_inputs(verify) == 'verify.top: the number of candidates to verify cannot be negative, got -1'
+
+
+def test_hull_inputs_refuse_bad_relax_values_options_and_tolerance(aiida_profile):
+    """Values a relaxation job or the hull would fail on (or silently misread) are refused before anything runs,
+    naming the input: relax settings against the worker's schema, job options against a CalcJob's, and a
+    negative stability tolerance (it would call candidates on the hull unstable)."""
+    from aiida import orm
+
+    from aiida_mlmat.workflows.hull import validate_inputs
+
+    base = {'elements': orm.List(['Cu', 'Au']), 'calculator': orm.Dict({'name': 'emt'}), 'generate': orm.Dict({})}
+    assert validate_inputs({**base, 'relax': orm.Dict({'fmax': 0.02, 'max_steps': 50})}) is None
+    error = validate_inputs({**base, 'relax': orm.Dict({'fmax': -1.0})})
+    assert error.startswith('relax: ') and 'fmax' in error and '-1.0' in error, error
+    error = validate_inputs({**base, 'relax': orm.Dict({'max_steps': 'many'})})
+    assert error.startswith('relax: ') and "'many' is not of type 'integer'" in error, error
+    assert validate_inputs({**base, 'options': orm.Dict({'max_wallclock_seconds': 600})}) is None
+    error = validate_inputs({**base, 'options': orm.Dict({'max_wallclock_seconds': 'ten'})})
+    assert error.startswith("options: 'max_wallclock_seconds'") and 'is not of the right type' in error, error
+    error = validate_inputs({**base, 'options': orm.Dict({'max_wallclock_secs': 600})})
+    assert error.startswith('options: ') and 'max_wallclock_secs' in error, error
+    assert validate_inputs({**base, 'stability_tolerance': orm.Float(0.025)}) is None
+    error = validate_inputs({**base, 'stability_tolerance': orm.Float(-0.01)})
+    assert error.startswith('stability_tolerance: -0.01 eV/atom; give 0 or a small positive margin'), error

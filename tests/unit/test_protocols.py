@@ -294,6 +294,7 @@ def test_builder_refuses_wrong_argument_types_naming_them(worker_code):
         build(worker_code, calculator=EMT, elements='CuAu')
     with pytest.raises(ValueError, match=r"calculator: expected a mapping such as \{\"name\": \"emt\"\}, got 'emt'"):
         build(worker_code, calculator='emt', elements=['Cu'])
+    assert build(worker_code, calculator=orm.Dict(EMT), elements=['Cu']).calculator.get_dict() == EMT  # as AL takes
     with pytest.raises(ValueError, match=r'overrides: expected a mapping of settings, got \[1\]'):
         build(worker_code, calculator=EMT, elements=['Cu'], overrides=[1])
     builder = build(worker_code, calculator=EMT, elements=['Cu', 'Cu'])

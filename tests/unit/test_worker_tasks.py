@@ -675,6 +675,19 @@ def test_sample_supercell_multiplies_atom_counts_and_vacancy_removes_one(tmp_pat
             assert frame.get_chemical_symbols() == [original.get_chemical_symbols()[0]] * (len(original) * 2 - 1)
 
 
+def test_sample_repeats_a_seed_only_along_its_periodic_directions(tmp_path):
+    """A cluster (no cell) beside a bulk seed under a protocol's supercell [2, 2, 2]: the bulk seed is repeated,
+    the cluster sampled as it is (repeating along an undefined lattice vector failed the whole sampling job)."""
+    cluster = Atoms('Cu3', positions=[[0, 0, 0], [2.5, 0, 0], [1.25, 2.2, 0]])
+    slab = bulk('Cu', 'fcc', a=3.61, cubic=True)
+    slab.pbc = [True, True, False]
+    seeds = [bulk('Cu', 'fcc', a=3.61, cubic=True), cluster, slab]
+    results, frames = run_sample(tmp_path, seeds=seeds, supercell=[2, 2, 2], rattle={'count': 1, 'stdev': 0.05})
+    assert results['counts'] == {'seed': 3, 'rattle': 3}
+    sizes = [len(frame) for frame in frames if frame.info[METHOD_KEY] == 'seed']
+    assert sizes == [32, 3, 16]  # 4 x 8, the cluster as given, the slab 2 x 2 in plane only
+
+
 def test_sample_without_supercell_and_seeds(tmp_path):
     results, frames = run_sample(tmp_path, include_seeds=False, rattle={'count': 2, 'stdev': 0.1})
     assert results['counts'] == {'rattle': 4}

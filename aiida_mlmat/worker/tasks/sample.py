@@ -1,6 +1,7 @@
 """Task ``sample``: make configurations from seed structures.
 
-Operations, each optional and applied to every seed after the supercell expansion: keep the seed itself,
+Operations, each optional and applied to every seed after the supercell expansion (along the seed's periodic
+directions only: a cluster or molecule is not repeated): keep the seed itself,
 rattled copies, homogeneous random strains (with a small rattle), single vacancies, and Langevin MD at a list
 of temperatures with a registry calculator, keeping a snapshot every ``interval`` steps. Every output frame
 records its seed (``mlmat_seed``) and method (``mlmat_method``); the sequence is reproducible from the seeds.
@@ -165,7 +166,8 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
         counts[method.split(':')[0]] = counts.get(method.split(':')[0], 0) + 1
 
     for seed_index, original in enumerate(seeds):
-        seed = _plain(original).repeat(repeat) if repeat != (1, 1, 1) else _plain(original)
+        factors = tuple(int(n) if periodic else 1 for n, periodic in zip(repeat, original.pbc, strict=True))
+        seed = _plain(original).repeat(factors) if factors != (1, 1, 1) else _plain(original)
         if params.get('include_seeds', True):
             keep(seed.copy(), seed_index, 'seed')
         if 'rattle' in params:

@@ -16,6 +16,22 @@ def load_protocols(name: str) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
+def calculator_mapping(calculator: Any) -> dict[str, Any]:
+    """The calculator spec a builder was given, as a plain dictionary: a mapping or an ``orm.Dict``.
+
+    :raises ValueError: for anything else (a bare name such as ``'emt'`` included), naming the expected form.
+    """
+    from collections.abc import Mapping
+
+    from aiida import orm
+
+    if isinstance(calculator, orm.Dict):
+        return calculator.get_dict()
+    if isinstance(calculator, Mapping):
+        return dict(calculator)
+    raise ValueError(f'calculator: expected a mapping such as {{"name": "emt"}}, got {calculator!r}')
+
+
 def get_protocol_inputs(name: str, protocol: str | None = None, overrides: dict | None = None) -> dict[str, Any]:
     """Return the inputs of a protocol, recursively updated with ``overrides``.
 
