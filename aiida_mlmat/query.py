@@ -251,7 +251,7 @@ def _label_calculations(calculator: str) -> list[orm.CalcJobNode]:
     return found
 
 
-def _is_member(potential: PotentialData) -> bool:
+def is_member(potential: PotentialData) -> bool:
     """Whether the potential went into an ensemble (an input ``member_*`` of ``make_ensemble``)."""
     for link in potential.base.links.get_outgoing(link_type=LinkType.INPUT_CALC).all():
         if link.link_label.startswith('member_') and link.node.process_label == 'make_ensemble':
@@ -288,7 +288,7 @@ def potentials_trained_with(
     builder.append(orm.CalcJobNode, filters={'id': {'in': sorted({node.pk for node in calcs})}}, tag='calc')
     builder.append(PotentialData, with_ancestors='calc', project='*')
     potentials = _sorted_nodes(row[0] for row in builder.distinct().iterall())
-    return [node for node in potentials if members or not _is_member(node)]
+    return [node for node in potentials if members or not is_member(node)]
 
 
 def training_dataset(potential: PotentialData) -> ConfigurationSetData | None:

@@ -409,6 +409,51 @@ def train(profile: str | None, **kwargs: Any) -> None:
         echo_json(result)
 
 
+def potential_list(profile: str | None, limit: int, members: bool, json_output: bool) -> None:
+    """``mlmat potential list``: the newest potentials, with their test errors (ensemble members left out unless
+    ``members``)."""
+    load_profile(profile)
+    from aiida import orm
+
+    from aiida_mlmat.data.potential import PotentialData
+    from aiida_mlmat.query import is_member
+
+    if limit < 1:
+        raise MlmatCliError(f'--limit: must be at least 1, got {limit}', EXIT_INVALID_INPUT)
+    query = orm.QueryBuilder().append(PotentialData, project='*').order_by({PotentialData: {'id': 'desc'}})
+    rows: list[dict[str, Any]] = []
+    for (node,) in query.iterall():
+        member = is_member(node)
+        if member and not members:
+            continue
+        metrics = node.metrics
+        rows.append({
+            'pk': node.pk, 'uuid': node.uuid, 'label': node.label, 'n_members': node.n_members,
+            'species': node.species, 'member': member, 'ctime': node.ctime.isoformat(timespec='seconds'),
+            'test_forces_rmse': metrics.get('forces_rmse'),
+            'test_energy_rmse_per_atom': metrics.get('energy_rmse_per_atom'),
+        })  # fmt: skip
+        if len(rows) == limit:
+            break
+    if json_output:
+        echo_json({'potentials': rows, 'units': {'test_forces_rmse': 'eV/Å', 'test_energy_rmse_per_atom': 'eV/atom'}})
+        return
+    header = f'{"pk":>6} {"members":>7} {"species":<12} {"F RMSE eV/Å":>12} {"E RMSE eV/atom":>15}'
+    click.echo(f'{header}  {"created":<19}  label')
+    for row in rows:
+        forces, energy = row['test_forces_rmse'], row['test_energy_rmse_per_atom']
+        kind = f'{row["n_members"]}' + (' (m)' if row['member'] else '')
+        click.echo(
+            f'{row["pk"]:>6} {kind:>7} {"-".join(row["species"]):<12} '
+            f'{"-" if forces is None else f"{forces:.4f}":>12} {"-" if energy is None else f"{energy:.4f}":>15}  '
+            f'{row["ctime"][:19]:<19}  {row["label"]}'
+        )
+    if not rows:
+        click.echo('no potentials in this profile' + ('' if members else ' (ensemble members left out: --members)'))
+    elif not members:
+        click.echo('(ensemble members left out: --members lists them, marked (m))')
+
+
 def potential_show(profile: str | None, identifier: str, json_output: bool) -> None:
     """``mlmat potential show``: what a potential is, how good, and what it was trained on (read from the graph)."""
     load_profile(profile)

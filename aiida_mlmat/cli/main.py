@@ -188,6 +188,18 @@ def potential() -> None:
     """Inspect, evaluate and export trained potentials."""
 
 
+@potential.command('list')
+@click.option('--limit', type=int, default=50, show_default=True, help='How many, newest first.')
+@click.option('--members', is_flag=True, help='Also list the single models that went into an ensemble.')
+@click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
+@click.pass_context
+def potential_list(ctx: click.Context, limit: int, members: bool, json_output: bool) -> None:
+    """List the potentials of the profile, newest first: PK, members, species, test force and energy RMSE."""
+    from aiida_mlmat.cli.commands import potential_list as run
+
+    run(ctx.obj.get('profile'), limit, members, json_output)
+
+
 @potential.command('show')
 @click.argument('identifier')
 @click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')

@@ -1,4 +1,4 @@
-"""``verdi data mlmat``: the configuration-set data type under verdi."""
+"""``verdi data mlmat``: aiida-mlmat's data types (configuration sets, potentials) under verdi."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import click
 
 @click.group('mlmat')
 def data_mlmat() -> None:
-    """Inspect aiida-mlmat data (configuration sets)."""
+    """Inspect aiida-mlmat data (configuration sets and potentials)."""
 
 
 @data_mlmat.command('list')
@@ -29,13 +29,28 @@ def list_sets(limit: int) -> None:
         )
 
 
+@data_mlmat.command('potentials')
+@click.option('--limit', type=int, default=50, show_default=True)
+@click.option('--members', is_flag=True, help='Also list the single models that went into an ensemble.')
+def list_potentials(limit: int, members: bool) -> None:
+    """List potentials: pk, members, species, test errors (same as `mlmat potential list`)."""
+    from aiida_mlmat.cli.commands import potential_list
+
+    potential_list(None, limit, members, False)
+
+
 @data_mlmat.command('show')
 @click.argument('identifier')
 def show(identifier: str) -> None:
-    """Summarise a configuration set (same as `mlmat dataset show`)."""
-    from aiida_mlmat.cli.commands import dataset_show
+    """Summarise a configuration set or a potential (as `mlmat dataset show` and `mlmat potential show`)."""
+    from aiida_mlmat.cli.commands import dataset_show, potential_show
+    from aiida_mlmat.cli.utils import load_node
+    from aiida_mlmat.data.potential import PotentialData
 
-    dataset_show(None, identifier, False)
+    if isinstance(load_node(identifier), PotentialData):
+        potential_show(None, identifier, False)
+    else:
+        dataset_show(None, identifier, False)
 
 
 @data_mlmat.command('export')

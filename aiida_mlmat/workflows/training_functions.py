@@ -174,7 +174,7 @@ def make_ensemble(metrics: orm.Dict, dataset: ConfigurationSetData, **members: P
             'versions': first.base.attributes.get('versions', {}),
             'training': {
                 'members': [node.base.attributes.get('training', {}) for node in ordered],
-                'member_data_sha256': [node.base.attributes.get('data_sha256') for node in ordered],
+                'member_data_sha256': [node.base.attributes.get('data_sha256', None) for node in ordered],
             },
         },
     )

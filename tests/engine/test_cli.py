@@ -525,3 +525,38 @@ def test_computer_and_code_errors_say_what_exists(aiida_profile, worker_code, tm
     assert raised.value.exit_code == 2
     with pytest.raises(MlmatCliError, match=r'^computer: no Computer `nowhere`'):
         load_worker_code('nowhere', options=('code:', 'computer:'))
+
+
+def test_potential_list_and_verdi_data_mlmat_show_potentials(worker_code, tmp_path):
+    """`mlmat potential list` (and `verdi data mlmat potentials`) list the potentials newest first with their test
+    errors, leaving ensemble members out unless asked; `verdi data mlmat show` takes a potential as well as a set."""
+    from aiida.cmdline.commands.cmd_data import verdi_data
+
+    from aiida_mlmat.data.potential import PotentialData
+    from aiida_mlmat.ml.model import build_model, default_config, save_model
+    from aiida_mlmat.workflows.training_functions import make_ensemble
+
+    config = default_config(['Cu', 'Au'])
+    config['hidden'] = [4]
+    save_model(build_model(config), str(tmp_path / 'member.pt'))
+    content = (tmp_path / 'member.pt').read_bytes()
+    members = {f'member_{k}': PotentialData([content], config=config).store() for k in (0, 1)}
+    metrics = orm.Dict({'forces_rmse': 0.0512, 'energy_rmse_per_atom': 0.0031})
+    ensemble = make_ensemble(metrics, _stored_set(), **members)
+    ensemble.label = 'cuau-ensemble'
+    listed = last_json(invoke('potential', 'list', '--json'))
+    assert listed['units'] == {'test_forces_rmse': 'eV/Å', 'test_energy_rmse_per_atom': 'eV/atom'}
+    first = listed['potentials'][0]
+    assert (first['pk'], first['n_members'], first['member']) == (ensemble.pk, 2, False)
+    assert first['label'] == 'cuau-ensemble'
+    assert (first['test_forces_rmse'], first['test_energy_rmse_per_atom']) == (0.0512, 0.0031)
+    assert not {member.pk for member in members.values()} & {row['pk'] for row in listed['potentials']}
+    with_members = last_json(invoke('potential', 'list', '--members', '--limit', '3', '--json'))['potentials']
+    assert [(row['pk'], row['member']) for row in with_members] == [
+        (ensemble.pk, False), (members['member_1'].pk, True), (members['member_0'].pk, True),
+    ]  # fmt: skip
+    _refused(invoke('potential', 'list', '--limit', '0', '--json'), '--limit: must be at least 1')
+    text = CliRunner().invoke(verdi_data, ['mlmat', 'potentials'], catch_exceptions=False)
+    assert text.exit_code == 0 and f'{ensemble.pk:>6}       2 Cu-Au' in text.stdout and '0.0512' in text.stdout
+    shown = CliRunner().invoke(verdi_data, ['mlmat', 'show', str(ensemble.pk)], catch_exceptions=False)
+    assert shown.exit_code == 0 and 'members: 2' in shown.stdout and 'forces_rmse: 0.0512' in shown.stdout
