@@ -103,9 +103,10 @@ def reference_errors(calculator: Calculator, frames: Sequence[Any]) -> tuple[dic
         ``forces_rmse`` (eV/Å, over every component, when frames have forces) and ``stress_mae`` /
         ``stress_rmse`` (eV/Å^3, over the Voigt components of the periodic frames with stress labels); and the
         arrays behind them for parity plots: ``energy_reference``, ``energy_predicted``, ``energy_std`` (eV/atom,
-        when the calculator is an ensemble), ``forces_reference``, ``forces_predicted`` (eV/Å).
+        when the calculator is an ensemble), ``forces_reference``, ``forces_predicted`` (eV/Å), and per
+        configuration ``configuration_forces_rmse`` (eV/Å; NaN for a frame without forces).
     """
-    e_ref, e_pred, e_std, f_ref, f_pred, s_err = [], [], [], [], [], []
+    e_ref, e_pred, e_std, f_ref, f_pred, s_err, f_rmse = [], [], [], [], [], [], []
     for frame in frames:
         reference = frame.calc.results
         atoms = frame.copy()
@@ -117,9 +118,13 @@ def reference_errors(calculator: Calculator, frames: Sequence[Any]) -> tuple[dic
         if 'forces' in reference:
             f_ref.append(np.asarray(reference['forces']).ravel())
             f_pred.append(atoms.get_forces().ravel())
+            f_rmse.append(float(np.sqrt(((f_pred[-1] - f_ref[-1]) ** 2).mean())))
+        else:
+            f_rmse.append(np.nan)
         if 'stress' in reference and atoms.pbc.all():
             s_err.append(atoms.get_stress() - np.asarray(reference['stress']))
     arrays = {'energy_reference': np.array(e_ref), 'energy_predicted': np.array(e_pred), 'energy_std': np.array(e_std)}
+    arrays['configuration_forces_rmse'] = np.array(f_rmse, dtype=float)
     e_diff = arrays['energy_predicted'] - arrays['energy_reference']
     metrics = {
         'energy_mae_per_atom': float(np.abs(e_diff).mean()),

@@ -150,6 +150,13 @@ class TrainingWorkChain(IdempotentLaunchMixin, WorkChain):
         spec.outline(cls.split, cls.run_members, cls.inspect_members, cls.evaluate)
         spec.output('potential', valid_type=PotentialData, help='The ensemble potential (K members, test metrics).')
         spec.output('metrics', valid_type=orm.Dict, help='Test metrics: eV/atom, eV/Å, eV/Å^3.')
+        spec.output(
+            'test_errors',
+            valid_type=orm.ArrayData,
+            required=False,
+            help='Per test configuration (the order of `splits.test`): `energy_error_per_atom` (eV/atom), '
+            '`forces_rmse` (eV/Å), `energy_std_per_atom` (eV/atom).',
+        )
         spec.output_namespace('splits', valid_type=ConfigurationSetData, help='train, validation, test.')
         spec.output_namespace('plots', valid_type=orm.SinglefileData, dynamic=True, help='Parity plots (PNG).')
         spec.output_namespace(
@@ -271,6 +278,7 @@ class TrainingWorkChain(IdempotentLaunchMixin, WorkChain):
         potential = make_ensemble(evaluation['metrics'], self.inputs.configurations, **members)
         self.out('potential', potential)
         self.out('metrics', evaluation['metrics'])
+        self.out('test_errors', evaluation['errors'])
         self.out('plots', {key: evaluation[key] for key in ('parity_energy', 'parity_forces') if key in evaluation})
         member_results = {key: self.ctx[key].outputs.results for key in sorted(members)}
         self.out('member_results', member_results)

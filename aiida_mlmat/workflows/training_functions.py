@@ -132,7 +132,10 @@ def _parity_plot(reference: np.ndarray, predicted: np.ndarray, std: np.ndarray |
 def evaluate_ensemble(test: ConfigurationSetData, **members: PotentialData) -> dict[str, orm.Data]:
     """Test metrics of the ensemble mean (energy per atom eV/atom, forces eV/Å, stress eV/Å^3) and parity plots.
 
-    Outputs ``metrics`` (Dict), ``parity_energy`` and ``parity_forces`` (PNG files).
+    Outputs ``metrics`` (Dict), ``parity_energy`` and ``parity_forces`` (PNG files), and ``errors`` (ArrayData,
+    one value per test configuration in the set's order: ``energy_error_per_atom`` predicted minus reference in
+    eV/atom, ``forces_rmse`` in eV/Å (NaN without forces), ``energy_std_per_atom`` the members' spread in eV/atom),
+    to find the configurations the potential gets most wrong.
     """
     models = [model for key in sorted(members) for model in members[key].get_models()]
     from aiida_mlmat.ml.calculator import MLMatCalculator, reference_errors
@@ -156,6 +159,14 @@ def evaluate_ensemble(test: ConfigurationSetData, **members: PotentialData) -> d
             _parity_plot(fr, fp, None, 'force component (eV/Å)', str(Path(tmp) / 'forces.png'))
             outputs['parity_forces'] = orm.SinglefileData(str(Path(tmp) / 'forces.png'), filename='parity-forces.png')
     outputs['metrics'] = orm.Dict(metrics)
+    per_configuration = orm.ArrayData()
+    per_configuration.set_array('energy_error_per_atom', arrays['energy_predicted'] - arrays['energy_reference'])
+    per_configuration.set_array('forces_rmse', arrays['configuration_forces_rmse'])
+    per_configuration.set_array('energy_std_per_atom', arrays['energy_std'])
+    per_configuration.base.attributes.set(
+        'units', {'energy_error_per_atom': 'eV/atom', 'forces_rmse': 'eV/Å', 'energy_std_per_atom': 'eV/atom'}
+    )
+    outputs['errors'] = per_configuration
     return outputs
 
 

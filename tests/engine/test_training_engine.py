@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from aiida import orm
 
@@ -45,6 +46,18 @@ def test_training_workchain_ensemble_end_to_end(submit_and_await, worker_code, d
     for plot in ('parity_forces', 'parity_energy', 'learning_curves'):
         with node.outputs.plots[plot].open(mode='rb') as handle:
             assert handle.read(8) == b'\x89PNG\r\n\x1a\n', plot
+    # Per test configuration: the errors behind the metrics, to find the worst ones (in the order of the test split).
+    errors = node.outputs.test_errors
+    assert errors.base.attributes.get('units')['forces_rmse'] == 'eV/Å'
+    per_config = errors.get_array('forces_rmse')
+    assert per_config.shape == (8,) and (per_config > 0).all()
+    test_frames = node.outputs.splits.test.get_atoms()
+    atoms_count = np.array([3 * len(frame) for frame in test_frames])
+    pooled = np.sqrt((per_config**2 * atoms_count).sum() / atoms_count.sum())  # the RMSE over every component
+    assert pooled == pytest.approx(metrics['forces_rmse'], rel=1e-9)
+    energy_errors = errors.get_array('energy_error_per_atom')
+    assert np.sqrt((energy_errors**2).mean()) == pytest.approx(metrics['energy_rmse_per_atom'], rel=1e-9)
+    assert (errors.get_array('energy_std_per_atom') >= 0).all()
     curve = node.outputs.member_results.member_0['learning_curve']
     assert len(curve) == 25 and curve[-1]['forces_rmse'] < curve[0]['forces_rmse']
     # Export and evaluate from the command line; the exported directory loads in ASE and refuses tampering.
