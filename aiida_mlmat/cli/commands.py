@@ -83,6 +83,12 @@ def reference(profile: str | None, **kwargs: Any) -> None:
     name = _worker_code_name(calculator['name'])
     code = load_worker_code(kwargs['computer'], kwargs['code'], name)
     computer = code.computer.label
+    descriptors_code = None
+    if kwargs.get('select_n') or (overrides.get('select') or {}).get('n'):
+        from aiida_mlmat.workflows.reference import without_torch
+
+        if without_torch(code):  # the selection's descriptors need torch: the package's own worker on that Computer
+            descriptors_code = load_worker_code(computer)
     ase_code = load_code(_ase_code_label(calculator['name'], computer)) if kwargs['labeller'] == 'aiida-ase' else None
     structures = ConfigurationSetData(frames) if frames else None
     try:
@@ -95,6 +101,7 @@ def reference(profile: str | None, **kwargs: Any) -> None:
             overrides=overrides,
             labeller=kwargs['labeller'],
             ase_code=ase_code,
+            descriptors_code=descriptors_code,
         )
     except ValueError as exc:
         raise MlmatCliError(str(exc)) from exc

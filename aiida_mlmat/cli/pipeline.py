@@ -250,14 +250,8 @@ def run_cmd(ctx: click.Context, config_file: str, out: str | None, wait: bool, j
 
     from aiida_mlmat.workflows.pipeline import PipelineWorkChain
 
-    code = load_worker_code(config['computer'], config.get('code'), options=('code:', 'computer:'))
-    config['computer'] = code.computer.label
-    inputs = {'config': orm.Dict(config), 'code': code}
-    reference = config['reference']
-    if reference.get('labeller') == 'aiida-ase':  # one aiida-ase job per configuration: the Code `mlmat setup` made
-        from aiida_mlmat.cli.commands import _ase_code_label
-
-        inputs['ase_code'] = load_code(_ase_code_label(reference['calculator']['name'], config['computer']))
+    codes = pipeline_codes(config)  # sets config['computer'] to the Code's Computer
+    inputs = {'config': orm.Dict(config), **codes}
     ensure_daemon(workers=2, quiet=json_output)
     # labelled by the file's name: every step below is labelled `<name>/<step>` (`verdi process list -P ... label`)
     inputs['metadata'] = {'label': Path(config_file).stem[:100], 'description': f'mlmat run {config_file}'[:1000]}
@@ -315,3 +309,30 @@ def report_cmd(ctx: click.Context, identifier: str, out: str | None, json_output
         click.echo(f'plot: {plot}')
     for table in result['tables']:
         click.echo(f'table: {table}')
+
+
+def pipeline_codes(config: dict[str, Any]) -> dict[str, Any]:
+    """The Codes of a pipeline (``code``, and ``reference_code`` or ``ase_code`` where the reference needs them)
+    for a validated configuration, whose ``computer`` is set to the Code's Computer.
+
+    ``code`` is the worker with torch (training, descriptors, exploration); GPAW labels (and verifies) with the GPAW
+    worker Code of ``mlmat setup``, whose Python has no torch; a YAML ``code:`` naming that one is taken as such.
+    """
+    from aiida_mlmat.common.constants import GPAW_WORKER_CODE
+    from aiida_mlmat.workflows.reference import without_torch
+
+    options = ('code:', 'computer:')
+    code = load_worker_code(config['computer'], config.get('code'), options=options)
+    config['computer'] = code.computer.label
+    codes: dict[str, Any] = {'code': code}
+    reference = config['reference']
+    if reference.get('labeller', 'batch') == 'batch':
+        if without_torch(code):  # `code:` named the GPAW worker: it labels, the package's worker does the rest
+            codes['code'], codes['reference_code'] = load_worker_code(config['computer'], options=options), code
+        elif reference['calculator']['name'] == 'gpaw':  # labels by the GPAW worker Code `mlmat setup` made there
+            codes['reference_code'] = load_worker_code(config['computer'], None, GPAW_WORKER_CODE, options=options)
+    if reference.get('labeller') == 'aiida-ase':  # one aiida-ase job per configuration: the Code `mlmat setup` made
+        from aiida_mlmat.cli.commands import _ase_code_label
+
+        codes['ase_code'] = load_code(_ase_code_label(reference['calculator']['name'], config['computer']))
+    return codes

@@ -14,10 +14,9 @@ from typing import Any
 import click
 
 from aiida_mlmat.cli.utils import EXIT_SETUP, MlmatCliError
+from aiida_mlmat.common.constants import GPAW_WORKER_CODE, WORKER_CODE
 
-WORKER_CODE = 'mlmat-worker'
 ASE_CODE = 'ase-python'
-GPAW_WORKER_CODE = 'mlmat-worker-gpaw'
 GPAW_ASE_CODE = 'ase-gpaw'
 GPAW_PYTHON_CANDIDATES = ('/usr/bin/python3',)
 #: Job-script lines that keep a foreign Python from importing the daemon's packages (the daemon exports PYTHONPATH).

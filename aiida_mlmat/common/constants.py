@@ -65,3 +65,8 @@ ENERGY_STD_KEY = 'mlmat_energy_std'
 RELAXED_FILE = 'relaxed.extxyz'
 #: Frame info key of a structure's name (a candidate's file stem or generated name).
 NAME_KEY = 'mlmat_name'
+
+#: Labels of the worker Codes ``mlmat setup`` registers: the package's own Python (torch: every task), and a Python
+#: with GPAW and without torch (sampling and labelling with GPAW only).
+WORKER_CODE = 'mlmat-worker'
+GPAW_WORKER_CODE = 'mlmat-worker-gpaw'

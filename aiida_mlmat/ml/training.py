@@ -293,6 +293,18 @@ def load_initial_weights(model: torch.nn.Module, path: str | Path, model_config:
     model.load_state_dict(payload['state_dict'])
 
 
+def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and standard deviation (at least 1e-6) of the training atoms' features, to normalise them by.
+
+    A training split of a single atom (one one-atom cell) has no spread: its standard deviation is taken as 1
+    (the sample standard deviation of one value is NaN, and every loss would be NaN from the first epoch).
+    """
+    mean = features.mean(dim=0)
+    if features.shape[0] < 2:
+        return mean, torch.ones_like(mean)
+    return mean, features.std(dim=0).clamp(min=1e-6)
+
+
 def renormalise_features(model: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
     """Move a model's feature normalisation to new statistics without changing the function it computes.
 
@@ -455,14 +467,15 @@ def train(
         load_initial_weights(model, init_from, model_config, device)
         with torch.no_grad():
             features = training_features(model, train_batches)
-            renormalise_features(model, features.mean(dim=0), features.std(dim=0).clamp(min=1e-6))
+            renormalise_features(model, *feature_statistics(features))
             model.reference_energies.copy_(torch.tensor(refit_reference_energies(model, train_batches, train_frames)))
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     else:
         with torch.no_grad():
             features = training_features(model, train_batches)
-            model.feature_mean.copy_(features.mean(dim=0))
-            model.feature_std.copy_(features.std(dim=0).clamp(min=1e-6))
+            mean, std = feature_statistics(features)
+            model.feature_mean.copy_(mean)
+            model.feature_std.copy_(std)
             model.reference_energies.copy_(torch.tensor(fit_reference_energies(train_frames, model.species)))
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -47,6 +47,13 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
         missing = sorted(set(elements) - set(value['potential'].species))
         if missing:
             return f'potential: it was not trained on {missing} (its species: {value["potential"].species})'
+        from aiida_mlmat.workflows.reference import without_torch
+
+        if 'code' in value and without_torch(value['code']):
+            return (
+                f'code: `{value["code"].full_label}` is the GPAW worker Code, whose Python has no torch to run the '
+                'potential; give the mlmat-worker Code (and the GPAW one as verify.code)'
+            )
     if 'calculator' in value:
         spec = value['calculator'].get_dict()
         if spec.get('name') == 'mlmat':

@@ -63,11 +63,20 @@ def pipeline_summary(config: orm.Dict, **nodes: orm.Data) -> orm.Dict:
 
 
 def validate_inputs(value: Any, _: Any = None) -> str | None:
-    """The aiida-ase labeller needs its Code, given before anything runs (not found missing after the sampling)."""
+    """The Codes the jobs need, given before anything runs (not found missing after the sampling): the aiida-ase
+    labeller's, and a worker Code with torch for training, descriptors and exploration."""
+    from aiida_mlmat.workflows.reference import without_torch
+
     config = value.get('config')
     reference = (config.get_dict().get('reference') or {}) if config is not None else {}
     if isinstance(reference, dict) and reference.get('labeller') == 'aiida-ase' and value.get('ase_code') is None:
         return 'ase_code: the reference labeller `aiida-ase` needs the Code of a Python with ASE (ase.ase)'
+    code = value.get('code')
+    if code is not None and without_torch(code):
+        return (
+            f'code: `{code.full_label}` is the GPAW worker Code, whose Python has no torch for training and '
+            'exploration; give the mlmat-worker Code as `code` and the GPAW one as `reference_code`'
+        )
     return None
 
 
@@ -84,7 +93,18 @@ class PipelineWorkChain(IdempotentLaunchMixin, WorkChain):
             validator=validate_config_port,
             help='The pipeline configuration (the YAML of `mlmat run`, see `pipeline_config.SCHEMA`).',
         )
-        spec.input('code', valid_type=orm.AbstractCode, help='The mlmat-worker Code for every job.')
+        spec.input(
+            'code',
+            valid_type=orm.AbstractCode,
+            help='The mlmat-worker Code: every job but those of `reference_code`.',
+        )
+        spec.input(
+            'reference_code',
+            valid_type=orm.AbstractCode,
+            required=False,
+            help='The worker Code for the reference calculator (sampling and labelling in the reference stage, the '
+            "loop's labelling, the screening's verification), e.g. the GPAW worker Code; default: `code`.",
+        )
         spec.input('ase_code', valid_type=orm.AbstractCode, required=False, help='Code for the aiida-ase labeller.')
         spec.inputs.validator = validate_inputs
         spec.outline(
@@ -128,13 +148,14 @@ class PipelineWorkChain(IdempotentLaunchMixin, WorkChain):
         if section.get('select'):
             overrides.setdefault('select', {})['n'] = section['select']
         builder = ReferenceWorkChain.get_builder_from_protocol(
-            self.inputs.code,
+            self.inputs.get('reference_code', self.inputs.code),
             calculator=section['calculator'],
             elements=self.ctx.config['elements'],
             protocol=section['protocol'],
             overrides=overrides,
             labeller=section['labeller'],
             ase_code=self.inputs.get('ase_code'),
+            descriptors_code=self.inputs.code,
         )
         builder.metadata.call_link_label = 'reference'
         return ToContext(reference=self.submit(builder))
@@ -223,6 +244,8 @@ class PipelineWorkChain(IdempotentLaunchMixin, WorkChain):
             overrides=overrides,
             hull_candidates=self.ctx.get('hull_candidates'),
         )
+        if 'reference_code' in self.inputs:
+            builder.label.label.code = self.inputs.reference_code
         builder.metadata.call_link_label = 'active_learning'
         return ToContext(active_learning=self.submit(builder))
 
@@ -263,6 +286,8 @@ class PipelineWorkChain(IdempotentLaunchMixin, WorkChain):
                 'calculator': orm.Dict(self.ctx.config['reference']['calculator']),
                 'relax': orm.Bool(section['verify_relax']),
             }
+            if 'reference_code' in self.inputs:
+                inputs['verify']['code'] = self.inputs.reference_code
         return ToContext(screening=self.submit(HullWorkChain, **inputs))
 
     def inspect_screening(self) -> Any:

@@ -136,9 +136,23 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
     select = value.get('select', {})
     if 'n' in select and select['n'].value < 1:
         return 'select.n: must be at least 1'
+    sample_code = value.get('sample', {}).get('code')
+    if 'n' in select and 'code' not in select and sample_code is not None and without_torch(sample_code):
+        return (
+            f'select.code: the descriptors of the selection need torch, which the GPAW worker Code '
+            f'`{sample_code.full_label}` (the sampling Code) lacks; give the mlmat-worker Code as select.code'
+        )
     if select.get('method') is not None and select['method'].value not in ('fps', 'cur'):
         return f'select.method: `{select["method"].value}` is not one of fps, cur'
     return None
+
+
+def without_torch(code: orm.AbstractCode) -> bool:
+    """Whether ``code`` is the GPAW worker Code of ``mlmat setup`` (a system Python with GPAW, no torch): it can
+    sample and label, but not compute descriptors, train or explore with a potential."""
+    from aiida_mlmat.common.constants import GPAW_WORKER_CODE
+
+    return code.label == GPAW_WORKER_CODE
 
 
 class ReferenceWorkChain(IdempotentLaunchMixin, WorkChain):
@@ -195,6 +209,13 @@ class ReferenceWorkChain(IdempotentLaunchMixin, WorkChain):
         )
         spec.input('select.method', valid_type=orm.Str, default=lambda: orm.Str('fps'), help='`fps` or `cur`.')
         spec.input(
+            'select.code',
+            valid_type=orm.AbstractCode,
+            required=False,
+            help='The mlmat-worker Code (a Python with torch) for the descriptors of the selection; default: '
+            '`sample.code`. Needed where that is the GPAW worker Code, whose Python has no torch.',
+        )
+        spec.input(
             'select.descriptor',
             valid_type=orm.Dict,
             required=False,
@@ -233,10 +254,13 @@ class ReferenceWorkChain(IdempotentLaunchMixin, WorkChain):
         labeller: str = 'batch',
         ase_code: orm.AbstractCode | None = None,
         options: dict[str, Any] | None = None,
+        descriptors_code: orm.AbstractCode | None = None,
     ) -> Any:
         """Return a builder filled from a protocol (``fast``, ``balanced``, ``precise``).
 
-        :param code: the ``mlmat-worker`` Code (sampling and batched labelling).
+        :param code: the ``mlmat-worker`` Code (sampling and batched labelling); for GPAW, the GPAW worker Code.
+        :param descriptors_code: the ``mlmat-worker`` Code (with torch) for the descriptors of a selection
+            (``select.n``), where ``code`` is the GPAW worker Code; default ``code``.
         :param calculator: reference calculator spec; also drives MD sampling unless overridden.
         :param overrides: nested dictionary merged into the protocol (keys ``sample``, ``chunk_size``, ...).
         :param options: ``metadata.options`` for every CalcJob (resources, walltime, queue).
@@ -265,6 +289,8 @@ class ReferenceWorkChain(IdempotentLaunchMixin, WorkChain):
             builder.select.method = orm.Str(select.get('method', 'fps'))
             if select.get('descriptor'):
                 builder.select.descriptor = orm.Dict(select['descriptor'])
+            if descriptors_code is not None:
+                builder.select.code = descriptors_code
         builder.labeller = orm.Str(labeller)
         if ase_code is not None:
             builder.ase_code = ase_code
@@ -310,11 +336,12 @@ class ReferenceWorkChain(IdempotentLaunchMixin, WorkChain):
         return 'n' in self.inputs.select and self.ctx.sampled.count > self.inputs.select.n.value
 
     def run_descriptors(self) -> Any:
-        """Compute descriptors of the samples, with the sampling Code and options."""
+        """Compute descriptors of the samples, with ``select.code`` (default: the sampling Code) and the sampling
+        options."""
         from aiida_mlmat.calcjobs.descriptors import DescriptorsCalculation
 
         inputs = {
-            'code': self.inputs.sample.code,
+            'code': self.inputs.select.get('code', self.inputs.sample.code),
             'configurations': self.ctx.sampled,
             'metadata': {
                 'call_link_label': 'descriptors',

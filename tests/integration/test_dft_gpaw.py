@@ -162,3 +162,74 @@ def test_setup_records_gpaw_keywords_and_a_misspelled_one_is_refused_before_subm
         assert f'gpaw {record["version"]}' in error.message
     finally:
         code.base.extras.delete(CALCULATORS_EXTRA)
+
+
+#: Tiny Al DFT: plane waves (stress), one k-point, LDA; a few seconds per configuration.
+TINY_GPAW = {'name': 'gpaw', 'parameters': {'mode': {'name': 'pw', 'ecut': 200}, 'kpts': [1, 1, 1], 'xc': 'LDA'}}
+
+
+def test_gpaw_reference_with_selection_computes_descriptors_with_the_torch_worker(
+    started_daemon_client, worker_code, gpaw_codes, tmp_path
+):
+    """`mlmat reference --calculator gpaw --select N`: the GPAW worker Code samples and labels, the mlmat-worker Code
+    (torch) computes the selection's descriptors (the GPAW Python has no torch: every such run failed). Without a
+    `select.code` the workflow refuses such a selection up front."""
+    from click.testing import CliRunner
+
+    from aiida_mlmat.cli.main import cli
+
+    structure = tmp_path / 'Al.xyz'
+    bulk('Al', 'fcc', a=4.05).write(structure)
+    overrides = {'sample': {'supercell': [1, 1, 1], 'include_seeds': False, 'rattle': {'count': 5, 'stdev': 0.05}}}
+    args = ['reference', '--structures', str(structure), '--calculator', 'gpaw', '--select', '3', '--wait', '--json']
+    args += ['--calculator-params', json.dumps(TINY_GPAW['parameters']), '--overrides', json.dumps(overrides)]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    node = orm.load_node(summary['process'])
+    assert summary['n_configurations'] == 3 and node.outputs.configurations.label_keys == ['energy', 'forces', 'stress']
+    by_type = {child.process_label: child.inputs.code.label for child in node.called if 'code' in child.inputs}
+    assert by_type == {'SampleCalculation': 'mlmat-worker-gpaw', 'DescriptorsCalculation': 'mlmat-worker'}
+    labels = [calc for calc in node.called_descendants if calc.process_label == 'LabelCalculation']
+    assert labels and {calc.inputs.code.label for calc in labels} == {'mlmat-worker-gpaw'}
+
+    builder = ReferenceWorkChain.get_builder_from_protocol(
+        gpaw_codes['mlmat-worker-gpaw'], calculator=TINY_GPAW, elements=['Al'], overrides={'select': {'n': 3}}
+    )
+    error = ReferenceWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True)))
+    assert error is not None and 'select.code: the descriptors of the selection need torch' in error.message
+
+
+def test_pipeline_labels_with_the_gpaw_worker_and_trains_with_the_torch_worker(
+    submit_and_await, worker_code, gpaw_codes
+):
+    """`mlmat run` with GPAW as the reference: the Codes it picks (`pipeline_codes`) label with the GPAW worker and
+    sample, select and train with the mlmat-worker; the whole pipeline finishes (every labelling job failed with
+    "gpaw is not importable by this worker" before). A YAML `code:` naming the GPAW worker is taken as the labeller."""
+    from aiida_mlmat.cli.pipeline import pipeline_codes
+    from aiida_mlmat.workflows.pipeline import PipelineWorkChain
+    from aiida_mlmat.workflows.pipeline_config import validate_config
+
+    text = {
+        'elements': ['Al'],
+        'reference': {
+            'calculator': TINY_GPAW,
+            'select': 3,
+            'overrides': {'sample': {'supercell': [1, 1, 1], 'rattle': {'count': 3, 'stdev': 0.05}}},
+        },
+        'training': {'ensemble': 2, 'overrides': {'training': {'epochs': 3}}},
+        'active_learning': {'enabled': False},
+        'screening': {'enabled': False},
+    }
+    config = validate_config(text)
+    codes = pipeline_codes(config)
+    assert (codes['code'].label, codes['reference_code'].label) == ('mlmat-worker', 'mlmat-worker-gpaw')
+    named = pipeline_codes(validate_config({**text, 'code': 'mlmat-worker-gpaw'}))
+    assert (named['code'].label, named['reference_code'].label) == ('mlmat-worker', 'mlmat-worker-gpaw')
+    node = submit_and_await(PipelineWorkChain, timeout=900, config=orm.Dict(config), **codes)
+    assert node.is_finished_ok, node.exit_message
+    dataset = node.outputs.dataset
+    assert dataset.count == 3 and dataset.calculator['name'] == 'gpaw'
+    jobs = {(calc.process_label, calc.inputs.code.label) for calc in node.called_descendants if 'code' in calc.inputs}
+    assert ('LabelCalculation', 'mlmat-worker-gpaw') in jobs and ('TrainCalculation', 'mlmat-worker') in jobs
+    assert ('DescriptorsCalculation', 'mlmat-worker') in jobs and ('SampleCalculation', 'mlmat-worker-gpaw') in jobs

@@ -310,3 +310,30 @@ def test_hull_inputs_refuse_bad_relax_values_options_and_tolerance(aiida_profile
     assert validate_inputs({**base, 'stability_tolerance': orm.Float(0.025)}) is None
     error = validate_inputs({**base, 'stability_tolerance': orm.Float(-0.01)})
     assert error.startswith('stability_tolerance: -0.01 eV/atom; give 0 or a small positive margin'), error
+
+
+def test_the_gpaw_worker_code_is_refused_where_torch_is_needed(aiida_profile, aiida_localhost, tmp_path):
+    """The GPAW worker Code (a system Python with GPAW, no torch) can sample, label and relax with GPAW, but not run
+    a potential: as the screening's `code` beside a potential, or as the pipeline's `code`, it is refused up front,
+    saying where it goes instead."""
+    from aiida import orm
+
+    from aiida_mlmat.data.potential import PotentialData
+    from aiida_mlmat.ml.model import build_model, default_config, save_model
+    from aiida_mlmat.workflows.hull import validate_inputs
+    from aiida_mlmat.workflows.pipeline import validate_inputs as validate_pipeline
+    from aiida_mlmat.workflows.pipeline_config import validate_config
+
+    gpaw = orm.InstalledCode(label='mlmat-worker-gpaw', computer=aiida_localhost, filepath_executable='/bin/true')
+    config = default_config(['Cu', 'Au'])
+    config['hidden'] = [4]
+    save_model(build_model(config), str(tmp_path / 'member.pt'))
+    potential = PotentialData([(tmp_path / 'member.pt').read_bytes()], config=config)
+    inputs = {'elements': orm.List(['Cu', 'Au']), 'generate': orm.Dict({}), 'potential': potential, 'code': gpaw}
+    error = validate_inputs(inputs)
+    assert error.startswith('code: `mlmat-worker-gpaw@localhost` is the GPAW worker Code, whose Python has no torch')
+    with_calculator = {key: value for key, value in inputs.items() if key != 'potential'}
+    assert validate_inputs({**with_calculator, 'calculator': orm.Dict({'name': 'emt'})}) is None  # relaxes with it
+    pipeline = {'config': orm.Dict(validate_config({'elements': ['Cu', 'Au']})), 'code': gpaw}
+    error = validate_pipeline(pipeline)
+    assert 'give the mlmat-worker Code as `code` and the GPAW one as `reference_code`' in error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -195,6 +196,25 @@ def test_training_reduces_force_error_below_bound(data, tmp_path):
         np.testing.assert_allclose(atoms.get_forces(), direct[keys.FORCES], atol=1e-10)
         np.testing.assert_allclose(atoms.get_stress(), direct[keys.STRESS][0], atol=1e-10)
         assert atoms.calc.results['n_members'] == 1 and atoms.calc.results['energy_std'] == 0.0
+
+
+def test_a_training_split_of_one_one_atom_cell_trains_without_nan(tmp_path):
+    """The smallest set a pipeline may select (3 configurations, split 1/1/1) can leave one one-atom cell to train
+    on: its features have no spread, which made every loss NaN from the first epoch (a sample standard deviation
+    of one value). They are normalised by 1 then, and the training runs."""
+    frames = []
+    for a in (3.55, 3.61, 3.70):
+        atoms = bulk('Cu', 'fcc', a=a)  # one atom
+        atoms.calc = EMT()
+        labels = {'energy': atoms.get_potential_energy(), 'forces': atoms.get_forces(), 'stress': atoms.get_stress()}
+        atoms.calc = SinglePointCalculator(atoms, **labels)
+        frames.append(atoms)
+    config = small_config()
+    config['species'] = ['Cu']
+    summary = train(config, frames[:1], frames[1:], TrainingConfig(**{**FAST, 'epochs': 5}), tmp_path)
+    assert all(math.isfinite(row['energy_rmse_per_atom']) for row in summary['learning_curve'])
+    trained = load_model(str(tmp_path / MODEL))
+    assert torch.equal(trained.feature_std, torch.ones_like(trained.feature_std))
 
 
 def test_same_seed_gives_identical_weights(data, tmp_path):
