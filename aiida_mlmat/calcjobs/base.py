@@ -235,5 +235,5 @@ def options_error(process_class: Any, options: dict[str, Any]) -> str | None:
     error = namespace.validate({'resources': {'num_machines': 1}, **options})
     if error is None:
         return None
-    message = error.message.removeprefix('Error occurred validating port ')
-    return message.replace("'options.", "'").replace("value '", "'", 1)
+    key = str(error.port or '').removeprefix('options').lstrip('.')
+    return f'{key}: {error.message}' if key else error.message

@@ -84,7 +84,8 @@ def reference(profile: str | None, **kwargs: Any) -> None:
     code = load_worker_code(kwargs['computer'], kwargs['code'], name)
     computer = code.computer.label
     descriptors_code = None
-    if kwargs.get('select_n') or (overrides.get('select') or {}).get('n'):
+    select = overrides.get('select') or {}
+    if kwargs.get('select_n') or (isinstance(select, dict) and select.get('n')):
         from aiida_mlmat.workflows.reference import without_torch
 
         if without_torch(code):  # the selection's descriptors need torch: the package's own worker on that Computer

@@ -20,6 +20,7 @@ from aiida_mlmat.cli.utils import (
     load_worker_code,
     output_folder,
     process_reason,
+    reference_worker_code,
     wait_for,
 )
 from aiida_mlmat.hull.metrics import describe_verification
@@ -315,10 +316,10 @@ def pipeline_codes(config: dict[str, Any]) -> dict[str, Any]:
     """The Codes of a pipeline (``code``, and ``reference_code`` or ``ase_code`` where the reference needs them)
     for a validated configuration, whose ``computer`` is set to the Code's Computer.
 
-    ``code`` is the worker with torch (training, descriptors, exploration); GPAW labels (and verifies) with the GPAW
-    worker Code of ``mlmat setup``, whose Python has no torch; a YAML ``code:`` naming that one is taken as such.
+    ``code`` is the worker with torch (training, descriptors, exploration). GPAW labels and verifies with the GPAW
+    worker Code of ``mlmat setup`` (:func:`~aiida_mlmat.cli.utils.reference_worker_code`), whichever the reference
+    stage's labeller; a YAML ``code:`` naming that Code is taken as such.
     """
-    from aiida_mlmat.common.constants import GPAW_WORKER_CODE
     from aiida_mlmat.workflows.reference import without_torch
 
     options = ('code:', 'computer:')
@@ -326,11 +327,12 @@ def pipeline_codes(config: dict[str, Any]) -> dict[str, Any]:
     config['computer'] = code.computer.label
     codes: dict[str, Any] = {'code': code}
     reference = config['reference']
-    if reference.get('labeller', 'batch') == 'batch':
-        if without_torch(code):  # `code:` named the GPAW worker: it labels, the package's worker does the rest
-            codes['code'], codes['reference_code'] = load_worker_code(config['computer'], options=options), code
-        elif reference['calculator']['name'] == 'gpaw':  # labels by the GPAW worker Code `mlmat setup` made there
-            codes['reference_code'] = load_worker_code(config['computer'], None, GPAW_WORKER_CODE, options=options)
+    if without_torch(code):  # `code:` named the GPAW worker: it labels, the package's worker does the rest
+        codes['code'], codes['reference_code'] = load_worker_code(config['computer'], options=options), code
+    else:
+        labeller = reference_worker_code(reference['calculator']['name'], code, options=options)
+        if labeller.pk != code.pk:
+            codes['reference_code'] = labeller
     if reference.get('labeller') == 'aiida-ase':  # one aiida-ase job per configuration: the Code `mlmat setup` made
         from aiida_mlmat.cli.commands import _ase_code_label
 

@@ -21,6 +21,7 @@ from aiida_mlmat.cli.utils import (
     load_worker_code,
     output_folder,
     parse_json_option,
+    reference_worker_code,
     wait_for,
 )
 
@@ -135,13 +136,13 @@ def build_screen_inputs(**kwargs: Any) -> dict[str, Any]:
             'relax': orm.Bool(kwargs['verify_relax']),
         }
     inputs['code'] = load_worker_code(kwargs.get('computer'), kwargs.get('code'))
-    from aiida_mlmat.common.constants import GPAW_WORKER_CODE
-
-    computer = inputs['code'].computer.label
-    if potential is None and kwargs['calculator'] == 'gpaw' and not kwargs.get('code'):
-        inputs['code'] = load_worker_code(computer, None, GPAW_WORKER_CODE)  # relaxations with GPAW: its Python
-    if kwargs['verify_top'] and kwargs['verify_calculator'] == 'gpaw':
-        inputs['verify']['code'] = load_worker_code(computer, None, GPAW_WORKER_CODE)
+    worker = inputs['code']
+    if potential is None and not kwargs.get('code'):  # relaxations with the calculator: GPAW on its own Python
+        inputs['code'] = reference_worker_code(kwargs['calculator'], worker)
+    if kwargs['verify_top']:
+        verify_code = reference_worker_code(kwargs['verify_calculator'], worker)
+        if verify_code.pk != inputs['code'].pk:
+            inputs['verify']['code'] = verify_code
     error = HullWorkChain.spec().inputs.validate(inputs)
     if error is not None:
         raise MlmatCliError(f'invalid input: {error.message}', EXIT_INVALID_INPUT)

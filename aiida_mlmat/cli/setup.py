@@ -330,6 +330,9 @@ def run_setup(
             known = dict(codes[key].base.extras.get(CALCULATORS_EXTRA, {}) or {})
             known.pop('gpaw', None)  # a record that cannot be read again is dropped, never kept stale
             codes[key].base.extras.set(CALCULATORS_EXTRA, {**known, **({'gpaw': record} if record else {})})
+        from aiida_mlmat.common.constants import TORCH_EXTRA
+
+        codes['gpaw_worker'].base.extras.set(TORCH_EXTRA, False)  # samples and labels; never trains or explores
     slurm = None
     if slurm_target:
         from aiida_mlmat.cli.slurm import DEFAULT_PORT, setup_slurm

@@ -354,6 +354,26 @@ def load_worker_code(
         ) from exc
 
 
+def reference_worker_code(calculator: str, code: Any, options: tuple[str, str] = ('--code', '--computer')) -> Any:
+    """The worker Code for jobs of the reference ``calculator`` beside ``code`` (the worker with torch).
+
+    GPAW runs on the GPAW worker Code ``mlmat setup`` made on ``code``'s Computer (its Python has GPAW, no torch).
+    On ``localhost`` that Code must exist (the message says how to make it); on another Computer, where the worker
+    itself may have GPAW, ``code`` is used when there is none. Other calculators run on ``code``.
+    """
+    from aiida_mlmat.common.constants import GPAW_WORKER_CODE
+
+    if calculator != 'gpaw' or code.label == GPAW_WORKER_CODE:
+        return code
+    computer = code.computer.label
+    try:
+        return load_worker_code(computer, None, GPAW_WORKER_CODE, options=options)
+    except MlmatCliError:
+        if computer == 'localhost':
+            raise
+        return code
+
+
 def calculator_option_error(error: str | None, name_option: str, params_option: str) -> None:
     """Raise a refusal naming the CLI option for a message of :func:`aiida_mlmat.calcjobs.label.calculator_error`.
 

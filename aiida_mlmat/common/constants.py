@@ -70,3 +70,6 @@ NAME_KEY = 'mlmat_name'
 #: with GPAW and without torch (sampling and labelling with GPAW only).
 WORKER_CODE = 'mlmat-worker'
 GPAW_WORKER_CODE = 'mlmat-worker-gpaw'
+#: Extra of a worker Code saying whether its Python has torch (``mlmat setup`` sets it False on the GPAW worker
+#: Code); where it is not set, a Code labelled :data:`GPAW_WORKER_CODE` is taken to have none.
+TORCH_EXTRA = 'mlmat_torch'

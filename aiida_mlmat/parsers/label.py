@@ -32,7 +32,8 @@ class LabelParser(MlmatParser):
 
     #: Part of the hash of every job this parser reads: bumped when its outputs change, so that caching never
     #: reuses outputs of an older parser. 2: a set labelled by a potential records it (``calculator.potential``).
-    CACHE_VERSION = 2
+    #: 3: a restart names the earlier job in the exclusion reasons it copies, and counts its labels without stress.
+    CACHE_VERSION = 3
 
     #: The worker's output file, and the CalcJob's outputs for a complete and an interrupted run.
     OUTPUT_FILE = LABELLED_FILE

@@ -14,6 +14,10 @@ from aiida_mlmat.parsers.base import MlmatParser
 class SampleParser(MlmatParser):
     """Turn ``sampled.extxyz`` into an unlabelled ``mlmat.configurations`` node."""
 
+    #: Part of the hash of every job this parser reads: bumped when its outputs change, so that caching never
+    #: reuses outputs of an older worker. 1: seeds are repeated along their periodic directions only.
+    CACHE_VERSION = 1
+
     def parse(self, **kwargs: Any) -> ExitCode | None:
         """Parse the retrieved files."""
         finished = self.finished_output(kwargs, SAMPLED_FILE)

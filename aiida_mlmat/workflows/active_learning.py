@@ -158,11 +158,13 @@ def _stress_error(value: Any) -> str | None:
     if not any('stress' in weighted_labels(settings) for settings in (training, retrain)):
         return None
     weight = max(float(settings.get('stress_weight') or 0.0) for settings in (training, retrain))
+    in_training = float(training.get('stress_weight') or 0.0) > 0
+    where = 'training.training.stress_weight' if in_training else 'retrain.stress_weight'
     training_set = value.get('training_set')
     if training_set is not None and 'stress' not in training_set.label_keys:
         return (
             f'training_set: not every configuration carries stress, which the loss weights (stress_weight {weight}); '
-            'set training.training.stress_weight to 0'
+            f'set {where} to 0'
         )
     calculator = value['calculator'].get_dict() if 'calculator' in value else {}
     mode = (calculator.get('parameters') or {}).get('mode')
@@ -171,7 +173,7 @@ def _stress_error(value: Any) -> str | None:
         return (
             f'calculator: GPAW gives stress only in plane-wave mode (`mode` {name or "fd, its default"}), and the '
             f'loss weights stress (stress_weight {weight}); use {{"mode": {{"name": "pw", "ecut": ...}}}} or set '
-            'training.training.stress_weight to 0'
+            f'{where} to 0'
         )
     return None
 
@@ -444,7 +446,8 @@ class ActiveLearningWorkChain(IdempotentLaunchMixin, WorkChain):
         builder = cls.get_builder()
         builder.training_set = training_set
         builder.seeds = seeds
-        builder.calculator = orm.Dict(calculator_mapping(calculator))
+        spec = calculator_mapping(calculator)  # a mapping or an orm.Dict; anything else refused naming the form
+        builder.calculator = calculator if isinstance(calculator, orm.Dict) else orm.Dict(spec)
         if test_set is not None:
             builder.test_set = test_set
         if hull_candidates is not None:

@@ -148,11 +148,16 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
 
 
 def without_torch(code: orm.AbstractCode) -> bool:
-    """Whether ``code`` is the GPAW worker Code of ``mlmat setup`` (a system Python with GPAW, no torch): it can
-    sample and label, but not compute descriptors, train or explore with a potential."""
-    from aiida_mlmat.common.constants import GPAW_WORKER_CODE
+    """Whether ``code`` runs a Python without torch, as the GPAW worker Code of ``mlmat setup`` does: it can sample,
+    label and relax with a reference calculator, but not compute descriptors, train or run a potential.
 
-    return code.label == GPAW_WORKER_CODE
+    Read from the Code's extra ``mlmat_torch`` (:data:`~aiida_mlmat.common.constants.TORCH_EXTRA`; ``verdi node
+    extras``) where set, else from its label (``mlmat-worker-gpaw``).
+    """
+    from aiida_mlmat.common.constants import GPAW_WORKER_CODE, TORCH_EXTRA
+
+    marked = code.base.extras.get(TORCH_EXTRA, None)
+    return marked is False if isinstance(marked, bool) else code.label == GPAW_WORKER_CODE
 
 
 class ReferenceWorkChain(IdempotentLaunchMixin, WorkChain):
@@ -267,14 +272,14 @@ class ReferenceWorkChain(IdempotentLaunchMixin, WorkChain):
         """
         if isinstance(elements, str):  # 'CuAu' would be read letter by letter
             raise ValueError(f'elements: expected a list of element symbols such as ["Cu", "Au"], got {elements!r}')
-        calculator = calculator_mapping(calculator)
+        given, calculator = calculator, calculator_mapping(calculator)
         inputs = get_protocol_inputs('reference', protocol, overrides)
         builder = cls.get_builder()
         if structures is not None:
             builder.structures = structures
         if elements:
             builder.elements = orm.List(list(elements))
-        builder.calculator = orm.Dict(calculator)
+        builder.calculator = given if isinstance(given, orm.Dict) else orm.Dict(calculator)  # a node given is kept
         sample = dict(inputs['sample'])
         if 'md' in sample and 'calculator' not in sample['md']:
             sample['md'] = {**sample['md'], 'calculator': calculator}
@@ -393,7 +398,7 @@ class ReferenceWorkChain(IdempotentLaunchMixin, WorkChain):
 
     def run_ase_jobs(self) -> Any:
         """Label the samples with one aiida-ase ``ase.ase`` job per configuration."""
-        structures = set_to_structures(self.ctx.to_label)
+        structures = self.call_once('structures', set_to_structures, self.ctx.to_label)
         self.ctx.structures = structures
         parameters = orm.Dict(ase_parameters(self.inputs.calculator.get_dict(), ['energy', 'forces', 'stress']))
         options = self.inputs.ase_options.get_dict() if 'ase_options' in self.inputs else {}

@@ -317,6 +317,15 @@ def test_bad_data_is_refused_before_anything_runs(worker_code, emt, near_equilib
             builder[key] = value
         error = ActiveLearningWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True)))
         assert error is not None and message in error.message, (replacement, error)
+    # the GPAW worker Code (no torch) labels; training and exploration with it are refused, saying where it goes
+    gpaw = orm.InstalledCode(label='mlmat-worker-gpaw', computer=worker_code.computer, filepath_executable='/bin/true')
+    builder = builder_for(worker_code, near_equilibrium, seeds, emt)
+    builder.label.label.code = gpaw
+    assert ActiveLearningWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True))) is None
+    builder.training.member.trainer.code = gpaw
+    error = ActiveLearningWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True)))
+    assert 'training.member.trainer.code: `mlmat-worker-gpaw@localhost` is the GPAW worker Code' in error.message
+    assert 'the GPAW one as label.label.code' in error.message
     with pytest.raises(ValueError, match='unknown protocol'):
         ActiveLearningWorkChain.get_builder_from_protocol(
             worker_code, near_equilibrium, seeds, calculator=emt, protocol='nope'

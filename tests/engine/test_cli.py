@@ -473,6 +473,11 @@ def test_setup_on_a_fresh_machine_makes_a_profile_with_a_patient_daemon_client(t
     assert config['profiles'][profile]['options']['daemon.timeout'] == 20
     assert config['profiles'][profile]['process_control']['backend'] == 'core.zeromq'
     assert 'mlmat-worker@localhost' in json.dumps(summary)
+    if 'mlmat-worker-gpaw@localhost' in json.dumps(summary):  # a Python with GPAW was found (CI installs one)
+        probe = 'from aiida import load_profile, orm; load_profile()'
+        probe += "; print(orm.load_code('mlmat-worker-gpaw@localhost').base.extras.get('mlmat_torch'))"
+        marked = subprocess.run([sys.executable, '-c', probe], env=env, capture_output=True, text=True, timeout=120)
+        assert marked.stdout.strip().splitlines()[-1] == 'False', marked.stderr  # it labels; torch jobs go elsewhere
     second = subprocess.run([*mlmat, 'setup', '--json'], env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
     assert json.loads((tmp_path / '.aiida' / 'config.json').read_text())['profiles'] == config['profiles']

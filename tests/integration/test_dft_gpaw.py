@@ -203,8 +203,8 @@ def test_gpaw_reference_with_selection_computes_descriptors_with_the_torch_worke
 def test_pipeline_labels_with_the_gpaw_worker_and_trains_with_the_torch_worker(
     submit_and_await, worker_code, gpaw_codes
 ):
-    """`mlmat run` with GPAW as the reference: the Codes it picks (`pipeline_codes`) label with the GPAW worker and
-    sample, select and train with the mlmat-worker; the whole pipeline finishes (every labelling job failed with
+    """`mlmat run` with GPAW as the reference: the Codes it picks (`pipeline_codes`) sample and label with the GPAW
+    worker and select and train with the mlmat-worker; the whole pipeline finishes (every labelling job failed with
     "gpaw is not importable by this worker" before). A YAML `code:` naming the GPAW worker is taken as the labeller."""
     from aiida_mlmat.cli.pipeline import pipeline_codes
     from aiida_mlmat.workflows.pipeline import PipelineWorkChain

@@ -304,7 +304,9 @@ def test_hull_inputs_refuse_bad_relax_values_options_and_tolerance(aiida_profile
     assert error.startswith('relax: ') and "'many' is not of type 'integer'" in error, error
     assert validate_inputs({**base, 'options': orm.Dict({'max_wallclock_seconds': 600})}) is None
     error = validate_inputs({**base, 'options': orm.Dict({'max_wallclock_seconds': 'ten'})})
-    assert error.startswith("options: 'max_wallclock_seconds'") and 'is not of the right type' in error, error
+    assert error.startswith('options: max_wallclock_seconds: ') and 'is not of the right type' in error, error
+    error = validate_inputs({**base, 'options': orm.Dict({'queue_name': 'a b'})})
+    assert error.startswith("options: queue_name: 'a b' is not a plain scheduler name"), error
     error = validate_inputs({**base, 'options': orm.Dict({'max_wallclock_secs': 600})})
     assert error.startswith('options: ') and 'max_wallclock_secs' in error, error
     assert validate_inputs({**base, 'stability_tolerance': orm.Float(0.025)}) is None
@@ -337,3 +339,64 @@ def test_the_gpaw_worker_code_is_refused_where_torch_is_needed(aiida_profile, ai
     pipeline = {'config': orm.Dict(validate_config({'elements': ['Cu', 'Au']})), 'code': gpaw}
     error = validate_pipeline(pipeline)
     assert 'give the mlmat-worker Code as `code` and the GPAW one as `reference_code`' in error
+
+
+def test_codes_for_the_reference_method_and_for_torch(aiida_profile, worker_code):
+    """Which worker Code runs what: GPAW on the GPAW worker Code of the Computer (the worker itself on a Computer
+    other than localhost that has none), anything else on the worker; the selection's descriptors are refused on a
+    Code without torch; a Code's ``mlmat_torch`` extra overrides what its label suggests. Two throw-away Computers,
+    deleted at the end (the profile's localhost Codes are left as they are)."""
+    import uuid
+
+    from aiida import orm
+
+    from aiida_mlmat.cli.pipeline import pipeline_codes
+    from aiida_mlmat.cli.utils import reference_worker_code
+    from aiida_mlmat.workflows.pipeline_config import validate_config
+    from aiida_mlmat.workflows.reference import ReferenceWorkChain, without_torch
+
+    def computer(label):
+        node = orm.Computer(label=label, hostname='localhost', transport_type='core.local',
+                            scheduler_type='core.direct', workdir=f'/tmp/{label}').store()  # fmt: skip
+        node.configure()
+        return node
+
+    tag = uuid.uuid4().hex[:8]
+    both, only = computer(f'gpaw-{tag}'), computer(f'cluster-{tag}')
+    made = [
+        orm.InstalledCode(label=label, computer=where, filepath_executable='/bin/true').store()
+        for label, where in (('mlmat-worker', both), ('mlmat-worker-gpaw', both), ('mlmat-worker', only))
+    ]
+    worker, gpaw, remote = made
+    try:
+        gpaw_spec = {'name': 'gpaw', 'parameters': {'mode': {'name': 'pw', 'ecut': 200}, 'kpts': [1, 1, 1]}}
+        assert reference_worker_code('gpaw', worker).pk == gpaw.pk
+        assert reference_worker_code('emt', worker).pk == worker.pk
+        assert reference_worker_code('gpaw', remote).pk == remote.pk  # no GPAW Code there: the worker may have GPAW
+        assert without_torch(gpaw) and not without_torch(worker)
+
+        text = {'elements': ['Al'], 'computer': both.label, 'reference': {'calculator': gpaw_spec}}
+        text['screening'] = {'enabled': False}
+        codes = pipeline_codes(validate_config(text))
+        assert (codes['code'].pk, codes['reference_code'].pk) == (worker.pk, gpaw.pk)
+        named = pipeline_codes(validate_config({**text, 'code': 'mlmat-worker-gpaw'}))
+        assert (named['code'].pk, named['reference_code'].pk) == (worker.pk, gpaw.pk)
+        emt = {**text, 'reference': {'calculator': {'name': 'emt'}}, 'elements': ['Cu']}
+        assert {key: node.pk for key, node in pipeline_codes(validate_config(emt)).items()} == {'code': worker.pk}
+        on_cluster = pipeline_codes(validate_config({**text, 'computer': only.label}))
+        assert {key: node.pk for key, node in on_cluster.items()} == {'code': remote.pk}
+
+        builder = ReferenceWorkChain.get_builder_from_protocol(
+            gpaw, calculator=gpaw_spec, elements=['Al'], overrides={'select': {'n': 3}}
+        )
+        error = ReferenceWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True)))
+        assert 'select.code: the descriptors of the selection need torch' in error.message
+        builder.select.code = worker
+        assert ReferenceWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True))) is None
+        gpaw.base.extras.set('mlmat_torch', True)  # a GPAW worker whose Python has torch too
+        assert not without_torch(gpaw)
+    finally:
+        for node in made:
+            orm.Node.collection.delete(node.pk)
+        for node in (both, only):
+            orm.Computer.collection.delete(node.pk)
