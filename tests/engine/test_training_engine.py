@@ -162,7 +162,8 @@ def test_tampered_potential_is_refused(dataset, tmp_path):
 
 def test_nan_loss_lowers_the_learning_rate_with_bounded_retries(submit_and_await, worker_code, dataset):
     """NaN loss (exit 410): each restart resumes from the checkpoint at half the learning rate, at most
-    ``max_iterations`` times; data that is NaN itself therefore fails for good, with every try recorded."""
+    ``max_iterations`` times; data whose loss cannot be finite therefore fails for good, with every try recorded.
+    (A NaN label is refused when the set is made; an energy of 1e300 eV is finite, but its square is not.)"""
     from ase.calculators.singlepoint import SinglePointCalculator
 
     frames = dataset.get_atoms()[:12]
@@ -170,7 +171,7 @@ def test_nan_loss_lowers_the_learning_rate_with_bounded_retries(submit_and_await
     for index, frame in enumerate(frames):
         results = dict(frame.calc.results)
         if index == 0:
-            results['energy'] = float('nan')
+            results['energy'] = 1e300  # eV: stored as given, overflows the loss
         atoms = frame.copy()
         atoms.calc = SinglePointCalculator(atoms, **results)
         poisoned.append(atoms)
