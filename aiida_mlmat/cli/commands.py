@@ -24,15 +24,9 @@ from aiida_mlmat.cli.utils import (
     parse_json_option,
     process_reason,
     read_structures,
+    reference_worker_code,
     wait_for,
 )
-
-
-def _worker_code_name(calculator: str) -> str:
-    """The label (without the Computer) of the worker Code `mlmat setup` registers for ``calculator``."""
-    from aiida_mlmat.cli.setup import GPAW_WORKER_CODE, WORKER_CODE
-
-    return GPAW_WORKER_CODE if calculator == 'gpaw' else WORKER_CODE
 
 
 def _ase_code_label(calculator: str, computer: str) -> str:
@@ -80,8 +74,10 @@ def reference(profile: str | None, **kwargs: Any) -> None:
     from aiida_mlmat.data.configurations import ConfigurationSetData
     from aiida_mlmat.workflows.reference import ReferenceWorkChain
 
-    name = _worker_code_name(calculator['name'])
-    code = load_worker_code(kwargs['computer'], kwargs['code'], name)
+    if kwargs['code']:
+        code = load_worker_code(kwargs['computer'], kwargs['code'])
+    else:  # GPAW on the GPAW worker Code of the Computer, as `mlmat run` and `mlmat screen` pick it
+        code = reference_worker_code(calculator['name'], load_worker_code(kwargs['computer']))
     computer = code.computer.label
     descriptors_code = None
     select = overrides.get('select') or {}
