@@ -12,7 +12,14 @@ from aiida.common import CalcInfo, CodeInfo
 from aiida.common.folders import Folder
 from aiida.engine import CalcJob
 
-from aiida_mlmat.common.constants import INPUT_JSON, PARTITION_PROPERTY, POTENTIAL_DIR, RESULTS_JSON
+from aiida_mlmat.common.constants import (
+    GPAW_WORKER_CODE,
+    INPUT_JSON,
+    PARTITION_PROPERTY,
+    POTENTIAL_DIR,
+    RESULTS_JSON,
+    TORCH_EXTRA,
+)
 from aiida_mlmat.data.potential import PotentialData
 from aiida_mlmat.worker.schema import SCHEMA_VERSION, validate_input
 
@@ -45,6 +52,17 @@ def stored_partition(computer: orm.Computer | None) -> str | None:
         if error:
             raise ValueError(f'the partition stored on the Computer `{computer.label}` ({PARTITION_PROPERTY}): {error}')
     return partition or None
+
+
+def without_torch(code: orm.AbstractCode) -> bool:
+    """Whether ``code`` runs a Python without torch, as the GPAW worker Code of ``mlmat setup`` does: it can sample,
+    label and relax with a reference calculator, but not compute descriptors, train or run a potential.
+
+    Read from the Code's extra ``mlmat_torch`` (:data:`~aiida_mlmat.common.constants.TORCH_EXTRA`; ``verdi node
+    extras``) where set, else from its label (``mlmat-worker-gpaw``).
+    """
+    marked = code.base.extras.get(TORCH_EXTRA, None)
+    return marked is False if isinstance(marked, bool) else code.label == GPAW_WORKER_CODE
 
 
 def validate_environment_names(value: Any, _: Any = None) -> str | None:

@@ -82,7 +82,7 @@ def reference(profile: str | None, **kwargs: Any) -> None:
     descriptors_code = None
     select = overrides.get('select') or {}
     if kwargs.get('select_n') or (isinstance(select, dict) and select.get('n')):
-        from aiida_mlmat.workflows.reference import without_torch
+        from aiida_mlmat.calcjobs.base import without_torch
 
         if without_torch(code):  # the selection's descriptors need torch: the package's own worker on that Computer
             descriptors_code = load_worker_code(computer)

@@ -91,6 +91,51 @@ def waits_for_nothing(node: Any) -> bool:
     return all(child.is_terminated for child in node.called)
 
 
+def _wall_s(process: Any) -> float:
+    """Seconds from a process's creation to its last change (its end, once it has ended; now, while it runs)."""
+    from aiida.common import timezone
+
+    end = process.mtime if process.is_terminated else timezone.now()
+    return round(max((end - process.ctime).total_seconds(), 0.0), 1)
+
+
+def _job_counts(process: Any) -> dict[str, int]:
+    """How many calculation jobs (CalcJobs: the work sent to a Computer) ``process`` and its descendants ran, and
+    how many of them failed, excepted or were killed."""
+    from aiida import orm
+
+    jobs = [process] if isinstance(process, orm.CalcJobNode) else []
+    if isinstance(process, orm.WorkflowNode):
+        jobs = [node for node in process.called_descendants if isinstance(node, orm.CalcJobNode)]
+    failed = sum(1 for job in jobs if job.is_failed or job.is_excepted or job.is_killed)
+    return {'n_calcjobs': len(jobs), 'n_calcjobs_failed': failed}
+
+
+def stage_records(node: Any) -> list[dict[str, Any]]:
+    """One record per process ``node`` called, in creation order: its call link (``step``), process, state, exit
+    status, wall time (s) and the calculation jobs under it (``n_calcjobs``, ``n_calcjobs_failed``)."""
+    records = []
+    for child in sorted(node.called, key=lambda n: (n.ctime, n.uuid)):
+        label = call_label(child)
+        records.append(
+            {
+                'step': '' if label == 'CALL' else label,  # a calcfunction's link label says nothing; its name does
+                'process': f'{child.process_label}<{child.pk}>',
+                'uuid': child.uuid,
+                'state': child.process_state.value if child.process_state else 'unknown',
+                'exit_status': child.exit_status,
+                'wall_s': _wall_s(child),
+                **_job_counts(child),
+            }
+        )
+    return records
+
+
+def stage_total(node: Any) -> dict[str, Any]:
+    """The whole workflow's wall time (s) and calculation jobs, as :func:`stage_records` gives them per stage."""
+    return {'wall_s': _wall_s(node), **_job_counts(node)}
+
+
 def summary_markdown(node: Any, plots: list[str]) -> str:
     """A Markdown summary of a finished (or failed) mlmat workflow: stages, headline figures, plots."""
     lines = [f'# {node.process_label}<{node.pk}>', '', f'- UUID: `{node.uuid}`']
@@ -103,12 +148,23 @@ def summary_markdown(node: Any, plots: list[str]) -> str:
             '- note: every process it called has ended and it waits for none of them; if it stays so while the '
             'daemon runs, it is stuck (see docs/howto/faults.md, "A workflow that waits for nothing")'
         )
-    lines += ['', '## Stages', '', '| step | process | state | exit status |', '|---|---|---|---|']
-    for child in sorted(node.called, key=lambda n: n.ctime):
-        child_state = child.process_state.value if child.process_state else 'unknown'
-        label = call_label(child)
-        label = '' if label == 'CALL' else label  # a calcfunction's link label says nothing; its name is beside it
-        lines.append(f'| {label} | {child.process_label}<{child.pk}> | {child_state} | {child.exit_status} |')
+    stages = stage_records(node)
+    total = stage_total(node)
+    lines += [
+        '',
+        '## Stages',
+        '',
+        f'Wall time in all {_fmt(total["wall_s"], 3)} s, {total["n_calcjobs"]} calculation jobs '
+        f'({total["n_calcjobs_failed"]} failed).',
+        '',
+        '| step | process | state | exit status | wall time (s) | jobs | failed jobs |',
+        '|---|---|---|---|---|---|---|',
+    ]
+    for stage in stages:
+        lines.append(
+            f'| {stage["step"]} | {stage["process"]} | {stage["state"]} | {stage["exit_status"]} '
+            f'| {_fmt(stage["wall_s"], 3)} | {stage["n_calcjobs"]} | {stage["n_calcjobs_failed"]} |'
+        )
     lines += _iteration_table(node)
     if 'summary' in node.outputs:
         lines += ['', '## Headline figures (eV, eV/atom, eV/Å)', '', '```json']
@@ -189,7 +245,8 @@ def write_report(node: Any, out: Path) -> dict[str, Any]:
         names.append(name)
     (out / 'summary.md').write_text(summary_markdown(node, names))
     summary = report_summary(node)
-    (out / 'summary.json').write_text(json.dumps({'process': node.uuid, 'summary': summary}, indent=1, default=str))
+    record = {'process': node.uuid, 'summary': summary, 'stages': stage_records(node), 'total': stage_total(node)}
+    (out / 'summary.json').write_text(json.dumps(record, indent=1, default=str))
     return {
         'report': str(out),
         'summary_md': str(out / 'summary.md'),
@@ -274,6 +331,13 @@ def run_cmd(ctx: click.Context, config_file: str, out: str | None, wait: bool, j
                 if not json_output:
                     for line in headline(result['summary']):
                         click.echo(line)
+            total = stage_total(node)
+            result['total'] = total
+            if not json_output:
+                click.echo(
+                    f'wall time {total["wall_s"]:.0f} s, {total["n_calcjobs"]} calculation jobs '
+                    f'({total["n_calcjobs_failed"]} failed); per stage in the report'
+                )
             if not json_output:
                 click.echo(f'report: {result["summary_md"]}')
         if failure is not None:
@@ -320,7 +384,7 @@ def pipeline_codes(config: dict[str, Any]) -> dict[str, Any]:
     worker Code of ``mlmat setup`` (:func:`~aiida_mlmat.cli.utils.reference_worker_code`), whichever the reference
     stage's labeller; a YAML ``code:`` naming that Code is taken as such.
     """
-    from aiida_mlmat.workflows.reference import without_torch
+    from aiida_mlmat.calcjobs.base import without_torch
 
     options = ('code:', 'computer:')
     code = load_worker_code(config['computer'], config.get('code'), options=options)

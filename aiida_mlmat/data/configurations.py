@@ -143,6 +143,13 @@ def parse_extxyz_bytes(content: bytes, name: str = 'file', validate: bool = True
     return frames
 
 
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python number (or bool, str) it holds; anything else as it is."""
+    import numpy as np
+
+    return value.item() if isinstance(value, np.generic) else value
+
+
 class ConfigurationSetData(orm.Data):
     """A set of atomic configurations stored as one extxyz file plus queryable summary attributes.
 
@@ -258,9 +265,17 @@ class ConfigurationSetData(orm.Data):
         return self.base.repository.get_object_content(self.FILENAME, mode='rb')
 
     def get_atoms(self) -> list[Atoms]:
-        """Return the configurations as ASE atoms (labels attached as a SinglePointCalculator)."""
+        """Return the configurations as ASE atoms (labels attached as a SinglePointCalculator).
+
+        Scalar ``info`` values are plain Python numbers (ASE's extxyz reader gives numpy scalars), so
+        ``json.dumps`` takes them; an array value stays a numpy array, as ASE reads it (a list would be written back
+        as ``_JSON [...]``, changing the bytes of a set made from these frames).
+        """
         content = self.get_content()
-        return parse_extxyz_bytes(content, validate=False) if content.strip() else []
+        frames = parse_extxyz_bytes(content, validate=False) if content.strip() else []
+        for frame in frames:
+            frame.info = {key: _plain(value) for key, value in frame.info.items()}
+        return frames
 
     def write_extxyz(self, path: str | pathlib.Path) -> None:
         """Write the configurations to an extxyz file (byte for byte what is stored)."""

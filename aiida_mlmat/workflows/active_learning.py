@@ -115,10 +115,10 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
     if test_set is not None and not {'energy', 'forces'} <= set(test_set.label_keys):
         return 'test_set: every configuration needs energy and forces labels'
     if test_set is not None and training_set is not None:
-        from aiida_mlmat.query import configuration_key
+        from aiida_mlmat.query import configuration_keys
 
-        held_out = {configuration_key(frame) for frame in test_set.get_atoms()}
-        shared = sum(configuration_key(frame) in held_out for frame in training_set.get_atoms())
+        held_out = set(configuration_keys(test_set))  # cached in the sets' extras: each file is read once
+        shared = sum(key in held_out for key in configuration_keys(training_set))
         if shared:
             return (
                 f'test_set: {shared} of its {test_set.count} configurations are in the training set too; a held-out '
@@ -132,7 +132,7 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
     error = _stress_error(value)
     if error:
         return error
-    from aiida_mlmat.workflows.reference import without_torch
+    from aiida_mlmat.calcjobs.base import without_torch
 
     trainer = value.get('training', {}).get('member', {}).get('trainer', {})
     for path, code in (

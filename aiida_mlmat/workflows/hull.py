@@ -47,7 +47,7 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
         missing = sorted(set(elements) - set(value['potential'].species))
         if missing:
             return f'potential: it was not trained on {missing} (its species: {value["potential"].species})'
-        from aiida_mlmat.workflows.reference import without_torch
+        from aiida_mlmat.calcjobs.base import without_torch
 
         if 'code' in value and without_torch(value['code']):
             return (

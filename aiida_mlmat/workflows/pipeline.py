@@ -65,7 +65,7 @@ def pipeline_summary(config: orm.Dict, **nodes: orm.Data) -> orm.Dict:
 def validate_inputs(value: Any, _: Any = None) -> str | None:
     """The Codes the jobs need, given before anything runs (not found missing after the sampling): the aiida-ase
     labeller's, and a worker Code with torch for training, descriptors and exploration."""
-    from aiida_mlmat.workflows.reference import without_torch
+    from aiida_mlmat.calcjobs.base import without_torch
 
     config = value.get('config')
     reference = (config.get_dict().get('reference') or {}) if config is not None else {}

@@ -9,7 +9,7 @@ from aiida.common import AttributeDict
 from aiida.engine import ToContext, WorkChain, calcfunction, if_
 from aiida.plugins import CalculationFactory
 
-from aiida_mlmat.calcjobs.base import stored_partition, validate_scheduler_word
+from aiida_mlmat.calcjobs.base import stored_partition, validate_scheduler_word, without_torch
 from aiida_mlmat.calcjobs.label import calculator_error, code_parameters_error
 from aiida_mlmat.calcjobs.sample import SampleCalculation
 from aiida_mlmat.data.configurations import ConfigurationSetData
@@ -145,19 +145,6 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
     if select.get('method') is not None and select['method'].value not in ('fps', 'cur'):
         return f'select.method: `{select["method"].value}` is not one of fps, cur'
     return None
-
-
-def without_torch(code: orm.AbstractCode) -> bool:
-    """Whether ``code`` runs a Python without torch, as the GPAW worker Code of ``mlmat setup`` does: it can sample,
-    label and relax with a reference calculator, but not compute descriptors, train or run a potential.
-
-    Read from the Code's extra ``mlmat_torch`` (:data:`~aiida_mlmat.common.constants.TORCH_EXTRA`; ``verdi node
-    extras``) where set, else from its label (``mlmat-worker-gpaw``).
-    """
-    from aiida_mlmat.common.constants import GPAW_WORKER_CODE, TORCH_EXTRA
-
-    marked = code.base.extras.get(TORCH_EXTRA, None)
-    return marked is False if isinstance(marked, bool) else code.label == GPAW_WORKER_CODE
 
 
 class ReferenceWorkChain(IdempotentLaunchMixin, WorkChain):

@@ -76,6 +76,15 @@ def test_pipeline_runs_every_stage_and_reports(submit_and_await, worker_code, tm
     data = json.loads(result.stdout.strip().splitlines()[-1])
     text = (tmp_path / 'report' / 'summary.md').read_text()
     assert 'PipelineWorkChain' in text and 'Headline figures' in text
+    # per stage: wall time (s) and the calculation jobs under it; the stages run one after another and hold every job
+    record = json.loads((tmp_path / 'report' / 'summary.json').read_text())
+    stages, total = {stage['step']: stage for stage in record['stages']}, record['total']
+    assert sum(stage['n_calcjobs'] for stage in record['stages']) == total['n_calcjobs'] > 0
+    assert stages['reference']['n_calcjobs'] >= 2 and stages['screening']['n_calcjobs'] >= 2  # relaxation, verification
+    assert total['n_calcjobs_failed'] == 0 and all(stage['state'] == 'finished' for stage in record['stages'])
+    walls = [stage['wall_s'] for stage in record['stages']]
+    assert min(walls) >= 0 and stages['active_learning']['wall_s'] > 0 and sum(walls) <= total['wall_s'] + 1
+    assert f'{total["n_calcjobs"]} calculation jobs (0 failed)' in text
     rows = [line.split(' | ')[:2] for line in text.splitlines() if line.startswith('| ') and '<' in line]
     steps = {step.lstrip('| '): process.split('<')[0] for step, process in rows}
     assert steps['reference'] == 'ReferenceWorkChain' and steps['active_learning'] == 'ActiveLearningWorkChain'

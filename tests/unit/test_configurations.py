@@ -73,6 +73,23 @@ def test_round_trip_frames_node_store_atoms():
     assert loaded.label_keys == ['energy', 'forces', 'stress']
 
 
+def test_get_atoms_info_is_plain_python_and_survives_a_round_trip():
+    """ASE's extxyz reader gives numpy scalars in ``info``; a set's frames hold Python numbers instead (arrays stay
+    arrays), and the frames make a byte-identical set again."""
+    import json
+
+    frames = labelled_frames()
+    frames[0].info.update(temperature_K=np.float64(300.5), tags=np.array([1, 2, 3]), flag=True, note='hot')
+    node = ConfigurationSetData(frames)
+    back = node.get_atoms()
+    info = back[0].info
+    scalars = {key: value for key, value in info.items() if key != 'tags'}
+    assert json.loads(json.dumps(scalars)) == scalars
+    assert type(info[INDEX_KEY]) is int and type(info['temperature_K']) is float and info['temperature_K'] == 300.5
+    assert info['tags'].tolist() == [1, 2, 3] and info['flag'] is True and info['note'] == 'hot'
+    assert ConfigurationSetData(back).sha256 == node.sha256
+
+
 def test_attributes():
     frames = labelled_frames()
     node = ConfigurationSetData(frames).store()

@@ -350,10 +350,11 @@ def test_codes_for_the_reference_method_and_for_torch(aiida_profile, worker_code
 
     from aiida import orm
 
+    from aiida_mlmat.calcjobs.base import without_torch
     from aiida_mlmat.cli.pipeline import pipeline_codes
     from aiida_mlmat.cli.utils import reference_worker_code
     from aiida_mlmat.workflows.pipeline_config import validate_config
-    from aiida_mlmat.workflows.reference import ReferenceWorkChain, without_torch
+    from aiida_mlmat.workflows.reference import ReferenceWorkChain
 
     def computer(label):
         node = orm.Computer(label=label, hostname='localhost', transport_type='core.local',
