@@ -98,8 +98,20 @@ def setup_cmd(
 @click.option('--structures', 'structure_files', cls=GreedyOption, help='Seed structure files (CIF, POSCAR, extxyz).')
 @click.option('--calculator', required=True, help='Registry calculator for the labels: emt, lj, gpaw, ...')
 @click.option('--calculator-params', default=None, help='Keyword arguments of the calculator as a JSON object.')
-@click.option('--protocol', type=click.Choice(PROTOCOLS), default='fast', show_default=True)
-@click.option('--labeller', type=click.Choice(['batch', 'aiida-ase']), default='batch', show_default=True)
+@click.option(
+    '--protocol',
+    type=click.Choice(PROTOCOLS),
+    default='fast',
+    show_default=True,
+    help='Preset of sampling and labelling settings (docs/howto/reference-data.md); --overrides changes any of them.',
+)
+@click.option(
+    '--labeller',
+    type=click.Choice(['batch', 'aiida-ase']),
+    default='batch',
+    show_default=True,
+    help='batch: mlmat.label jobs of --chunk-size configurations each; aiida-ase: one ase.ase job per configuration.',
+)
 @click.option(
     '--computer', default=None, help='Computer whose Codes run the jobs (default: localhost, or that of --code).'
 )
@@ -129,7 +141,13 @@ def reference_cmd(ctx: click.Context, **kwargs: object) -> None:
 
 @cli.command('descriptors')
 @click.argument('source')
-@click.option('--kind', type=click.Choice(['chebyshev', 'acsf']), default='chebyshev', show_default=True)
+@click.option(
+    '--kind',
+    type=click.Choice(['chebyshev', 'acsf']),
+    default='chebyshev',
+    show_default=True,
+    help='Chebyshev (Artrith-Urban-Ceder, species-weighted) or ACSF (G1, G2, G4 as DScribe computes them).',
+)
 @click.option(
     '--rcut',
     type=FiniteFloatRange(min=0, min_open=True),
@@ -140,8 +158,16 @@ def reference_cmd(ctx: click.Context, **kwargs: object) -> None:
 @click.option('--out', 'out', type=click.Path(dir_okay=False), default=None, help='Write the arrays to FILE.npz.')
 @click.option('--map', 'map_png', type=click.Path(dir_okay=False), default=None, help='Write a PCA map PNG.')
 @click.option('--colour', default=None, help='Map colour: `energy` or `composition:EL` (default: first element).')
-@click.option('--dtype', type=click.Choice(['float32', 'float64']), default='float64', show_default=True)
-@click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto', show_default=True)
+@click.option(
+    '--dtype', type=click.Choice(['float32', 'float64']), default='float64', show_default=True, help='Precision.'
+)
+@click.option(
+    '--device',
+    type=click.Choice(['auto', 'cpu', 'cuda']),
+    default='auto',
+    show_default=True,
+    help='Where to compute: auto takes a CUDA GPU when the worker (for a FILE, this process) sees one.',
+)
 @click.option('--json', 'json_output', is_flag=True, help='Print one JSON object as the last line.')
 @click.pass_context
 def descriptors_cmd(ctx: click.Context, **kwargs: object) -> None:
@@ -159,12 +185,24 @@ def descriptors_cmd(ctx: click.Context, **kwargs: object) -> None:
     default=None,
     help=f'Number of ensemble members K (1 to {MAX_ENSEMBLE_SIZE}).',
 )
-@click.option('--protocol', type=click.Choice(PROTOCOLS), default='fast', show_default=True)
+@click.option(
+    '--protocol',
+    type=click.Choice(PROTOCOLS),
+    default='fast',
+    show_default=True,
+    help='Preset of model and training settings (docs/howto/training.md); --overrides changes any of them.',
+)
 @click.option(
     '--computer', default=None, help='Computer whose worker Code trains (default: localhost, or that of --code).'
 )
 @click.option('--code', default=None, help='The worker Code that trains (default: mlmat-worker@COMPUTER).')
-@click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto', show_default=True)
+@click.option(
+    '--device',
+    type=click.Choice(['auto', 'cpu', 'cuda']),
+    default='auto',
+    show_default=True,
+    help='Where each member trains: auto takes a CUDA GPU when the training job sees one.',
+)
 @click.option('--gpus', type=click.IntRange(min=0), default=0, help='GPUs per job (SLURM --gres=gpu:N).')
 @click.option(
     '--max-minutes',

@@ -561,6 +561,17 @@ def daemon_running() -> bool | None:
         return None
 
 
+#: The wait between two checks of a ``--wait`` is at least this many times what the last check took (so waiting costs
+#: at most about a tenth of a core), and at most ``POLL_MAX_S`` seconds (or ``poll``, where that is longer).
+POLL_COST_FACTOR = 9.0
+POLL_MAX_S = 5.0
+
+
+def next_wait(poll: float, check_s: float) -> float:
+    """Seconds to wait before the next check of a ``--wait``, given ``poll`` and what the last check took (s)."""
+    return min(max(poll, POLL_COST_FACTOR * check_s), max(poll, POLL_MAX_S))
+
+
 def _poll_until_terminated(node: Any, start: float, quiet: bool, poll: float, timeout: float | None) -> None:
     """Print a status line when it changes, and every report of the process and its children as it is written."""
     last = ''
@@ -586,6 +597,7 @@ def _poll_until_terminated(node: Any, start: float, quiet: bool, poll: float, ti
                     err=True,
                 )
             daemon_down = running is False
+        checked = time.monotonic()
         descendants = node.called_descendants
         paused = [process for process in (node, *descendants) if process.paused and not process.is_terminated]
         if paused:
@@ -602,7 +614,9 @@ def _poll_until_terminated(node: Any, start: float, quiet: bool, poll: float, ti
             last = line.split('] ', 1)[1]
         if not quiet:
             echo_reports(descendants)
-        time.sleep(poll)
+        # a check reads every process under the workflow: on a big one it costs tenths of a second, so the wait
+        # between checks grows with it (up to POLL_MAX_S), keeping the waiting below a tenth of a core
+        time.sleep(next_wait(poll, time.monotonic() - checked))
     if not quiet:
         echo_reports()  # what was written in the last interval
 

@@ -139,3 +139,60 @@ def test_documented_command_exists(where: str, line: str) -> None:
 def test_misspelt_command_is_caught(line: str, message: str) -> None:
     with pytest.raises(AssertionError, match=message):
         check_command_line(line)
+
+
+#: The commands and options the shared interface contract (design/INTERFACES.md) names, ``--help`` left out.
+CONTRACT = {
+    'setup': {'--profile', '--gpaw-python', '--slurm-host', '--slurm-user', '--slurm-key', '--json'},
+    'reference': {
+        '--elements', '--structures', '--calculator', '--calculator-params', '--protocol', '--labeller',
+        '--computer', '--wait', '--json',
+    },
+    'dataset import': {'--label', '--json'},
+    'dataset export': set(),
+    'dataset show': {'--json'},
+    'descriptors': {'--kind', '--rcut', '--out', '--json'},
+    'train': {'--ensemble', '--protocol', '--computer', '--device', '--max-minutes', '--wait', '--json'},
+    'potential evaluate': {'--json'},
+    'potential export': set(),
+    'screen': {
+        '--potential', '--calculator', '--candidates', '--elements', '--references', '--verify-top',
+        '--verify-calculator', '--wait', '--json',
+    },
+    'run': {'--wait', '--json'},
+    'report': {'--out'},
+    'provenance': {'--json'},
+    'export': set(),
+}  # fmt: skip
+
+
+def _leaf_commands(command: click.Command, path: tuple[str, ...] = ()) -> dict[str, click.Command]:
+    if not isinstance(command, click.Group):
+        return {' '.join(path): command}
+    found: dict[str, click.Command] = {}
+    for name, sub in command.commands.items():
+        found.update(_leaf_commands(sub, (*path, name)))
+    return found
+
+
+def test_every_command_and_option_is_in_the_contract_or_the_additions_page() -> None:
+    """docs/reference/interfaces.md lists what the package adds to the contract: a new command in its first table,
+    a new option in the row of its command in the second; an option or command added to the code but to neither
+    fails here."""
+    page = (ROOT / 'docs' / 'reference' / 'interfaces.md').read_text()
+    new_commands = set(re.findall(r'^\| `mlmat ([a-z -]+?)(?: [A-Z\[].*?)?` \|', page, flags=re.MULTILINE))
+    rows = dict(re.findall(r'^\| `mlmat ([a-z -]+)` \| (.+) \|$', page, flags=re.MULTILINE))
+    assert {'potential list', 'dataset used-by', 'import'} <= new_commands and 'screen' in rows  # the parser reads it
+    missing = []
+    for name, command in sorted(_leaf_commands(cli).items()):
+        options = {opt for param in command.params if isinstance(param, click.Option) for opt in param.opts}
+        options = {opt for opt in options if opt.startswith('--')} - {'--help'}
+        if name not in CONTRACT:
+            if name not in new_commands:
+                missing.append(f'command `mlmat {name}`')
+            continue
+        added = options - CONTRACT[name]
+        listed = set(re.findall(r'--[a-z-]+', rows.get(name, '')))
+        missing += [f'`mlmat {name} {option}`' for option in sorted(added - listed)]
+        assert CONTRACT[name] <= options, f'`mlmat {name}` lost a contract option: {CONTRACT[name] - options}'
+    assert not missing, f'not in docs/reference/interfaces.md: {missing}'

@@ -101,3 +101,14 @@ def test_wait_stops_at_a_paused_workflow_itself(aiida_profile):
         f'PipelineWorkChain<{node.pk}> is paused (Paused through `verdi process pause`). Fix the cause, then '
         f'`verdi process play {node.pk}` to go on, or `verdi process kill {node.pk}` to stop'
     )
+
+
+def test_wait_between_checks_grows_with_what_a_check_costs():
+    """A check of a workflow with hundreds of processes under it takes tenths of a second; waiting ``poll`` after it
+    kept a waiting ``mlmat run --wait`` at a fifth of a core. The wait is now 9 times the check, up to 5 s."""
+    from aiida_mlmat.cli.utils import next_wait
+
+    assert next_wait(1.0, 0.01) == 1.0  # a cheap check: the given poll
+    assert next_wait(1.0, 0.2) == pytest.approx(1.8)  # waiting stays at a tenth of the time
+    assert next_wait(1.0, 3.0) == 5.0  # capped, so the end of a run is seen within seconds
+    assert next_wait(10.0, 3.0) == 10.0 and next_wait(0.01, 0.0) == 0.01  # a longer or shorter given poll holds
