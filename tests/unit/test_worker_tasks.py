@@ -826,3 +826,50 @@ def test_label_of_an_empty_structures_file_is_invalid_input(tmp_path):
     (tmp_path / 'structures.extxyz').write_text('')
     error = error_of(tmp_path, main(['label', str(path)]))
     assert error['code'] == 'INVALID_INPUT'
+
+
+# --- threads ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ('environ', 'expected', 'after'),
+    [
+        ({}, 1, '1'),  # a machine shared with other jobs: one thread each
+        ({'SLURM_CPUS_PER_TASK': '4'}, 4, '4'),  # SLURM's --cpus-per-task: the job's own cores
+        ({'SLURM_CPUS_PER_TASK': 'x'}, 1, '1'),
+        ({'OMP_NUM_THREADS': '3'}, None, None),  # set by the Code or the job's environment: kept
+        ({'MKL_NUM_THREADS': '2'}, None, None),
+    ],
+)
+def test_configure_threads(environ, expected, after):
+    from aiida_mlmat.worker.__main__ import configure_threads
+
+    given = dict(environ)
+    assert configure_threads(environ) == expected
+    if after is None:
+        assert environ == given  # nothing changed
+    else:
+        assert environ['OMP_NUM_THREADS'] == environ['MKL_NUM_THREADS'] == after
+
+
+@pytest.mark.parametrize(('omp', 'expected'), [(None, 1), ('2', 2)])
+def test_worker_program_computes_with_the_configured_threads(tmp_path, omp, expected):
+    """``mlmat-worker`` run as a program (as every job runs it) records the threads torch computed with."""
+    import os
+    import subprocess
+    import sys
+
+    write_extxyz(tmp_path / 'structures.extxyz', mixed_frames()[:2])
+    spec = {'kind': 'chebyshev', 'species': ['Au', 'Cu'], 'rcut': 4.0, 'n_radial': 4, 'n_angular': 2}
+    params = {'schema_version': SCHEMA_VERSION, 'task': 'descriptors', 'structures': 'structures.extxyz',
+              'descriptor': spec, 'device': 'cpu'}  # fmt: skip
+    (tmp_path / 'input.json').write_text(json.dumps(params))
+    environ = {key: value for key, value in os.environ.items() if key not in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')}
+    environ.pop('SLURM_CPUS_PER_TASK', None)
+    if omp is not None:
+        environ['OMP_NUM_THREADS'] = omp
+    command = [sys.executable, '-m', 'aiida_mlmat.worker', 'descriptors', 'input.json']
+    completed = subprocess.run(command, cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=300)
+    results = json.loads((tmp_path / RESULTS_JSON).read_text())
+    assert completed.returncode == 0 and results['status'] == 'ok', completed.stderr
+    assert results['threads'] == expected
