@@ -420,10 +420,7 @@ def potentials_trained_on(configuration: Any) -> list[TrainedOn]:
     """
     if isinstance(configuration, tuple):
         dataset, index = configuration
-        frames = dataset.get_atoms()
-        if not 0 <= int(index) < len(frames):
-            raise IndexError(f'configuration {index} is outside the set of {len(frames)}')
-        configuration = frames[int(index)]
+        configuration = dataset.get_frame(int(index))  # raises IndexError outside the set
     if not isinstance(configuration, Atoms):
         raise TypeError(
             f'configuration: expected an ase.Atoms or (ConfigurationSetData, index), got {type(configuration).__name__}'

@@ -171,7 +171,7 @@ def dataset_used_by(profile: str | None, identifier: str, index: int, json_outpu
     node = load_node(identifier, ConfigurationSetData)
     if not 0 <= index < node.count:
         raise MlmatCliError(f'INDEX: configuration {index} is outside the set of {node.count} (0 to {node.count - 1})')
-    atoms = node.get_atoms()[index]
+    atoms = node.get_frame(index)
     hits = potentials_trained_on(atoms)
     if json_output:
         echo_json({

@@ -175,6 +175,7 @@ class ConfigurationSetData(orm.Data):
         :param calculator: ``{'name': ..., 'parameters': {...}}`` of the calculator that made the labels.
         :param excluded: records ``{'index', 'formula', 'reason'}`` of configurations that failed.
         """
+        parsed = kwargs.pop('_parsed', None)  # from_file: the frames of ``content``, parsed there already
         super().__init__(**kwargs)
         if frames is None and content is None:
             raise ValueError('give either `frames` or `content`')
@@ -186,6 +187,8 @@ class ConfigurationSetData(orm.Data):
                 except InvalidConfigurationError as exc:
                     raise ValueError(f'configuration {position} ({frame.get_chemical_formula()}): {exc}') from exc
             content = extxyz_string(frames).encode('utf-8') if frames else b''
+        elif parsed is not None:
+            frames = parsed
         else:
             frames = parse_extxyz_bytes(content, validate=False) if content.strip() else []
         self._set_content(content, list(frames))
@@ -225,7 +228,7 @@ class ConfigurationSetData(orm.Data):
             error = partial_label_error(frames, path.name)
             if error:
                 raise CorruptFileError(error)
-        return cls(content=content, **kwargs)
+        return cls(content=content, _parsed=frames, **kwargs)  # the file is read and parsed once
 
     @property
     def count(self) -> int:
@@ -276,6 +279,19 @@ class ConfigurationSetData(orm.Data):
         for frame in frames:
             frame.info = {key: _plain(value) for key, value in frame.info.items()}
         return frames
+
+    def get_frame(self, index: int) -> Atoms:
+        """Configuration ``index`` (from 0) as :meth:`get_atoms` gives it, parsing only that frame of the file.
+
+        :raises IndexError: for an index outside the set.
+        """
+        if not 0 <= int(index) < self.count:
+            raise IndexError(f'configuration {index} is outside the set of {self.count} (0 to {self.count - 1})')
+        from ase.io import read
+
+        frame = read(io.StringIO(self.get_content().decode('utf-8')), index=int(index), format='extxyz')
+        frame.info = {key: _plain(value) for key, value in frame.info.items()}
+        return frame
 
     def write_extxyz(self, path: str | pathlib.Path) -> None:
         """Write the configurations to an extxyz file (byte for byte what is stored)."""

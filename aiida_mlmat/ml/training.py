@@ -154,31 +154,36 @@ def release_memory(device: str | torch.device) -> None:
 
 
 def precompute_descriptors(model: torch.nn.Module, batches: Sequence[Batch], memory_mb: float) -> str:
-    """Store every batch's descriptors and their edge derivatives when the model can use them and they fit.
+    """Store the batches' descriptors and their edge derivatives when the model can use them, as many batches as
+    fit in ``memory_mb`` (in order; a batch that does not fit is skipped, a smaller one after it may still fit).
 
-    When the device runs out of memory while they are computed, what was stored is dropped and the batches are
-    left as they were: training goes on, recomputing descriptors at every step (slower, the same numbers).
+    A batch with stored derivatives trains from them, the others recompute their descriptors at every step: the
+    same numbers either way, the stored ones 5-7 times faster. When the device runs out of memory while they are
+    computed, what was stored is dropped and every batch recomputes.
 
     :param memory_mb: the most memory (MiB) the derivatives may take, all batches together.
-    :return: ``stored``, or why they were not: ``unsupported`` (the model cannot use them), ``disabled`` (a budget
-        of 0 or no batches), ``over_budget``, ``out_of_memory``.
+    :return: ``stored`` (every batch), ``partial`` (some: the budget holds no more), or why none were:
+        ``unsupported`` (the model cannot use them), ``disabled`` (a budget of 0 or no batches), ``over_budget``
+        (no batch fits), ``out_of_memory``.
     """
     if not hasattr(model, 'forward_precomputed'):
         return 'unsupported'
     if memory_mb <= 0 or not batches:
         return 'disabled'
-    n_edges = sum(len(batch.graph.centre) for batch in batches)
     dtype = batches[0].graph.positions.dtype
-    if EdgeJacobian.nbytes(n_edges, model.spec.n_features, dtype) > memory_mb * 2**20:
-        return 'over_budget'
+    budget, used, stored = memory_mb * 2**20, 0, 0
     try:
         for batch in batches:
+            size = EdgeJacobian.nbytes(len(batch.graph.centre), model.spec.n_features, dtype)
+            if used + size > budget:
+                continue
             batch.jacobian = edge_jacobian(model.descriptor, batch.graph)
+            used, stored = used + size, stored + 1
     except (RuntimeError, MemoryError) as exc:
         if not is_out_of_memory(exc):
             raise
     else:
-        return 'stored'
+        return 'stored' if stored == len(batches) else 'partial' if stored else 'over_budget'
     # outside the except clause: its traceback no longer holds the partial results
     for batch in batches:
         batch.jacobian = None
@@ -564,4 +569,8 @@ def train(
         'warm_start': init_from is not None and resume_from is None,
         'descriptors_precomputed': storage == 'stored',
         'descriptors_storage': storage,
+        'descriptors_stored_batches': [
+            sum(batch.jacobian is not None for batch in train_batches + val_batches),
+            len(train_batches) + len(val_batches),
+        ],
     }

@@ -106,6 +106,21 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
     return None
 
 
+def storage_warning(results: dict[str, Any]) -> str | None:
+    """What a member's ``results`` say of descriptor derivatives it could not store, or None when there is nothing
+    to say (all stored, or not asked for: a budget of 0, a model that cannot use them)."""
+    storage = results.get('descriptors_storage')
+    if storage not in ('partial', 'over_budget', 'out_of_memory'):
+        return None
+    stored, total = results.get('descriptors_stored_batches') or (0, None)
+    what = f'{stored} of {total} batches' if total else 'none'
+    why = 'the device ran out of memory' if storage == 'out_of_memory' else 'training.jacobian_memory_mb held no more'
+    return (
+        f'descriptor derivatives stored for {what} ({why}); the others recomputed their descriptors every step, '
+        'several times slower (docs/howto/training.md, "Speed")'
+    )
+
+
 class TrainingWorkChain(IdempotentLaunchMixin, WorkChain):
     """Train an ensemble of potentials on a labelled configuration set and evaluate it on a held-out test split.
 
@@ -282,6 +297,10 @@ class TrainingWorkChain(IdempotentLaunchMixin, WorkChain):
         self.out('plots', {key: evaluation[key] for key in ('parity_energy', 'parity_forces') if key in evaluation})
         member_results = {key: self.ctx[key].outputs.results for key in sorted(members)}
         self.out('member_results', member_results)
+        for key, results in member_results.items():
+            line = storage_warning(results.get_dict())
+            if line:
+                self.report(f'{key}: {line}')
         self.out('plots.learning_curves', plot_learning_curves(**member_results))
         metrics = evaluation['metrics'].get_dict()
         self.report(

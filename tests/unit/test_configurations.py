@@ -338,3 +338,18 @@ def test_a_set_built_from_frames_refuses_unusable_labels(labels, message):
     big = bulk('Cu', 'fcc', a=3.61, cubic=True)
     big.calc = SinglePointCalculator(big, energy=-1.0, forces=np.full((4, 3), 2e4))  # beyond LABEL_LIMITS
     assert ConfigurationSetData([good, big]).count == 2  # magnitudes are for files to check, not for stored labels
+
+
+def test_get_frame_is_the_frame_of_get_atoms():
+    """``get_frame(i)`` parses one frame only (``dataset used-by`` on a set of 30,000 read all of them)."""
+    node = ConfigurationSetData(labelled_frames())
+    frames = node.get_atoms()
+    for index, expected in enumerate(frames):
+        frame = node.get_frame(index)
+        assert frame.get_chemical_symbols() == expected.get_chemical_symbols() and frame.info == expected.info
+        np.testing.assert_array_equal(frame.positions, expected.positions)
+        np.testing.assert_array_equal(frame.get_forces(), expected.get_forces())
+        assert frame.get_potential_energy() == expected.get_potential_energy()
+    for outside in (-1, len(frames)):
+        with pytest.raises(IndexError, match=f'configuration {outside} is outside the set of 3'):
+            node.get_frame(outside)

@@ -336,6 +336,17 @@ def test_training_on_precomputed_descriptors_equals_recomputing_them_and_resumes
     slow = train(small_config(), *data, TrainingConfig(**config, jacobian_memory_mb=0), tmp_path / 'slow')
     assert fast['descriptors_precomputed'] and not slow['descriptors_precomputed']
     assert (fast['descriptors_storage'], slow['descriptors_storage']) == ('stored', 'disabled')
+    # a budget that holds some batches only: those train from stored derivatives, the rest recompute; same numbers
+    model = build_model(small_config()).double()
+    batches = make_batches([*data[0], *data[1]], model.cutoff, config['batch_size'], torch.float64, 'cpu', True, True)
+    needed_mb = sum(len(batch.graph.centre) for batch in batches) * model.spec.n_features * 3 * 8 / 2**20
+    half = train(small_config(), *data, TrainingConfig(**config, jacobian_memory_mb=0.5 * needed_mb), tmp_path / 'half')
+    stored, total = half['descriptors_stored_batches']
+    assert fast['descriptors_stored_batches'] == [total, total] and total >= 6
+    assert half['descriptors_storage'] == 'partial' and 0 < stored < total, half['descriptors_stored_batches']
+    assert [row['train_loss'] for row in half['learning_curve']] == pytest.approx(
+        [row['train_loss'] for row in slow['learning_curve']], rel=1e-9
+    )
     assert [row['train_loss'] for row in fast['learning_curve']] == pytest.approx(
         [row['train_loss'] for row in slow['learning_curve']], rel=1e-9
     )
@@ -361,9 +372,16 @@ def test_precompute_respects_the_memory_budget(data):
     batches = make_batches(data[0], model.cutoff, 8, torch.float64, 'cpu', True, False)
     n_edges = sum(len(batch.graph.centre) for batch in batches)
     needed_mb = n_edges * model.spec.n_features * 3 * 8 / 2**20
-    assert precompute_descriptors(model, batches, 0.9 * needed_mb) == 'over_budget'
+    sizes = [len(batch.graph.centre) * model.spec.n_features * 3 * 8 / 2**20 for batch in batches]
+    assert len(batches) >= 3 and sum(sizes) == pytest.approx(needed_mb)
+    assert precompute_descriptors(model, batches, 0.9 * min(sizes)) == 'over_budget'
     assert all(batch.jacobian is None for batch in batches)
     assert precompute_descriptors(model, batches, 0) == 'disabled'
+    # as many batches as the budget holds, in order: here the first, and no other fits beside it
+    assert precompute_descriptors(model, batches, sizes[0] + 0.5 * min(sizes[1:])) == 'partial'
+    assert [batch.jacobian is not None for batch in batches] == [True] + [False] * (len(batches) - 1)
+    for batch in batches:
+        batch.jacobian = None
     assert precompute_descriptors(model, batches, 1.1 * needed_mb) == 'stored'
     assert all(batch.jacobian is not None for batch in batches)
 

@@ -131,3 +131,13 @@ def test_out_of_memory_halves_the_batch_and_the_stored_descriptor_budget(aiida_l
     assert result == TrainBaseWorkChain.exit_codes.ERROR_UNRECOVERABLE_FAILURE
     assert 'checkpoint' not in process.ctx.inputs
     assert process.ctx.inputs.training.get_dict()['epochs'] == 5  # the other settings kept
+
+
+def test_storage_warning_names_what_was_not_stored():
+    from aiida_mlmat.workflows.training import storage_warning
+
+    assert storage_warning({'descriptors_storage': 'stored', 'descriptors_stored_batches': [5, 5]}) is None
+    assert storage_warning({'descriptors_storage': 'disabled'}) is None  # asked for: a budget of 0
+    line = storage_warning({'descriptors_storage': 'partial', 'descriptors_stored_batches': [3, 8]})
+    assert line.startswith('descriptor derivatives stored for 3 of 8 batches (training.jacobian_memory_mb held no')
+    assert 'none (the device ran out of memory)' in storage_warning({'descriptors_storage': 'out_of_memory'})
