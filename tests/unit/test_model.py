@@ -643,3 +643,44 @@ def test_worker_reports_a_failed_allocation_as_out_of_memory(data, tmp_path, mon
     error = json.loads((tmp_path / 'results.json').read_text())['error']
     assert error['code'] == 'OUT_OF_MEMORY'
     assert error['message'].startswith('out of memory on cpu:') and "can't allocate memory" in error['message']
+
+
+def test_batched_reference_errors_equal_frame_by_frame(model):
+    """``reference_errors`` evaluates an MLMatCalculator's test frames in batched graphs; every number equals the
+    frame-by-frame ASE evaluation (any other calculator), periodic frames with stress and a cluster without."""
+    from ase import Atoms
+    from ase.calculators.calculator import Calculator, all_changes
+
+    from aiida_mlmat.ml.calculator import MLMatCalculator, reference_errors
+
+    torch.manual_seed(1)
+    other = build_model(small_config()).double()
+    ensemble = MLMatCalculator([model, other])
+    cluster = Atoms('Cu2Au', positions=[[0, 0, 0], [2.5, 0, 0], [1.2, 2.1, 0.2]], pbc=False)
+    cluster.calc = EMT()
+    labels = {'energy': cluster.get_potential_energy(), 'forces': cluster.get_forces()}
+    cluster.calc = SinglePointCalculator(cluster, **labels)
+    frames = [*emt_data(5, 3), cluster, *emt_data(4, 4, repeat=(1, 1, 1))]
+
+    class FrameByFrame(Calculator):
+        implemented_properties = ('energy', 'forces', 'stress')
+
+        def calculate(self, atoms=None, properties=('energy',), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            inner = MLMatCalculator([model, other])
+            inner.calculate(self.atoms, ['energy', 'forces', 'stress'], all_changes)
+            self.results = dict(inner.results)
+
+    batched, batched_arrays = reference_errors(ensemble, frames)
+    looped, looped_arrays = reference_errors(FrameByFrame(), frames)
+    assert set(batched) == set(looped) >= {'energy_rmse_per_atom', 'forces_rmse', 'stress_rmse'}
+    for key, value in looped.items():
+        assert batched[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    for key, value in looped_arrays.items():
+        np.testing.assert_allclose(batched_arrays[key], value, rtol=1e-9, atol=1e-12, err_msg=key)
+    assert batched_arrays['energy_std'].shape == (10,) and (batched_arrays['energy_std'] > 0).all()
+    # a batch smaller than the set gives the same numbers
+    small = ensemble.predict_frames(frames, batch_size=3)
+    full = ensemble.predict_frames(frames)
+    assert [p['energy'] for p in small] == pytest.approx([p['energy'] for p in full], rel=1e-12)
+    assert 'stress' not in full[5] and full[0]['stress'].shape == (6,)
