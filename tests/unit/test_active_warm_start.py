@@ -99,8 +99,9 @@ def test_warm_start_mismatch_names_species_and_tolerates_defaults():
     assert message is not None and "species ['Cu', 'Au'] (previous) != ['Cu'] (new)" in message
 
 
-def test_worker_train_task_starts_from_potential_member(first_model, tmp_path):
-    """The worker reads `init_model` from the job's potential/ folder; a missing file is a coded error."""
+def test_worker_train_task_starts_from_potential_member(first_model, tmp_path, capsys):
+    """The worker reads `init_model` from the job's potential/ folder; a missing file is a coded error. Every epoch
+    is a line on stdout (the job's worker.out)."""
     from aiida_mlmat.worker.__main__ import main
     from aiida_mlmat.worker.structures import write_extxyz
 
@@ -122,9 +123,14 @@ def test_worker_train_task_starts_from_potential_member(first_model, tmp_path):
     assert results['error']['code'] == 'MISSING_FILE' and 'potential/member_1.pt' in results['error']['message']
     (tmp_path / 'potential').mkdir()
     (tmp_path / 'potential' / 'member_1.pt').write_bytes(first_model.read_bytes())
+    capsys.readouterr()
     assert main(['train', str(tmp_path / 'input.json')]) == 0
     results = json.loads((tmp_path / 'results.json').read_text())
     assert results['status'] == 'ok' and results['warm_start'] is True
+    (line,) = capsys.readouterr().out.splitlines()  # one epoch
+    row = results['learning_curve'][0]
+    assert line.startswith(f'epoch 1: train loss {row["train_loss"]:.5g}, validation loss {row["validation_loss"]:.5g}')
+    assert 'validation force RMSE' in line and 'eV/Å' in line
     from aiida_mlmat.worker.schema import validate_input
 
     with pytest.raises(ValueError, match='init_model'):

@@ -18,6 +18,14 @@ from aiida_mlmat.worker.errors import ErrorCode, WorkerError
 from aiida_mlmat.worker.tasks import read_input_frames
 
 
+def epoch_line(row: dict[str, Any]) -> None:
+    """One line per epoch on stdout (the job's ``worker.out``, flushed): a long training shows how far it is."""
+    forces = row.get('forces_rmse')
+    text = f'epoch {row["epoch"]}: train loss {row["train_loss"]:.5g}, validation loss {row["validation_loss"]:.5g}'
+    text += f', validation force RMSE {forces:.4f} eV/Å' if isinstance(forces, float) else ''
+    print(f'{text}, learning rate {row["learning_rate"]:.3g}', flush=True)
+
+
 def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """Train; see the module docstring."""
     import torch
@@ -41,8 +49,9 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
         raise WorkerError(ErrorCode.MISSING_FILE, f'initial model `{params["init_model"]}` is missing')
     try:
         summary = train(
-            params['model'], train_frames, validation_frames, config, workdir, resume_from=resume, init_from=init
-        )
+            params['model'], train_frames, validation_frames, config, workdir, resume_from=resume, init_from=init,
+            log=epoch_line,
+        )  # fmt: skip
     except TrainingError as exc:
         raise WorkerError(ErrorCode(exc.code), exc.message) from exc
     except (RuntimeError, MemoryError) as exc:  # CUDA's OutOfMemoryError, or the CPU allocator's under a memory limit
