@@ -18,14 +18,18 @@ def list_sets(limit: int) -> None:
 
     from aiida_mlmat.data.configurations import ConfigurationSetData
 
-    query = orm.QueryBuilder().append(ConfigurationSetData, project=['id', 'attributes', 'label', 'ctime'])
+    # the few attributes shown, not all of them: a set's attributes hold a formula per configuration
+    keys = ('count', 'species', 'label_keys', 'calculator')
+    query = orm.QueryBuilder().append(
+        ConfigurationSetData, project=['id', *(f'attributes.{key}' for key in keys), 'label']
+    )
     query.order_by({ConfigurationSetData: {'id': 'desc'}}).limit(limit)
     click.echo(f'{"pk":>6} {"count":>6} {"species":<16} {"labels":<22} {"calculator":<10} label')
-    for pk, attributes, label, _ in query.all():
-        calculator = (attributes.get('calculator') or {}).get('name', '-')
+    for pk, count, species, label_keys, calculator, label in query.all():
+        name = (calculator or {}).get('name', '-') if isinstance(calculator, dict) else '-'
         click.echo(
-            f'{pk:>6} {attributes.get("count", 0):>6} {"-".join(attributes.get("species", [])):<16} '
-            f'{",".join(attributes.get("label_keys", [])) or "-":<22} {calculator:<10} {label}'
+            f'{pk:>6} {count or 0:>6} {"-".join(species or []):<16} {",".join(label_keys or []) or "-":<22} '
+            f'{name:<10} {label}'
         )
 
 

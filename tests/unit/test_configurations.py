@@ -353,3 +353,18 @@ def test_get_frame_is_the_frame_of_get_atoms():
     for outside in (-1, len(frames)):
         with pytest.raises(IndexError, match=f'configuration {outside} is outside the set of 3'):
             node.get_frame(outside)
+
+
+def test_verdi_data_mlmat_list_shows_each_set():
+    from click.testing import CliRunner
+
+    from aiida_mlmat.cli.verdi import data_mlmat
+
+    labelled = ConfigurationSetData(labelled_frames(), calculator={'name': 'emt', 'parameters': {}}, label='emt set')
+    labelled.store()
+    bare = ConfigurationSetData([Atoms('Cu', cell=[3, 3, 3], pbc=True)], label='unlabelled').store()
+    result = CliRunner().invoke(data_mlmat, ['list', '--limit', '2'])
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.splitlines()[1:]]
+    assert rows[0] == [str(bare.pk), '1', 'Cu', '-', '-', 'unlabelled']  # newest first
+    assert rows[1] == [str(labelled.pk), '3', 'Au-Cu', 'energy,forces,stress', 'emt', 'emt', 'set']
