@@ -91,11 +91,31 @@ def waits_for_nothing(node: Any) -> bool:
     return all(child.is_terminated for child in node.called)
 
 
+def _end_time(process: Any) -> Any:
+    """When a terminated process ended: the newest of its own and its descendants' outputs, called processes and log
+    entries (never past its ``mtime``). ``mtime`` alone moves with any later write to the node (an extra, a label,
+    a rehash), so a report written days later would count the days."""
+    from aiida import orm
+
+    ids = [process.pk, *(node.pk for node in getattr(process, 'called_descendants', []))]
+    times = [process.ctime]
+    created = orm.QueryBuilder().append(orm.ProcessNode, filters={'id': {'in': ids}}, tag='process')
+    created.append(
+        orm.Node, with_incoming='process', edge_filters={'type': {'in': ['create', 'return']}}, project=['ctime']
+    )
+    times += created.all(flat=True)
+    if len(ids) > 1:
+        called = orm.QueryBuilder().append(orm.ProcessNode, filters={'id': {'in': ids[1:]}}, project=['ctime'])
+        times += called.all(flat=True)
+    times += orm.QueryBuilder().append(orm.Log, filters={'dbnode_id': {'in': ids}}, project=['time']).all(flat=True)
+    return min(max(times), process.mtime)
+
+
 def _wall_s(process: Any) -> float:
-    """Seconds from a process's creation to its last change (its end, once it has ended; now, while it runs)."""
+    """Seconds from a process's creation to its end (:func:`_end_time`; now, while it runs)."""
     from aiida.common import timezone
 
-    end = process.mtime if process.is_terminated else timezone.now()
+    end = _end_time(process) if process.is_terminated else timezone.now()
     return round(max((end - process.ctime).total_seconds(), 0.0), 1)
 
 
@@ -154,7 +174,7 @@ def summary_markdown(node: Any, plots: list[str]) -> str:
         '',
         '## Stages',
         '',
-        f'Wall time in all {_fmt(total["wall_s"], 3)} s, {total["n_calcjobs"]} calculation jobs '
+        f'Wall time in all {total["wall_s"]:.1f} s, {total["n_calcjobs"]} calculation jobs '
         f'({total["n_calcjobs_failed"]} failed).',
         '',
         '| step | process | state | exit status | wall time (s) | jobs | failed jobs |',
@@ -163,7 +183,7 @@ def summary_markdown(node: Any, plots: list[str]) -> str:
     for stage in stages:
         lines.append(
             f'| {stage["step"]} | {stage["process"]} | {stage["state"]} | {stage["exit_status"]} '
-            f'| {_fmt(stage["wall_s"], 3)} | {stage["n_calcjobs"]} | {stage["n_calcjobs_failed"]} |'
+            f'| {stage["wall_s"]:.1f} | {stage["n_calcjobs"]} | {stage["n_calcjobs_failed"]} |'
         )
     lines += _iteration_table(node)
     if 'summary' in node.outputs:

@@ -95,10 +95,13 @@ class MLMatCalculator(Calculator):
         if want_stress:
             self.results['stress'] = np.mean(stresses, axis=0)
 
-    def predict_frames(self, frames: Sequence[Any], batch_size: int = 32) -> list[dict[str, Any]]:
+    def predict_frames(
+        self, frames: Sequence[Any], batch_size: int = 32, max_atoms: int = 1024
+    ) -> list[dict[str, Any]]:
         """Energy (eV), ``energy_std`` (eV), forces (eV/Å) and, for periodic frames, stress (eV/Å^3) of every frame:
-        the ensemble means, as :meth:`calculate` gives them, with ``batch_size`` frames in one graph per member
-        (a test split of thousands evaluated frame by frame took a minute in a daemon worker).
+        the ensemble means, as :meth:`calculate` gives them, with up to ``batch_size`` frames and ``max_atoms``
+        atoms in one graph per member (a frame above ``max_atoms`` alone): 4-5 times faster than frame by frame for
+        cells of 8-32 atoms, with the memory of one graph bounded.
         """
         unknown = {symbol for frame in frames for symbol in frame.get_chemical_symbols()} - self.species
         if unknown:
@@ -107,8 +110,7 @@ class MLMatCalculator(Calculator):
         periodic = [index for index, frame in enumerate(frames) if frame.pbc.all()]
         other = [index for index, frame in enumerate(frames) if not frame.pbc.all()]
         for indices, want_stress in ((periodic, True), (other, False)):
-            for start in range(0, len(indices), batch_size):
-                group = indices[start : start + batch_size]
+            for group in _groups(indices, [len(frames[index]) for index in indices], batch_size, max_atoms):
                 atoms = [frames[index] for index in group]
                 energies, forces, stresses = [], [], []
                 for model in self.models:
@@ -130,6 +132,23 @@ class MLMatCalculator(Calculator):
                         prediction['stress'] = np.mean(stresses, axis=0)[position]
                     predictions[index] = prediction
         return predictions  # type: ignore[return-value]
+
+
+def _groups(indices: list[int], sizes: list[int], batch_size: int, max_atoms: int) -> list[list[int]]:
+    """Consecutive groups of ``indices`` of at most ``batch_size`` members and ``max_atoms`` atoms (``sizes``);
+    a member larger than ``max_atoms`` is a group of its own."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    atoms = 0
+    for index, size in zip(indices, sizes, strict=True):
+        if current and (len(current) >= batch_size or atoms + size > max_atoms):
+            groups.append(current)
+            current, atoms = [], 0
+        current.append(index)
+        atoms += size
+    if current:
+        groups.append(current)
+    return groups
 
 
 def reference_errors(calculator: Calculator, frames: Sequence[Any]) -> tuple[dict[str, float], dict[str, np.ndarray]]:

@@ -183,13 +183,19 @@ def test_every_command_and_option_is_in_the_contract_or_the_additions_page() -> 
     new_commands = set(re.findall(r'^\| `mlmat ([a-z -]+?)(?: [A-Z\[].*?)?` \|', page, flags=re.MULTILINE))
     rows = dict(re.findall(r'^\| `mlmat ([a-z -]+)` \| (.+) \|$', page, flags=re.MULTILINE))
     assert {'potential list', 'dataset used-by', 'import'} <= new_commands and 'screen' in rows  # the parser reads it
+    commands = _leaf_commands(cli)
+    assert set(CONTRACT) <= set(commands), f'contract commands gone: {set(CONTRACT) - set(commands)}'
+    first_cells = dict(re.findall(r'^\| `mlmat ([a-z -]+?)((?: [A-Z\[].*?)?)` \|', page, flags=re.MULTILINE))
     missing = []
-    for name, command in sorted(_leaf_commands(cli).items()):
+    for name, command in sorted(commands.items()):
         options = {opt for param in command.params if isinstance(param, click.Option) for opt in param.opts}
         options = {opt for opt in options if opt.startswith('--')} - {'--help'}
         if name not in CONTRACT:
             if name not in new_commands:
                 missing.append(f'command `mlmat {name}`')
+            else:  # its options in its first cell (every command takes --json, as the contract says)
+                listed = set(re.findall(r'--[a-z-]+', first_cells.get(name, '')))
+                missing += [f'`mlmat {name} {option}`' for option in sorted(options - listed - {'--json'})]
             continue
         added = options - CONTRACT[name]
         listed = set(re.findall(r'--[a-z-]+', rows.get(name, '')))

@@ -46,3 +46,27 @@ def test_describe_verification_counts_what_was_confirmed():
     assert headline({'screening': {'n_screened': 2, 'n_stable': 0, 'n_failed': 0, 'verification': metrics}})[1] == (
         describe_verification(metrics)
     )
+
+
+def test_stage_wall_time_ends_with_the_process_not_a_later_write(aiida_profile):
+    """A report written days after a run must not count the days: ``mtime`` moves with any later write (an extra,
+    a label), so a stage's end is its last output, called process or log entry."""
+    import time
+
+    from aiida import orm
+    from aiida.engine import calcfunction
+
+    from aiida_mlmat.cli.pipeline import _wall_s
+
+    @calcfunction
+    def slow(x: orm.Int) -> orm.Int:
+        time.sleep(0.3)
+        return orm.Int(x.value + 1)
+
+    _, node = slow.run_get_node(orm.Int(1))
+    before = _wall_s(node)
+    time.sleep(1.2)
+    node.base.extras.set('tag', 'later')
+    node.label = 'relabelled'
+    assert (node.mtime - node.ctime).total_seconds() > 1.2
+    assert 0.3 <= _wall_s(node) == before < 1.0

@@ -679,8 +679,16 @@ def test_batched_reference_errors_equal_frame_by_frame(model):
     for key, value in looped_arrays.items():
         np.testing.assert_allclose(batched_arrays[key], value, rtol=1e-9, atol=1e-12, err_msg=key)
     assert batched_arrays['energy_std'].shape == (10,) and (batched_arrays['energy_std'] > 0).all()
-    # a batch smaller than the set gives the same numbers
-    small = ensemble.predict_frames(frames, batch_size=3)
+    # smaller batches, by count or by atoms, give the same numbers
     full = ensemble.predict_frames(frames)
-    assert [p['energy'] for p in small] == pytest.approx([p['energy'] for p in full], rel=1e-12)
+    for small in (ensemble.predict_frames(frames, batch_size=3), ensemble.predict_frames(frames, max_atoms=5)):
+        assert [p['energy'] for p in small] == pytest.approx([p['energy'] for p in full], rel=1e-12)
     assert 'stress' not in full[5] and full[0]['stress'].shape == (6,)
+
+
+def test_prediction_groups_bound_frames_and_atoms():
+    from aiida_mlmat.ml.calculator import _groups
+
+    assert _groups([0, 1, 2, 3, 4], [4, 4, 4, 4, 4], 2, 100) == [[0, 1], [2, 3], [4]]
+    assert _groups([0, 1, 2, 3], [300, 800, 2000, 10], 32, 1024) == [[0], [1], [2], [3]]  # 2000 alone
+    assert _groups([5, 7, 9], [10, 10, 10], 32, 1024) == [[5, 7, 9]] and _groups([], [], 32, 1024) == []
