@@ -156,8 +156,13 @@ def stage_total(node: Any) -> dict[str, Any]:
     return {'wall_s': _wall_s(node), **_job_counts(node)}
 
 
-def summary_markdown(node: Any, plots: list[str]) -> str:
-    """A Markdown summary of a finished (or failed) mlmat workflow: stages, headline figures, plots."""
+def summary_markdown(
+    node: Any, plots: list[str], stages: list[dict[str, Any]] | None = None, total: dict[str, Any] | None = None
+) -> str:
+    """A Markdown summary of a finished (or failed) mlmat workflow: stages, headline figures, plots.
+
+    :param stages: :func:`stage_records` of ``node`` and ``total`` its :func:`stage_total`, where the caller has them.
+    """
     lines = [f'# {node.process_label}<{node.pk}>', '', f'- UUID: `{node.uuid}`']
     state = node.process_state.value if node.process_state else 'unknown'
     reason = f': {process_reason(node)}' if node.is_failed or node.is_excepted or node.is_killed else ''
@@ -168,8 +173,8 @@ def summary_markdown(node: Any, plots: list[str]) -> str:
             '- note: every process it called has ended and it waits for none of them; if it stays so while the '
             'daemon runs, it is stuck (see docs/howto/faults.md, "A workflow that waits for nothing")'
         )
-    stages = stage_records(node)
-    total = stage_total(node)
+    stages = stage_records(node) if stages is None else stages
+    total = stage_total(node) if total is None else total
     lines += [
         '',
         '## Stages',
@@ -263,9 +268,9 @@ def write_report(node: Any, out: Path) -> dict[str, Any]:
     for name, plot in _plots(node):
         (out / name).write_bytes(plot.get_content(mode='rb'))
         names.append(name)
-    (out / 'summary.md').write_text(summary_markdown(node, names))
-    summary = report_summary(node)
-    record = {'process': node.uuid, 'summary': summary, 'stages': stage_records(node), 'total': stage_total(node)}
+    stages, total = stage_records(node), stage_total(node)  # once: each reads every process under the node
+    (out / 'summary.md').write_text(summary_markdown(node, names, stages, total))
+    record = {'process': node.uuid, 'summary': report_summary(node), 'stages': stages, 'total': total}
     (out / 'summary.json').write_text(json.dumps(record, indent=1, default=str))
     return {
         'report': str(out),

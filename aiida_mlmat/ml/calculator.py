@@ -122,6 +122,7 @@ class MLMatCalculator(Calculator):
                         stresses.append(out[keys.STRESS].detach().cpu().numpy().astype(float))
                 member_energies, offsets = np.array(energies), np.cumsum([0] + [len(frame) for frame in atoms])
                 mean_forces = np.mean(forces, axis=0)
+                mean_stress = np.mean(stresses, axis=0) if want_stress else None
                 for position, index in enumerate(group):
                     prediction = {
                         'energy': float(member_energies[:, position].mean()),
@@ -129,7 +130,7 @@ class MLMatCalculator(Calculator):
                         'forces': mean_forces[offsets[position] : offsets[position + 1]],
                     }
                     if want_stress:
-                        prediction['stress'] = np.mean(stresses, axis=0)[position]
+                        prediction['stress'] = mean_stress[position]
                     predictions[index] = prediction
         return predictions  # type: ignore[return-value]
 
