@@ -57,28 +57,57 @@ def farthest_point_sampling(
     return picked
 
 
+# A direction counts while its singular value exceeds this fraction of the largest singular value of the centred data
+# (singular values, not eigenvalues of a Gram matrix: no squaring). Relative to the data, not to the current
+# residual, so that a residual left with round-off only (~1e-15 of the data) ends the selection.
+_CUR_TOLERANCE = 1e-11
+
+
 def cur_selection(points: np.ndarray, n: int, rank: int | None = None) -> list[int]:
     """Deterministic CUR row selection: repeatedly take the row of highest leverage and project it out.
 
     Leverage is computed from the top ``rank`` (default ``n``) right-singular directions of the centred data.
+    A direction counts while its singular value exceeds ``1e-11`` of the largest singular value of the centred
+    data; selection stops when no direction is left (or no unpicked row has leverage), so at most the rank of the
+    centred data is picked (one index, ``0``, where all rows are equal). No row is picked twice.
+
+    Cost: one thin QR factorisation ``X = Q T`` of the centred data (``n_points x m`` with ``m = min(n_points,
+    n_features)``; ``X = L Qᵀ`` where there are more features than points, which works on ``L`` alone). The
+    residual is then ``Q M`` with the small ``m x m`` matrix ``M`` (at first ``T``), so a pick costs an SVD of
+    ``M`` (``O(m³)``), the leverages ``|Q U_k|²`` by row (``O(n_points · m · k)``) and the projection
+    ``M ← M (I - u uᵀ)`` (``O(m²)``), instead of a full SVD of the ``n_points x n_features`` residual. No Gram
+    matrix is formed, whose eigenvalues would square the singular values and their round-off.
     """
     points = _check(points, n)
     n = min(n, len(points))
-    residual = points - points.mean(axis=0)
+    keep = rank or n
+    centred = points - points.mean(axis=0)
+    if centred.shape[1] > centred.shape[0]:  # X = L Qᵀ: the rows live in an n_points-dimensional subspace
+        basis, small = None, np.linalg.qr(centred.T)[1].T
+    else:
+        basis, small = np.linalg.qr(centred)
+    floor = None
     picked: list[int] = []
     for _ in range(n):
-        u, s, _ = np.linalg.svd(residual, full_matrices=False)
-        k = max(1, min(rank or n, int((s > 1e-12 * max(s[0], 1e-300)).sum())))
-        leverage = (u[:, :k] ** 2).sum(axis=1)
+        left, values, _ = np.linalg.svd(small)
+        if floor is None:
+            if values[0] <= 0:
+                return [0]  # all rows equal: nothing tells them apart
+            floor = _CUR_TOLERANCE * values[0]
+        k = min(keep, int((values > floor).sum()))
+        if k == 0:
+            break
+        directions = left[:, :k] if basis is None else basis @ left[:, :k]
+        leverage = (directions**2).sum(axis=1)
         leverage[picked] = -1.0
         choice = int(np.argmax(leverage))
         if leverage[choice] <= 1e-14:
             break
         picked.append(choice)
-        row = residual[choice]
+        row = small[choice] if basis is None else basis[choice] @ small  # the residual row, in the m coordinates
         norm = row @ row
         if norm > 0:
-            residual = residual - np.outer(residual @ row / norm, row)
+            small = small - np.outer(small @ row / norm, row)
     return picked
 
 

@@ -72,6 +72,75 @@ def test_cur_picks_one_point_per_independent_direction():
     assert sorted(index // 10 for index in picked) == [0, 1, 2]
 
 
+def svd_cur_reference(points: np.ndarray, n: int, rank: int | None = None) -> list[int]:
+    """The former ``cur_selection``: a full SVD of the (n_points x n_features) residual at every pick."""
+    points = np.asarray(points, dtype=float)
+    n = min(n, len(points))
+    residual = points - points.mean(axis=0)
+    picked: list[int] = []
+    for _ in range(n):
+        u, s, _ = np.linalg.svd(residual, full_matrices=False)
+        k = max(1, min(rank or n, int((s > 1e-12 * max(s[0], 1e-300)).sum())))
+        leverage = (u[:, :k] ** 2).sum(axis=1)
+        leverage[picked] = -1.0
+        choice = int(np.argmax(leverage))
+        if leverage[choice] <= 1e-14:
+            break
+        picked.append(choice)
+        row = residual[choice]
+        norm = row @ row
+        if norm > 0:
+            residual = residual - np.outer(residual @ row / norm, row)
+    return picked
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+@pytest.mark.parametrize(
+    ('shape', 'n', 'rank'),
+    [
+        ((200, 8), 8, None),
+        ((200, 8), 5, 2),
+        ((150, 40), 40, None),
+        ((1000, 50), 40, 20),
+        ((30, 80), 10, 5),  # more features than points
+        ((25, 60), 15, 5),
+    ],
+)
+def test_cur_picks_as_the_svd_reference(seed, shape, n, rank):
+    """On well-conditioned data the picks equal those of a full SVD per pick, in order, more features than points
+    included (there the rank is held below the points left, which would otherwise all tie at equal leverage)."""
+    rng = np.random.default_rng(seed)
+    points = rng.normal(size=shape) * rng.uniform(0.5, 3.0, size=shape[1]) + rng.normal(size=shape[1])
+    picked = cur_selection(points, n, rank)
+    assert picked == svd_cur_reference(points, n, rank)
+    assert len(picked) == n == len(set(picked))
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+@pytest.mark.parametrize(('n_points', 'n_features', 'true_rank'), [(120, 12, 4), (40, 100, 6)])
+def test_cur_on_rank_deficient_data_picks_as_the_reference_then_stops(seed, n_points, n_features, true_rank):
+    """Centred data of rank r: the first r picks equal the SVD reference; then the residual is round-off only and
+    the selection stops (the reference goes on picking from round-off)."""
+    rng = np.random.default_rng(seed)
+    points = rng.normal(size=(n_points, true_rank)) @ rng.normal(size=(true_rank, n_features)) + 3.0
+    assert cur_selection(points, true_rank) == svd_cur_reference(points, true_rank)
+    picked = cur_selection(points, true_rank + 5)
+    assert picked == svd_cur_reference(points, true_rank + 5)[:true_rank]
+
+
+def test_cur_ignores_feature_scales_and_handles_degenerate_input():
+    """With every direction counted, rescaling features (here over six decades) leaves the picks unchanged; equal
+    rows give one pick; more than there are points caps at the rank; no index repeats."""
+    points = np.random.default_rng(3).normal(size=(500, 12))
+    picked = cur_selection(points, 12)
+    assert cur_selection(points * np.logspace(-6, 0, 12), 12) == picked
+    assert len(picked) == len(set(picked)) == 12
+    assert cur_selection(np.ones((5, 3)), 3) == [0]
+    assert cur_selection(np.ones((1, 3)), 3) == [0]
+    corners = cur_selection(np.eye(4), 10)
+    assert len(corners) == len(set(corners)) == 3  # four centred points span three dimensions
+
+
 def test_select_validates_method_and_count():
     points = np.ones((4, 2))
     with pytest.raises(ValueError, match='unknown selection method `random`'):
