@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import io
 import pathlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 from aiida import orm
 from ase import Atoms
 
-from aiida_mlmat.common.constants import LABEL_KEYS, UNITS
+from aiida_mlmat.common.constants import INDEX_KEY, LABEL_KEYS, UNITS
 from aiida_mlmat.worker.structures import (
     InvalidConfigurationError,
     check_configuration,
@@ -31,12 +31,95 @@ class CorruptFileError(ValueError):
     """A file that cannot be read as a configuration set."""
 
 
-def _label_keys(frames: Sequence[Atoms]) -> list[str]:
-    keys = []
-    for key in LABEL_KEYS:
-        if frames and all(frame.calc is not None and key in frame.calc.results for frame in frames):
-            keys.append(key)
-    return keys
+class FrameSummary(NamedTuple):
+    """What a set's summary attributes need of one configuration (the configuration itself is not kept)."""
+
+    n_atoms: int
+    formula: str
+    counts: dict[str, int]
+    labels: frozenset[str]
+    numbered: bool
+
+
+def frame_summary(frame: Atoms) -> FrameSummary:
+    """The :class:`FrameSummary` of one configuration: its atom count, formula, atoms per element, the labels its
+    calculator results carry (of ``LABEL_KEYS``) and whether it records its index (``info['mlmat_index']``)."""
+    counts: dict[str, int] = {}
+    for symbol in frame.get_chemical_symbols():
+        counts[symbol] = counts.get(symbol, 0) + 1
+    results = frame.calc.results if frame.calc is not None else {}
+    labels = frozenset(key for key in LABEL_KEYS if key in results)
+    return FrameSummary(len(frame), frame.get_chemical_formula(), counts, labels, INDEX_KEY in frame.info)
+
+
+def scan_extxyz_bytes(content: bytes) -> list[FrameSummary]:
+    """The :class:`FrameSummary` of every frame of extxyz bytes, reading one frame at a time (a set's frames are
+    never all in memory at once: as ASE objects they take several times the file's size)."""
+    from ase.io import iread
+
+    if not content.strip():
+        return []
+    text = io.TextIOWrapper(io.BytesIO(content), encoding='utf-8')  # decoded as read, not copied whole
+    return [frame_summary(frame) for frame in iread(text, index=':', format='extxyz')]
+
+
+def frame_spans(content: bytes) -> list[tuple[int, int]] | None:
+    """The byte range ``(start, end)`` of every frame of extxyz bytes (its count line, comment line and atom lines),
+    from the layout alone; ``None`` when the layout is not that of a plain extxyz file (then frames cannot be copied
+    by their bytes, and are copied by parsing and writing them)."""
+    spans = []
+    position, size = 0, len(content)
+    while position < size:
+        end = content.find(b'\n', position)
+        line = content[position : end if end >= 0 else size]
+        if not line.strip():
+            if content[position:].strip():
+                return None
+            break
+        try:
+            count = int(line.strip())
+        except ValueError:
+            return None
+        start = position
+        for _ in range(count + 2):
+            if position >= size:
+                return None
+            end = content.find(b'\n', position)
+            position = size if end < 0 else end + 1
+        spans.append((start, position))
+    return spans
+
+
+def _numbered(frame: bytes, index: int) -> bytes | None:
+    """``frame`` (one frame's bytes) with `` mlmat_index=<index>`` added to its comment line, or ``None`` where that
+    line is no extxyz key-value line (it names no ``Properties``)."""
+    first = frame.index(b'\n') + 1
+    second = frame.find(b'\n', first)
+    second = len(frame) if second < 0 else second
+    comment = frame[first:second]
+    if b'Properties=' not in comment:
+        return None
+    ending = b'\r' if comment.endswith(b'\r') else b''
+    body = comment[: len(comment) - len(ending)]
+    return frame[:first] + body + f' {INDEX_KEY}={int(index)}'.encode() + ending + frame[second:]
+
+
+def _summary_attributes(summaries: Sequence[FrameSummary]) -> dict[str, Any]:
+    """``count``, ``num_atoms_total``, ``species``, ``formulas``, ``label_keys`` (the labels every configuration
+    carries) and ``composition_range`` (per element, the smallest and largest fraction of a configuration's atoms)."""
+    species = sorted({symbol for summary in summaries for symbol in summary.counts})
+    ranges: dict[str, list[float]] = {}
+    for symbol in species:
+        fractions = [summary.counts.get(symbol, 0) / summary.n_atoms for summary in summaries if summary.n_atoms]
+        ranges[symbol] = [min(fractions), max(fractions)]
+    return {
+        'count': len(summaries),
+        'num_atoms_total': int(sum(summary.n_atoms for summary in summaries)),
+        'species': species,
+        'formulas': [summary.formula for summary in summaries],
+        'label_keys': [key for key in LABEL_KEYS if summaries and all(key in summary.labels for summary in summaries)],
+        'composition_range': ranges,
+    }
 
 
 def partial_label_error(frames: Sequence[Atoms], name: str = 'file') -> str | None:
@@ -64,14 +147,6 @@ def partial_label_error(frames: Sequence[Atoms], name: str = 'file') -> str | No
                 f'label the rest, or remove `{key}` from every configuration to store the set without it'
             )
     return None
-
-
-def _composition_range(frames: Sequence[Atoms], species: list[str]) -> dict[str, list[float]]:
-    ranges: dict[str, list[float]] = {}
-    for symbol in species:
-        fractions = [frame.get_chemical_symbols().count(symbol) / len(frame) for frame in frames if len(frame)]
-        ranges[symbol] = [min(fractions), max(fractions)]
-    return ranges
 
 
 def _unreadable_frame(text: str) -> str:
@@ -175,7 +250,8 @@ class ConfigurationSetData(orm.Data):
         :param calculator: ``{'name': ..., 'parameters': {...}}`` of the calculator that made the labels.
         :param excluded: records ``{'index', 'formula', 'reason'}`` of configurations that failed.
         """
-        parsed = kwargs.pop('_parsed', None)  # from_file: the frames of ``content``, parsed there already
+        # from_file or subsets: the summaries of ``content``'s frames, made there already
+        summaries = kwargs.pop('_summaries', None)
         super().__init__(**kwargs)
         if frames is None and content is None:
             raise ValueError('give either `frames` or `content`')
@@ -187,27 +263,20 @@ class ConfigurationSetData(orm.Data):
                 except InvalidConfigurationError as exc:
                     raise ValueError(f'configuration {position} ({frame.get_chemical_formula()}): {exc}') from exc
             content = extxyz_string(frames).encode('utf-8') if frames else b''
-        elif parsed is not None:
-            frames = parsed
-        else:
-            frames = parse_extxyz_bytes(content, validate=False) if content.strip() else []
-        self._set_content(content, list(frames))
+            summaries = [frame_summary(frame) for frame in frames]
+        elif summaries is None:
+            summaries = scan_extxyz_bytes(content)
+        self._set_content(content, list(summaries))
         self.base.attributes.set('calculator', dict(calculator) if calculator else None)
         excluded_list = [dict(record) for record in (excluded or [])]
         self.base.attributes.set('excluded', excluded_list)
         self.base.attributes.set('n_excluded', len(excluded_list))
 
-    def _set_content(self, content: bytes, frames: list[Atoms]) -> None:
+    def _set_content(self, content: bytes, summaries: list[FrameSummary]) -> None:
         self.base.repository.put_object_from_bytes(content, self.FILENAME)
-        species = sorted({symbol for frame in frames for symbol in frame.get_chemical_symbols()})
         self.base.attributes.set_many(
             {
-                'count': len(frames),
-                'num_atoms_total': int(sum(len(frame) for frame in frames)),
-                'species': species,
-                'formulas': [frame.get_chemical_formula() for frame in frames],
-                'label_keys': _label_keys(frames),
-                'composition_range': _composition_range(frames, species),
+                **_summary_attributes(summaries),
                 'units': dict(UNITS),
                 'sha256': hashlib.sha256(content).hexdigest(),
                 'filename': self.FILENAME,
@@ -228,7 +297,8 @@ class ConfigurationSetData(orm.Data):
             error = partial_label_error(frames, path.name)
             if error:
                 raise CorruptFileError(error)
-        return cls(content=content, _parsed=frames, **kwargs)  # the file is read and parsed once
+        summaries = [frame_summary(frame) for frame in frames]
+        return cls(content=content, _summaries=summaries, **kwargs)  # the file is read and parsed once
 
     @property
     def count(self) -> int:
@@ -292,6 +362,85 @@ class ConfigurationSetData(orm.Data):
         frame = read(io.StringIO(self.get_content().decode('utf-8')), index=int(index), format='extxyz')
         frame.info = {key: _plain(value) for key, value in frame.info.items()}
         return frame
+
+    def subsets(
+        self,
+        groups: Sequence[Sequence[int]],
+        *,
+        numbered: bool = False,
+        calculator: dict[str, Any] | None = None,
+    ) -> list[ConfigurationSetData]:
+        """New (unstored) sets of this set's configurations: one per group of positions (from 0; in the order given,
+        repeats allowed), for splits, samples and selections.
+
+        The frames are copied byte for byte from this set's file (what ASE reads from them is what it reads from
+        this set), and this set is read one frame at a time, never whole as ASE objects (they take several times
+        the file's size). A file whose layout is not plain extxyz is copied by parsing and writing it.
+
+        :param numbered: each frame keeps its index in this set as ``info['mlmat_index']``, or gets it.
+        :param calculator: the new sets' ``calculator`` attribute.
+        :raises IndexError: for a position outside the set.
+        """
+        count = self.count  # once: an attribute read of a stored node loads all of them (a formula per frame)
+        groups = [[int(position) for position in group] for group in groups]
+        for group in groups:
+            for position in group:
+                if not 0 <= position < count:
+                    raise IndexError(f'configuration {position} is outside the set of {count}')
+        content = self.get_content()
+        spans = frame_spans(content)
+        summaries = scan_extxyz_bytes(content) if spans is not None and len(spans) == count else None
+
+        def copy(position: int) -> bytes | None:
+            start, end = spans[position]
+            frame = content[start:end] if content[end - 1 : end] == b'\n' else content[start:end] + b'\n'
+            return _numbered(frame, position) if numbered and not summaries[position].numbered else frame
+
+        by_bytes = summaries is not None and len(summaries) == count
+        if by_bytes and numbered:  # a frame whose comment line takes no index is copied by parsing and writing
+            by_bytes = all(copy(position) is not None for group in groups for position in group)
+        if not by_bytes:
+            frames = self.get_atoms()
+            if numbered:
+                for position, frame in enumerate(frames):
+                    frame.info.setdefault(INDEX_KEY, position)
+            return [type(self)([frames[position] for position in group], calculator=calculator) for group in groups]
+        out = []
+        for group in groups:
+            chosen = [summaries[position] for position in group]
+            if numbered:
+                chosen = [summary._replace(numbered=True) for summary in chosen]
+            data = b''.join(copy(position) for position in group)  # type: ignore[misc]
+            out.append(type(self)(content=data, calculator=calculator, _summaries=chosen))
+        return out
+
+    def iter_atoms(self) -> Iterator[Atoms]:
+        """The configurations one at a time, as :meth:`get_atoms` gives them, never all in memory at once."""
+        from ase.io import iread
+
+        content = self.get_content()
+        if not content.strip():
+            return
+        for frame in iread(io.TextIOWrapper(io.BytesIO(content), encoding='utf-8'), index=':', format='extxyz'):
+            frame.info = {key: _plain(value) for key, value in frame.info.items()}
+            yield frame
+
+    def extended(
+        self,
+        frames: Sequence[Atoms],
+        *,
+        calculator: dict[str, Any] | None = None,
+        excluded: Sequence[dict[str, Any]] | None = None,
+    ) -> ConfigurationSetData:
+        """A new (unstored) set of this set's configurations, copied byte for byte and read one at a time, followed by
+        ``frames`` (refused as the constructor refuses them: ``ValueError`` naming the configuration)."""
+        addition = type(self)(frames)  # checks the frames' labels, writes and summarises them
+        content = self.get_content()
+        content = content.rstrip() + b'\n' if content.strip() else b''
+        summaries = scan_extxyz_bytes(content) + scan_extxyz_bytes(addition.get_content())
+        return type(self)(
+            content=content + addition.get_content(), calculator=calculator, excluded=excluded, _summaries=summaries
+        )
 
     def write_extxyz(self, path: str | pathlib.Path) -> None:
         """Write the configurations to an extxyz file (byte for byte what is stored)."""

@@ -53,18 +53,19 @@ def score_exploration(
     from aiida_mlmat.ml.active import adaptive_lower, candidates_between, disagreement_statistics
     from aiida_mlmat.worker.tasks.sample import SKIPPED_KEY
 
-    frames = explored.get_atoms()
-    missing = [position for position, frame in enumerate(frames) if DISAGREEMENT_KEY not in frame.info]
+    values, skipped, missing = [], [], []
+    for position, frame in enumerate(explored.iter_atoms()):  # one at a time: an explored set can be large
+        if DISAGREEMENT_KEY not in frame.info:
+            missing.append(position)
+            continue
+        values.append(float(frame.info[DISAGREEMENT_KEY]))
+        skipped.append(int(frame.info.get(SKIPPED_KEY, 0)))
     if missing:
         raise ValueError(
             f'{len(missing)} explored configurations (first: {missing[0]}) carry no `{DISAGREEMENT_KEY}`: '
             'explore with an ensemble potential (calculator `mlmat`, K >= 2)'
         )
-    values = [float(frame.info[DISAGREEMENT_KEY]) for frame in frames]
-    skipped = [int(frame.info.get(SKIPPED_KEY, 0)) for frame in frames]
     statistics = disagreement_statistics(values, lower.value, upper.value, skipped)
-    for position, frame in enumerate(frames):
-        frame.info.setdefault(INDEX_KEY, position)
     quantile = lower_quantile.value if lower_quantile is not None else None
     floor = min_candidates.value if min_candidates is not None else 0
     bound = adaptive_lower(values, lower.value, upper.value, quantile, min_candidates=floor)
@@ -74,7 +75,7 @@ def score_exploration(
     statistics['n_candidates'] = len(picked)
     return {
         'statistics': orm.Dict(statistics),
-        'candidates': ConfigurationSetData([frames[int(index)] for index in picked]),
+        'candidates': explored.subsets([[int(index) for index in picked]], numbered=True)[0],
     }
 
 
@@ -160,7 +161,6 @@ def merge_labels(
     ]
     for frame in pending:
         del frame.info[INDEX_KEY]
-    merged = training_set.get_atoms() + labelled
     spec = training_set.calculator or calculator.get_dict()
     counts = {
         'queued': len(queued),
@@ -171,7 +171,7 @@ def merge_labels(
         'pending_hull': len(pending),
     }
     outputs: dict[str, orm.Data] = {
-        'training_set': ConfigurationSetData(merged, calculator=spec, excluded=training_set.excluded + excluded),
+        'training_set': training_set.extended(labelled, calculator=spec, excluded=training_set.excluded + excluded),
         'counts': orm.Dict(counts),
     }
     if labelled:

@@ -36,14 +36,10 @@ def split_configurations(configurations: ConfigurationSetData, chunk_size: orm.I
 
     Each frame keeps (or gets) its index in the whole set as ``info['mlmat_index']``.
     """
-    frames = configurations.get_atoms()
-    for position, frame in enumerate(frames):
-        frame.info.setdefault(INDEX_KEY, position)
-    size = chunk_size.value
-    return {
-        f'chunk_{number:04d}': ConfigurationSetData(frames[start : start + size])
-        for number, start in enumerate(range(0, len(frames), size))
-    }
+    size, count = chunk_size.value, configurations.count
+    groups = [range(start, min(start + size, count)) for start in range(0, count, size)]
+    chunks = configurations.subsets(groups, numbered=True)
+    return {f'chunk_{number:04d}': chunk for number, chunk in enumerate(chunks)}
 
 
 def gather_chunks(chunks: dict[str, Any], reasons: dict[str, str]) -> tuple[list[Atoms], list[dict[str, Any]]]:
@@ -137,18 +133,11 @@ def select_configurations(
     """
     from aiida_mlmat.ml.selection import select
 
-    frames = configurations.get_atoms()
-    if descriptors.base.attributes.get('n_structures') != len(frames):
+    if descriptors.base.attributes.get('n_structures') != configurations.count:
         raise ValueError('descriptors and configurations differ in length')
-    for position, frame in enumerate(frames):
-        frame.info.setdefault(INDEX_KEY, position)
-    picked = select(descriptors.get_array('means'), n.value, method.value)
-    return {
-        'selected': ConfigurationSetData(
-            [frames[index] for index in sorted(picked)], calculator=configurations.calculator
-        ),
-        'indices': orm.List(sorted(int(index) for index in picked)),
-    }
+    picked = sorted(int(index) for index in select(descriptors.get_array('means'), n.value, method.value))
+    (selected,) = configurations.subsets([picked], numbered=True, calculator=configurations.calculator)
+    return {'selected': selected, 'indices': orm.List(picked)}
 
 
 @calcfunction

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +49,10 @@ def split_dataset(
 
     Each split records the calculator of the whole set's labels (``calculator``), as every subset here does.
     """
-    frames = configurations.get_atoms()
-    labels = stratified_split(_compositions(frames), (test_fraction.value, validation_fraction.value), seed.value)
-    too_few = f'{len(frames)} configurations are too few for the fractions'
-    return _subsets(frames, labels, ('train', 'validation', 'test'), configurations.calculator, too_few)
+    formulas = configurations.base.attributes.get('formulas')
+    labels = stratified_split(_compositions(formulas), (test_fraction.value, validation_fraction.value), seed.value)
+    too_few = f'{len(formulas)} configurations are too few for the fractions'
+    return _subsets(configurations, range(len(formulas)), labels, ('train', 'validation', 'test'), too_few)
 
 
 @calcfunction
@@ -66,44 +67,50 @@ def split_around_test(
     :func:`aiida_mlmat.query.configuration_key`), stratified by composition; validation takes the same share of
     what is left as it would beside a test split of ``test_fraction``.
     """
-    from aiida_mlmat.query import configuration_key
+    from aiida_mlmat.query import configuration_keys
 
-    held_out = {configuration_key(frame) for frame in test_split.get_atoms()}
-    frames = [frame for frame in configurations.get_atoms() if configuration_key(frame) not in held_out]
+    held_out = set(configuration_keys(test_split))
+    kept = [position for position, key in enumerate(configuration_keys(configurations)) if key not in held_out]
+    formulas = configurations.base.attributes.get('formulas')
     share = validation_fraction.value / (1.0 - test_fraction.value)
-    labels = stratified_split(_compositions(frames), (0.0, share), seed.value)
-    too_few = f'{len(frames)} configurations outside the test split are too few'
-    return _subsets(frames, labels, ('train', 'validation'), configurations.calculator, too_few)
+    labels = stratified_split(_compositions([formulas[position] for position in kept]), (0.0, share), seed.value)
+    too_few = f'{len(kept)} configurations outside the test split are too few'
+    return _subsets(configurations, kept, labels, ('train', 'validation'), too_few)
 
 
-def _compositions(frames: list) -> list[str]:
-    """Each frame's reduced formula, the key a split is stratified by."""
+def _compositions(formulas: list[str]) -> list[str]:
+    """Each configuration's reduced formula (from its chemical formula), the key a split is stratified by."""
     from ase.formula import Formula
 
-    return [str(Formula(frame.get_chemical_formula()).reduce()[0]) for frame in frames]
+    return [str(Formula(formula).reduce()[0]) for formula in formulas]
 
 
 def _subsets(
-    frames: list, labels: list[str], names: tuple[str, ...], calculator: dict | None, too_few: str
+    configurations: ConfigurationSetData,
+    positions: Sequence[int],
+    labels: list[str],
+    names: tuple[str, ...],
+    too_few: str,
 ) -> dict[str, ConfigurationSetData]:
-    """One labelled set per split name, each recording the calculator of the whole set's labels (they were made by
-    it); an empty split is refused, saying why (``too_few``)."""
-    out = {}
-    for name in names:
-        subset = [frame for frame, label in zip(frames, labels, strict=True) if label == name]
-        if not subset:
+    """One labelled set per split name, of the configurations at ``positions`` labelled with it, each recording the
+    calculator of the whole set's labels (they were made by it); an empty split is refused, saying why
+    (``too_few``)."""
+    groups = [[position for position, label in zip(positions, labels, strict=True) if label == name] for name in names]
+    for name, group in zip(names, groups, strict=True):
+        if not group:
             raise ValueError(f'the {name} split is empty: {too_few}')
-        out[name] = ConfigurationSetData(subset, calculator=calculator)
-        out[name].label = f'{name} split'
+    out = dict(zip(names, configurations.subsets(groups, calculator=configurations.calculator), strict=True))
+    for name, subset in out.items():
+        subset.label = f'{name} split'
     return out
 
 
 @calcfunction
 def bootstrap_sample(configurations: ConfigurationSetData, seed: orm.Int) -> ConfigurationSetData:
     """A bootstrap resample (with replacement, same size) of a set, for an ensemble member."""
-    frames = configurations.get_atoms()
-    picks = np.random.default_rng(seed.value).integers(0, len(frames), size=len(frames))
-    sample = ConfigurationSetData([frames[i] for i in sorted(picks)], calculator=configurations.calculator)
+    count = configurations.count
+    picks = np.random.default_rng(seed.value).integers(0, count, size=count)
+    (sample,) = configurations.subsets([sorted(picks)], calculator=configurations.calculator)
     sample.label = f'bootstrap sample (seed {seed.value})'
     return sample
 

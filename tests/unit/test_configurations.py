@@ -368,3 +368,136 @@ def test_verdi_data_mlmat_list_shows_each_set():
     rows = [line.split() for line in result.output.splitlines()[1:]]
     assert rows[0] == [str(bare.pk), '1', 'Cu', '-', '-', 'unlabelled']  # newest first
     assert rows[1] == [str(labelled.pk), '3', 'Au-Cu', 'energy,forces,stress', 'emt', 'emt', 'set']
+
+
+def _same_frames(left: list[Atoms], right: list[Atoms]) -> None:
+    assert len(left) == len(right)
+    for a, b in zip(left, right, strict=True):
+        assert a.get_chemical_symbols() == b.get_chemical_symbols()
+        np.testing.assert_allclose(a.positions, b.positions, atol=ATOL)
+        np.testing.assert_allclose(a.cell[:], b.cell[:], atol=ATOL)
+        assert list(a.pbc) == list(b.pbc)
+        assert set(a.calc.results if a.calc else {}) == set(b.calc.results if b.calc else {})
+        for key, value in (a.calc.results if a.calc else {}).items():
+            np.testing.assert_allclose(value, b.calc.results[key], atol=ATOL)
+
+
+def _mixed_frames() -> list[Atoms]:
+    """The labelled frames, an unlabelled one without an index, and a non-periodic cluster without stress."""
+    frames = labelled_frames()
+    plain = bulk('Au', 'fcc', a=4.08, cubic=True)
+    plain.rattle(0.02, seed=4)
+    cluster = Atoms('Cu3', positions=[[0, 0, 0], [2.5, 0, 0], [0, 2.5, 0]], cell=[10, 10, 10], pbc=False)
+    cluster.calc = EMT()
+    results = {'energy': cluster.get_potential_energy(), 'forces': cluster.get_forces()}
+    cluster.calc = SinglePointCalculator(cluster, **results)
+    return [*frames, plain, cluster]
+
+
+SUMMARY_KEYS = ('count', 'num_atoms_total', 'species', 'formulas', 'label_keys', 'composition_range')
+
+
+@pytest.mark.parametrize('groups', [[[0, 2]], [[4, 3, 3, 0]], [[1], [0, 1, 2, 3, 4]]])
+def test_subsets_hold_the_frames_and_summaries_of_sets_built_from_them(groups):
+    frames = _mixed_frames()
+    whole = ConfigurationSetData(frames).store()
+    subsets = whole.subsets(groups, calculator={'name': 'emt', 'parameters': {}})
+    assert len(subsets) == len(groups)
+    for group, subset in zip(groups, subsets, strict=True):
+        chosen = [frames[position] for position in group]
+        _same_frames(subset.get_atoms(), chosen)
+        expected = ConfigurationSetData(chosen)
+        for key in SUMMARY_KEYS:
+            assert subset.base.attributes.get(key) == expected.base.attributes.get(key), key
+        assert subset.calculator == {'name': 'emt', 'parameters': {}}
+        assert subset.base.attributes.get('sha256') == hashlib.sha256(subset.get_content()).hexdigest()
+        subset.store()
+    # the cluster has no stress: a subset without it has the label every one of its frames carries
+    assert 'stress' not in whole.label_keys
+    assert whole.subsets([[0, 2]])[0].label_keys == ['energy', 'forces', 'stress']
+
+
+def test_an_empty_subset():
+    (empty,) = ConfigurationSetData(labelled_frames()).store().subsets([[]])
+    assert (empty.count, empty.get_content(), empty.label_keys) == (0, b'', [])
+
+
+def unnumbered_text() -> str:
+    """The labelled frames' extxyz without their ``mlmat_index``."""
+    frames = labelled_frames()
+    for frame in frames:
+        del frame.info[INDEX_KEY]
+    return extxyz_string(frames)
+
+
+def test_subsets_copy_frames_byte_for_byte_and_number_them():
+    first, second = unnumbered_text().encode(), unnumbered_text().encode().replace(b'Cu', b'Au')
+    whole = ConfigurationSetData(content=first + second).store()
+    assert whole.count == 6
+    (copy,) = whole.subsets([[3, 4, 5, 0, 1, 2]])
+    assert copy.get_content() == second + first
+    (numbered,) = whole.subsets([[4, 0, 4]], numbered=True)
+    assert [frame.info[INDEX_KEY] for frame in numbered.get_atoms()] == [4, 0, 4]
+    assert numbered.count == 3
+    # a frame that records its index already keeps it
+    again = ConfigurationSetData(numbered.get_atoms()).store()
+    (renumbered,) = again.subsets([[2, 1]], numbered=True)
+    assert [frame.info[INDEX_KEY] for frame in renumbered.get_atoms()] == [4, 0]
+
+
+@pytest.mark.parametrize('ending', ['crlf', 'no final newline', 'trailing blank lines'])
+def test_subsets_of_files_with_other_line_endings(ending):
+    text = unnumbered_text() + unnumbered_text().replace('Cu', 'Au')
+    if ending == 'crlf':
+        text = text.replace('\n', '\r\n')
+    elif ending == 'no final newline':
+        text = text.rstrip('\n')
+    else:
+        text = text + '\n\n'
+    whole = ConfigurationSetData(content=text.encode()).store()
+    (copy,) = whole.subsets([[4, 4, 0]], numbered=True)
+    frames = copy.get_atoms()
+    assert [frame.get_chemical_symbols()[0] for frame in frames] == ['Au', 'Au', 'Cu']
+    assert [frame.info[INDEX_KEY] for frame in frames] == [4, 4, 0]
+    _same_frames(frames, [whole.get_atoms()[i] for i in (4, 4, 0)])
+
+
+def test_subsets_of_a_plain_xyz_file_are_parsed_and_written():
+    """A comment line without ``Properties=`` is no key-value line to add an index to: the frames are written anew."""
+    text = '2\nsome words\nCu 0 0 0\nCu 0 0 2.5\n1\nmore words\nAu 0 0 0\n'
+    whole = ConfigurationSetData(content=text.encode()).store()
+    (copy,) = whole.subsets([[1, 0]], numbered=True)
+    assert [frame.get_chemical_formula() for frame in copy.get_atoms()] == ['Au', 'Cu2']
+    assert [frame.info[INDEX_KEY] for frame in copy.get_atoms()] == [1, 0]
+
+
+def test_subsets_refuse_a_position_outside_the_set():
+    whole = ConfigurationSetData(labelled_frames()).store()
+    with pytest.raises(IndexError, match='configuration 3 is outside the set of 3'):
+        whole.subsets([[0, 3]])
+
+
+def test_extended_appends_frames_after_the_bytes_of_the_set():
+    frames = _mixed_frames()
+    first = ConfigurationSetData(frames[:3]).store()
+    merged = first.extended(frames[3:], calculator={'name': 'emt'}, excluded=[{'index': 9, 'reason': 'x'}])
+    assert merged.get_content().startswith(first.get_content())
+    _same_frames(merged.get_atoms(), frames)
+    expected = ConfigurationSetData(frames)
+    for key in SUMMARY_KEYS:
+        assert merged.base.attributes.get(key) == expected.base.attributes.get(key)
+    assert merged.excluded == [{'index': 9, 'reason': 'x'}]
+    assert ConfigurationSetData([]).extended(frames[:1]).count == 1
+    assert first.extended([]).count == 3
+    with pytest.raises(ValueError, match='configuration 0'):
+        bad = frames[0].copy()
+        bad.calc = SinglePointCalculator(bad, energy=float('nan'))
+        first.extended([bad])
+
+
+def test_iter_atoms_gives_what_get_atoms_gives():
+    whole = ConfigurationSetData(_mixed_frames()).store()
+    streamed = list(whole.iter_atoms())
+    _same_frames(streamed, whole.get_atoms())
+    assert [frame.info for frame in streamed] == [frame.info for frame in whole.get_atoms()]
+    assert list(ConfigurationSetData([]).iter_atoms()) == []
