@@ -44,6 +44,8 @@ def farthest_point_sampling(
         first = start
     elif reference is not None:
         first = int(np.argmax(distance))
+        if distance[first] <= 0:
+            return []  # every point duplicates a reference row
     else:
         first = int(np.argmax(np.linalg.norm(points - points.mean(axis=0), axis=1)))
     picked = [first]
@@ -112,11 +114,23 @@ def cur_selection(points: np.ndarray, n: int, rank: int | None = None) -> list[i
 
 
 def select(points: np.ndarray, n: int, method: str = 'fps') -> list[int]:
-    """Select ``n`` diverse rows of ``points`` with ``fps`` or ``cur``."""
+    """Select ``n`` diverse rows of ``points`` with ``fps`` or ``cur``.
+
+    CUR picks at most as many rows as the centred data has dimensions (its rank); where ``n`` is more, the rest are
+    picked by farthest-point sampling away from the rows CUR picked. Either way ``n`` rows come back where there are
+    ``n`` distinct ones (FPS stops early only when every row left duplicates one picked).
+    """
     if method == 'fps':
         return farthest_point_sampling(points, n)
     if method == 'cur':
-        return cur_selection(points, n)
+        points = _check(points, n)
+        picked = cur_selection(points, n)
+        if len(picked) < min(n, len(points)):
+            taken = set(picked)
+            rest = [position for position in range(len(points)) if position not in taken]
+            extra = farthest_point_sampling(points[rest], n - len(picked), reference=points[picked])
+            picked += [rest[position] for position in extra]
+        return picked
     raise ValueError(f'unknown selection method `{method}`; known: {", ".join(METHODS)}')
 
 

@@ -141,6 +141,31 @@ def test_cur_ignores_feature_scales_and_handles_degenerate_input():
     assert len(corners) == len(set(corners)) == 3  # four centred points span three dimensions
 
 
+def test_select_with_cur_fills_past_the_rank_by_farthest_point_sampling():
+    """CUR stops at the rank of the data (12 here); ``select`` picks the rest by FPS away from CUR's picks, all
+    distinct, so a selection of 40 gives 40."""
+    points = np.random.default_rng(5).normal(size=(300, 12))
+    first = cur_selection(points, 40)
+    assert len(first) == 12
+    picked = select(points, 40, 'cur')
+    assert picked[:12] == first
+    assert len(picked) == len(set(picked)) == 40
+    rest = [position for position in range(300) if position not in set(first)]
+    expected = farthest_point_sampling(points[rest], 28, reference=points[first])
+    assert picked[12:] == [rest[position] for position in expected]
+    # duplicates of what is picked are never added: five distinct rows, each twice
+    doubled = np.repeat(np.eye(5), 2, axis=0)
+    picked = select(doubled, 10, 'cur')
+    assert sorted({tuple(doubled[position]) for position in picked}) == sorted({tuple(row) for row in np.eye(5)})
+    assert len(picked) == 5
+
+
+def test_fps_with_a_reference_never_picks_a_duplicate_of_it():
+    points = np.array([[0.0, 0.0], [1.0, 1.0]])
+    assert farthest_point_sampling(points, 2, reference=points) == []
+    assert farthest_point_sampling(points, 2, reference=points[:1]) == [1]
+
+
 def test_select_validates_method_and_count():
     points = np.ones((4, 2))
     with pytest.raises(ValueError, match='unknown selection method `random`'):
