@@ -371,7 +371,7 @@ def configuration_keys(dataset: ConfigurationSetData) -> list[str]:
         and all(isinstance(key, str) and len(key) == KEY_EXTRA_LENGTH for key in keys)
     ):
         return keys
-    computed = [configuration_key(frame)[:KEY_EXTRA_LENGTH] for frame in dataset.get_atoms()]
+    computed = [configuration_key(frame)[:KEY_EXTRA_LENGTH] for frame in dataset.iter_atoms()]
     import contextlib
 
     with contextlib.suppress(Exception):  # a cache: a storage that refuses the write only costs a re-read next time

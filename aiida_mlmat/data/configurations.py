@@ -59,7 +59,7 @@ def scan_extxyz_bytes(content: bytes) -> list[FrameSummary]:
 
     if not content.strip():
         return []
-    text = io.TextIOWrapper(io.BytesIO(content), encoding='utf-8')  # decoded as read, not copied whole
+    text = io.TextIOWrapper(io.BytesIO(content), encoding='utf-8', newline='\n')  # decoded as read, not copied whole
     return [frame_summary(frame) for frame in iread(text, index=':', format='extxyz')]
 
 
@@ -91,17 +91,14 @@ def frame_spans(content: bytes) -> list[tuple[int, int]] | None:
 
 
 def _numbered(frame: bytes, index: int) -> bytes | None:
-    """``frame`` (one frame's bytes) with `` mlmat_index=<index>`` added to its comment line, or ``None`` where that
-    line is no extxyz key-value line (it names no ``Properties``)."""
+    """``frame`` (one frame's bytes) with ``mlmat_index=<index>`` put first on its comment line (where no quote can be
+    open, as one can at a line's end in a file another code wrote), or ``None`` where that line is no extxyz
+    key-value line (it names no ``Properties``)."""
     first = frame.index(b'\n') + 1
     second = frame.find(b'\n', first)
-    second = len(frame) if second < 0 else second
-    comment = frame[first:second]
-    if b'Properties=' not in comment:
+    if b'Properties=' not in frame[first : len(frame) if second < 0 else second]:
         return None
-    ending = b'\r' if comment.endswith(b'\r') else b''
-    body = comment[: len(comment) - len(ending)]
-    return frame[:first] + body + f' {INDEX_KEY}={int(index)}'.encode() + ending + frame[second:]
+    return frame[:first] + f'{INDEX_KEY}={int(index)} '.encode() + frame[first:]
 
 
 def _summary_attributes(summaries: Sequence[FrameSummary]) -> dict[str, Any]:
@@ -209,6 +206,13 @@ def parse_extxyz_bytes(content: bytes, name: str = 'file', validate: bool = True
     if not frames:
         raise CorruptFileError(f'{name} holds no configuration')
     if validate:
+        spans = frame_spans(content)
+        if spans is None or len(spans) != len(frames):  # ASE stops at a blank line, say, without a word
+            where = _unreadable_frame(text) or f', after configuration {len(frames) - 1}'
+            raise CorruptFileError(
+                f'{name}{where}: ASE reads only the first {len(frames)} configuration(s) of the file; '
+                'mend the file (a blank line between frames, say) so that every configuration is read'
+            )
         for position, frame in enumerate(frames):
             try:
                 check_configuration(frame)
@@ -421,7 +425,8 @@ class ConfigurationSetData(orm.Data):
         content = self.get_content()
         if not content.strip():
             return
-        for frame in iread(io.TextIOWrapper(io.BytesIO(content), encoding='utf-8'), index=':', format='extxyz'):
+        text = io.TextIOWrapper(io.BytesIO(content), encoding='utf-8', newline='\n')  # lines end at \n alone
+        for frame in iread(text, index=':', format='extxyz'):
             frame.info = {key: _plain(value) for key, value in frame.info.items()}
             yield frame
 
@@ -437,7 +442,10 @@ class ConfigurationSetData(orm.Data):
         addition = type(self)(frames)  # checks the frames' labels, writes and summarises them
         content = self.get_content()
         content = content.rstrip() + b'\n' if content.strip() else b''
-        summaries = scan_extxyz_bytes(content) + scan_extxyz_bytes(addition.get_content())
+        spans, summaries = frame_spans(content), scan_extxyz_bytes(content)
+        if spans is None or len(spans) != len(summaries):  # not plain extxyz: parsed and written anew
+            return type(self)(self.get_atoms() + list(frames), calculator=calculator, excluded=excluded)
+        summaries += scan_extxyz_bytes(addition.get_content())
         return type(self)(
             content=content + addition.get_content(), calculator=calculator, excluded=excluded, _summaries=summaries
         )

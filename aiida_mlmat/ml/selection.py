@@ -24,8 +24,8 @@ def farthest_point_sampling(
     Deterministic: the first pick is ``start`` or, by default, the point farthest from the centroid (with
     ``reference``: the point farthest from the reference points). ``reference`` (rows in the same space as
     ``points``, e.g. what is already labelled) counts as picked from the outset, so later picks keep away from it
-    too; a point that duplicates a reference row is never picked. Returns at most ``len(points)`` indices, in the
-    order picked.
+    too; a point that duplicates a reference row is never picked (unless it is ``start``). Returns at most
+    ``len(points)`` indices, in the order picked.
 
     :raises ValueError: for an empty or non-2D ``points``, ``n`` below 1, or ``reference`` of another width.
     """
@@ -71,7 +71,7 @@ def cur_selection(points: np.ndarray, n: int, rank: int | None = None) -> list[i
     Leverage is computed from the top ``rank`` (default ``n``) right-singular directions of the centred data.
     A direction counts while its singular value exceeds ``1e-11`` of the largest singular value of the centred
     data; selection stops when no direction is left (or no unpicked row has leverage), so at most the rank of the
-    centred data is picked (one index, ``0``, where all rows are equal). No row is picked twice.
+    centred data is picked (one index where the centred rows are all zero). No row is picked twice.
 
     Cost: one thin QR factorisation ``X = Q T`` of the centred data (``n_points x m`` with ``m = min(n_points,
     n_features)``; ``X = L Qᵀ`` where there are more features than points, which works on ``L`` alone). The

@@ -501,3 +501,51 @@ def test_iter_atoms_gives_what_get_atoms_gives():
     _same_frames(streamed, whole.get_atoms())
     assert [frame.info for frame in streamed] == [frame.info for frame in whole.get_atoms()]
     assert list(ConfigurationSetData([]).iter_atoms()) == []
+
+
+def _with_comment_suffix(text: str, suffix: str) -> str:
+    """``text`` with ``suffix`` at the end of its first frame's comment line (as another code may write it)."""
+    lines = text.splitlines(keepends=True)
+    lines[1] = lines[1].rstrip('\n') + suffix + '\n'
+    return ''.join(lines)
+
+
+@pytest.mark.parametrize(
+    ('suffix', 'value'),
+    [(' note="unterminated', 'unterminated'), (' note="a\rb"', 'a\rb')],
+    ids=['open quote at the end', 'carriage return inside a value'],
+)
+def test_subsets_of_comment_lines_from_other_codes_read_as_the_set_does(suffix, value):
+    """A frame's index goes first on its comment line, where no quote can be open; a lone carriage return inside a
+    value ends no line (as for ``get_atoms``)."""
+    whole = ConfigurationSetData(content=_with_comment_suffix(unnumbered_text(), suffix).encode()).store()
+    assert whole.get_atoms()[0].info['note'] == value
+    (copy,) = whole.subsets([[0, 1]], numbered=True)
+    expected = [{**frame.info, INDEX_KEY: position} for position, frame in enumerate(whole.get_atoms()[:2])]
+    assert [frame.info for frame in copy.get_atoms()] == expected
+    assert expected[0]['note'] == value and 'note' not in expected[1]
+    assert [frame.info for frame in whole.iter_atoms()] == [frame.info for frame in whole.get_atoms()]
+
+
+def test_extended_after_a_file_with_a_blank_line_between_frames():
+    """ASE stops at a blank line: such a stored file is written anew, not glued to, so every frame stays readable."""
+    content = (extxyz_string(labelled_frames()[:2]) + '\n' + extxyz_string(labelled_frames()[2:])).encode()
+    first = ConfigurationSetData(content=content).store()
+    assert first.count == 2
+    merged = first.extended(_mixed_frames()[3:])
+    assert merged.count == len(merged.get_atoms()) == len(merged.base.attributes.get('formulas')) == 4
+
+
+def test_from_file_refuses_a_file_ase_reads_only_in_part(tmp_path):
+    """ASE stops at a blank line between frames and returns those before it: the import is refused, naming where."""
+    path = tmp_path / 'gap.extxyz'
+    path.write_text(extxyz_string(labelled_frames()[:2]) + '\n' + extxyz_string(labelled_frames()[2:]))
+    before = count_sets()
+    with pytest.raises(
+        CorruptFileError, match=r'gap.extxyz, configuration 2, line \d+ \(blank.*reads only the first 2'
+    ):
+        ConfigurationSetData.from_file(path)
+    assert count_sets() == before
+    trailing = tmp_path / 'trailing.extxyz'
+    trailing.write_text(extxyz_string(labelled_frames()) + '\n\n')
+    assert ConfigurationSetData.from_file(trailing).count == 3
