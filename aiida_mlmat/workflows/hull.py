@@ -114,7 +114,7 @@ def generate_error(settings: dict[str, Any]) -> str | None:
 
 
 def _elemental(references: ConfigurationSetData) -> set[str]:
-    return {frame.get_chemical_symbols()[0] for frame in references.get_atoms() if len(set(frame.numbers)) == 1}
+    return {frame.get_chemical_symbols()[0] for frame in references.iter_atoms() if len(set(frame.numbers)) == 1}
 
 
 class HullWorkChain(IdempotentLaunchMixin, WorkChain):
@@ -211,7 +211,7 @@ class HullWorkChain(IdempotentLaunchMixin, WorkChain):
         self.ctx.prepared = prepare_screening(
             candidates, self.inputs.elements, orm.Bool('references' not in self.inputs)
         )
-        n_candidates = sum(1 for frame in self.ctx.prepared.get_atoms() if frame.info.get('mlmat_role') == 'candidate')
+        n_candidates = sum(1 for frame in self.ctx.prepared.iter_atoms() if frame.info.get('mlmat_role') == 'candidate')
         self.report(
             f'{n_candidates} candidates to relax, {self.ctx.prepared.base.attributes.get("n_excluded")} outside the '
             'chemical system'

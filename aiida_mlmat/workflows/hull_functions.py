@@ -142,7 +142,7 @@ def prepare_screening(
             continue
         frames.append(_plain(atoms, name, 'candidate', position))
     if generate_references.value:
-        frames.extend(elemental_reference_frames(sorted(system), len(candidates.get_atoms()) + 1000))
+        frames.extend(elemental_reference_frames(sorted(system), candidates.count + 1000))
     return ConfigurationSetData(frames, excluded=excluded)
 
 
@@ -184,8 +184,10 @@ def compute_hull(
         failed[record['name']] = {'formula': record['formula'], 'reason': record['reason']}
     relaxed: dict[str, Atoms] = {}
     references: dict[str, tuple[dict[str, int], list[float]]] = {}
-    names_by_index = {int(frame.info[INDEX_KEY]): frame.info[NAME_KEY] for frame in prepared.get_atoms()}
-    roles_by_index = {int(frame.info[INDEX_KEY]): frame.info.get(ROLE_KEY) for frame in prepared.get_atoms()}
+    names_by_index, roles_by_index = {}, {}
+    for frame in prepared.iter_atoms():  # read once, a frame at a time
+        names_by_index[int(frame.info[INDEX_KEY])] = frame.info[NAME_KEY]
+        roles_by_index[int(frame.info[INDEX_KEY])] = frame.info.get(ROLE_KEY)
     for key in sorted(nodes):
         node = nodes[key]
         if key == 'references':

@@ -138,9 +138,20 @@ def test_error_score_is_each_configurations_true_force_rmse(tmp_path):
      (['--jobs', '0'], '--jobs must be at least 1'), (['--warm-epochs', '0'], '--warm-epochs must be at least 1'),
      (['--pool-repeats', '0'], '--pool-repeats must be at least 1')],
 )  # fmt: skip
-def test_bad_options_are_refused_by_the_parser(args, message):
-    process = run(*args)
-    assert process.returncode == 2 and message in process.stderr, process.stderr[-2000:]
+def test_bad_options_are_refused_by_the_parser(args, message, monkeypatch, capsys):
+    """Refused before any work, in this process (a subprocess would spend its time importing torch)."""
+    import torch
+
+    module = load_module()
+    threads = torch.get_num_threads()  # main() sets them from --threads
+    monkeypatch.setattr(sys, 'argv', [str(SCRIPT), *TINY, *args])
+    try:
+        with pytest.raises(SystemExit) as exited:
+            module.main()
+    finally:
+        torch.set_num_threads(threads)
+    error = capsys.readouterr().err
+    assert exited.value.code == 2 and message in error, error[-2000:]
 
 
 def test_labels_to_target_between_rounds_follows_a_power_law():
