@@ -23,7 +23,6 @@ from aiida_mlmat.worker.structures import (
     check_configuration,
     check_labels,
     extxyz_string,
-    read_extxyz,
 )
 
 
@@ -39,17 +38,21 @@ class FrameSummary(NamedTuple):
     counts: dict[str, int]
     labels: frozenset[str]
     numbered: bool
+    periodic: bool
 
 
 def frame_summary(frame: Atoms) -> FrameSummary:
     """The :class:`FrameSummary` of one configuration: its atom count, formula, atoms per element, the labels its
-    calculator results carry (of ``LABEL_KEYS``) and whether it records its index (``info['mlmat_index']``)."""
+    calculator results carry (of ``LABEL_KEYS``), whether it records its index (``info['mlmat_index']``) and whether
+    it is periodic in all three directions."""
     counts: dict[str, int] = {}
     for symbol in frame.get_chemical_symbols():
         counts[symbol] = counts.get(symbol, 0) + 1
     results = frame.calc.results if frame.calc is not None else {}
     labels = frozenset(key for key in LABEL_KEYS if key in results)
-    return FrameSummary(len(frame), frame.get_chemical_formula(), counts, labels, INDEX_KEY in frame.info)
+    return FrameSummary(
+        len(frame), frame.get_chemical_formula(), counts, labels, INDEX_KEY in frame.info, bool(frame.pbc.all())
+    )
 
 
 def scan_extxyz_bytes(content: bytes) -> list[FrameSummary]:
@@ -119,7 +122,7 @@ def _summary_attributes(summaries: Sequence[FrameSummary]) -> dict[str, Any]:
     }
 
 
-def partial_label_error(frames: Sequence[Atoms], name: str = 'file') -> str | None:
+def partial_label_error(frames: Sequence[Atoms] | Sequence[FrameSummary], name: str = 'file') -> str | None:
     """Why ``frames`` cannot be stored as one set: a label that some configurations carry and others lack.
 
     A set's ``label_keys`` are the labels every configuration carries, and training fits a label on every
@@ -130,11 +133,12 @@ def partial_label_error(frames: Sequence[Atoms], name: str = 'file') -> str | No
     :return: the message naming the label, the first configuration (counted from 0) without it and how many carry
         it; ``None`` when every label is on all or none of the configurations that can have it.
     """
+    summaries = [frame if isinstance(frame, FrameSummary) else frame_summary(frame) for frame in frames]
     for key in LABEL_KEYS:
         concerned = [
-            (position, frame) for position, frame in enumerate(frames) if key != 'stress' or bool(frame.pbc.all())
+            (position, summary) for position, summary in enumerate(summaries) if key != 'stress' or summary.periodic
         ]
-        carrying = [frame.calc is not None and key in frame.calc.results for _, frame in concerned]
+        carrying = [key in summary.labels for _, summary in concerned]
         if any(carrying) and not all(carrying):
             first = next(position for (position, _), has in zip(concerned, carrying, strict=True) if not has)
             what = 'periodic configurations' if key == 'stress' else 'configurations'
@@ -183,43 +187,61 @@ def _unreadable_frame(text: str) -> str:
     return ''
 
 
-def parse_extxyz_bytes(content: bytes, name: str = 'file', validate: bool = True) -> list[Atoms]:
-    """Parse extxyz bytes into frames, with a clear error for anything unreadable or unphysical.
+def checked_frames(content: bytes, name: str = 'file', validate: bool = True) -> Iterator[Atoms]:
+    """The frames of extxyz bytes, one at a time, with a clear error for anything unreadable or unphysical.
 
-    :raises CorruptFileError: when the bytes are not a valid extxyz file, hold no frame, or (with ``validate``)
-        a frame is unphysical (no atoms, unknown element, atoms closer than 0.5 Å) or its labels are unusable
-        (non-finite, or forces or stress of the wrong shape).
+    :raises CorruptFileError: (while iterating) when the bytes are not a valid extxyz file, hold no frame, ASE would
+        read only part of them (a blank line between frames), or (with ``validate``) a frame is unphysical (no
+        atoms, unknown element, atoms closer than 0.5 Å) or its labels are unusable (non-finite, or forces or
+        stress of the wrong shape).
     """
+    from ase.io import iread
+
     try:
-        text = content.decode('utf-8')
+        content.decode('utf-8')  # checked, not kept: the frames are read from the bytes
     except UnicodeDecodeError as exc:
         raise CorruptFileError(f'{name} is not a text extxyz file: {exc}') from exc
-    if not text.strip():
+    if not content.strip():
         raise CorruptFileError(f'{name} holds no configuration (empty file)')
-    try:
-        frames = read_extxyz(io.StringIO(text))
-    except Exception as exc:
-        where = _unreadable_frame(text)
-        unknown = isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str)  # ASE's symbol lookup
-        reason = f'unknown element {exc.args[0]!r}' if unknown else f'{type(exc).__name__}: {exc}'
-        raise CorruptFileError(f'{name}{where}: cannot be read as extxyz: {reason}') from exc
-    if not frames:
-        raise CorruptFileError(f'{name} holds no configuration')
-    if validate:
-        spans = frame_spans(content)
-        if spans is None or len(spans) != len(frames):  # ASE stops at a blank line, say, without a word
-            where = _unreadable_frame(text) or f', after configuration {len(frames) - 1}'
-            raise CorruptFileError(
-                f'{name}{where}: ASE reads only the first {len(frames)} configuration(s) of the file; '
-                'mend the file (a blank line between frames, say) so that every configuration is read'
-            )
-        for position, frame in enumerate(frames):
+    # Not io.StringIO: once read from, it holds the text at 4 bytes a character.
+    frames = iread(io.TextIOWrapper(io.BytesIO(content), encoding='utf-8', newline='\n'), index=':', format='extxyz')
+    count = 0
+    while True:
+        try:
+            frame = next(frames)
+        except StopIteration:
+            break
+        except Exception as exc:
+            where = _unreadable_frame(content.decode('utf-8'))
+            unknown = isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str)  # ASE's symbol lookup
+            reason = f'unknown element {exc.args[0]!r}' if unknown else f'{type(exc).__name__}: {exc}'
+            raise CorruptFileError(f'{name}{where}: cannot be read as extxyz: {reason}') from exc
+        if validate:
             try:
                 check_configuration(frame)
                 check_labels(frame)
             except InvalidConfigurationError as exc:
-                raise CorruptFileError(f'{name}, configuration {position}: {exc}') from exc
-    return frames
+                raise CorruptFileError(f'{name}, configuration {count}: {exc}') from exc
+        count += 1
+        yield frame
+    if not count:
+        raise CorruptFileError(f'{name} holds no configuration')
+    spans = frame_spans(content) if validate else None
+    if validate and (spans is None or len(spans) != count):  # ASE stops at a blank line, say, without a word
+        where = _unreadable_frame(content.decode('utf-8')) or f', after configuration {count - 1}'
+        raise CorruptFileError(
+            f'{name}{where}: ASE reads only the first {count} configuration(s) of the file; '
+            'mend the file (a blank line between frames, say) so that every configuration is read'
+        )
+
+
+def parse_extxyz_bytes(content: bytes, name: str = 'file', validate: bool = True) -> list[Atoms]:
+    """Parse extxyz bytes into frames, with a clear error for anything unreadable or unphysical (every frame in
+    memory at once; :func:`checked_frames` gives them one at a time).
+
+    :raises CorruptFileError: as :func:`checked_frames`.
+    """
+    return list(checked_frames(content, name, validate))
 
 
 def _plain(value: Any) -> Any:
@@ -296,13 +318,13 @@ class ConfigurationSetData(orm.Data):
         """
         path = pathlib.Path(path)
         content = path.read_bytes()
-        frames = parse_extxyz_bytes(content, name=path.name, validate=validate)
+        # read and checked once, a frame at a time: a large file is never in memory as ASE objects
+        summaries = [frame_summary(frame) for frame in checked_frames(content, name=path.name, validate=validate)]
         if validate:
-            error = partial_label_error(frames, path.name)
+            error = partial_label_error(summaries, path.name)
             if error:
                 raise CorruptFileError(error)
-        summaries = [frame_summary(frame) for frame in frames]
-        return cls(content=content, _summaries=summaries, **kwargs)  # the file is read and parsed once
+        return cls(content=content, _summaries=summaries, **kwargs)
 
     @property
     def count(self) -> int:
@@ -363,7 +385,8 @@ class ConfigurationSetData(orm.Data):
             raise IndexError(f'configuration {index} is outside the set of {self.count} (0 to {self.count - 1})')
         from ase.io import read
 
-        frame = read(io.StringIO(self.get_content().decode('utf-8')), index=int(index), format='extxyz')
+        text = io.TextIOWrapper(io.BytesIO(self.get_content()), encoding='utf-8', newline='\n')
+        frame = read(text, index=int(index), format='extxyz')
         frame.info = {key: _plain(value) for key, value in frame.info.items()}
         return frame
 
