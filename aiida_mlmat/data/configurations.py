@@ -8,9 +8,11 @@ labelled are not dropped silently: they are listed in the ``excluded`` attribute
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import pathlib
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -67,9 +69,9 @@ def scan_extxyz_bytes(content: bytes) -> list[FrameSummary]:
 
 
 def frame_spans(content: bytes) -> list[tuple[int, int]] | None:
-    """The byte range ``(start, end)`` of every frame of extxyz bytes (its count line, comment line and atom lines),
-    from the layout alone; ``None`` when the layout is not that of a plain extxyz file (then frames cannot be copied
-    by their bytes, and are copied by parsing and writing them)."""
+    """The byte range ``(start, end)`` of every frame of extxyz bytes (its count line, comment line, atom lines and
+    any ``VEC`` lines after them, as ASE reads them), from the layout alone; ``None`` when the layout is not that of a
+    plain extxyz file (then frames cannot be copied by their bytes, and are copied by parsing and writing them)."""
     spans = []
     position, size = 0, len(content)
     while position < size:
@@ -89,18 +91,23 @@ def frame_spans(content: bytes) -> list[tuple[int, int]] | None:
                 return None
             end = content.find(b'\n', position)
             position = size if end < 0 else end + 1
+        while position < size and content[position : position + 16].lstrip().startswith(b'VEC'):
+            end = content.find(b'\n', position)
+            position = size if end < 0 else end + 1
         spans.append((start, position))
     return spans
 
 
 def _numbered(frame: bytes, index: int) -> bytes | None:
     """``frame`` (one frame's bytes) with ``mlmat_index=<index>`` put first on its comment line (where no quote can be
-    open, as one can at a line's end in a file another code wrote), or ``None`` where that line is no extxyz
-    key-value line (it names no ``Properties``)."""
+    open, as one can at a line's end in a file another code wrote), or ``None`` where ASE would not read it there:
+    the line is no extxyz key-value line (it names no ``Properties``), or the frame has ``VEC`` lines."""
     first = frame.index(b'\n') + 1
     second = frame.find(b'\n', first)
     if b'Properties=' not in frame[first : len(frame) if second < 0 else second]:
         return None
+    if re.search(rb'\n[ \t]*VEC', frame[first:]):
+        return None  # with VEC lines ASE keeps the comment line as text: it would not read the index
     return frame[:first] + f'{INDEX_KEY}={int(index)} '.encode() + frame[first:]
 
 
@@ -159,7 +166,9 @@ def _unreadable_frame(text: str) -> str:
     """
     from ase.io import iread
 
-    lines = text.splitlines()
+    lines = text.split('\n')  # as ASE reads: a line ends at \n alone, not at \r or \x0b inside a value
+    if lines and not lines[-1]:
+        lines.pop()
     start = position = 0
     while start < len(lines):
         if not lines[start].strip():
@@ -177,6 +186,8 @@ def _unreadable_frame(text: str) -> str:
         if len(atom_lines) < count:
             return f', configuration {position} (cut off: {len(atom_lines)} of its {count} atom lines)'
         start += count + 2
+        while start < len(lines) and lines[start].lstrip().startswith('VEC'):
+            start += 1
         position += 1
     position = 0
     try:
@@ -187,20 +198,36 @@ def _unreadable_frame(text: str) -> str:
     return ''
 
 
+def _check_utf8(content: bytes, name: str, chunk: int = 1 << 20) -> None:
+    """Refuse bytes that are not UTF-8 text, decoding a MiB at a time (the whole text is never built: it would take up
+    to 4 bytes a character).
+
+    :raises CorruptFileError: naming the first byte that is not UTF-8 text.
+    """
+    decoder = codecs.getincrementaldecoder('utf-8')()
+    view = memoryview(content)
+    for start in range(0, len(content), chunk):
+        carried = len(decoder.getstate()[0])  # the bytes of a character the last chunk cut in two
+        try:
+            decoder.decode(view[start : start + chunk], final=start + chunk >= len(content))
+        except UnicodeDecodeError as exc:
+            where = start - carried + exc.start
+            raise CorruptFileError(f'{name} is not a text extxyz file: {exc.reason} at byte {where}') from exc
+
+
 def checked_frames(content: bytes, name: str = 'file', validate: bool = True) -> Iterator[Atoms]:
     """The frames of extxyz bytes, one at a time, with a clear error for anything unreadable or unphysical.
 
-    :raises CorruptFileError: (while iterating) when the bytes are not a valid extxyz file, hold no frame, ASE would
+    A file is refused while it is iterated, possibly after frames were given: store nothing before the last one.
+
+    :raises CorruptFileError: when the bytes are not a valid extxyz file, hold no frame, ASE would
         read only part of them (a blank line between frames), or (with ``validate``) a frame is unphysical (no
         atoms, unknown element, atoms closer than 0.5 Å) or its labels are unusable (non-finite, or forces or
         stress of the wrong shape).
     """
     from ase.io import iread
 
-    try:
-        content.decode('utf-8')  # checked, not kept: the frames are read from the bytes
-    except UnicodeDecodeError as exc:
-        raise CorruptFileError(f'{name} is not a text extxyz file: {exc}') from exc
+    _check_utf8(content, name)
     if not content.strip():
         raise CorruptFileError(f'{name} holds no configuration (empty file)')
     # Not io.StringIO: once read from, it holds the text at 4 bytes a character.
@@ -225,7 +252,8 @@ def checked_frames(content: bytes, name: str = 'file', validate: bool = True) ->
         count += 1
         yield frame
     if not count:
-        raise CorruptFileError(f'{name} holds no configuration')
+        where = _unreadable_frame(content.decode('utf-8'))  # a blank first line, say
+        raise CorruptFileError(f'{name}{where}: holds no configuration' if where else f'{name} holds no configuration')
     spans = frame_spans(content) if validate else None
     if validate and (spans is None or len(spans) != count):  # ASE stops at a blank line, say, without a word
         where = _unreadable_frame(content.decode('utf-8')) or f', after configuration {count - 1}'

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +147,7 @@ def test_bad_options_are_refused_by_the_parser(args, message, monkeypatch, capsy
     threads = torch.get_num_threads()  # main() sets them from --threads
     monkeypatch.setattr(sys, 'argv', [str(SCRIPT), *TINY, *args])
     try:
-        with pytest.raises(SystemExit) as exited:
+        with warnings.catch_warnings(), pytest.raises(SystemExit) as exited:  # main() sets warning filters
             module.main()
     finally:
         torch.set_num_threads(threads)

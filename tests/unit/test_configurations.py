@@ -549,3 +549,42 @@ def test_from_file_refuses_a_file_ase_reads_only_in_part(tmp_path):
     trailing = tmp_path / 'trailing.extxyz'
     trailing.write_text(extxyz_string(labelled_frames()) + '\n\n')
     assert ConfigurationSetData.from_file(trailing).count == 3
+
+
+def test_a_file_with_vec_lines_is_read_whole_and_copied_by_its_bytes(tmp_path):
+    """``VEC1``-``VEC3`` lines after a frame's atoms (another way to give the cell) belong to that frame."""
+    cell = 'VEC1 3.6 0 0\nVEC2 0 3.6 0\nVEC3 0 0 3.6\n'
+    frame = '2\nProperties=species:S:1:pos:R:3 pbc="T T T"\nCu 0 0 0\nCu 1.8 1.8 0\n' + cell
+    path = tmp_path / 'vec.extxyz'
+    path.write_text(frame + frame.replace('1.8 1.8 0', '0 1.8 1.8'))
+    whole = ConfigurationSetData.from_file(path).store()
+    assert whole.count == 2
+    np.testing.assert_allclose(whole.get_atoms()[1].cell[:], np.eye(3) * 3.6)
+    (copy,) = whole.subsets([[1, 0]], numbered=True)
+    frames = copy.get_atoms()
+    assert [frame.info[INDEX_KEY] for frame in frames] == [1, 0]
+    np.testing.assert_allclose(frames[0].positions[1], [0, 1.8, 1.8])
+    np.testing.assert_allclose(frames[0].cell[:], np.eye(3) * 3.6)
+
+
+def test_messages_count_lines_as_ase_does(tmp_path):
+    """A carriage return inside a value ends no line (the fault is named in the frame that has it); a blank first
+    line is named."""
+    text = unnumbered_text()
+    broken = _with_comment_suffix(text, ' note="a\rb"').replace('\nAu ', '\nQq ', 1)
+    path = tmp_path / 'x.extxyz'
+    path.write_text(broken, newline='')
+    with pytest.raises(CorruptFileError) as refused:
+        ConfigurationSetData.from_file(path)
+    assert str(refused.value) == "x.extxyz, configuration 1: cannot be read as extxyz: unknown element 'Qq'"
+    path.write_text('\n' + text)
+    with pytest.raises(CorruptFileError, match=r'configuration 0, line 1 \(blank.*holds no configuration'):
+        ConfigurationSetData.from_file(path)
+
+
+def test_a_file_that_is_not_utf8_is_refused_naming_the_byte(tmp_path):
+    path = tmp_path / 'latin.extxyz'
+    content = unnumbered_text().encode()
+    path.write_bytes(content[:100] + b'\xe9' + content[100:])
+    with pytest.raises(CorruptFileError, match=r'latin\.extxyz is not a text extxyz file: .* at byte 100$'):
+        ConfigurationSetData.from_file(path)
