@@ -452,9 +452,8 @@ class ConfigurationSetData(orm.Data):
             return _numbered(frame, position) if numbered and not summaries[position].numbered else frame
 
         by_bytes = summaries is not None and len(summaries) == count
-        if by_bytes and numbered:  # a frame whose comment line takes no index is copied by parsing and writing
-            by_bytes = all(copy(position) is not None for group in groups for position in group)
-        if not by_bytes:
+        copies = {position: copy(position) for group in groups for position in group} if by_bytes else {}
+        if not by_bytes or None in copies.values():  # a frame whose comment line takes no index: parse and write
             frames = self.get_atoms()
             if numbered:
                 for position, frame in enumerate(frames):
@@ -465,7 +464,7 @@ class ConfigurationSetData(orm.Data):
             chosen = [summaries[position] for position in group]
             if numbered:
                 chosen = [summary._replace(numbered=True) for summary in chosen]
-            data = b''.join(copy(position) for position in group)  # type: ignore[misc]
+            data = b''.join(copies[position] for position in group)  # type: ignore[misc]
             out.append(type(self)(content=data, calculator=calculator, _summaries=chosen))
         return out
 
@@ -496,7 +495,7 @@ class ConfigurationSetData(orm.Data):
         spans, summaries = frame_spans(content), scan_extxyz_bytes(content)
         if spans is None or len(spans) != len(summaries):  # not plain extxyz: parsed and written anew
             return type(self)(self.get_atoms() + list(frames), calculator=calculator, excluded=excluded)
-        summaries += scan_extxyz_bytes(addition.get_content())
+        summaries += [frame_summary(frame) for frame in frames]  # the frames are at hand: no need to read them back
         return type(self)(
             content=content + addition.get_content(), calculator=calculator, excluded=excluded, _summaries=summaries
         )
