@@ -3,11 +3,7 @@
 Needs ``scripts/start-integration-services.sh`` (run as root): sshd on 127.0.0.1 with the user's key authorised,
 munge, slurmctld and slurmd. Skips with the reason when they are not up, except with CI=true, where it fails.
 
-The walltime test makes the first job die by SLURM's time limit deterministically: once the worker has labelled
-a few configurations, the test freezes the job (``scancel --signal=STOP --full``), so the job is still running
-but makes no progress when SLURM's time limit (1 minute, the smallest SLURM has; slurmctld checks limits every
-30 s, so the kill comes 60-90 s after the start) ends it with SIGCONT + SIGTERM. A job sized to outrun the limit
-on its own would depend on this machine's speed and load; the freeze does not, and the restarted job is short.
+Jobs ended by SLURM's time limit are tested in ``test_slurm_walltime.py``.
 """
 
 from __future__ import annotations
@@ -115,24 +111,35 @@ def count_frames(path: Path) -> int:
     return sum(1 for line in text.splitlines() if 'Lattice=' in line)
 
 
-def wait_for_progress(workchain, minimum: int, timeout: float = 150) -> tuple[orm.CalcJobNode, str]:
-    """Wait until the first CalcJob of ``workchain`` runs in SLURM with ``minimum`` frames labelled.
+def label_progress(workchain, minimum: int) -> tuple[tuple[orm.CalcJobNode, str] | None, str]:
+    """Whether the first CalcJob of ``workchain`` runs in SLURM with ``minimum`` frames labelled.
 
-    The ssh target is this machine, so the job's remote folder is read directly. Return the CalcJob and job id.
+    The ssh target is this machine, so the job's remote folder is read directly. Return ``(calc, job_id)`` or None,
+    and a description of the state for a message.
     """
+    assert not workchain.is_terminated, f'{workchain} ended before its job could be caught'
+    calcs = [node for node in workchain.called if isinstance(node, orm.CalcJobNode)]
+    if not calcs:
+        return None, 'no CalcJob yet'
+    calc = calcs[0]
+    job_id, workdir = calc.get_job_id(), calc.get_remote_workdir()
+    done = count_frames(Path(workdir) / LABELLED_FILE) if workdir else 0
+    state = f'job {job_id}, {done} frames labelled, calc state {calc.get_state()}'
+    if job_id and done >= minimum:
+        assert done < N_LARGE, f'the job finished before it could be caught ({state})'
+        return (calc, job_id), state
+    return None, state
+
+
+def wait_for_progress(workchain, minimum: int, timeout: float = 150) -> tuple[orm.CalcJobNode, str]:
+    """Wait until the first CalcJob of ``workchain`` runs in SLURM with ``minimum`` frames labelled; return it and
+    its job id."""
     deadline = time.monotonic() + timeout
-    state = 'no CalcJob yet'
+    state = 'not looked yet'
     while time.monotonic() < deadline:
-        assert not workchain.is_terminated, f'{workchain} ended before its job could be caught: {state}'
-        calcs = [node for node in workchain.called if isinstance(node, orm.CalcJobNode)]
-        if calcs:
-            calc = calcs[0]
-            job_id, workdir = calc.get_job_id(), calc.get_remote_workdir()
-            done = count_frames(Path(workdir) / LABELLED_FILE) if workdir else 0
-            state = f'job {job_id}, {done} frames labelled, calc state {calc.get_state()}'
-            if job_id and done >= minimum:
-                assert done < N_LARGE, f'the job finished before it could be caught ({state})'
-                return calc, job_id
+        found, state = label_progress(workchain, minimum)
+        if found:
+            return found
         time.sleep(0.2)
     raise AssertionError(f'the job did not make progress within {timeout} s: {state}')
 
@@ -279,37 +286,6 @@ def test_setup_logs_in_first_and_refuses_a_wrong_user_or_partition(slurm_compute
         setup_slurm(HOST, getpass.getuser(), str(KEY), label='slurm-ssh-clear', partition='')['computer']['partition']
         is None
     )
-
-
-def test_walltime_kill_is_restarted_from_partial(submit_and_await, slurm_worker, emt):
-    """A job ended by SLURM's time limit (exit 120) is restarted from its partial labels; the final set is complete."""
-    configurations = large_cu_set()
-    builder = label_restart_builder(slurm_worker, configurations, emt, max_wallclock_seconds=60)
-    builder.label.soft_time_limit = orm.Float(3600.0)  # the worker must not stop itself before SLURM does
-    workchain = submit(builder)
-    calc, job_id = wait_for_progress(workchain, MIN_PROGRESS)
-    subprocess.run(['scancel', '--signal=STOP', '--full', job_id], check=True)
-    node = submit_and_await(workchain, timeout=240)
-
-    assert squeue_state(job_id) in ('TIMEOUT', ''), squeue_state(job_id)
-    assert node.is_finished_ok, (node.exit_status, node.exit_message)
-    calcs = sorted((n for n in node.called if isinstance(n, orm.CalcJobNode)), key=lambda n: n.ctime)
-    assert len(calcs) == 2, [c.exit_status for c in calcs]
-    first, second = calcs
-    assert first.pk == calc.pk
-    stderr = first.outputs.retrieved.base.repository.get_object_content('_scheduler-stderr.txt')
-    assert 'DUE TO TIME LIMIT' in stderr, stderr
-    assert first.exit_status == 120, (first.exit_status, first.exit_message)  # ERROR_SCHEDULER_OUT_OF_WALLTIME
-    partial = first.outputs.partial_configurations
-    assert MIN_PROGRESS <= partial.count < N_LARGE
-    assert second.inputs.restart_from.uuid == partial.uuid
-    assert second.is_finished_ok
-    assert second.outputs.results['n_reused'] == partial.count
-    assert second.outputs.results['n_labelled'] == N_LARGE
-    labelled = node.outputs.configurations
-    frames = labelled.get_atoms()
-    assert [frame.info[INDEX_KEY] for frame in frames] == list(range(N_LARGE))
-    assert assert_labels_equal_emt(frames) == N_LARGE
 
 
 def test_scancel_is_resubmitted(submit_and_await, slurm_worker, emt):
