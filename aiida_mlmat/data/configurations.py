@@ -41,19 +41,34 @@ class FrameSummary(NamedTuple):
     labels: frozenset[str]
     numbered: bool
     periodic: bool
+    index: int | None = None
+
+
+def _index_of(frame: Atoms) -> int | None:
+    """The index a configuration records (``info['mlmat_index']``) as an integer, or ``None``."""
+    try:
+        return int(frame.info[INDEX_KEY])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def frame_summary(frame: Atoms) -> FrameSummary:
     """The :class:`FrameSummary` of one configuration: its atom count, formula, atoms per element, the labels its
-    calculator results carry (of ``LABEL_KEYS``), whether it records its index (``info['mlmat_index']``) and whether
-    it is periodic in all three directions."""
+    calculator results carry (of ``LABEL_KEYS``), whether it records its index (``info['mlmat_index']``), whether
+    it is periodic in all three directions, and the index it records (``None`` for none)."""
     counts: dict[str, int] = {}
     for symbol in frame.get_chemical_symbols():
         counts[symbol] = counts.get(symbol, 0) + 1
     results = frame.calc.results if frame.calc is not None else {}
     labels = frozenset(key for key in LABEL_KEYS if key in results)
     return FrameSummary(
-        len(frame), frame.get_chemical_formula(), counts, labels, INDEX_KEY in frame.info, bool(frame.pbc.all())
+        len(frame),
+        frame.get_chemical_formula(),
+        counts,
+        labels,
+        INDEX_KEY in frame.info,
+        bool(frame.pbc.all()),
+        _index_of(frame),
     )
 
 
@@ -463,7 +478,10 @@ class ConfigurationSetData(orm.Data):
         for group in groups:
             chosen = [summaries[position] for position in group]
             if numbered:
-                chosen = [summary._replace(numbered=True) for summary in chosen]
+                chosen = [
+                    summary if summary.numbered else summary._replace(numbered=True, index=position)
+                    for position, summary in zip(group, chosen, strict=True)
+                ]
             data = b''.join(copies[position] for position in group)  # type: ignore[misc]
             out.append(type(self)(content=data, calculator=calculator, _summaries=chosen))
         return out
@@ -498,6 +516,53 @@ class ConfigurationSetData(orm.Data):
         summaries += [frame_summary(frame) for frame in frames]  # the frames are at hand: no need to read them back
         return type(self)(
             content=content + addition.get_content(), calculator=calculator, excluded=excluded, _summaries=summaries
+        )
+
+    @classmethod
+    def joined(
+        cls,
+        parts: Sequence[ConfigurationSetData],
+        *,
+        calculator: dict[str, Any] | None = None,
+        excluded: Sequence[dict[str, Any]] | None = None,
+    ) -> ConfigurationSetData:
+        """A new (unstored) set of every configuration of ``parts``, sorted by the index each records
+        (``info['mlmat_index']``; 0 where none; ties keep their order), as labelled chunks are collected.
+
+        The frames are copied byte for byte, and each part is read one frame at a time, never whole as ASE objects;
+        parts whose layout is not plain extxyz are parsed and written anew. Labels are refused as the constructor
+        refuses them (``ValueError`` naming the part and the configuration).
+        """
+        from ase.io import iread
+
+        pieces: list[tuple[int, int, bytes, FrameSummary]] = []
+        for number, part in enumerate(parts):
+            content = part.get_content()
+            if not content.strip():
+                continue
+            spans = frame_spans(content)
+            text = io.TextIOWrapper(io.BytesIO(content), encoding='utf-8', newline='\n')
+            summaries = []
+            for position, frame in enumerate(iread(text, index=':', format='extxyz')):
+                try:
+                    check_labels(frame, limits=False)
+                except InvalidConfigurationError as exc:
+                    formula = frame.get_chemical_formula()
+                    raise ValueError(f'part {number}, configuration {position} ({formula}): {exc}') from exc
+                summaries.append(frame_summary(frame))
+            if spans is None or len(spans) != len(summaries):  # not plain extxyz: parsed and written anew
+                frames = [frame for part in parts for frame in part.iter_atoms()]
+                frames.sort(key=lambda frame: _index_of(frame) or 0)
+                return cls(frames, calculator=calculator, excluded=excluded)
+            for (start, end), summary in zip(spans, summaries, strict=True):
+                frame_bytes = content[start:end] if content[end - 1 : end] == b'\n' else content[start:end] + b'\n'
+                pieces.append((summary.index or 0, len(pieces), frame_bytes, summary))
+        pieces.sort(key=lambda piece: piece[:2])
+        return cls(
+            content=b''.join(piece[2] for piece in pieces),
+            calculator=calculator,
+            excluded=excluded,
+            _summaries=[piece[3] for piece in pieces],
         )
 
     def write_extxyz(self, path: str | pathlib.Path) -> None:

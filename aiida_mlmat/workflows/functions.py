@@ -42,6 +42,26 @@ def split_configurations(configurations: ConfigurationSetData, chunk_size: orm.I
     return {f'chunk_{number:04d}': chunk for number, chunk in enumerate(chunks)}
 
 
+def chunk_exclusions(chunks: dict[str, Any], reasons: dict[str, str]) -> list[dict[str, Any]]:
+    """Exclusion records of labelled chunks (``labelled_*``: their own) and of failed unlabelled chunks (``failed_*``:
+    every configuration, with ``reasons[key]``), in chunk order."""
+    excluded: list[dict[str, Any]] = []
+    for key in sorted(chunks):
+        node = chunks[key]
+        if not key.startswith('failed_'):
+            excluded.extend(node.excluded)
+            continue
+        for position, frame in enumerate(node.iter_atoms()):
+            excluded.append(
+                {
+                    'index': int(frame.info.get(INDEX_KEY, position)),
+                    'formula': frame.get_chemical_formula(),
+                    'reason': reasons.get(key, 'the label job failed'),
+                }
+            )
+    return excluded
+
+
 def gather_chunks(chunks: dict[str, Any], reasons: dict[str, str]) -> tuple[list[Atoms], list[dict[str, Any]]]:
     """Frames and exclusions of labelled chunks (``labelled_*``) and failed unlabelled chunks (``failed_*``).
 
@@ -49,37 +69,29 @@ def gather_chunks(chunks: dict[str, Any], reasons: dict[str, str]) -> tuple[list
     original index, the exclusions in chunk order.
     """
     frames: list[Atoms] = []
-    excluded: list[dict[str, Any]] = []
     for key in sorted(chunks):
-        node = chunks[key]
-        if key.startswith('failed_'):
-            for position, frame in enumerate(node.get_atoms()):
-                excluded.append(
-                    {
-                        'index': int(frame.info.get(INDEX_KEY, position)),
-                        'formula': frame.get_chemical_formula(),
-                        'reason': reasons.get(key, 'the label job failed'),
-                    }
-                )
-        else:
-            frames.extend(node.get_atoms())
-            excluded.extend(node.excluded)
+        if not key.startswith('failed_'):
+            frames.extend(chunks[key].get_atoms())
     frames.sort(key=lambda frame: int(frame.info.get(INDEX_KEY, 0)))
-    return frames, excluded
+    return frames, chunk_exclusions(chunks, reasons)
 
 
 @calcfunction
 def collect_labels(calculator: orm.Dict, failures: orm.Dict, **chunks: ConfigurationSetData) -> ConfigurationSetData:
     """Merge labelled chunks into one set, sorted by configuration index, with every exclusion recorded.
 
+    The chunks' frames are copied byte for byte and read one at a time (see :meth:`ConfigurationSetData.joined`):
+    a large reference set is never in memory as ASE objects.
+
     :param calculator: the calculator spec that made the labels.
     :param failures: ``{link label of an unlabelled chunk: reason}`` for chunks whose job failed as a whole;
         every configuration of such a chunk is excluded with that reason.
     :param chunks: labelled chunks (``labelled_*``) and failed unlabelled chunks (``failed_*``).
     """
-    frames, excluded = gather_chunks(chunks, failures.get_dict())
+    excluded = chunk_exclusions(chunks, failures.get_dict())
     excluded.sort(key=lambda record: record['index'])
-    labelled = ConfigurationSetData(frames, calculator=calculator.get_dict(), excluded=excluded)
+    parts = [chunks[key] for key in sorted(chunks) if not key.startswith('failed_')]
+    labelled = ConfigurationSetData.joined(parts, calculator=calculator.get_dict(), excluded=excluded)
     labelled.label = f'labelled by {calculator.get("name")}'
     return labelled
 

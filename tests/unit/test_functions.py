@@ -115,6 +115,58 @@ def test_collect_labels_merges_sorts_and_records_exclusions():
     assert result.label_keys == ['energy', 'forces', 'stress']
 
 
+def test_collected_set_is_the_set_of_the_sorted_frames_copied_not_parsed(monkeypatch):
+    """The collected set has the bytes and every summary attribute of a set built from the sorted frames; the
+    chunks are never parsed whole into ASE objects."""
+    frames = labelled(rattled(9, start_index=0))
+    frames[4].symbols[0] = 'Au'  # a second species and a composition range
+    frames[4].calc = SinglePointCalculator(frames[4], **frames[4].calc.results)
+    chunks = {
+        'labelled_chunk_0000': ConfigurationSetData([frames[6], frames[2], frames[0]]),
+        'labelled_chunk_0001': ConfigurationSetData([frames[1], frames[8]]),
+        'labelled_chunk_0002': ConfigurationSetData([frames[7], frames[4], frames[3], frames[5]]),
+    }
+    for node in chunks.values():
+        node.store()  # as in the workflow: attribute reads and content come from stored nodes
+
+    def refuse(self):
+        raise AssertionError('a chunk was parsed whole')
+
+    monkeypatch.setattr(ConfigurationSetData, 'get_atoms', refuse)
+    result = collect_labels(orm.Dict(EMT_SPEC), orm.Dict({}), **chunks)
+    monkeypatch.undo()
+    expected = ConfigurationSetData(frames, calculator=EMT_SPEC)
+    assert result.get_content() == expected.get_content()
+    for key in ('count', 'num_atoms_total', 'species', 'formulas', 'label_keys', 'composition_range', 'sha256'):
+        assert result.base.attributes.get(key) == expected.base.attributes.get(key), key
+    assert result.species == ['Au', 'Cu'] and result.label_keys == ['energy', 'forces', 'stress']
+
+
+def test_joined_refuses_a_non_finite_label_naming_the_part_and_configuration():
+    frames = labelled(rattled(3, start_index=0))
+    good = ConfigurationSetData(frames[:1])
+    text = ConfigurationSetData(frames[1:]).get_content().decode()
+    energy = f'energy={float(frames[2].get_potential_energy())!r}'
+    assert energy in text
+    bad = ConfigurationSetData(content=text.replace(energy, 'energy=nan').encode())
+    with pytest.raises(ValueError, match=r'part 1, configuration 1 \(Cu4\): .*energy'):
+        ConfigurationSetData.joined([good, bad])
+
+
+def test_joined_orders_by_recorded_index_and_keeps_ties_in_part_order():
+    frames = labelled(rattled(4))
+    frames[0].info[INDEX_KEY] = 3
+    frames[1].info[INDEX_KEY] = 1
+    # frames 2 and 3 record no index: they sort as 0, in the order of the parts
+    parts = [ConfigurationSetData([frames[0], frames[2]]), ConfigurationSetData([frames[1], frames[3]])]
+    result = ConfigurationSetData.joined(parts)
+    back = result.get_atoms()
+    assert [atoms.info.get(INDEX_KEY) for atoms in back] == [None, None, 1, 3]
+    np.testing.assert_allclose(back[0].positions, frames[2].positions, atol=1e-8)
+    np.testing.assert_allclose(back[1].positions, frames[3].positions, atol=1e-8)
+    assert ConfigurationSetData.joined([]).count == 0
+
+
 def test_collect_labels_default_reason():
     result = collect_labels(
         orm.Dict(EMT_SPEC),
