@@ -37,7 +37,7 @@ fi
 log="$(mktemp -t mlmat-production-tier.XXXXXX.log)"
 "${production[@]}" >"$log" 2>&1 &
 production_pid=$!
-# Ctrl-C or a failing first run must not leave the background run (and its daemon) behind.
+# Ctrl-C (or TERM) stops the background run too, through pytest; a failing first run does not: both report.
 trap 'kill -INT "$production_pid" 2>/dev/null || true' INT TERM
 echo "run-tests: the production tier (PostgreSQL + RabbitMQ, 2 workers) runs in the background; log: $log"
 first=0
