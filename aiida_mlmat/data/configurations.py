@@ -531,7 +531,8 @@ class ConfigurationSetData(orm.Data):
 
         The frames are copied byte for byte, and each part is read one frame at a time, never whole as ASE objects;
         parts whose layout is not plain extxyz are parsed and written anew. Labels are refused as the constructor
-        refuses them (``ValueError`` naming the part and the configuration).
+        refuses them, and so are an index that is not an integer and a part in which ASE reads no configuration
+        (``ValueError`` naming the part and the configuration).
         """
         from ase.io import iread
 
@@ -549,7 +550,15 @@ class ConfigurationSetData(orm.Data):
                 except InvalidConfigurationError as exc:
                     formula = frame.get_chemical_formula()
                     raise ValueError(f'part {number}, configuration {position} ({formula}): {exc}') from exc
-                summaries.append(frame_summary(frame))
+                summary = frame_summary(frame)
+                if summary.numbered and summary.index is None:
+                    value = frame.info[INDEX_KEY]
+                    raise ValueError(
+                        f'part {number}, configuration {position}: {INDEX_KEY}={value!r} is not an integer'
+                    )
+                summaries.append(summary)
+            if not summaries:
+                raise ValueError(f'part {number} holds {len(content)} bytes but no configuration ASE can read')
             if spans is None or len(spans) != len(summaries):  # not plain extxyz: parsed and written anew
                 frames = [frame for part in parts for frame in part.iter_atoms()]
                 frames.sort(key=lambda frame: _index_of(frame) or 0)

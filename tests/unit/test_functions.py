@@ -153,6 +153,18 @@ def test_joined_refuses_a_non_finite_label_naming_the_part_and_configuration():
         ConfigurationSetData.joined([good, bad])
 
 
+def test_joined_refuses_an_index_that_is_no_integer_and_a_part_ase_reads_nothing_of():
+    frames = labelled(rattled(2, start_index=0))
+    text = ConfigurationSetData(frames).get_content()
+    assert text.count(b'mlmat_index=1 ') == 1
+    odd = ConfigurationSetData(content=text.replace(b'mlmat_index=1 ', b'mlmat_index=abc '))
+    with pytest.raises(ValueError, match="part 1, configuration 1: mlmat_index='abc' is not an integer"):
+        ConfigurationSetData.joined([ConfigurationSetData(frames[:1]), odd])
+    unread = ConfigurationSetData(content=b'\n' + text)  # ASE stops at a blank first line
+    with pytest.raises(ValueError, match=r'part 0 holds \d+ bytes but no configuration ASE can read'):
+        ConfigurationSetData.joined([unread])
+
+
 def test_joined_orders_by_recorded_index_and_keeps_ties_in_part_order():
     frames = labelled(rattled(4))
     frames[0].info[INDEX_KEY] = 3
