@@ -111,18 +111,26 @@ def count_frames(path: Path) -> int:
     return sum(1 for line in text.splitlines() if 'Lattice=' in line)
 
 
+def first_job(workchain) -> tuple[orm.CalcJobNode, str | None, str | None] | None:
+    """The first CalcJob of a running ``workchain`` with its SLURM job id and remote folder (each None until known),
+    or None before there is one; the workflow must not have ended."""
+    assert not workchain.is_terminated, f'{workchain} ended before its job could be caught'
+    calcs = [node for node in workchain.called if isinstance(node, orm.CalcJobNode)]
+    if not calcs:
+        return None
+    return calcs[0], calcs[0].get_job_id(), calcs[0].get_remote_workdir()
+
+
 def label_progress(workchain, minimum: int) -> tuple[tuple[orm.CalcJobNode, str] | None, str]:
     """Whether the first CalcJob of ``workchain`` runs in SLURM with ``minimum`` frames labelled.
 
     The ssh target is this machine, so the job's remote folder is read directly. Return ``(calc, job_id)`` or None,
     and a description of the state for a message.
     """
-    assert not workchain.is_terminated, f'{workchain} ended before its job could be caught'
-    calcs = [node for node in workchain.called if isinstance(node, orm.CalcJobNode)]
-    if not calcs:
+    job = first_job(workchain)
+    if job is None:
         return None, 'no CalcJob yet'
-    calc = calcs[0]
-    job_id, workdir = calc.get_job_id(), calc.get_remote_workdir()
+    calc, job_id, workdir = job
     done = count_frames(Path(workdir) / LABELLED_FILE) if workdir else 0
     state = f'job {job_id}, {done} frames labelled, calc state {calc.get_state()}'
     if job_id and done >= minimum:

@@ -33,6 +33,7 @@ from tests.engine.helpers import assert_labels_equal_emt
 from tests.integration.test_slurm import (  # noqa: F401 (fixtures)
     MIN_PROGRESS,
     N_LARGE,
+    first_job,
     label_progress,
     label_restart_builder,
     large_cu_set,
@@ -57,12 +58,10 @@ def checkpoint_written(workchain) -> tuple[tuple[orm.CalcJobNode, str] | None, s
 
     Return ``(calc, job_id)`` or None, and a description of the state for a message.
     """
-    assert not workchain.is_terminated, f'{workchain} ended before its job could be caught'
-    calcs = [node for node in workchain.called if isinstance(node, orm.CalcJobNode)]
-    if not calcs:
+    job = first_job(workchain)
+    if job is None:
         return None, 'no CalcJob yet'
-    calc = calcs[0]
-    job_id, workdir = calc.get_job_id(), calc.get_remote_workdir()
+    calc, job_id, workdir = job
     ready = bool(workdir) and (Path(workdir) / CHECKPOINT_FILE).exists()
     state = f'job {job_id}, checkpoint {ready}, calc state {calc.get_state()}'
     if job_id and ready:
@@ -131,24 +130,29 @@ def frozen_jobs(daemon_client, slurm_worker):  # noqa: F811
     return frozen
 
 
-def test_walltime_kill_is_restarted_from_partial(submit_and_await, frozen_jobs):
-    """A job ended by SLURM's time limit (exit 120) is restarted from its partial labels; the final set is complete."""
-    workchain, calc, job_id = frozen_jobs['label']
-    node = submit_and_await(workchain, timeout=240)
-
+def killed_and_restarted(submit_and_await, workchain, calc, job_id, timeout):
+    """Await ``workchain``; check that its frozen job ``calc`` was ended by the time limit (SLURM's ``TIMEOUT``, exit
+    120) and that one restarted job finished it. Return the workflow, the killed job and the restarted one."""
+    node = submit_and_await(workchain, timeout=timeout)
     assert squeue_state(job_id) in ('TIMEOUT', ''), squeue_state(job_id)
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
     calcs = sorted((n for n in node.called if isinstance(n, orm.CalcJobNode)), key=lambda n: n.ctime)
     assert len(calcs) == 2, [c.exit_status for c in calcs]
     first, second = calcs
     assert first.pk == calc.pk
+    assert first.exit_status == 120, (first.exit_status, first.exit_message)  # ERROR_SCHEDULER_OUT_OF_WALLTIME
+    assert second.is_finished_ok, (second.exit_status, second.exit_message)
+    return node, first, second
+
+
+def test_walltime_kill_is_restarted_from_partial(submit_and_await, frozen_jobs):
+    """A job ended by SLURM's time limit (exit 120) is restarted from its partial labels; the final set is complete."""
+    node, first, second = killed_and_restarted(submit_and_await, *frozen_jobs['label'], timeout=240)
     stderr = first.outputs.retrieved.base.repository.get_object_content('_scheduler-stderr.txt')
     assert 'DUE TO TIME LIMIT' in stderr, stderr
-    assert first.exit_status == 120, (first.exit_status, first.exit_message)  # ERROR_SCHEDULER_OUT_OF_WALLTIME
     partial = first.outputs.partial_configurations
     assert MIN_PROGRESS <= partial.count < N_LARGE
     assert second.inputs.restart_from.uuid == partial.uuid
-    assert second.is_finished_ok
     assert second.outputs.results['n_reused'] == partial.count
     assert second.outputs.results['n_labelled'] == N_LARGE
     labelled = node.outputs.configurations
@@ -161,16 +165,7 @@ def test_training_killed_by_walltime_resumes_from_checkpoint(submit_and_await, f
     """A training job ended by SLURM's time limit resumes from its checkpoint; the learning curve is continuous."""
     import torch
 
-    workchain, calc, job_id = frozen_jobs['training']
-    node = submit_and_await(workchain, timeout=300)
-
-    assert squeue_state(job_id) in ('TIMEOUT', ''), squeue_state(job_id)
-    assert node.is_finished_ok, (node.exit_status, node.exit_message)
-    calcs = sorted((n for n in node.called if isinstance(n, orm.CalcJobNode)), key=lambda n: n.ctime)
-    assert len(calcs) == 2, [c.exit_status for c in calcs]
-    first, second = calcs
-    assert first.pk == calc.pk
-    assert first.exit_status == 120, (first.exit_status, first.exit_message)  # ERROR_SCHEDULER_OUT_OF_WALLTIME
+    node, first, second = killed_and_restarted(submit_and_await, *frozen_jobs['training'], timeout=300)
     assert 'results' not in first.outputs  # killed: the worker never wrote its summary
     assert second.inputs.checkpoint.uuid == first.outputs.checkpoint.uuid
     with first.outputs.checkpoint.open(mode='rb') as handle:
