@@ -72,15 +72,27 @@ def frame_summary(frame: Atoms) -> FrameSummary:
     )
 
 
-def scan_extxyz_bytes(content: bytes) -> list[FrameSummary]:
-    """The :class:`FrameSummary` of every frame of extxyz bytes, reading one frame at a time (a set's frames are
-    never all in memory at once: as ASE objects they take several times the file's size)."""
+def _iread_bytes(content: bytes) -> Iterator[Atoms]:
+    """The frames of extxyz bytes one at a time (none for blank bytes). Lines end at ``\n`` alone, as when ASE reads
+    a file, and the text is decoded as it is read, never copied whole (not ``io.StringIO``: once read from, it holds
+    the text at 4 bytes a character)."""
     from ase.io import iread
 
     if not content.strip():
-        return []
-    text = io.TextIOWrapper(io.BytesIO(content), encoding='utf-8', newline='\n')  # decoded as read, not copied whole
-    return [frame_summary(frame) for frame in iread(text, index=':', format='extxyz')]
+        return iter(())
+    return iread(io.TextIOWrapper(io.BytesIO(content), encoding='utf-8', newline='\n'), index=':', format='extxyz')
+
+
+def _frame_bytes(content: bytes, span: tuple[int, int]) -> bytes:
+    """The bytes of the frame at ``span`` of ``content`` (see :func:`frame_spans`), ending with a newline."""
+    start, end = span
+    return content[start:end] if content[end - 1 : end] == b'\n' else content[start:end] + b'\n'
+
+
+def scan_extxyz_bytes(content: bytes) -> list[FrameSummary]:
+    """The :class:`FrameSummary` of every frame of extxyz bytes, reading one frame at a time (a set's frames are
+    never all in memory at once: as ASE objects they take several times the file's size)."""
+    return [frame_summary(frame) for frame in _iread_bytes(content)]
 
 
 def frame_spans(content: bytes) -> list[tuple[int, int]] | None:
@@ -240,13 +252,10 @@ def checked_frames(content: bytes, name: str = 'file', validate: bool = True) ->
         atoms, unknown element, atoms closer than 0.5 Å) or its labels are unusable (non-finite, or forces or
         stress of the wrong shape).
     """
-    from ase.io import iread
-
     _check_utf8(content, name)
     if not content.strip():
         raise CorruptFileError(f'{name} holds no configuration (empty file)')
-    # Not io.StringIO: once read from, it holds the text at 4 bytes a character.
-    frames = iread(io.TextIOWrapper(io.BytesIO(content), encoding='utf-8', newline='\n'), index=':', format='extxyz')
+    frames = _iread_bytes(content)
     count = 0
     while True:
         try:
@@ -462,8 +471,7 @@ class ConfigurationSetData(orm.Data):
         summaries = scan_extxyz_bytes(content) if spans is not None and len(spans) == count else None
 
         def copy(position: int) -> bytes | None:
-            start, end = spans[position]
-            frame = content[start:end] if content[end - 1 : end] == b'\n' else content[start:end] + b'\n'
+            frame = _frame_bytes(content, spans[position])
             return _numbered(frame, position) if numbered and not summaries[position].numbered else frame
 
         by_bytes = summaries is not None and len(summaries) == count
@@ -488,13 +496,7 @@ class ConfigurationSetData(orm.Data):
 
     def iter_atoms(self) -> Iterator[Atoms]:
         """The configurations one at a time, as :meth:`get_atoms` gives them, never all in memory at once."""
-        from ase.io import iread
-
-        content = self.get_content()
-        if not content.strip():
-            return
-        text = io.TextIOWrapper(io.BytesIO(content), encoding='utf-8', newline='\n')  # lines end at \n alone
-        for frame in iread(text, index=':', format='extxyz'):
+        for frame in _iread_bytes(self.get_content()):
             frame.info = {key: _plain(value) for key, value in frame.info.items()}
             yield frame
 
@@ -534,17 +536,14 @@ class ConfigurationSetData(orm.Data):
         refuses them, and so are an index that is not an integer and a part in which ASE reads no configuration
         (``ValueError`` naming the part and the configuration).
         """
-        from ase.io import iread
-
         pieces: list[tuple[int, int, bytes, FrameSummary]] = []
         for number, part in enumerate(parts):
             content = part.get_content()
             if not content.strip():
                 continue
             spans = frame_spans(content)
-            text = io.TextIOWrapper(io.BytesIO(content), encoding='utf-8', newline='\n')
             summaries = []
-            for position, frame in enumerate(iread(text, index=':', format='extxyz')):
+            for position, frame in enumerate(_iread_bytes(content)):
                 try:
                     check_labels(frame, limits=False)
                 except InvalidConfigurationError as exc:
@@ -563,9 +562,8 @@ class ConfigurationSetData(orm.Data):
                 frames = [frame for part in parts for frame in part.iter_atoms()]
                 frames.sort(key=lambda frame: _index_of(frame) or 0)
                 return cls(frames, calculator=calculator, excluded=excluded)
-            for (start, end), summary in zip(spans, summaries, strict=True):
-                frame_bytes = content[start:end] if content[end - 1 : end] == b'\n' else content[start:end] + b'\n'
-                pieces.append((summary.index or 0, len(pieces), frame_bytes, summary))
+            for span, summary in zip(spans, summaries, strict=True):
+                pieces.append((summary.index or 0, len(pieces), _frame_bytes(content, span), summary))
         pieces.sort(key=lambda piece: piece[:2])
         return cls(
             content=b''.join(piece[2] for piece in pieces),
