@@ -9,6 +9,7 @@ labelled are not dropped silently: they are listed in the ``excluded`` attribute
 from __future__ import annotations
 
 import codecs
+import copy
 import hashlib
 import io
 import pathlib
@@ -89,6 +90,23 @@ def _frame_bytes(content: bytes, span: tuple[int, int]) -> bytes:
     return content[start:end] if content[end - 1 : end] == b'\n' else content[start:end] + b'\n'
 
 
+def _span_summaries(
+    content: bytes, spans: Sequence[tuple[int, int]], positions: set[int]
+) -> dict[int, FrameSummary] | None:
+    """The :class:`FrameSummary` of the frames at ``positions`` of ``spans`` (see :func:`frame_spans`), each read
+    from its own bytes; ``None`` when one of them is not exactly one configuration to ASE (then the layout is not
+    what the spans say, and the set is copied by parsing and writing it)."""
+    out = {}
+    for position in sorted(positions):
+        if not 0 <= position < len(spans):
+            return None
+        frames = list(_iread_bytes(_frame_bytes(content, spans[position])))
+        if len(frames) != 1:
+            return None
+        out[position] = frame_summary(frames[0])
+    return out
+
+
 def scan_extxyz_bytes(content: bytes) -> list[FrameSummary]:
     """The :class:`FrameSummary` of every frame of extxyz bytes, reading one frame at a time (a set's frames are
     never all in memory at once: as ASE objects they take several times the file's size)."""
@@ -152,6 +170,27 @@ def _summary_attributes(summaries: Sequence[FrameSummary]) -> dict[str, Any]:
         'species': species,
         'formulas': [summary.formula for summary in summaries],
         'label_keys': [key for key in LABEL_KEYS if summaries and all(key in summary.labels for summary in summaries)],
+        'composition_range': ranges,
+    }
+
+
+def _merged_summary_attributes(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """The :func:`_summary_attributes` of two sets' configurations one after the other, from those of each set
+    (neither is read again): what scanning the joined file would give."""
+    sides = [side for side in (first, second) if side['count']]
+    if len(sides) < 2:
+        return copy.deepcopy(sides[0] if sides else second)
+    species = sorted({*first['species'], *second['species']})
+    ranges = {}
+    for symbol in species:
+        bounds = [side['composition_range'].get(symbol, [0.0, 0.0]) for side in sides]
+        ranges[symbol] = [min(low for low, _ in bounds), max(high for _, high in bounds)]
+    return {
+        'count': first['count'] + second['count'],
+        'num_atoms_total': first['num_atoms_total'] + second['num_atoms_total'],
+        'species': species,
+        'formulas': [*first['formulas'], *second['formulas']],
+        'label_keys': [key for key in LABEL_KEYS if key in first['label_keys'] and key in second['label_keys']],
         'composition_range': ranges,
     }
 
@@ -328,8 +367,9 @@ class ConfigurationSetData(orm.Data):
         :param calculator: ``{'name': ..., 'parameters': {...}}`` of the calculator that made the labels.
         :param excluded: records ``{'index', 'formula', 'reason'}`` of configurations that failed.
         """
-        # from_file or subsets: the summaries of ``content``'s frames, made there already
+        # from_file or subsets: the summaries of ``content``'s frames, made there already; extended: their attributes
         summaries = kwargs.pop('_summaries', None)
+        attributes = kwargs.pop('_attributes', None)
         super().__init__(**kwargs)
         if frames is None and content is None:
             raise ValueError('give either `frames` or `content`')
@@ -342,19 +382,19 @@ class ConfigurationSetData(orm.Data):
                     raise ValueError(f'configuration {position} ({frame.get_chemical_formula()}): {exc}') from exc
             content = extxyz_string(frames).encode('utf-8') if frames else b''
             summaries = [frame_summary(frame) for frame in frames]
-        elif summaries is None:
+        elif summaries is None and attributes is None:
             summaries = scan_extxyz_bytes(content)
-        self._set_content(content, list(summaries))
+        self._set_content(content, attributes if attributes is not None else _summary_attributes(list(summaries)))
         self.base.attributes.set('calculator', dict(calculator) if calculator else None)
         excluded_list = [dict(record) for record in (excluded or [])]
         self.base.attributes.set('excluded', excluded_list)
         self.base.attributes.set('n_excluded', len(excluded_list))
 
-    def _set_content(self, content: bytes, summaries: list[FrameSummary]) -> None:
+    def _set_content(self, content: bytes, attributes: dict[str, Any]) -> None:
         self.base.repository.put_object_from_bytes(content, self.FILENAME)
         self.base.attributes.set_many(
             {
-                **_summary_attributes(summaries),
+                **attributes,
                 'units': dict(UNITS),
                 'sha256': hashlib.sha256(content).hexdigest(),
                 'filename': self.FILENAME,
@@ -468,14 +508,15 @@ class ConfigurationSetData(orm.Data):
                     raise IndexError(f'configuration {position} is outside the set of {count}')
         content = self.get_content()
         spans = frame_spans(content)
-        summaries = scan_extxyz_bytes(content) if spans is not None and len(spans) == count else None
+        # only the chosen frames are read: a small selection from a large set does not read the rest
+        summaries = _span_summaries(content, spans, {p for group in groups for p in group}) if spans else None
 
         def copy(position: int) -> bytes | None:
             frame = _frame_bytes(content, spans[position])
             return _numbered(frame, position) if numbered and not summaries[position].numbered else frame
 
-        by_bytes = summaries is not None and len(summaries) == count
-        copies = {position: copy(position) for group in groups for position in group} if by_bytes else {}
+        by_bytes = summaries is not None and len(spans) == count
+        copies = {position: copy(position) for position in summaries} if by_bytes else {}
         if not by_bytes or None in copies.values():  # a frame whose comment line takes no index: parse and write
             frames = self.get_atoms()
             if numbered:
@@ -512,12 +553,16 @@ class ConfigurationSetData(orm.Data):
         addition = type(self)(frames)  # checks the frames' labels, writes and summarises them
         content = self.get_content()
         content = content.rstrip() + b'\n' if content.strip() else b''
-        spans, summaries = frame_spans(content), scan_extxyz_bytes(content)
-        if spans is None or len(spans) != len(summaries):  # not plain extxyz: parsed and written anew
+        spans = frame_spans(content)
+        if spans is None or len(spans) != self.count:  # not plain extxyz: parsed and written anew
             return type(self)(self.get_atoms() + list(frames), calculator=calculator, excluded=excluded)
-        summaries += [frame_summary(frame) for frame in frames]  # the frames are at hand: no need to read them back
+        names = ('count', 'num_atoms_total', 'species', 'formulas', 'label_keys', 'composition_range')
+        attributes = _merged_summary_attributes(
+            {name: self.base.attributes.get(name) for name in names},
+            {name: addition.base.attributes.get(name) for name in names},
+        )  # this set's own summary is kept: its frames are copied, not read again
         return type(self)(
-            content=content + addition.get_content(), calculator=calculator, excluded=excluded, _summaries=summaries
+            content=content + addition.get_content(), calculator=calculator, excluded=excluded, _attributes=attributes
         )
 
     @classmethod

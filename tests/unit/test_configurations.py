@@ -16,6 +16,7 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from aiida_mlmat.common.constants import INDEX_KEY, METHOD_KEY, UNITS
+from aiida_mlmat.data import configurations
 from aiida_mlmat.data.configurations import ConfigurationSetData, CorruptFileError, parse_extxyz_bytes
 from aiida_mlmat.worker.structures import extxyz_string, write_extxyz
 
@@ -493,6 +494,49 @@ def test_extended_appends_frames_after_the_bytes_of_the_set():
         bad = frames[0].copy()
         bad.calc = SinglePointCalculator(bad, energy=float('nan'))
         first.extended([bad])
+
+
+@pytest.mark.parametrize('split', [0, 1, 3, 4, 5], ids=lambda split: f'first {split}')
+@pytest.mark.parametrize('stored', [True, False], ids=['stored', 'unstored'])
+def test_extended_summarises_without_reading_the_set_again(monkeypatch, split, stored):
+    """The set's summary attributes are merged with those of the new frames: the set's file is copied, not read, and
+    every attribute is what a set built from all the frames has (species only on one side, labels only on one)."""
+    frames = _mixed_frames()
+    first = ConfigurationSetData(frames[:split])
+    first = first.store() if stored else first
+    expected = ConfigurationSetData(frames)
+
+    def unread(*args, **kwargs):
+        raise AssertionError('the set was read again')
+
+    monkeypatch.setattr(configurations, 'scan_extxyz_bytes', unread)
+    monkeypatch.setattr(ConfigurationSetData, 'get_atoms', unread)
+    monkeypatch.setattr(ConfigurationSetData, 'iter_atoms', unread)
+    merged = first.extended(frames[split:])
+    for key in SUMMARY_KEYS:
+        assert merged.base.attributes.get(key) == expected.base.attributes.get(key), key
+    monkeypatch.undo()
+    _same_frames(merged.get_atoms(), frames)
+    assert merged.store().count == len(frames)
+
+
+def test_subsets_read_only_the_chosen_frames(monkeypatch):
+    """A small selection from a large set reads (parses) its own frames, not the set's others."""
+    whole = ConfigurationSetData(_mixed_frames()).store()
+    read = []
+    iread_bytes = configurations._iread_bytes
+
+    def counting(content):
+        for frame in iread_bytes(content):
+            read.append(frame.get_chemical_formula())
+            yield frame
+
+    monkeypatch.setattr(configurations, '_iread_bytes', counting)
+    (one, two) = whole.subsets([[3], [1, 3]], numbered=True)
+    assert read == [_mixed_frames()[1].get_chemical_formula(), 'Au4']  # each chosen frame once, in set order
+    monkeypatch.undo()
+    assert [frame.info[INDEX_KEY] for frame in two.get_atoms()] == [1, 3]
+    assert one.base.attributes.get('formulas') == ['Au4'] and one.label_keys == []
 
 
 def test_iter_atoms_gives_what_get_atoms_gives():
