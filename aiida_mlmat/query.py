@@ -294,20 +294,26 @@ def potentials_trained_with(
 def training_dataset(potential: PotentialData) -> ConfigurationSetData | None:
     """The labelled set a potential was trained on (before its split), or None if it is not in this profile.
 
-    The ``dataset`` input of the step that made the potential when there is one (``make_ensemble``); otherwise
-    the nearest upstream set whose sha256 equals the potential's ``data_sha256``.
+    The ``dataset`` input of the step that made the potential when there is one (``make_ensemble``); for a member
+    of an ensemble, that of the ``make_ensemble`` it went into (its own training data are a sample of that set's
+    split, which has no sha256 of its own); otherwise the nearest upstream set whose sha256 equals the potential's
+    ``data_sha256``, else the ``train`` input of the job that trained it.
     """
     creator = potential.creator
     if creator is not None:
         dataset = _input(creator, 'dataset')
         if isinstance(dataset, ConfigurationSetData):
             return dataset
+    for link in potential.base.links.get_outgoing(link_type=LinkType.INPUT_CALC).all():
+        dataset = _input(link.node, 'dataset') if link.link_label.startswith('member_') else None
+        if isinstance(dataset, ConfigurationSetData):
+            return dataset
     digest = potential.base.attributes.get('data_sha256', None)
-    if not digest:
-        return None
-    for node in _nearest_ancestors(potential, lambda n: isinstance(n, ConfigurationSetData) and n.sha256 == digest):
-        return node
-    return None
+    if digest:
+        for node in _nearest_ancestors(potential, lambda n: isinstance(n, ConfigurationSetData) and n.sha256 == digest):
+            return node
+    train = _input(creator, 'train') if creator is not None else None
+    return train if isinstance(train, ConfigurationSetData) else None
 
 
 def _ensemble_members(make_ensemble: orm.ProcessNode) -> list[str]:

@@ -92,6 +92,25 @@ WORKER_ERRORS: dict[str, str] = {
 }
 
 
+def worker_code_error(code: Any) -> str | None:
+    """Why ``code`` cannot run the aiida-mlmat worker, or None: a Code registered for another CalcJob plugin (its
+    ``default_calc_job_plugin``, e.g. the ``ase-python`` Code ``mlmat setup`` registers for aiida-ase's ``ase.ase``)
+    runs something else, and the job would fail without a ``results.json``. A Code with no default plugin is taken."""
+    plugin = getattr(code, 'default_calc_job_plugin', None)
+    if plugin and not str(plugin).startswith('mlmat.'):
+        return (
+            f'the Code `{code.full_label}` is registered for the CalcJob plugin `{plugin}`, not for the aiida-mlmat '
+            'worker: give the `mlmat-worker` Code `mlmat setup` registers (`verdi code list`)'
+        )
+    return None
+
+
+def validate_worker_code(value: Any, _: Any = None) -> str | None:
+    """Port validator of ``code``: see :func:`worker_code_error`."""
+    error = worker_code_error(value) if value is not None else None
+    return f'code: {error}' if error else None
+
+
 class MlmatCalculation(CalcJob):
     """Base class: writes ``input.json`` for one worker task and retrieves ``results.json``.
 
@@ -114,6 +133,7 @@ class MlmatCalculation(CalcJob):
         for name in ('queue_name', 'account', 'qos'):
             spec.inputs['metadata']['options'][name].validator = validate_scheduler_word
         spec.inputs['metadata']['options']['environment_variables'].validator = validate_environment_names
+        spec.inputs['code'].validator = validate_worker_code
         if cls.SOFT_LIMIT:
             spec.input(
                 'soft_time_limit',

@@ -552,7 +552,7 @@ def potential_evaluate(profile: str | None, identifier: str, file: str, json_out
     # the contract's keys are always there: null where the file has no forces to compare with
     result: dict[str, Any] = {'n_structures': len(frames), 'forces_mae': None, 'forces_rmse': None, **metrics}
     if json_output:
-        echo_json(result)
+        echo_json({**result, 'units': {key: metric_unit(key) for key in result if metric_unit(key)}})
         return
     for key, value in result.items():
         if value is None:

@@ -27,9 +27,21 @@ from aiida_mlmat.hull.metrics import describe_verification
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
+    """A figure in a sentence: a float to ``digits`` significant digits; ``n/a`` for one there is none of."""
+    if value is None:
+        return 'n/a'
     if isinstance(value, float):
         return f'{value:.{digits}g}'
     return str(value)
+
+
+def _cell(value: Any, digits: int = 4) -> str:
+    """A table cell: a float with ``digits`` decimals (so a column lines up: 0.0500 beside 0.0480), in exponent form
+    where that would hide it; ``n/a`` for a figure there is none of (``None``: the last iteration has no new labels to
+    calibrate with, a killed process has no exit status)."""
+    if isinstance(value, float):
+        return f'{value:.{digits}f}' if value == 0 or 10**-digits <= abs(value) < 1e6 else f'{value:.{digits - 1}e}'
+    return _fmt(value)
 
 
 def call_label(process: Any) -> str:
@@ -165,6 +177,8 @@ def summary_markdown(
     """
     lines = [f'# {node.process_label}<{node.pk}>', '', f'- UUID: `{node.uuid}`']
     state = node.process_state.value if node.process_state else 'unknown'
+    if node.paused:  # aiida-core keeps a paused process's state (waiting): say so, and why
+        state += f', paused ({node.process_status or "no reason recorded"}; `verdi process play {node.pk}` goes on)'
     reason = f': {process_reason(node)}' if node.is_failed or node.is_excepted or node.is_killed else ''
     status = f', exit status {node.exit_status}' if node.exit_status is not None else ''
     lines.append(f'- state: {state}{status}{reason}')
@@ -187,7 +201,7 @@ def summary_markdown(
     ]
     for stage in stages:
         lines.append(
-            f'| {stage["step"]} | {stage["process"]} | {stage["state"]} | {stage["exit_status"]} '
+            f'| {stage["step"]} | {stage["process"]} | {stage["state"]} | {_cell(stage["exit_status"])} '
             f'| {stage["wall_s"]:.1f} | {stage["n_calcjobs"]} | {stage["n_calcjobs_failed"]} |'
         )
     lines += _iteration_table(node)
@@ -233,8 +247,8 @@ def _iteration_table(node: Any) -> list[str]:
             scale = (record.get('calibration') or {}).get('scale')
             lines.append(
                 f'| {index} | {counts.get("training")} | {counts.get("labelled")} | {counts.get("failed")} '
-                f'| {_fmt(test.get("forces_rmse"))} | {_fmt(test.get("energy_rmse_per_atom"))} | {_fmt(fraction)} '
-                f'| {_fmt(scale)} |'
+                f'| {_cell(test.get("forces_rmse"))} | {_cell(test.get("energy_rmse_per_atom"))} | {_cell(fraction)} '
+                f'| {_cell(scale)} |'
             )
     return lines
 

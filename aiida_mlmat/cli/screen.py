@@ -183,7 +183,7 @@ def screen(profile: str | None, **kwargs: Any) -> None:
     node = submit(HullWorkChain, **inputs)
     if not json_output:
         click.echo(f'submitted {node.process_label}<{node.pk}> ({node.uuid})')
-    result: dict[str, Any] = {'process': node.pk, 'candidates': []}
+    result: dict[str, Any] = {'process': node.pk, 'candidates': None}  # null: not screened yet (no --wait)
     if kwargs['wait']:
         failure = None
         try:
@@ -224,7 +224,8 @@ def _finished(node: Any, kwargs: dict[str, Any], json_output: bool) -> dict[str,
     if 'verification' in node.outputs:
         result['verification'] = node.outputs.verification.get_dict()['metrics']
     if not json_output:
-        click.echo(f'{"name":<24} {"formula":<10} {"E_form":>9} {"E_hull":>9} {"std":>8} {"P(stable)":>9}  (eV/atom)')
+        click.echo('E_form (formation energy), E_hull (energy above the hull) and std (its spread) in eV/atom')
+        click.echo(f'{"name":<24} {"formula":<10} {"E_form":>9} {"E_hull":>9} {"std":>8} {"P(stable)":>9}')
         for row in rows:
             if row['status'] != 'ok':
                 click.echo(f'{row["name"]:<24} {row["formula"] or "":<10} failed: {row.get("reason")}')

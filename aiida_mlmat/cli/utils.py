@@ -230,19 +230,47 @@ def load_profile(profile: str | None = None) -> Any:
 MAX_PK = 2**63 - 1
 
 
-def load_node(identifier: str | int, expected: type | None = None) -> Any:
+def _by_uuid_prefix(text: str) -> Any:
+    """The one node whose UUID starts with ``text`` (digits only, which AiiDA takes for a PK), or ``None``.
+
+    ``mlmat provenance`` prints 8-character UUID prefixes, and about one in forty is all digits: such a prefix that
+    is no PK is looked up as a UUID prefix. Several matches raise the error that names how many.
+    """
+    from aiida import orm
+
+    if len(text) < UUID_PREFIX_MIN:
+        return None
+    found = orm.QueryBuilder().append(orm.Node, filters={'uuid': {'like': f'{text}%'}}, project='*').all(flat=True)
+    if len(found) > 1:
+        raise MlmatCliError(
+            f'`{text}` is no PK, and the UUIDs of {len(found)} nodes start with it: give more of the UUID',
+            EXIT_NOT_FOUND,
+        )
+    return found[0] if found else None
+
+
+#: The shortest all-digit text looked up as a UUID prefix when it is no PK (shorter ones would match too many).
+UUID_PREFIX_MIN = 6
+
+
+def load_node(identifier: str | int, expected: type | tuple[type, ...] | None = None) -> Any:
     """Load a node by PK, UUID (prefix) or label, with a clear error for a missing or wrong-typed node.
 
-    A PK beyond what a database integer holds (``MAX_PK``) is not found (exit 4), not a database overflow.
+    A PK beyond what a database integer holds (``MAX_PK``) is not found (exit 4), not a database overflow. Digits
+    that are no PK are tried as a UUID prefix (of at least ``UUID_PREFIX_MIN`` characters), as ``mlmat provenance``
+    prints them.
     """
     from aiida import orm
     from aiida.common.exceptions import MultipleObjectsError, NotExistent
 
     text = str(identifier).strip()
     if text.lstrip('+-').isdecimal() and not 0 < int(text) <= MAX_PK:  # isdigit() also takes '²', which int() refuses
-        raise MlmatCliError(
-            f'no node with PK `{identifier}`: a PK is a whole number from 1 to {MAX_PK}', EXIT_NOT_FOUND
-        )
+        node = _by_uuid_prefix(text) if text.isdecimal() else None
+        if node is None:
+            raise MlmatCliError(
+                f'no node with PK `{identifier}`: a PK is a whole number from 1 to {MAX_PK}', EXIT_NOT_FOUND
+            )
+        return _checked_type(node, identifier, expected)
     try:
         node = orm.load_node(identifier)
     except MultipleObjectsError as exc:
@@ -256,11 +284,23 @@ def load_node(identifier: str | int, expected: type | None = None) -> Any:
             ) from exc
         raise MlmatCliError(f'no unique node with PK, UUID or label `{identifier}`: {exc}', EXIT_NOT_FOUND) from exc
     except (NotExistent, ValueError, OverflowError) as exc:
-        raise MlmatCliError(f'no unique node with PK, UUID or label `{identifier}`: {exc}', EXIT_NOT_FOUND) from exc
+        node = _by_uuid_prefix(text) if text.isdecimal() else None
+        if node is None:
+            raise MlmatCliError(f'no unique node with PK, UUID or label `{identifier}`: {exc}', EXIT_NOT_FOUND) from exc
+    return _checked_type(node, identifier, expected)
+
+
+def a_or_an(name: str) -> str:
+    """``name`` after its indefinite article: ``an InstalledCode``, ``a PotentialData``."""
+    return f'{"an" if name[:1].lower() in "aeiou" else "a"} {name}'
+
+
+def _checked_type(node: Any, identifier: str | int, expected: type | tuple[type, ...] | None) -> Any:
     if expected is not None and not isinstance(node, expected):
-        raise MlmatCliError(
-            f'node {identifier} is a {type(node).__name__}, not a {expected.__name__}', EXIT_INVALID_INPUT
+        wanted = ' or '.join(
+            a_or_an(kind.__name__) for kind in (expected if isinstance(expected, tuple) else [expected])
         )
+        raise MlmatCliError(f'node {identifier} is {a_or_an(type(node).__name__)}, not {wanted}', EXIT_INVALID_INPUT)
     return node
 
 
@@ -273,6 +313,22 @@ def load_code(label: str) -> Any:
         return orm.load_code(label)
     except (NotExistent, MultipleObjectsError) as exc:
         raise MlmatCliError(f'code `{label}` not found: run `mlmat setup` first ({exc})', EXIT_SETUP) from exc
+
+
+def code_labels() -> list[str]:
+    """The full labels (``label@computer``) of this profile's Codes, sorted.
+
+    Not ``QueryBuilder().append(orm.AbstractCode)``: aiida-core filters that class by the type string ``data.core.``,
+    which every Data node has; the query is narrowed to type strings that name a code and checked by class.
+    """
+    from aiida import orm
+
+    builder = orm.QueryBuilder().append(orm.Data, filters={'node_type': {'ilike': '%code%'}})
+    return sorted(
+        str(getattr(node, 'full_label', node.label))
+        for node in builder.all(flat=True)
+        if isinstance(node, orm.AbstractCode)
+    )
 
 
 def load_worker_code(
@@ -304,8 +360,7 @@ def load_worker_code(
             try:
                 found = orm.load_code(code)
             except (NotExistent, MultipleObjectsError, ValueError) as exc:
-                nodes = orm.QueryBuilder().append(orm.AbstractCode).all(flat=True)
-                codes = ', '.join(sorted(str(getattr(node, 'full_label', node.label)) for node in nodes))
+                codes = ', '.join(code_labels())
                 raise MlmatCliError(
                     f'{code_option.rstrip(":")}: no unique Code `{code}` ({exc}); the Codes of this profile: '
                     f'{codes or "none"} (`verdi code list`)',
@@ -316,6 +371,11 @@ def load_worker_code(
                 f'{code_option} {code}: the Code `{found.label}` belongs to no Computer; the jobs need a Code '
                 f'installed on one (`verdi code create core.code.installed --computer ...`)'
             )
+        from aiida_mlmat.calcjobs.base import worker_code_error
+
+        error = worker_code_error(found)
+        if error:
+            raise MlmatCliError(f'{code_option} {code}: {error}', EXIT_SETUP)
         if computer is not None and found.computer.label != computer:
             raise MlmatCliError(
                 f'{code_option} {code} runs on the Computer `{found.computer.label}`, not `{computer}` '
@@ -469,7 +529,10 @@ def wait_for(node: Any, quiet: bool = False, poll: float = 1.0, timeout: float |
     if not node.is_finished_ok:
         step = failing_step(node)
         data = {'process': node.pk, 'exit_status': node.exit_status, 'failed_step': step}
-        raise MlmatCliError(f'{node.process_label}<{node.pk}> failed at {step}', EXIT_PROCESS_FAILED, data)
+        name = f'{node.process_label}<{node.pk}> '
+        # failed itself, in none of the processes it called: named once, not "X failed at X"
+        message = f'{name}failed {step.removeprefix(name)}' if step.startswith(name) else f'{name}failed at {step}'
+        raise MlmatCliError(message, EXIT_PROCESS_FAILED, data)
     if not quiet:
         click.echo(f'{node.process_label}<{node.pk}> finished in {time.monotonic() - start:.1f} s', err=True)
 

@@ -49,9 +49,10 @@ def show(identifier: str) -> None:
     """Summarise a configuration set or a potential (as `mlmat dataset show` and `mlmat potential show`)."""
     from aiida_mlmat.cli.commands import dataset_show, potential_show
     from aiida_mlmat.cli.utils import load_node
+    from aiida_mlmat.data.configurations import ConfigurationSetData
     from aiida_mlmat.data.potential import PotentialData
 
-    if isinstance(load_node(identifier), PotentialData):
+    if isinstance(load_node(identifier, (ConfigurationSetData, PotentialData)), PotentialData):
         potential_show(None, identifier, False)
     else:
         dataset_show(None, identifier, False)

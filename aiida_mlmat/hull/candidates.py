@@ -73,7 +73,8 @@ def _read_file(path: Path) -> list[Structure]:
         except CandidateError:
             raise
         except Exception as exc:  # every reader has its own exceptions for a bad file
-            errors.append(f'{reader.__name__[6:]}: {type(exc).__name__}: {exc}'.strip())
+            detail = f'{type(exc).__name__}: {exc}' if str(exc).strip() else f'content not valid ({type(exc).__name__})'
+            errors.append(f'{reader.__name__[6:]}: {detail}')
             continue
         if structures:
             return structures

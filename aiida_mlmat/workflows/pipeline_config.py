@@ -192,8 +192,8 @@ def _reconcile(given: dict[str, Any], merged: dict[str, Any]) -> str | None:
         if value is not None and not isinstance(value, dict):
             return f'{where}: must be a mapping of settings, got {value!r}'
     enabled = al['enabled']
-    sizes = {
-        'training.ensemble': given_training.get('ensemble'),
+    sizes = {  # a value written twice is compared as written, default or not (see max_iterations below)
+        'training.ensemble': (given.get('training') or {}).get('ensemble'),
         'training.overrides.ensemble_size': (given_training.get('overrides') or {}).get('ensemble_size'),
         'active_learning.overrides.training.ensemble_size': (al_overrides.get('training') or {}).get('ensemble_size'),
     }
@@ -213,9 +213,12 @@ def _reconcile(given: dict[str, Any], merged: dict[str, Any]) -> str | None:
         return 'active_learning.hull_aware: needs the screening stage (`screening: {enabled: true}`) for candidates'
     override = (al_overrides.get('convergence') or {}).get('max_iterations')
     if override is not None:
-        if 'max_iterations' in given_al and given_al['max_iterations'] != override:
+        # as written, even when equal to the default: `max_iterations: 2` beside an override of 3 is a contradiction
+        # (a merged configuration validated again has the override's value in both places)
+        written = (given.get('active_learning') or {}).get('max_iterations')
+        if written is not None and written != override:
             return (
-                f'active_learning: max_iterations {given_al["max_iterations"]} and '
+                f'active_learning: max_iterations {written} and '
                 f'overrides.convergence.max_iterations {override} disagree; give one'
             )
         al['max_iterations'] = override
@@ -268,6 +271,14 @@ def _semantic_error(config: dict[str, Any]) -> str | None:
     ).get('n')
     if select is not None and select < 3:
         return f'reference: selecting {select} configurations leaves too few to split into train, validation and test'
+    from aiida_mlmat.workflows.reference import select_error, select_without_n_error
+
+    settings = dict((config['reference'].get('overrides') or {}).get('select') or {})
+    if config['reference'].get('select'):
+        settings['n'] = config['reference']['select']
+    error = select_without_n_error(settings) or select_error(settings, config['elements'])
+    if error:
+        return f'reference.overrides.{error}'.replace('(--select N)', '(reference.select)')
     if config['screening']['enabled'] and len(set(config['elements'])) < 2:
         return (
             'screening: the generated candidates are decorations of two or more elements; for one element set '

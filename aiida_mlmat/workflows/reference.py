@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from aiida import orm
@@ -142,8 +143,44 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
             f'select.code: the descriptors of the selection need torch, which the GPAW worker Code '
             f'`{sample_code.full_label}` (the sampling Code) lacks; give the mlmat-worker Code as select.code'
         )
-    if select.get('method') is not None and select['method'].value not in ('fps', 'cur'):
-        return f'select.method: `{select["method"].value}` is not one of fps, cur'
+    plain = {key: node.get_dict() if isinstance(node, orm.Dict) else node.value for key, node in select.items()
+             if key in ('method', 'descriptor')}  # fmt: skip
+    return select_error(plain, species)
+
+
+def select_error(select: dict[str, Any], species: Iterable[str]) -> str | None:
+    """Why the selection settings ``method`` and ``descriptor`` (plain values) cannot run on seeds of ``species``,
+    or None: checked before anything is submitted, not first by the descriptors job after the sampling."""
+    if select.get('method') is not None and select['method'] not in ('fps', 'cur'):
+        return f'select.method: `{select["method"]}` is not one of fps, cur'
+    if select.get('descriptor') is not None:
+        from aiida_mlmat.calcjobs.descriptors import descriptor_definition
+
+        species = set(species)
+        if not isinstance(select['descriptor'], dict):
+            return (
+                f'select.descriptor: expected a mapping such as {{"kind": "chebyshev"}}, got {select["descriptor"]!r}'
+            )
+        try:
+            definition = descriptor_definition(select['descriptor'], sorted(species) or ['H'])
+        except (ValueError, TypeError) as exc:
+            return f'select.descriptor: {str(exc).removeprefix("descriptor: ")}'
+        extra = sorted(species - set(definition['species']))
+        if extra:
+            return (
+                f'select.descriptor: the seeds hold {extra}, which the descriptor species {definition["species"]} lack'
+            )
+    return None
+
+
+def select_without_n_error(select: dict[str, Any]) -> str | None:
+    """Why selection settings without ``n`` are refused (they would be ignored: every sample is labelled), or None."""
+    if select and not select.get('n'):
+        given = ', '.join(sorted(key for key in select if key != 'n'))
+        return (
+            f'select: {given} has no effect without select.n, the number of samples to keep (--select N): '
+            'give it, or drop select'
+        )
     return None
 
 
@@ -276,6 +313,9 @@ class ReferenceWorkChain(IdempotentLaunchMixin, WorkChain):
         builder.label.max_iterations = orm.Int(inputs.get('max_iterations', 5))
         builder.chunk_size = orm.Int(inputs['chunk_size'])
         select = inputs.get('select') or {}
+        error = select_without_n_error(select)
+        if error:
+            raise ValueError(error)
         if select.get('n'):
             builder.select.n = orm.Int(select['n'])
             builder.select.method = orm.Str(select.get('method', 'fps'))

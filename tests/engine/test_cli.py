@@ -500,6 +500,16 @@ def test_computer_and_code_errors_say_what_exists(aiida_profile, worker_code, tm
     assert 'verdi code create core.code.installed --label mlmat-worker --computer bare-no-code' in error['error']
     error = _refused(invoke('train', str(dataset.pk), '--code', 'mlmat-worker-gpu', '--json'), 'no unique Code', 5)
     assert worker_code.full_label in error['error']
+    listed = error['error'].split('the Codes of this profile: ', 1)[1].rsplit(' (`verdi code list`)', 1)[0].split(', ')
+    codes = orm.QueryBuilder().append(orm.Data, filters={'node_type': {'like': 'data.core.code.%'}}).all(flat=True)
+    assert listed == sorted(code.full_label for code in codes)  # the Codes, not every Data node of the profile
+    # the Code `mlmat setup` registers for aiida-ase runs Python, not the worker: refused, not failed in the daemon
+    ase_python = orm.InstalledCode(
+        label='ase-python-cli', computer=worker_code.computer, filepath_executable='/usr/bin/python3',
+        default_calc_job_plugin='ase.ase',
+    ).store()  # fmt: skip
+    error = _refused(invoke('train', str(dataset.pk), '--code', ase_python.full_label, '--json'), 'ase.ase', 5)
+    assert f'the Code `{ase_python.full_label}` is registered for the CalcJob plugin `ase.ase`' in error['error']
     _refused(
         invoke('train', str(dataset.pk), '--code', worker_code.full_label, '--computer', 'bare-no-code', '--json'),
         f'runs on the Computer `{worker_code.computer.label}`, not `bare-no-code`',
@@ -565,3 +575,6 @@ def test_potential_list_and_verdi_data_mlmat_show_potentials(worker_code, tmp_pa
     assert text.exit_code == 0 and f'{ensemble.pk:>6}       2 Cu-Au' in text.stdout and '0.0512' in text.stdout
     shown = CliRunner().invoke(verdi_data, ['mlmat', 'show', str(ensemble.pk)], catch_exceptions=False)
     assert shown.exit_code == 0 and 'members: 2' in shown.stdout and 'forces_rmse: 0.0512' in shown.stdout
+    code = CliRunner().invoke(verdi_data, ['mlmat', 'show', str(worker_code.pk)])
+    assert code.exit_code == 2
+    assert f'node {worker_code.pk} is an InstalledCode, not a ConfigurationSetData or a PotentialData' in code.output

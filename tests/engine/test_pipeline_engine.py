@@ -100,6 +100,7 @@ def test_pipeline_runs_every_stage_and_reports(submit_and_await, worker_code, tm
     rows = Path(table).read_text().splitlines()
     assert 'e_above_hull' in rows[0] and len(rows) == 1 + screening['n_screened'] + screening.get('n_failed', 0)
     assert '## Active learning: every iteration' in text and '| 1 | ' in text
+    assert not any('| None' in line for line in text.splitlines() if line.startswith('| '))  # a missing figure: n/a
     # a report written again into the same folder replaces the earlier one's files, no other file
     (tmp_path / 'report' / 'notes.txt').write_text('mine')
     loop = node.base.links.get_outgoing(link_type=LinkType.CALL_WORK, link_label_filter='active_learning').one().node

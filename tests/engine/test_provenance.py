@@ -528,3 +528,10 @@ def test_potential_show_reads_the_graph(graph):
     assert 'eV/Å' in table.output and f'in TrainingWorkChain<{graph["training_a"].pk}>' in table.output
     wrong = CliRunner().invoke(cli, ['potential', 'show', graph['set_a'].uuid])
     assert wrong.exit_code == 2 and 'not a PotentialData' in wrong.output
+    # a member was trained on a sample of the same set's split: it names the set of the ensemble it went into
+    members = trained_potentials(graph['training_a']) - {potential.uuid}
+    assert len(members) == 2
+    for member in members:
+        shown = CliRunner().invoke(cli, ['potential', 'show', member, '--json'], catch_exceptions=False)
+        assert json.loads(shown.stdout.strip().splitlines()[-1])['training_set']['uuid'] == graph['set_a'].uuid
+        assert query.training_dataset(orm.load_node(member)) == graph['set_a']

@@ -87,6 +87,10 @@ def test_training_workchain_ensemble_end_to_end(submit_and_await, worker_code, d
     assert abs(figures['forces_rmse'] - metrics['forces_rmse']) < 1e-8
     assert abs(figures['stress_rmse'] - metrics['stress_rmse']) < 1e-10  # eV/Å^3, the same errors as the test split's
     assert figures['energy_rmse_per_atom'] == pytest.approx(metrics['energy_rmse_per_atom'], abs=1e-10)
+    assert figures['units'] == {
+        'forces_mae': 'eV/Å', 'forces_rmse': 'eV/Å', 'stress_mae': 'eV/Å^3', 'stress_rmse': 'eV/Å^3',
+        'energy_mae_per_atom': 'eV/atom', 'energy_rmse_per_atom': 'eV/atom',
+    }  # fmt: skip
     member = tmp_path / 'pot' / 'member_1.pt'
     tampered = bytearray(member.read_bytes())
     tampered[len(tampered) // 2] ^= 0xFF

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 from aiida import orm
@@ -235,6 +236,20 @@ def test_worker_input_classmethod():
 def test_label_empty_set_is_refused(instantiate):
     with pytest.raises(ValueError, match='configurations: the set is empty; there is nothing to label'):
         instantiate(LabelCalculation, configurations=ConfigurationSetData([]), calculator=orm.Dict({'name': 'emt'}))
+
+
+def test_a_code_registered_for_another_plugin_is_refused(instantiate, worker_code):
+    """The ``ase-python`` Code `mlmat setup` registers for aiida-ase runs Python, not the worker: the job would end
+    without a ``results.json`` (exit 300). It is refused before submission; a Code of no default plugin is taken."""
+    other = orm.InstalledCode(
+        label=f'ase-python-{uuid.uuid4().hex[:6]}', computer=worker_code.computer,
+        filepath_executable='/usr/bin/python3', default_calc_job_plugin='ase.ase',
+    ).store()  # fmt: skip
+    with pytest.raises(ValueError, match=rf'code: the Code `{other.full_label}` is registered for the CalcJob plugin '
+                                         r'`ase.ase`, not for the aiida-mlmat worker'):  # fmt: skip
+        instantiate(SampleCalculation, code=other, structures=seeds())
+    assert worker_code.default_calc_job_plugin is None
+    instantiate(SampleCalculation, structures=seeds())
 
 
 def test_label_unknown_calculator_lists_known_names(instantiate):

@@ -102,6 +102,35 @@ def test_load_node_refuses_a_pk_beyond_the_database_integer(aiida_profile):
     assert info.value.exit_code == EXIT_NOT_FOUND
 
 
+def test_an_all_digit_uuid_prefix_that_is_no_pk_is_a_uuid_prefix(aiida_profile, monkeypatch):
+    """``mlmat provenance`` prints 8-character UUID prefixes; about one in forty is all digits, which AiiDA reads as
+    a PK. Such a prefix loads its node; a PK keeps precedence; too short or ambiguous a prefix is refused (exit 4)."""
+    from aiida import orm
+
+    from aiida_mlmat.cli import utils
+    from aiida_mlmat.cli.utils import EXIT_NOT_FOUND, MlmatCliError, load_node
+
+    for attempt in range(5000):  # each new UUID has a (10/16)^8 chance of an all-digit prefix: ~43 tries expected
+        node = orm.Int(attempt).store()
+        if node.uuid[:8].isdecimal():
+            break
+    else:
+        pytest.fail('no all-digit UUID prefix in 5000 nodes')
+    prefix = node.uuid[:8]
+    assert load_node(prefix).uuid == node.uuid
+    assert load_node(prefix + '-' + node.uuid[9:13]).uuid == node.uuid
+    assert load_node(str(node.pk)).uuid == node.uuid  # a PK is a PK
+    with pytest.raises(MlmatCliError, match='no unique node') as info:  # no PK, and no UUID has 9 digits first
+        load_node('999999999')
+    assert info.value.exit_code == EXIT_NOT_FOUND
+    monkeypatch.setattr(utils, 'UUID_PREFIX_MIN', 1)
+    starts = [uuid[0] for uuid in orm.QueryBuilder().append(orm.Node, project='uuid').all(flat=True)]
+    digit = next(d for d in '0123456789' if starts.count(d) > 1)
+    with pytest.raises(MlmatCliError, match=f'the UUIDs of {starts.count(digit)} nodes start with it') as info:
+        utils._by_uuid_prefix(digit)
+    assert info.value.exit_code == EXIT_NOT_FOUND
+
+
 def test_a_label_on_several_nodes_lists_their_pks(aiida_profile):
     from aiida import orm
 

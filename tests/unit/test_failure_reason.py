@@ -125,4 +125,8 @@ def test_the_report_flags_a_workflow_that_waits_for_nothing(aiida_profile):
     paused = workflow('Paused through `verdi process pause`', ProcessState.FINISHED)
     paused.pause()
     assert paused.paused and not waits_for_nothing(paused)  # `verdi process play` resumes it: not stuck
+    assert (  # aiida-core keeps the state `waiting` of a paused process: the report says it is paused, and why
+        f'- state: waiting, paused (Paused through `verdi process pause`; `verdi process play {paused.pk}` goes on)\n'
+        in summary_markdown(paused, [])
+    )
     assert not waits_for_nothing(workflow(None, None))

@@ -70,3 +70,14 @@ def test_stage_wall_time_ends_with_the_process_not_a_later_write(aiida_profile):
     node.label = 'relabelled'
     assert (node.mtime - node.ctime).total_seconds() > 1.2
     assert 0.3 <= _wall_s(node) == before < 1.0
+
+
+@pytest.mark.parametrize(
+    ('value', 'cell'),
+    [(None, 'n/a'), (0.05, '0.0500'), (0.04804, '0.0480'), (0.0, '0.0000'), (3e-6, '3.000e-06'), (7, '7'), ('x', 'x')],
+)
+def test_report_table_cells_line_up_and_say_n_a_for_a_missing_figure(value, cell):
+    """Figures in a column have the same decimals; a figure there is none of is `n/a`, not Python's `None`."""
+    from aiida_mlmat.cli.pipeline import _cell
+
+    assert _cell(value) == cell

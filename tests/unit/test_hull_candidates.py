@@ -72,6 +72,13 @@ def test_corrupt_file_names_it(tmp_path):
     with pytest.raises(CandidateError, match=r'missing\.cif'):
         read_candidates([str(tmp_path / 'missing.cif')])
     assert issubclass(CandidateError, ValueError)
+    garbage = tmp_path / 'garbage.cif'
+    garbage.write_text('garbage\n')  # ASE's CIF reader fails on an assert without a message: no empty detail
+    with pytest.raises(CandidateError) as raised:
+        read_candidates([str(garbage)])
+    assert not str(raised.value).rstrip().endswith(':') and 'ase: content not valid (AssertionError)' in str(
+        raised.value
+    )
 
 
 def test_non_finite_positions_are_refused_with_the_file(tmp_path):

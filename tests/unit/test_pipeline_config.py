@@ -69,6 +69,25 @@ def test_active_learning_example_is_valid():
             'reference: selecting 1 configurations leaves too few to split into train, validation and test',
         ),
         (
+            {'elements': ['Cu', 'Au'], 'reference': {'overrides': {'select': {'method': 'cur'}}}},
+            r'reference.overrides.select: method has no effect without select.n, .* \(reference.select\)',
+        ),
+        (
+            {
+                'elements': ['Cu'],
+                'reference': {'select': 10, 'overrides': {'select': {'descriptor': {'kind': 'soap'}}}},
+            },
+            'reference.overrides.select.descriptor: unknown descriptor kind `soap`',
+        ),
+        (
+            {'elements': ['Cu', 'Au'], 'reference': {'select': 10, 'overrides': {'select': {'descriptor': 'acsf'}}}},
+            'reference.overrides.select.descriptor: expected a mapping',
+        ),
+        (
+            {'elements': ['Cu', 'Au'], 'reference': {'overrides': {'select': {'n': 9, 'method': 'kmeans'}}}},
+            'reference.overrides.select.method: `kmeans` is not one of fps, cur',
+        ),
+        (
             {'elements': ['Cu'], 'training': {'ensemble': 1000}},
             'training.ensemble: 1000 is greater than the maximum of 64',
         ),
@@ -192,6 +211,15 @@ def test_every_setting_of_the_yaml_counts_once():
         (
             {'active_learning': {'max_iterations': 3, 'overrides': {'convergence': {'max_iterations': 1}}}},
             'active_learning: max_iterations 3 and overrides.convergence.max_iterations 1 disagree; give one',
+        ),
+        (  # written twice, the default value included: a contradiction, not "not given"
+            {'active_learning': {'max_iterations': 2, 'overrides': {'convergence': {'max_iterations': 3}}}},
+            'active_learning: max_iterations 2 and overrides.convergence.max_iterations 3 disagree; give one',
+        ),
+        (
+            {'training': {'ensemble': 2}, 'active_learning': {'overrides': {'training': {'ensemble_size': 3}}}},
+            'the ensemble size is given twice with different values: training.ensemble 2, '
+            'active_learning.overrides.training.ensemble_size 3',
         ),
         (
             {'training': {'ensemble': 4}, 'active_learning': {'overrides': {'training': {'ensemble_size': 3}}}},

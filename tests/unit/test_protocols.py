@@ -279,6 +279,42 @@ def test_builder_refuses_elements_emt_cannot_treat(worker_code):
         instantiate_process(get_manager().get_runner(), builder)
 
 
+@pytest.mark.parametrize(
+    ('select', 'message'),
+    [
+        ({'n': 10, 'descriptor': {'kind': 'soap'}}, r'select.descriptor: unknown descriptor kind `soap`'),
+        (
+            {'n': 10, 'descriptor': {'kind': 'acsf', 'rcut': -1.0}},
+            'select.descriptor: the cutoff must be positive, got -1.0 Å',
+        ),
+        ({'n': 10, 'descriptor': {'species': ['Cu']}}, r"select.descriptor: the seeds hold \['Au'\], which the"),
+        ({'n': 10, 'method': 'kmeans'}, 'select.method: `kmeans` is not one of fps, cur'),
+    ],
+)
+def test_selection_settings_are_refused_before_anything_runs(worker_code, select, message):
+    """A descriptor the selection's descriptors job would refuse fails the submission, not the workflow after its
+    sampling (it excepted there, with a traceback in its report)."""
+    builder = ReferenceWorkChain.get_builder_from_protocol(
+        worker_code, calculator=EMT, elements=['Cu', 'Au'], overrides={'select': select}
+    )
+    with pytest.raises(ValueError, match=message):
+        instantiate_process(get_manager().get_runner(), builder)
+
+
+def test_selection_settings_without_n_are_refused(worker_code):
+    """Without select.n every sample is labelled: settings of the selection would be ignored without a word."""
+    with pytest.raises(ValueError, match=r'select: descriptor, method has no effect without select.n'):
+        ReferenceWorkChain.get_builder_from_protocol(
+            worker_code, calculator=EMT, elements=['Cu'], overrides={'select': {'method': 'cur', 'descriptor': {}}}
+        )
+    builder = ReferenceWorkChain.get_builder_from_protocol(
+        worker_code, calculator=EMT, elements=['Cu', 'Au'],
+        overrides={'select': {'n': 10, 'method': 'cur', 'descriptor': {'kind': 'acsf', 'rcut': 4.0}}},
+    )  # fmt: skip
+    instantiate_process(get_manager().get_runner(), builder)
+    assert builder.select.descriptor.get_dict() == {'kind': 'acsf', 'rcut': 4.0}
+
+
 def test_builder_refuses_an_unknown_element(worker_code):
     builder = ReferenceWorkChain.get_builder_from_protocol(worker_code, calculator=EMT, elements=['Cu', 'Xx'])
     with pytest.raises(ValueError, match='elements: unknown element `Xx`'):

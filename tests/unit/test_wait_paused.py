@@ -112,3 +112,39 @@ def test_wait_between_checks_grows_with_what_a_check_costs():
     assert next_wait(1.0, 0.2) == pytest.approx(1.8)  # waiting stays at a tenth of the time
     assert next_wait(1.0, 3.0) == 5.0  # capped, so the end of a run is seen within seconds
     assert next_wait(10.0, 3.0) == 10.0 and next_wait(0.01, 0.0) == 0.01  # a longer or shorter given poll holds
+
+
+def test_a_failed_workflow_is_named_once_and_a_failed_step_after_it(aiida_profile):
+    """`--wait` on a workflow that failed itself says so once ("X failed (finished, exit status N): reason"), not
+    "X failed at X"; one whose step failed names the step."""
+    node = orm.WorkflowNode(process_type='aiida.workflows:mlmat.hull')
+    node.set_process_label('HullWorkChain')
+    node.set_process_state(ProcessState.FINISHED)
+    node.set_exit_status(302)
+    node.set_exit_message('nothing screened')
+    node.store()
+    with pytest.raises(MlmatCliError) as raised:
+        wait_for(node, quiet=True, poll=0.01, timeout=30)
+    assert raised.value.format_message() == (
+        f'HullWorkChain<{node.pk}> failed (finished, exit status 302): nothing screened; '
+        f'see `verdi process report {node.pk}`'
+    )
+    assert raised.value.data['exit_status'] == 302
+    parent = orm.WorkflowNode(process_type='aiida.workflows:mlmat.pipeline')
+    parent.set_process_label('PipelineWorkChain')
+    parent.set_process_state(ProcessState.FINISHED)
+    parent.set_exit_status(501)
+    parent.store()
+    child = orm.CalcJobNode(process_type='aiida.calculations:mlmat.relax')
+    child.set_process_label('RelaxCalculation')
+    child.set_process_state(ProcessState.FINISHED)
+    child.set_exit_status(300)
+    child.set_exit_message('no results.json')
+    child.base.links.add_incoming(parent, LinkType.CALL_CALC, 'relax')
+    child.store()
+    with pytest.raises(MlmatCliError) as raised:
+        wait_for(parent, quiet=True, poll=0.01, timeout=30)
+    assert raised.value.format_message() == (
+        f'PipelineWorkChain<{parent.pk}> failed at RelaxCalculation<{child.pk}> (finished, exit status 300): '
+        f'no results.json; see `verdi process report {parent.pk}`'
+    )
