@@ -297,7 +297,8 @@ def training_dataset(potential: PotentialData) -> ConfigurationSetData | None:
     The ``dataset`` input of the step that made the potential when there is one (``make_ensemble``); for a member
     of an ensemble, that of the ``make_ensemble`` it went into (its own training data are a sample of that set's
     split, which has no sha256 of its own); otherwise the nearest upstream set whose sha256 equals the potential's
-    ``data_sha256``, else the ``train`` input of the job that trained it.
+    ``data_sha256``, else the ``train`` input of the job that trained it (there the training split itself, for want
+    of the set before it).
     """
     creator = potential.creator
     if creator is not None:
@@ -305,7 +306,8 @@ def training_dataset(potential: PotentialData) -> ConfigurationSetData | None:
         if isinstance(dataset, ConfigurationSetData):
             return dataset
     for link in potential.base.links.get_outgoing(link_type=LinkType.INPUT_CALC).all():
-        dataset = _input(link.node, 'dataset') if link.link_label.startswith('member_') else None
+        ensemble = link.link_label.startswith('member_') and link.node.process_label == 'make_ensemble'
+        dataset = _input(link.node, 'dataset') if ensemble else None
         if isinstance(dataset, ConfigurationSetData):
             return dataset
     digest = potential.base.attributes.get('data_sha256', None)

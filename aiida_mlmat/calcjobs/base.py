@@ -65,6 +65,20 @@ def without_torch(code: orm.AbstractCode) -> bool:
     return marked is False if isinstance(marked, bool) else code.label == GPAW_WORKER_CODE
 
 
+def torch_code_error(code: Any, port: str, what: str) -> str | None:
+    """Why ``code`` cannot run ``what`` (a task that needs torch), or None: the GPAW worker Code's Python has GPAW but
+    no torch (:func:`without_torch`), and the job would end with ``ModuleNotFoundError`` (exit 350).
+
+    :param port: how the caller names the Code's input in the message (``code``, ``member.trainer.code``).
+    """
+    if code is None or not without_torch(code):
+        return None
+    return (
+        f'{port}: `{code.full_label}` is the GPAW worker Code, whose Python has no torch to run {what}; '
+        'give the mlmat-worker Code'
+    )
+
+
 def validate_environment_names(value: Any, _: Any = None) -> str | None:
     """Refuse environment variable names that are not identifiers (aiida-core quotes values, not names)."""
     for name in value or {}:

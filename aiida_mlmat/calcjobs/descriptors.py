@@ -7,7 +7,7 @@ from typing import Any
 from aiida import orm
 from aiida.common.folders import Folder
 
-from aiida_mlmat.calcjobs.base import MlmatCalculation
+from aiida_mlmat.calcjobs.base import MlmatCalculation, torch_code_error
 from aiida_mlmat.common.constants import DESCRIPTORS_FILE, STRUCTURES_FILE
 from aiida_mlmat.data.configurations import ConfigurationSetData
 from aiida_mlmat.data.descriptors import DescriptorsData
@@ -62,7 +62,10 @@ class DescriptorsCalculation(MlmatCalculation):
 
     @classmethod
     def validate_inputs(cls, value: Any, _: Any = None) -> str | None:
-        """Validate before submission: the definition, species coverage, the worker schema."""
+        """Validate before submission: a Code with torch, the definition, species coverage, the worker schema."""
+        error = torch_code_error(value.get('code'), 'code', 'the descriptors')
+        if error:
+            return error
         configurations = value.get('configurations')
         if configurations is None:
             return None

@@ -7,7 +7,7 @@ from typing import Any
 from aiida import orm
 from aiida.common.folders import Folder
 
-from aiida_mlmat.calcjobs.base import MlmatCalculation
+from aiida_mlmat.calcjobs.base import MlmatCalculation, torch_code_error
 from aiida_mlmat.common.constants import POTENTIAL_DIR
 from aiida_mlmat.data.configurations import ConfigurationSetData
 from aiida_mlmat.data.potential import PotentialData
@@ -69,7 +69,10 @@ class TrainCalculation(MlmatCalculation):
 
     @classmethod
     def validate_inputs(cls, value: Any, _: Any = None) -> str | None:
-        """Validate before submission: non-empty splits, labels the loss needs, the worker schema."""
+        """Validate before submission: a Code with torch, non-empty splits, labels the loss needs, the worker schema."""
+        error = torch_code_error(value.get('code'), 'code', 'the training')
+        if error:
+            return error
         train, validation = value.get('train'), value.get('validation')
         if train is None or validation is None:
             return None

@@ -177,7 +177,7 @@ def summary_markdown(
     """
     lines = [f'# {node.process_label}<{node.pk}>', '', f'- UUID: `{node.uuid}`']
     state = node.process_state.value if node.process_state else 'unknown'
-    if node.paused:  # aiida-core keeps a paused process's state (waiting): say so, and why
+    if node.paused and not node.is_terminated:  # a paused process stays `waiting` (a killed one keeps the flag)
         state += f', paused ({node.process_status or "no reason recorded"}; `verdi process play {node.pk}` goes on)'
     reason = f': {process_reason(node)}' if node.is_failed or node.is_excepted or node.is_killed else ''
     status = f', exit status {node.exit_status}' if node.exit_status is not None else ''

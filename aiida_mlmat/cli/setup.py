@@ -82,19 +82,22 @@ def ensure_profile(name: str | None) -> Any:
     from aiida.manage.configuration import reset_config
 
     reset_config()
-    if name and previous_default and previous_default != name:  # `verdi presto` made the new profile the default
-        config = get_config()
-        config.set_default_profile(previous_default, overwrite=True).store()
-        click.echo(
-            f'made profile `{name}` (the profiles before it: {", ".join(sorted(names))}); the default profile '
-            f'stays `{previous_default}` (`verdi profile set-default {name}` to change it; `verdi profile delete '
-            f'{name}` if the name was a typo)',
-            err=True,
-        )
     try:
         profile = load_profile(name, allow_switch=True)
     except (MissingConfigurationError, ProfileConfigurationError) as exc:  # pragma: no cover - defensive
         raise MlmatCliError(f'profile not loadable after `verdi presto`: {exc}', EXIT_SETUP) from exc
+    note = (
+        f'note: made profile `{profile.name}` with `verdi presto`: SQLite + ZeroMQ, for one machine (PostgreSQL + '
+        'RabbitMQ: docs/howto/production-profile.md)'
+    )
+    if name and previous_default and previous_default != name:  # `verdi presto` made the new profile the default
+        config = get_config()
+        config.set_default_profile(previous_default, overwrite=True).store()
+        note += (
+            f'; the profiles before it: {", ".join(sorted(names))}; the default profile stays `{previous_default}` '
+            f'(`verdi profile set-default {name}` to change it; `verdi profile delete {name}` if the name was a typo)'
+        )
+    click.echo(note, err=True)
     config = get_config()
     config.set_option('daemon.timeout', DAEMON_TIMEOUT, scope=profile.name)
     config.store()

@@ -231,46 +231,43 @@ MAX_PK = 2**63 - 1
 
 
 def _by_uuid_prefix(text: str) -> Any:
-    """The one node whose UUID starts with ``text`` (digits only, which AiiDA takes for a PK), or ``None``.
-
-    ``mlmat provenance`` prints 8-character UUID prefixes, and about one in forty is all digits: such a prefix that
-    is no PK is looked up as a UUID prefix. Several matches raise the error that names how many.
-    """
+    """The one node whose UUID starts with ``text``, or ``None``; several raise the error that says how many."""
     from aiida import orm
 
-    if len(text) < UUID_PREFIX_MIN:
-        return None
     found = orm.QueryBuilder().append(orm.Node, filters={'uuid': {'like': f'{text}%'}}, project='*').all(flat=True)
     if len(found) > 1:
         raise MlmatCliError(
-            f'`{text}` is no PK, and the UUIDs of {len(found)} nodes start with it: give more of the UUID',
-            EXIT_NOT_FOUND,
+            f'the UUIDs of {len(found)} nodes start with `{text}`: give more of the UUID', EXIT_NOT_FOUND
         )
     return found[0] if found else None
 
 
-#: The shortest all-digit text looked up as a UUID prefix when it is no PK (shorter ones would match too many).
-UUID_PREFIX_MIN = 6
+def _printed_prefix(identifier: str | int) -> bool:
+    """Whether ``identifier`` is a UUID prefix as ``mlmat provenance`` prints it (8 characters) and all digits, which
+    AiiDA would take for a PK: about one in forty of them."""
+    return isinstance(identifier, str) and re.fullmatch(r'[0-9]{8}', identifier.strip()) is not None
 
 
 def load_node(identifier: str | int, expected: type | tuple[type, ...] | None = None) -> Any:
     """Load a node by PK, UUID (prefix) or label, with a clear error for a missing or wrong-typed node.
 
-    A PK beyond what a database integer holds (``MAX_PK``) is not found (exit 4), not a database overflow. Digits
-    that are no PK are tried as a UUID prefix (of at least ``UUID_PREFIX_MIN`` characters), as ``mlmat provenance``
-    prints them.
+    A PK beyond what a database integer holds (``MAX_PK``) is not found (exit 4), not a database overflow. Eight
+    digits, as ``mlmat provenance`` prints a UUID prefix, are a UUID prefix when they start with 0 (no PK is written
+    so) or when no node has that PK.
     """
     from aiida import orm
     from aiida.common.exceptions import MultipleObjectsError, NotExistent
 
     text = str(identifier).strip()
-    if text.lstrip('+-').isdecimal() and not 0 < int(text) <= MAX_PK:  # isdigit() also takes '²', which int() refuses
-        node = _by_uuid_prefix(text) if text.isdecimal() else None
+    if _printed_prefix(identifier) and text.startswith('0'):  # `00001234` is a prefix, not PK 1234
+        node = _by_uuid_prefix(text)
         if node is None:
-            raise MlmatCliError(
-                f'no node with PK `{identifier}`: a PK is a whole number from 1 to {MAX_PK}', EXIT_NOT_FOUND
-            )
+            raise MlmatCliError(f'no node whose UUID starts with `{text}`', EXIT_NOT_FOUND)
         return _checked_type(node, identifier, expected)
+    if text.lstrip('+-').isdecimal() and not 0 < int(text) <= MAX_PK:  # isdigit() also takes '²', which int() refuses
+        raise MlmatCliError(
+            f'no node with PK `{identifier}`: a PK is a whole number from 1 to {MAX_PK}', EXIT_NOT_FOUND
+        )
     try:
         node = orm.load_node(identifier)
     except MultipleObjectsError as exc:
@@ -284,7 +281,7 @@ def load_node(identifier: str | int, expected: type | tuple[type, ...] | None = 
             ) from exc
         raise MlmatCliError(f'no unique node with PK, UUID or label `{identifier}`: {exc}', EXIT_NOT_FOUND) from exc
     except (NotExistent, ValueError, OverflowError) as exc:
-        node = _by_uuid_prefix(text) if text.isdecimal() else None
+        node = _by_uuid_prefix(text) if _printed_prefix(identifier) else None
         if node is None:
             raise MlmatCliError(f'no unique node with PK, UUID or label `{identifier}`: {exc}', EXIT_NOT_FOUND) from exc
     return _checked_type(node, identifier, expected)
@@ -319,16 +316,18 @@ def code_labels() -> list[str]:
     """The full labels (``label@computer``) of this profile's Codes, sorted.
 
     Not ``QueryBuilder().append(orm.AbstractCode)``: aiida-core filters that class by the type string ``data.core.``,
-    which every Data node has; the query is narrowed to type strings that name a code and checked by class.
+    which every Data node has. The Data type strings of the profile are resolved to their classes, and the nodes of
+    those that are Codes (of aiida-core or of a plugin) are listed.
     """
     from aiida import orm
+    from aiida.orm.utils.node import load_node_class
 
-    builder = orm.QueryBuilder().append(orm.Data, filters={'node_type': {'ilike': '%code%'}})
-    return sorted(
-        str(getattr(node, 'full_label', node.label))
-        for node in builder.all(flat=True)
-        if isinstance(node, orm.AbstractCode)
-    )
+    types = orm.QueryBuilder().append(orm.Data, project='node_type').distinct().all(flat=True)
+    codes = [kind for kind in types if issubclass(load_node_class(kind), orm.AbstractCode)]
+    if not codes:
+        return []
+    nodes = orm.QueryBuilder().append(orm.Data, filters={'node_type': {'in': codes}}).all(flat=True)
+    return sorted(str(getattr(node, 'full_label', node.label)) for node in nodes)
 
 
 def load_worker_code(
@@ -492,10 +491,13 @@ def failing_step(node: Any) -> str:
     target = failed[-1] if failed else node
     state = target.process_state.value if target.process_state else 'unknown'
     status = f', exit status {target.exit_status}' if target.exit_status is not None else ''
-    return (
-        f'{target.process_label}<{target.pk}> ({state}{status}): '
-        f'{process_reason(target)}; see `verdi process report {node.pk}`'
-    )
+    reason = process_reason(target)
+    if isinstance(target, orm.CalcJobNode) and target.is_failed:
+        from aiida_mlmat.workflows.label import stderr_exception
+
+        cause = stderr_exception(target)  # a script job (aiida-ase running GPAW) says why only in its stderr
+        reason += f'; its stderr ends with {cause}' if cause and cause not in reason else ''
+    return f'{target.process_label}<{target.pk}> ({state}{status}): {reason}; see `verdi process report {node.pk}`'
 
 
 def process_reason(node: Any) -> str:

@@ -107,6 +107,26 @@ def _span_summaries(
     return out
 
 
+def _labels_outside_calculator(frame: Atoms) -> bool:
+    """Whether ``frame`` holds a label outside its calculator (``info['energy']``, ``info['stress']``,
+    ``arrays['forces']``, as older readers and hand-made frames keep them): written to extxyz, ASE reads it back as a
+    label."""
+    return 'energy' in frame.info or 'stress' in frame.info or 'forces' in frame.arrays
+
+
+def _checked_summaries(content: bytes) -> list[FrameSummary]:
+    """The :class:`FrameSummary` of every frame of ``content`` as ASE reads it, its labels checked as the constructor
+    checks them (``ValueError`` naming the configuration)."""
+    summaries = []
+    for position, frame in enumerate(_iread_bytes(content)):
+        try:
+            check_labels(frame, limits=False)
+        except InvalidConfigurationError as exc:
+            raise ValueError(f'configuration {position} ({frame.get_chemical_formula()}): {exc}') from exc
+        summaries.append(frame_summary(frame))
+    return summaries
+
+
 def scan_extxyz_bytes(content: bytes) -> list[FrameSummary]:
     """The :class:`FrameSummary` of every frame of extxyz bytes, reading one frame at a time (a set's frames are
     never all in memory at once: as ASE objects they take several times the file's size)."""
@@ -182,8 +202,8 @@ def _merged_summary_attributes(first: dict[str, Any], second: dict[str, Any]) ->
         return copy.deepcopy(sides[0] if sides else second)
     species = sorted({*first['species'], *second['species']})
     ranges = {}
-    for symbol in species:
-        bounds = [side['composition_range'].get(symbol, [0.0, 0.0]) for side in sides]
+    for symbol in species:  # a side whose frames hold no atom has no fractions (as in _summary_attributes)
+        bounds = [side['composition_range'].get(symbol, [0.0, 0.0]) for side in sides if side['num_atoms_total']]
         ranges[symbol] = [min(low for low, _ in bounds), max(high for _, high in bounds)]
     return {
         'count': first['count'] + second['count'],
@@ -381,7 +401,10 @@ class ConfigurationSetData(orm.Data):
                 except InvalidConfigurationError as exc:
                     raise ValueError(f'configuration {position} ({frame.get_chemical_formula()}): {exc}') from exc
             content = extxyz_string(frames).encode('utf-8') if frames else b''
-            summaries = [frame_summary(frame) for frame in frames]
+            if any(_labels_outside_calculator(frame) for frame in frames):
+                summaries = _checked_summaries(content)  # ASE reads those back as labels: check and count them
+            else:
+                summaries = [frame_summary(frame) for frame in frames]
         elif summaries is None and attributes is None:
             summaries = scan_extxyz_bytes(content)
         self._set_content(content, attributes if attributes is not None else _summary_attributes(list(summaries)))

@@ -145,7 +145,8 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
         )
     plain = {key: node.get_dict() if isinstance(node, orm.Dict) else node.value for key, node in select.items()
              if key in ('method', 'descriptor')}  # fmt: skip
-    return select_error(plain, species)
+    seeds = set(structures.species) if structures is not None else set(elements)  # what is sampled and selected
+    return select_error(plain, seeds)
 
 
 def select_error(select: dict[str, Any], species: Iterable[str]) -> str | None:
@@ -165,6 +166,12 @@ def select_error(select: dict[str, Any], species: Iterable[str]) -> str | None:
             definition = descriptor_definition(select['descriptor'], sorted(species) or ['H'])
         except (ValueError, TypeError) as exc:
             return f'select.descriptor: {str(exc).removeprefix("descriptor: ")}'
+        from aiida_mlmat.calcjobs.descriptors import STRUCTURES_FILE
+        from aiida_mlmat.worker.schema import SCHEMA_VERSION, input_errors
+
+        task = {'schema_version': SCHEMA_VERSION, 'task': 'descriptors', 'structures': STRUCTURES_FILE}
+        for path, message in input_errors('descriptors', {**task, 'descriptor': definition}):  # as the job checks
+            return f'select.{".".join(str(part) for part in path)}: {message}'
         extra = sorted(species - set(definition['species']))
         if extra:
             return (
@@ -175,8 +182,8 @@ def select_error(select: dict[str, Any], species: Iterable[str]) -> str | None:
 
 def select_without_n_error(select: dict[str, Any]) -> str | None:
     """Why selection settings without ``n`` are refused (they would be ignored: every sample is labelled), or None."""
-    if select and not select.get('n'):
-        given = ', '.join(sorted(key for key in select if key != 'n'))
+    given = ', '.join(sorted(key for key in select if key != 'n'))
+    if given and not select.get('n'):  # `n` alone, 0 or null, is no selection, as before
         return (
             f'select: {given} has no effect without select.n, the number of samples to keep (--select N): '
             'give it, or drop select'

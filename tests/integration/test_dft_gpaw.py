@@ -233,3 +233,27 @@ def test_pipeline_labels_with_the_gpaw_worker_and_trains_with_the_torch_worker(
     jobs = {(calc.process_label, calc.inputs.code.label) for calc in node.called_descendants if 'code' in calc.inputs}
     assert ('LabelCalculation', 'mlmat-worker-gpaw') in jobs and ('TrainCalculation', 'mlmat-worker') in jobs
     assert ('DescriptorsCalculation', 'mlmat-worker') in jobs and ('SampleCalculation', 'mlmat-worker-gpaw') in jobs
+
+
+def test_a_missing_paw_dataset_names_the_log_gpaw_wrote(gpaw_python, tmp_path):
+    """GPAW without a PAW dataset for an element (La: none in Debian's gpaw-setups) raises at once, with its log still
+    buffered in the open file: the exclusion names the log, which holds what GPAW wrote (the worker through the
+    GPAW Python, as the GPAW worker Code runs it)."""
+    wrapper = gpaw_worker_wrapper(gpaw_python, tmp_path / 'bin')
+    job = tmp_path / 'job'
+    job.mkdir()
+    frame = bulk('La', 'fcc', a=5.3)
+    frame.info[INDEX_KEY] = 0
+    ConfigurationSetData([frame]).write_extxyz(job / 'structures.extxyz')
+    from aiida_mlmat.worker.schema import SCHEMA_VERSION
+
+    parameters = {'mode': 'fd', 'h': 0.3, 'kpts': [1, 1, 1], 'xc': 'LDA'}
+    task = {'schema_version': SCHEMA_VERSION, 'task': 'label', 'structures': 'structures.extxyz',
+            'calculator': {'name': 'gpaw', 'parameters': parameters}, 'properties': ['energy', 'forces']}  # fmt: skip
+    (job / 'input.json').write_text(json.dumps(task))
+    subprocess.run([wrapper, 'label', 'input.json'], cwd=job, timeout=300, check=False, capture_output=True)
+    (record,) = [json.loads(line) for line in (job / 'excluded.jsonl').read_text().splitlines()]
+    assert 'PAW dataset' in record['reason'] and record['reason'].endswith(
+        '(its log: calculator-logs/0.txt, retrieved)'
+    )
+    assert (job / 'calculator-logs' / '0.txt').stat().st_size > 0

@@ -102,9 +102,10 @@ def test_load_node_refuses_a_pk_beyond_the_database_integer(aiida_profile):
     assert info.value.exit_code == EXIT_NOT_FOUND
 
 
-def test_an_all_digit_uuid_prefix_that_is_no_pk_is_a_uuid_prefix(aiida_profile, monkeypatch):
+def test_an_all_digit_uuid_prefix_that_is_no_pk_is_a_uuid_prefix(aiida_profile):
     """``mlmat provenance`` prints 8-character UUID prefixes; about one in forty is all digits, which AiiDA reads as
-    a PK. Such a prefix loads its node; a PK keeps precedence; too short or ambiguous a prefix is refused (exit 4)."""
+    a PK. Such a prefix loads its node; a PK keeps precedence; eight digits with a leading 0 are never a PK; a prefix
+    that matches none or several is refused (exit 4)."""
     from aiida import orm
 
     from aiida_mlmat.cli import utils
@@ -120,13 +121,18 @@ def test_an_all_digit_uuid_prefix_that_is_no_pk_is_a_uuid_prefix(aiida_profile, 
     assert load_node(prefix).uuid == node.uuid
     assert load_node(prefix + '-' + node.uuid[9:13]).uuid == node.uuid
     assert load_node(str(node.pk)).uuid == node.uuid  # a PK is a PK
-    with pytest.raises(MlmatCliError, match='no unique node') as info:  # no PK, and no UUID has 9 digits first
-        load_node('999999999')
+    padded = f'{node.pk:08d}'  # what AiiDA itself reads as this PK
+    assert orm.load_node(padded).pk == node.pk
+    with pytest.raises(MlmatCliError, match=f'no node whose UUID starts with `{padded}`') as info:
+        load_node(padded)
     assert info.value.exit_code == EXIT_NOT_FOUND
-    monkeypatch.setattr(utils, 'UUID_PREFIX_MIN', 1)
+    for text in ('999999999', '9999999'):  # no PK, and not 8 digits: not looked up as a prefix
+        with pytest.raises(MlmatCliError, match='no unique node') as info:
+            load_node(text)
+        assert info.value.exit_code == EXIT_NOT_FOUND
     starts = [uuid[0] for uuid in orm.QueryBuilder().append(orm.Node, project='uuid').all(flat=True)]
     digit = next(d for d in '0123456789' if starts.count(d) > 1)
-    with pytest.raises(MlmatCliError, match=f'the UUIDs of {starts.count(digit)} nodes start with it') as info:
+    with pytest.raises(MlmatCliError, match=f'the UUIDs of {starts.count(digit)} nodes start with `{digit}`') as info:
         utils._by_uuid_prefix(digit)
     assert info.value.exit_code == EXIT_NOT_FOUND
 

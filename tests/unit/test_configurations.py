@@ -520,6 +520,33 @@ def test_extended_summarises_without_reading_the_set_again(monkeypatch, split, s
     assert merged.store().count == len(frames)
 
 
+def test_extended_after_frames_without_atoms_summarises_as_a_scan():
+    """A frame without atoms has no composition: merged, it widens no element's range (a scan leaves it out)."""
+    cu = bulk('Cu', 'fcc', a=3.61, cubic=True)
+    for first, then in (([Atoms()], [cu]), ([cu], [Atoms()]), ([Atoms(), cu], [bulk('Au', 'fcc', a=4.08)])):
+        merged = ConfigurationSetData(first).extended(then)
+        scanned = ConfigurationSetData(content=merged.get_content())
+        for key in SUMMARY_KEYS:
+            assert merged.base.attributes.get(key) == scanned.base.attributes.get(key), key
+
+
+def test_labels_outside_the_calculator_are_counted_and_checked():
+    """Frames with ``info['energy']`` or ``arrays['forces']`` (older readers, frames made by hand) are written with
+    those labels, and ASE reads them back as labels: the set summarises and checks them as such."""
+    frame = bulk('Cu', 'fcc', a=3.61, cubic=True)
+    frame.info['energy'] = -3.5
+    frame.arrays['forces'] = np.zeros((len(frame), 3))
+    made = ConfigurationSetData([frame])
+    assert made.label_keys == ['energy', 'forces']
+    scanned = ConfigurationSetData(content=made.get_content())
+    assert all(made.base.attributes.get(key) == scanned.base.attributes.get(key) for key in SUMMARY_KEYS)
+    assert made.get_atoms()[0].get_potential_energy() == -3.5
+    broken = bulk('Cu', 'fcc', a=3.61, cubic=True)
+    broken.info['energy'] = float('nan')
+    with pytest.raises(ValueError, match=r'configuration 1 \(Cu4\): .*energy'):
+        ConfigurationSetData([frame, broken])
+
+
 def test_subsets_read_only_the_chosen_frames(monkeypatch):
     """A small selection from a large set reads (parses) its own frames, not the set's others."""
     whole = ConfigurationSetData(_mixed_frames()).store()

@@ -206,3 +206,68 @@ def test_the_training_workflow_refuses_a_set_without_forces_before_submission(ai
         code, energy_only, overrides={'training': {'forces_weight': 0}}
     )
     assert TrainingWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True))) is None
+
+
+def test_the_gpaw_worker_code_is_refused_for_training_and_descriptors(aiida_profile, aiida_localhost):
+    """The GPAW worker's Python has no torch: training with it ended in the worker with ModuleNotFoundError (exit
+    350). The training workflow (`mlmat train --code`), the training job and the descriptors job refuse it first."""
+    from aiida.engine.utils import instantiate_process
+    from aiida.manage import get_manager
+
+    from aiida_mlmat.calcjobs.descriptors import DescriptorsCalculation
+    from aiida_mlmat.calcjobs.train import TrainCalculation
+    from aiida_mlmat.common.constants import TORCH_EXTRA
+    from aiida_mlmat.workflows.training import TrainingWorkChain
+
+    gpaw = orm.InstalledCode(label='gpaw-no-torch', computer=aiida_localhost, filepath_executable='/bin/true').store()
+    gpaw.base.extras.set(TORCH_EXTRA, False)
+    labelled = ConfigurationSetData(_frames(6, forces=True))
+    builder = TrainingWorkChain.get_builder_from_protocol(gpaw, labelled)
+    error = TrainingWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True)))
+    assert error is not None and error.port == 'inputs.member.trainer'  # the member's TrainCalculation refuses it
+    assert error.message == (
+        f'code: `{gpaw.full_label}` is the GPAW worker Code, whose Python has no torch to run the training; give the '
+        'mlmat-worker Code'
+    )
+    runner = get_manager().get_runner()
+    frames = _frames(6, forces=True)
+    with pytest.raises(ValueError, match=r'code: `gpaw-no-torch@.*` is the GPAW worker Code.*the training'):
+        instantiate_process(
+            runner, TrainCalculation, code=gpaw, train=ConfigurationSetData(frames[:4]),
+            validation=ConfigurationSetData(frames[4:]),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match=r'code: `gpaw-no-torch@.*` is the GPAW worker Code.*the descriptors'):
+        instantiate_process(runner, DescriptorsCalculation, code=gpaw, configurations=labelled)
+    gpaw.base.extras.set(TORCH_EXTRA, True)  # a GPAW worker whose Python has torch too
+    assert TrainingWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True))) is None
+
+
+def test_wait_names_the_exception_a_failed_script_job_ends_its_stderr_with(aiida_profile):
+    """`--wait` on a reference run whose aiida-ase job failed: the one-line error names GPAW's exception from the
+    job's stderr, not only aiida-ase's "an output file was missing"."""
+    from aiida.engine import ProcessState
+
+    from aiida_mlmat.cli.utils import failing_step
+
+    parent = orm.WorkflowNode(process_type='aiida.workflows:mlmat.reference')
+    parent.set_process_label('ReferenceWorkChain')
+    parent.set_process_state(ProcessState.FINISHED)
+    parent.set_exit_status(301)
+    parent.store()
+    job = orm.CalcJobNode(process_type='aiida.calculations:ase.ase')
+    job.set_process_label('AseCalculation')
+    job.set_process_state(ProcessState.FINISHED)
+    job.set_exit_status(300)
+    job.set_exit_message('One of the expected output files was missing.')
+    job.set_option('scheduler_stderr', '_scheduler-stderr.txt')
+    job.base.links.add_incoming(parent, LinkType.CALL_CALC, 'ase_0')
+    job.store()
+    retrieved = orm.FolderData()
+    retrieved.base.repository.put_object_from_filelike(io.BytesIO(GPAW_STDERR.encode()), '_scheduler-stderr.txt')
+    retrieved.base.links.add_incoming(job, LinkType.CREATE, 'retrieved')
+    retrieved.store()
+    assert failing_step(parent) == (
+        f'AseCalculation<{job.pk}> (finished, exit status 300): One of the expected output files was missing.; its '
+        'stderr ends with gpaw.KohnShamConvergenceError: Did not converge!  See text output for help.; see '
+        f'`verdi process report {parent.pk}`'
+    )

@@ -129,4 +129,8 @@ def test_the_report_flags_a_workflow_that_waits_for_nothing(aiida_profile):
         f'- state: waiting, paused (Paused through `verdi process pause`; `verdi process play {paused.pk}` goes on)\n'
         in summary_markdown(paused, [])
     )
+    killed = workflow('Paused through `verdi process pause`', ProcessState.FINISHED)
+    killed.pause()
+    killed.set_process_state(ProcessState.KILLED)  # aiida-core leaves the `paused` flag on a killed process
+    assert killed.paused and 'paused' not in summary_markdown(killed, []).split('- state: ', 1)[1].splitlines()[0]
     assert not waits_for_nothing(workflow(None, None))

@@ -84,6 +84,13 @@ def test_active_learning_example_is_valid():
             'reference.overrides.select.descriptor: expected a mapping',
         ),
         (
+            {
+                'elements': ['Cu'],
+                'reference': {'select': 10, 'overrides': {'select': {'descriptor': {'n_radial': 99}}}},
+            },
+            'reference.overrides.select.descriptor.n_radial: 99 is greater than the maximum',
+        ),
+        (
             {'elements': ['Cu', 'Au'], 'reference': {'overrides': {'select': {'n': 9, 'method': 'kmeans'}}}},
             'reference.overrides.select.method: `kmeans` is not one of fps, cur',
         ),

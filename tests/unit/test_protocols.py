@@ -289,6 +289,9 @@ def test_builder_refuses_elements_emt_cannot_treat(worker_code):
         ),
         ({'n': 10, 'descriptor': {'species': ['Cu']}}, r"select.descriptor: the seeds hold \['Au'\], which the"),
         ({'n': 10, 'method': 'kmeans'}, 'select.method: `kmeans` is not one of fps, cur'),
+        # the worker schema's bounds, as the descriptors job checks them
+        ({'n': 10, 'descriptor': {'n_radial': 100}}, 'select.descriptor.n_radial: 100 is greater than the maximum'),
+        ({'n': 10, 'descriptor': {'n_radial': 1.5}}, 'select.descriptor.n_radial: 1.5 is not of type'),
     ],
 )
 def test_selection_settings_are_refused_before_anything_runs(worker_code, select, message):
@@ -313,6 +316,22 @@ def test_selection_settings_without_n_are_refused(worker_code):
     )  # fmt: skip
     instantiate_process(get_manager().get_runner(), builder)
     assert builder.select.descriptor.get_dict() == {'kind': 'acsf', 'rcut': 4.0}
+    for empty in ({'n': None}, {'n': 0}, {}):  # n alone, 0 or null: no selection, as before
+        builder = ReferenceWorkChain.get_builder_from_protocol(
+            worker_code, calculator=EMT, elements=['Cu'], overrides={'select': empty}
+        )
+        assert 'n' not in builder.select
+
+
+def test_the_selection_descriptor_covers_the_seeds_not_the_chemical_system(worker_code):
+    """With seed structures the samples hold their elements, not every element of `elements`: a descriptor for those
+    is right."""
+    seeds = ConfigurationSetData([bulk('Cu', 'fcc', a=3.61)])
+    builder = ReferenceWorkChain.get_builder_from_protocol(
+        worker_code, calculator=EMT, elements=['Cu', 'Au'], structures=seeds,
+        overrides={'select': {'n': 3, 'descriptor': {'species': ['Cu']}}},
+    )  # fmt: skip
+    instantiate_process(get_manager().get_runner(), builder)
 
 
 def test_builder_refuses_an_unknown_element(worker_code):

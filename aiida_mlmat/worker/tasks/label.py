@@ -59,6 +59,16 @@ def compute_labels(atoms: Atoms, calculator: Any, properties: list[str]) -> dict
 LOG_KEYWORDS = {'gpaw': 'txt'}
 
 
+def _flushed_size(atoms: Atoms, log: Path) -> int:
+    """The size of a failed calculator's ``log`` once the calculator is gone: a calculator that raised (GPAW missing a
+    PAW dataset) still holds its log file open with what it wrote in a buffer, until it is collected."""
+    import gc
+
+    atoms.calc = None  # the last reference once the exception and its traceback are gone
+    gc.collect()
+    return log.stat().st_size if log.is_file() else 0
+
+
 def _same_configuration(first: Atoms, second: Atoms, tolerance: float = 1e-6) -> bool:
     """Whether two frames are the same configuration (species, cell, positions within ``tolerance`` Å)."""
     return (
@@ -132,7 +142,7 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
             clean = atoms.copy()
             clean.calc = None
             clean.info[INDEX_KEY] = index
-            log = None
+            log, crashed = None, False
             config_params = dict(calc_params)
             if log_keyword is not None and log_keyword not in calc_params:
                 log = workdir / CALCULATOR_LOGS / f'{index}.txt'
@@ -147,8 +157,7 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
                 reason = f'invalid configuration: {exc}'
             except Exception as exc:
                 reason = f'calculator failed: {type(exc).__name__}: {exc}'.strip()
-                if log is not None and log.is_file() and log.stat().st_size:
-                    reason += f' (its log: {CALCULATOR_LOGS}/{index}.txt, retrieved)'
+                crashed = True
             else:
                 if log is not None:
                     log.unlink(missing_ok=True)
@@ -159,6 +168,8 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
                 out.flush()
                 n_labelled += 1
                 continue
+            if crashed and log is not None and _flushed_size(clean, log):
+                reason += f' (its log: {CALCULATOR_LOGS}/{index}.txt, retrieved)'
             record = {'index': index, 'formula': atoms.get_chemical_formula(), 'reason': reason}
             excluded.append(record)
             excl.write(json.dumps(record) + '\n')
