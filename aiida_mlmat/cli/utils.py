@@ -322,8 +322,14 @@ def code_labels() -> list[str]:
     from aiida import orm
     from aiida.orm.utils.node import load_node_class
 
+    def is_code(kind: str) -> bool:
+        try:
+            return issubclass(load_node_class(kind), orm.AbstractCode)
+        except Exception:  # a Data plugin installed but broken: not listed, the message stays one line
+            return False
+
     types = orm.QueryBuilder().append(orm.Data, project='node_type').distinct().all(flat=True)
-    codes = [kind for kind in types if issubclass(load_node_class(kind), orm.AbstractCode)]
+    codes = [kind for kind in types if is_code(kind)]
     if not codes:
         return []
     nodes = orm.QueryBuilder().append(orm.Data, filters={'node_type': {'in': codes}}).all(flat=True)

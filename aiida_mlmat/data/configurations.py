@@ -107,6 +107,25 @@ def _span_summaries(
     return out
 
 
+def _written(frames: Sequence[Atoms]) -> bytes:
+    """The extxyz bytes of ``frames``; ``ValueError`` naming the configuration whose label is given twice (in its
+    calculator's results and in ``info`` or ``arrays``), which ASE's writer refuses with a bare ``KeyError``."""
+    if not frames:
+        return b''
+    try:
+        return extxyz_string(frames).encode('utf-8')
+    except KeyError as exc:
+        for position, frame in enumerate(frames):
+            try:
+                extxyz_string([frame])
+            except KeyError:
+                raise ValueError(
+                    f'configuration {position} ({frame.get_chemical_formula()}): a label both in its calculator '
+                    f'results and in `info` or `arrays` ({exc}); keep one of them'
+                ) from exc
+        raise
+
+
 def _labels_outside_calculator(frame: Atoms) -> bool:
     """Whether ``frame`` holds a label outside its calculator (``info['energy']``, ``info['stress']``,
     ``arrays['forces']``, as older readers and hand-made frames keep them): written to extxyz, ASE reads it back as a
@@ -400,7 +419,7 @@ class ConfigurationSetData(orm.Data):
                     check_labels(frame, limits=False)
                 except InvalidConfigurationError as exc:
                     raise ValueError(f'configuration {position} ({frame.get_chemical_formula()}): {exc}') from exc
-            content = extxyz_string(frames).encode('utf-8') if frames else b''
+            content = _written(frames)
             if any(_labels_outside_calculator(frame) for frame in frames):
                 summaries = _checked_summaries(content)  # ASE reads those back as labels: check and count them
             else:

@@ -269,7 +269,7 @@ def _semantic_error(config: dict[str, Any]) -> str | None:
     select = config['reference'].get('select') or (
         (config['reference'].get('overrides') or {}).get('select') or {}
     ).get('n')
-    if select is not None and select < 3:
+    if select and select < 3:  # 0 or null: no selection
         return f'reference: selecting {select} configurations leaves too few to split into train, validation and test'
     from aiida_mlmat.workflows.reference import select_error, select_without_n_error
 

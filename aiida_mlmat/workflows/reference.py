@@ -143,6 +143,12 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
             f'select.code: the descriptors of the selection need torch, which the GPAW worker Code '
             f'`{sample_code.full_label}` (the sampling Code) lacks; give the mlmat-worker Code as select.code'
         )
+    if 'n' in select and 'code' in select:
+        from aiida_mlmat.calcjobs.base import torch_code_error
+
+        error = torch_code_error(select['code'], 'select.code', 'the descriptors of the selection')
+        if error:
+            return error
     plain = {key: node.get_dict() if isinstance(node, orm.Dict) else node.value for key, node in select.items()
              if key in ('method', 'descriptor')}  # fmt: skip
     seeds = set(structures.species) if structures is not None else set(elements)  # what is sampled and selected

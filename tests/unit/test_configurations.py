@@ -545,6 +545,11 @@ def test_labels_outside_the_calculator_are_counted_and_checked():
     broken.info['energy'] = float('nan')
     with pytest.raises(ValueError, match=r'configuration 1 \(Cu4\): .*energy'):
         ConfigurationSetData([frame, broken])
+    twice = bulk('Cu', 'fcc', a=3.61, cubic=True)  # ASE's writer refuses a label given twice with a bare KeyError
+    twice.calc = SinglePointCalculator(twice, energy=-3.0)
+    twice.info['energy'] = -3.0
+    with pytest.raises(ValueError, match=r'configuration 1 \(Cu4\): a label both in its calculator results and in'):
+        ConfigurationSetData([frame, twice])
 
 
 def test_subsets_read_only_the_chosen_frames(monkeypatch):

@@ -227,7 +227,7 @@ def test_the_gpaw_worker_code_is_refused_for_training_and_descriptors(aiida_prof
     assert error is not None and error.port == 'inputs.member.trainer'  # the member's TrainCalculation refuses it
     assert error.message == (
         f'code: `{gpaw.full_label}` is the GPAW worker Code, whose Python has no torch to run the training; give the '
-        'mlmat-worker Code'
+        "mlmat-worker Code (or, if that Python has torch, set the Code's extra `mlmat_torch` to true)"
     )
     runner = get_manager().get_runner()
     frames = _frames(6, forces=True)
@@ -238,8 +238,17 @@ def test_the_gpaw_worker_code_is_refused_for_training_and_descriptors(aiida_prof
         )  # fmt: skip
     with pytest.raises(ValueError, match=r'code: `gpaw-no-torch@.*` is the GPAW worker Code.*the descriptors'):
         instantiate_process(runner, DescriptorsCalculation, code=gpaw, configurations=labelled)
+    from aiida_mlmat.workflows.reference import ReferenceWorkChain
+
+    reference = ReferenceWorkChain.get_builder_from_protocol(
+        gpaw, calculator={'name': 'emt', 'parameters': {}}, elements=['Cu'], overrides={'select': {'n': 3}}
+    )
+    reference.select.code = gpaw  # the selection's descriptors on it: refused with the workflow's inputs
+    error = ReferenceWorkChain.spec().inputs.validate(dict(reference._inputs(prune=True)))
+    assert error is not None and 'select.code: `gpaw-no-torch@localhost` is the GPAW worker Code' in error.message
     gpaw.base.extras.set(TORCH_EXTRA, True)  # a GPAW worker whose Python has torch too
     assert TrainingWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True))) is None
+    assert ReferenceWorkChain.spec().inputs.validate(dict(reference._inputs(prune=True))) is None
 
 
 def test_wait_names_the_exception_a_failed_script_job_ends_its_stderr_with(aiida_profile):

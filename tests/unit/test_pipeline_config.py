@@ -113,6 +113,12 @@ def test_bad_configs_name_the_key(config, message):
         validate_config(config)
 
 
+def test_a_selection_of_zero_or_null_is_no_selection():
+    for select in ({'n': 0}, {'n': None}, {}):
+        config = validate_config({'elements': ['Cu', 'Au'], 'reference': {'overrides': {'select': select}}})
+        assert not config['reference'].get('select')
+
+
 def test_missing_or_broken_file(tmp_path):
     with pytest.raises(ConfigError, match='no such configuration file'):
         load_config(tmp_path / 'nope.yaml')

@@ -59,12 +59,12 @@ def compute_labels(atoms: Atoms, calculator: Any, properties: list[str]) -> dict
 LOG_KEYWORDS = {'gpaw': 'txt'}
 
 
-def _flushed_size(atoms: Atoms, log: Path) -> int:
-    """The size of a failed calculator's ``log`` once the calculator is gone: a calculator that raised (GPAW missing a
-    PAW dataset) still holds its log file open with what it wrote in a buffer, until it is collected."""
+def _flushed_size(log: Path) -> int:
+    """The size of a failed calculator's ``log`` once the calculator is gone. A calculator that raised (GPAW missing a
+    PAW dataset) holds its log file open, with what it wrote in a buffer, as long as the exception's traceback keeps
+    it: called after the ``except`` block, when that is gone, with a collection for any reference cycle."""
     import gc
 
-    atoms.calc = None  # the last reference once the exception and its traceback are gone
     gc.collect()
     return log.stat().st_size if log.is_file() else 0
 
@@ -168,7 +168,7 @@ def run(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
                 out.flush()
                 n_labelled += 1
                 continue
-            if crashed and log is not None and _flushed_size(clean, log):
+            if crashed and log is not None and _flushed_size(log):
                 reason += f' (its log: {CALCULATOR_LOGS}/{index}.txt, retrieved)'
             record = {'index': index, 'formula': atoms.get_chemical_formula(), 'reason': reason}
             excluded.append(record)
