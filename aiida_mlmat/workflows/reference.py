@@ -10,7 +10,7 @@ from aiida.common import AttributeDict
 from aiida.engine import ToContext, WorkChain, calcfunction, if_
 from aiida.plugins import CalculationFactory
 
-from aiida_mlmat.calcjobs.base import stored_partition, validate_scheduler_word, without_torch
+from aiida_mlmat.calcjobs.base import stored_partition, torch_code_error, validate_scheduler_word, without_torch
 from aiida_mlmat.calcjobs.label import calculator_error, code_parameters_error
 from aiida_mlmat.calcjobs.sample import SampleCalculation
 from aiida_mlmat.data.configurations import ConfigurationSetData
@@ -144,8 +144,6 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
             f'`{sample_code.full_label}` (the sampling Code) lacks; give the mlmat-worker Code as select.code'
         )
     if 'n' in select and 'code' in select:
-        from aiida_mlmat.calcjobs.base import torch_code_error
-
         error = torch_code_error(select['code'], 'select.code', 'the descriptors of the selection')
         if error:
             return error
