@@ -75,7 +75,8 @@ def torch_code_error(code: Any, port: str, what: str) -> str | None:
         return None
     return (
         f'{port}: `{code.full_label}` is the GPAW worker Code, whose Python has no torch to run {what}; '
-        "give the mlmat-worker Code (or, if that Python has torch, set the Code's extra `mlmat_torch` to true)"
+        'give the mlmat-worker Code (the GPAW one samples, labels and relaxes with GPAW; if its Python has torch, '
+        "set the Code's extra `mlmat_torch` to true)"
     )
 
 

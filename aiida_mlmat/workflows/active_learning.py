@@ -134,16 +134,12 @@ def validate_inputs(value: Any, _: Any = None) -> str | None:
         return error
     from aiida_mlmat.calcjobs.base import without_torch
 
-    trainer = value.get('training', {}).get('member', {}).get('trainer', {})
-    for path, code in (
-        ('training.member.trainer.code', trainer.get('code')),
-        ('sample.code', value.get('sample', {}).get('code')),
-    ):
-        if code is not None and without_torch(code):
-            return (
-                f'{path}: `{code.full_label}` is the GPAW worker Code, whose Python has no torch to train or explore; '
-                'give the mlmat-worker Code there, and the GPAW one as label.label.code (it labels)'
-            )
+    code = value.get('sample', {}).get('code')  # the training's Code: its TrainCalculation port refuses it
+    if code is not None and without_torch(code):
+        return (
+            f'sample.code: `{code.full_label}` is the GPAW worker Code, whose Python has no torch to train or explore; '
+            'give the mlmat-worker Code there, and the GPAW one as label.label.code (it labels)'
+        )
     return settings_error(value)
 
 

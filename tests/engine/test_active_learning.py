@@ -324,7 +324,13 @@ def test_bad_data_is_refused_before_anything_runs(worker_code, emt, near_equilib
     assert ActiveLearningWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True))) is None
     builder.training.member.trainer.code = gpaw
     error = ActiveLearningWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True)))
-    assert 'training.member.trainer.code: `mlmat-worker-gpaw@localhost` is the GPAW worker Code' in error.message
+    assert error.port == 'inputs.training.member.trainer'  # the members' training job refuses it
+    assert error.message.startswith('code: `mlmat-worker-gpaw@localhost` is the GPAW worker Code')
+    assert 'the GPAW one samples, labels and relaxes with GPAW' in error.message
+    builder = builder_for(worker_code, near_equilibrium, seeds, emt)
+    builder.sample.code = gpaw
+    error = ActiveLearningWorkChain.spec().inputs.validate(dict(builder._inputs(prune=True)))
+    assert 'sample.code: `mlmat-worker-gpaw@localhost` is the GPAW worker Code' in error.message
     assert 'the GPAW one as label.label.code' in error.message
     with pytest.raises(ValueError, match='unknown protocol'):
         ActiveLearningWorkChain.get_builder_from_protocol(

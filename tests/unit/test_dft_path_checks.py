@@ -227,7 +227,8 @@ def test_the_gpaw_worker_code_is_refused_for_training_and_descriptors(aiida_prof
     assert error is not None and error.port == 'inputs.member.trainer'  # the member's TrainCalculation refuses it
     assert error.message == (
         f'code: `{gpaw.full_label}` is the GPAW worker Code, whose Python has no torch to run the training; give the '
-        "mlmat-worker Code (or, if that Python has torch, set the Code's extra `mlmat_torch` to true)"
+        'mlmat-worker Code (the GPAW one samples, labels and relaxes with GPAW; if its Python has torch, set the '
+        "Code's extra `mlmat_torch` to true)"
     )
     runner = get_manager().get_runner()
     frames = _frames(6, forces=True)
