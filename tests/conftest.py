@@ -194,6 +194,28 @@ def emt():
     return {'name': 'emt', 'parameters': {}}
 
 
+def finished_process(
+    node_class: type, process_type: str, label: str, exit_status: int, message: str = '', caller=None, **options
+):
+    """A stored process node as aiida-core leaves one that finished with ``exit_status`` (and ``message``), called by
+    ``caller`` when given; ``options`` are CalcJob options (``scheduler_stderr``)."""
+    from aiida.common.links import LinkType
+    from aiida.engine import ProcessState
+
+    node = node_class(process_type=process_type)
+    node.set_process_label(label)
+    node.set_process_state(ProcessState.FINISHED)
+    node.set_exit_status(exit_status)
+    if message:
+        node.set_exit_message(message)
+    for key, value in options.items():
+        node.set_option(key, value)
+    if caller is not None:
+        link = LinkType.CALL_CALC if node.node_type.startswith('process.calculation') else LinkType.CALL_WORK
+        node.base.links.add_incoming(caller, link, label.lower())
+    return node.store()
+
+
 def require_or_skip(condition: bool, reason: str) -> None:
     """Skip outside CI when a component is missing; fail in CI, where the CI script installs everything."""
     if condition:

@@ -255,23 +255,14 @@ def test_the_gpaw_worker_code_is_refused_for_training_and_descriptors(aiida_prof
 def test_wait_names_the_exception_a_failed_script_job_ends_its_stderr_with(aiida_profile):
     """`--wait` on a reference run whose aiida-ase job failed: the one-line error names GPAW's exception from the
     job's stderr, not only aiida-ase's "an output file was missing"."""
-    from aiida.engine import ProcessState
-
     from aiida_mlmat.cli.utils import failing_step
+    from tests.conftest import finished_process
 
-    parent = orm.WorkflowNode(process_type='aiida.workflows:mlmat.reference')
-    parent.set_process_label('ReferenceWorkChain')
-    parent.set_process_state(ProcessState.FINISHED)
-    parent.set_exit_status(301)
-    parent.store()
-    job = orm.CalcJobNode(process_type='aiida.calculations:ase.ase')
-    job.set_process_label('AseCalculation')
-    job.set_process_state(ProcessState.FINISHED)
-    job.set_exit_status(300)
-    job.set_exit_message('One of the expected output files was missing.')
-    job.set_option('scheduler_stderr', '_scheduler-stderr.txt')
-    job.base.links.add_incoming(parent, LinkType.CALL_CALC, 'ase_0')
-    job.store()
+    parent = finished_process(orm.WorkflowNode, 'aiida.workflows:mlmat.reference', 'ReferenceWorkChain', 301)
+    job = finished_process(
+        orm.CalcJobNode, 'aiida.calculations:ase.ase', 'AseCalculation', 300,
+        'One of the expected output files was missing.', caller=parent, scheduler_stderr='_scheduler-stderr.txt',
+    )  # fmt: skip
     retrieved = orm.FolderData()
     retrieved.base.repository.put_object_from_filelike(io.BytesIO(GPAW_STDERR.encode()), '_scheduler-stderr.txt')
     retrieved.base.links.add_incoming(job, LinkType.CREATE, 'retrieved')

@@ -16,6 +16,7 @@ from aiida.common.links import LinkType
 from aiida.engine import ProcessState
 
 from aiida_mlmat.cli.utils import EXIT_PAUSED, MlmatCliError, condense_log, new_reports, wait_for
+from tests.conftest import finished_process
 
 pytestmark = pytest.mark.unit
 
@@ -117,12 +118,7 @@ def test_wait_between_checks_grows_with_what_a_check_costs():
 def test_a_failed_workflow_is_named_once_and_a_failed_step_after_it(aiida_profile):
     """`--wait` on a workflow that failed itself says so once ("X failed (finished, exit status N): reason"), not
     "X failed at X"; one whose step failed names the step."""
-    node = orm.WorkflowNode(process_type='aiida.workflows:mlmat.hull')
-    node.set_process_label('HullWorkChain')
-    node.set_process_state(ProcessState.FINISHED)
-    node.set_exit_status(302)
-    node.set_exit_message('nothing screened')
-    node.store()
+    node = finished_process(orm.WorkflowNode, 'aiida.workflows:mlmat.hull', 'HullWorkChain', 302, 'nothing screened')
     with pytest.raises(MlmatCliError) as raised:
         wait_for(node, quiet=True, poll=0.01, timeout=30)
     assert raised.value.format_message() == (
@@ -130,18 +126,10 @@ def test_a_failed_workflow_is_named_once_and_a_failed_step_after_it(aiida_profil
         f'see `verdi process report {node.pk}`'
     )
     assert raised.value.data['exit_status'] == 302
-    parent = orm.WorkflowNode(process_type='aiida.workflows:mlmat.pipeline')
-    parent.set_process_label('PipelineWorkChain')
-    parent.set_process_state(ProcessState.FINISHED)
-    parent.set_exit_status(501)
-    parent.store()
-    child = orm.CalcJobNode(process_type='aiida.calculations:mlmat.relax')
-    child.set_process_label('RelaxCalculation')
-    child.set_process_state(ProcessState.FINISHED)
-    child.set_exit_status(300)
-    child.set_exit_message('no results.json')
-    child.base.links.add_incoming(parent, LinkType.CALL_CALC, 'relax')
-    child.store()
+    parent = finished_process(orm.WorkflowNode, 'aiida.workflows:mlmat.pipeline', 'PipelineWorkChain', 501)
+    child = finished_process(
+        orm.CalcJobNode, 'aiida.calculations:mlmat.relax', 'RelaxCalculation', 300, 'no results.json', caller=parent
+    )
     with pytest.raises(MlmatCliError) as raised:
         wait_for(parent, quiet=True, poll=0.01, timeout=30)
     assert raised.value.format_message() == (
